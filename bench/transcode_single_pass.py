@@ -1,0 +1,210 @@
+"""Does one decode feeding every rendition pay off, and what does Conveyor add on top?
+
+    python bench/transcode_single_pass.py [--repeats 3] [--duration 10] [--types a,b,...]
+
+On a generated 1080p clip with audio (lavfi ``testsrc2`` + ``sine``):
+
+(a) single pass vs naive: the one ffmpeg process that writes every requested
+    type, against one ffmpeg process per type run one after the other (seed
+    002's way).  Both are built by the same command builder from the same
+    profile table, so only the process layout differs.
+(b) processor overhead: ``TranscodeProcessor.run`` (download from a local
+    folder store, ffprobe, the same ffmpeg command, ffprobe of every output,
+    upload) against that bare ffmpeg command alone.
+
+Each figure is the median of ``--repeats`` runs, the contenders alternating
+so that changing machine load hits both alike.  CPU seconds (user + sys of
+this process and of every child it waited for) are printed next to wall
+time: on a shared machine the wall clock measures the neighbours as much as
+the encoder.  Encoders are the ones the processor picks on this host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from conveyor.models import InputRef, Task
+from conveyor.processors.base import ProcessorContext
+from conveyor.processors.transcode import TranscodeProcessor
+from conveyor.processors.transcode.command import build_command, plan_outputs
+from conveyor.processors.transcode.encoders import detect_encoders
+from conveyor.processors.transcode.probe import probe_input
+from conveyor.storage.local import LocalBlobStore
+
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float
+
+
+def make_source(path: Path, seconds: float) -> None:
+    subprocess.run(
+        [
+            "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+            "-f", "lavfi", "-i", f"testsrc2=size=1920x1080:rate=25:duration={seconds}",
+            "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+            "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-b:a", "128k", "-shortest", str(path),
+        ],
+        check=True,
+    )  # fmt: skip
+
+
+def cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn: Callable[[], object]) -> Sample:
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    fn()
+    return Sample(time.perf_counter() - wall0, cpu_seconds() - cpu0)
+
+
+def show(s: Sample) -> str:
+    return f"{s.wall:7.2f} s wall {s.cpu:7.2f} s CPU"
+
+
+def interleaved(repeats: int, **fns: Callable[[], object]) -> dict[str, list[Sample]]:
+    samples: dict[str, list[Sample]] = {name: [] for name in fns}
+    for i in range(repeats):
+        for name, fn in fns.items():
+            s = timed(fn)
+            samples[name].append(s)
+            print(f"    run {i + 1}/{repeats} {name:12} {show(s)}", flush=True)
+    return samples
+
+
+def med(samples: list[Sample]) -> Sample:
+    return Sample(
+        statistics.median(s.wall for s in samples), statistics.median(s.cpu for s in samples)
+    )
+
+
+def run(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
+
+def pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:+.1f} %" if whole else "n/a"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
+    ap.add_argument("--duration", type=float, default=10.0, help="clip length in seconds")
+    ap.add_argument("--types", default="", help="comma-separated types (default: all seven)")
+    args = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C: subprocess.run kills its ffmpeg and the temp dir goes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        print("ffmpeg and ffprobe are required", file=sys.stderr)
+        return 2
+
+    proc = TranscodeProcessor(None)
+    types = [t.strip() for t in args.types.split(",") if t.strip()] or proc.known_types()[:7]
+    profiles = [proc.profiles[t] for t in types]
+    encoders = detect_encoders(proc.ffmpeg, proc.encoder_mode)
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        src = tmp / "source.mp4"
+        print(f"generating a {args.duration:g} s 1920x1080 H.264/AAC clip ...", flush=True)
+        make_source(src, args.duration)
+        info = probe_input(proc.ffprobe, src)
+        print(
+            f"host: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}, "
+            f"ffmpeg {encoders.ffmpeg_version}, h264={encoders.h264} h265={encoders.h265} "
+            f"nvdec={encoders.nvdec}"
+        )
+        print(f"types: {', '.join(types)}\n")
+
+        out = tmp / "out"
+        out.mkdir()
+        plans = plan_outputs(info, profiles, out, proc.preview_seconds)
+        single = build_command(proc.ffmpeg, src, info, plans, encoders)
+        separate = [build_command(proc.ffmpeg, src, info, [p], encoders) for p in plans]
+
+        def one_per_type() -> None:
+            for argv in separate:
+                run(argv)
+
+        print("(a) one ffmpeg for all types vs one ffmpeg per type")
+        a = interleaved(args.repeats, single_pass=lambda: run(single), separate=one_per_type)
+
+        print("\n(b) TranscodeProcessor.run vs the bare ffmpeg command it runs")
+        store = LocalBlobStore(tmp / "buckets")
+        store.put_file("input", "bench/source.mp4", src)
+        encode_walls: list[float] = []
+
+        def keep_encode_time(line: str) -> None:
+            m = re.match(r"Transcode completed: .* in ([0-9.]+) s", line)
+            if m:
+                encode_walls.append(float(m.group(1)))
+
+        def processor_run() -> None:
+            workdir = tmp / "work"
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir()
+            task = Task(
+                input=InputRef(bucket="input", key="bench/source.mp4"),
+                params={"transcode_types": types},
+            )
+            ctx = ProcessorContext(
+                task=task,
+                workdir=workdir,
+                storage=store,
+                output_bucket="output",
+                report_progress=lambda p, ph, m: None,
+                log=keep_encode_time,
+                cancel_event=threading.Event(),
+            )
+            proc.run(ctx)
+
+        b = interleaved(args.repeats, processor=processor_run, bare_ffmpeg=lambda: run(single))
+
+    single_s, naive_s = med(a["single_pass"]), med(a["separate"])
+    proc_s, bare_s = med(b["processor"]), med(b["bare_ffmpeg"])
+    # run() minus its own ffmpeg wall time: download, probes, checks, uploads, process
+    # handling.  Free of the encoder's run-to-run noise, which swamps the plain difference.
+    walls = [s.wall for s in b["processor"]]
+    outside = statistics.median(t - e for t, e in zip(walls, encode_walls, strict=True))
+    n = len(types)
+    print(f"\nresults: median of {args.repeats}, load average now {os.getloadavg()[0]:.1f}")
+    print(f"  (a) single pass ({n} outputs, 1 decode): {show(single_s)}")
+    print(f"      separate runs ({n} decodes):         {show(naive_s)}")
+    print(
+        f"      single pass / separate: wall {single_s.wall / naive_s.wall:.2f}x, "
+        f"CPU {single_s.cpu / naive_s.cpu:.2f}x"
+    )
+    print(f"  (b) TranscodeProcessor.run: {show(proc_s)}")
+    print(f"      bare ffmpeg command:    {show(bare_s)}")
+    print(
+        f"      overhead: wall {proc_s.wall - bare_s.wall:+.2f} s "
+        f"({pct(proc_s.wall - bare_s.wall, bare_s.wall)}), "
+        f"CPU {proc_s.cpu - bare_s.cpu:+.2f} s ({pct(proc_s.cpu - bare_s.cpu, bare_s.cpu)})"
+    )
+    print(
+        f"      wall time in run() outside ffmpeg: {outside:.2f} s "
+        f"({pct(outside, bare_s.wall)} of the bare command)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

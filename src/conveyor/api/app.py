@@ -1,0 +1,45 @@
+"""FastAPI app factory: one router per area, errors in one shape."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+
+from conveyor import __version__
+from conveyor.runtime import Runtime
+
+from . import routes_files, routes_health, routes_tasks
+from .errors import install_error_handlers
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.start()
+        try:
+            yield
+        finally:
+            runtime.stop()
+
+    app = FastAPI(
+        title="Conveyor",
+        version=__version__,
+        description="Self-hosted job service for GPU work: transcoding, document parsing, "
+        "containerised training.",
+        lifespan=lifespan,
+    )
+    app.state.service = runtime.service
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.include_router(routes_health.router)
+    app.include_router(routes_tasks.router)
+    app.include_router(routes_files.router)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app

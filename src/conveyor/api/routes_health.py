@@ -1,0 +1,31 @@
+"""Liveness and readiness, with the paths seeds 002 and 004 use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from conveyor.service import ConveyorService
+
+from .deps import get_service
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/api/health", summary="Liveness and a summary")
+async def health(service: ConveyorService = Depends(get_service)) -> JSONResponse:
+    body: dict[str, Any] = await run_in_threadpool(service.health)
+    return JSONResponse(body, status_code=200 if body["status"] == "healthy" else 503)
+
+
+@router.get("/api/v1/monitoring/health", summary="Health, as seed 004 names it")
+async def monitoring_health(service: ConveyorService = Depends(get_service)) -> JSONResponse:
+    return await health(service)
+
+
+@router.get("/api/workers", summary="Workers seen recently")
+async def workers(service: ConveyorService = Depends(get_service)) -> list[dict[str, Any]]:
+    return [w.model_dump(mode="json") for w in await run_in_threadpool(service.workers)]

@@ -1,0 +1,108 @@
+"""Seed 002's task and queue paths, kept as its users know them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ConfigDict
+
+from conveyor.models import LogLine, Task, Trigger
+from conveyor.service import ConveyorService, QueueStatus, SubmitRequest
+
+from .deps import get_service
+
+router = APIRouter(prefix="/api", tags=["tasks"])
+
+
+class AddTaskBody(SubmitRequest):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "input_bucket": "input",
+                    "input_key": "video.mp4",
+                    "transcode_types": ["mp4_standard", "thumbnail"],
+                }
+            ]
+        },
+    )
+
+
+@router.post("/queue/add", status_code=201, summary="Add a task")
+async def add_task(
+    body: AddTaskBody, service: ConveyorService = Depends(get_service)
+) -> dict[str, Any]:
+    res = await run_in_threadpool(service.submit, body, trigger=Trigger.API)
+    return {
+        "task_id": res.task.id,
+        "status": res.task.status.value,
+        "created": res.created,
+        "message": "task queued" if res.created else "existing task returned (idempotency_key)",
+        "task": res.task.model_dump(mode="json"),
+    }
+
+
+@router.get("/queue/status", summary="Queue state and today's totals")
+async def queue_status(service: ConveyorService = Depends(get_service)) -> QueueStatus:
+    return await run_in_threadpool(service.queue_status)
+
+
+@router.post("/queue/clear", summary="Cancel every pending task")
+async def clear_queue(service: ConveyorService = Depends(get_service)) -> dict[str, Any]:
+    n = await run_in_threadpool(service.clear_queue)
+    return {"cancelled": n, "message": f"{n} pending task(s) cancelled"}
+
+
+@router.get("/tasks", summary="List tasks, newest first")
+async def list_tasks(
+    date: str | None = Query(None, description="YYYY-MM-DD (UTC)"),
+    status: str | None = Query(None, description="pending|processing|completed|failed|cancelled"),
+    kind: str | None = None,
+    limit: int = Query(20, ge=1, le=1000),
+    cursor: str | None = Query(None, description="next_cursor from the previous page"),
+    service: ConveyorService = Depends(get_service),
+) -> dict[str, Any]:
+    page = await run_in_threadpool(
+        service.list, status=status, date=date, kind=kind, limit=limit, cursor=cursor
+    )
+    return {
+        "tasks": [t.model_dump(mode="json") for t in page.items],
+        "count": len(page.items),
+        "next_cursor": page.next_cursor,
+    }
+
+
+@router.get("/tasks/{task_id}", summary="One task")
+async def get_task(task_id: str, service: ConveyorService = Depends(get_service)) -> Task:
+    return await run_in_threadpool(service.get, task_id)
+
+
+@router.post("/tasks/{task_id}/cancel", summary="Cancel a task")
+async def cancel_task(task_id: str, service: ConveyorService = Depends(get_service)) -> Task:
+    return await run_in_threadpool(service.cancel, task_id)
+
+
+@router.post("/tasks/{task_id}/retry", summary="Retry a failed or cancelled task")
+async def retry_task(task_id: str, service: ConveyorService = Depends(get_service)) -> Task:
+    return await run_in_threadpool(service.retry, task_id)
+
+
+@router.get("/tasks/{task_id}/logs", summary="A task's log, per attempt")
+async def task_logs(
+    task_id: str,
+    attempt: int | None = Query(None, ge=1),
+    after: int = Query(0, ge=0, description="only lines with seq greater than this"),
+    limit: int = Query(1000, ge=1, le=10000),
+    service: ConveyorService = Depends(get_service),
+) -> dict[str, Any]:
+    lines: list[LogLine] = await run_in_threadpool(
+        service.logs, task_id, attempt=attempt, after_seq=after, limit=limit
+    )
+    return {
+        "task_id": task_id,
+        "lines": [ln.model_dump(mode="json") for ln in lines],
+        "last_seq": lines[-1].seq if lines else after,
+    }

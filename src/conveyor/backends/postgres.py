@@ -1,0 +1,1002 @@
+"""PostgreSQL engine: many hosts, one database, every transition one short statement.
+
+``postgresql://user:pass@host:5432/db?pool_max=8`` (``postgres://`` too).
+Besides libpq's own query parameters (``sslmode``, ``connect_timeout``, ...)
+the URL takes ``pool_min`` / ``pool_max`` (connection pool size, default
+1 / 8), ``pool_timeout`` (seconds to wait for a pooled connection),
+``auto_upgrade=1`` (apply missing schema migrations at start-up instead of
+refusing to run) and ``prepare_threshold`` (psycopg's server-side prepared
+statements, default 5 executions; ``none`` turns them off, as a PgBouncer
+in transaction mode older than 1.21 needs; LISTEN itself needs a real
+session, so point such a URL at the server or a session pool).
+
+How the contract maps onto PostgreSQL:
+
+* Every worker-facing call is one statement in autocommit mode, hence its
+  own short transaction: ``claim`` is ``UPDATE … FROM (SELECT … FOR UPDATE
+  SKIP LOCKED)`` over the partial index of pending work, per kind, so
+  concurrent workers on any number of hosts never wait for each other nor
+  get the same task; ``heartbeat`` renews all of a worker's leases and
+  upserts its ``workers`` row in one statement.
+* Fencing: ``progress``/``complete``/``fail``/``release`` update the row
+  only ``WHERE status = 'processing' AND lease_token = <token>``; no row
+  means ``LeaseLost``.
+* Times (leases, back-offs, "now") come from the database clock, so hosts
+  with skewed clocks agree on when a lease has expired.
+* ``reap`` runs under ``pg_try_advisory_xact_lock``: with a reaper on every
+  host, one of them does the work and the others return at once; the rows
+  are locked ``SKIP LOCKED`` and re-checked, so a lease renewed meanwhile is
+  left alone and no attempt is ever counted twice.
+* Whatever makes work claimable (submit, release, retry, a failure or reap
+  that re-queues) sends ``NOTIFY conveyor_work`` in the same transaction;
+  ``wait_for_work`` LISTENs on a dedicated connection, so an idle worker
+  wakes within milliseconds.  A missed notification costs one poll
+  interval, never the task.
+* The schema is versioned (``pg_migrations/NNNN_name.sql``, recorded in
+  ``conveyor_schema``).  ``conveyor db upgrade`` applies what is missing,
+  under an advisory lock so that several hosts may run it at once.  A
+  backend refuses to start on a schema it does not know (newer than this
+  code) or that is not upgraded yet (unless ``auto_upgrade``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from conveyor.backends.base import Backend
+from conveyor.errors import Conflict, ConveyorError, InvalidRequest, LeaseLost, TaskNotFound
+from conveyor.models import (
+    Attempt,
+    ClaimedTask,
+    HeartbeatResult,
+    InputRef,
+    Lease,
+    LogLine,
+    OutputFile,
+    Page,
+    Progress,
+    QueueCounts,
+    Task,
+    TaskStatus,
+    Trigger,
+    WorkerInfo,
+    date_partition,
+    utcnow,
+)
+
+CHANNEL = "conveyor_work"
+# advisory lock keys (the single-bigint key space); "CONVEY" + a number
+MIGRATE_LOCK = 0x434F4E5645590001
+REAPER_LOCK = 0x434F4E5645590002
+# two-int key space: (LOG_LOCK_CLASS, hashtext(task_id)) serialises one task's log appends
+LOG_LOCK_CLASS = 0x434F4E56
+
+_URL_OPTIONS = ("pool_min", "pool_max", "pool_timeout", "auto_upgrade", "prepare_threshold")
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Row = dict[str, Any]
+Cursor = psycopg.Cursor[Row]
+
+_COLUMNS = (
+    "id, kind, status, priority, input_bucket, input_key, params, outputs, progress, attempts, "
+    "max_attempts, error, error_code, worker_id, lease_token, lease_expires, cancel_requested, "
+    "created_at, updated_at, started_at, finished_at, not_before, date_partition, "
+    "idempotency_key, submitted_by, trigger, history"
+)
+_T_COLUMNS = ", ".join(f"t.{c}" for c in _COLUMNS.split(", "))
+
+# -- SQL fragments -------------------------------------------------------------------
+# Close the open attempt at the end of the history array (as SQLite's _close_attempt).
+_CLOSE_ATTEMPT = (
+    "CASE WHEN jsonb_array_length(history) > 0 AND (history -> -1 ->> 'finished_at') IS NULL "
+    "THEN jsonb_set(history, '{{-1}}', (history -> -1) || jsonb_build_object("
+    "'finished_at', now(), 'outcome', ({outcome})::text, 'error', ({error})::text)) "
+    "ELSE history END"
+)
+_BACKOFF = (
+    "now() + make_interval(secs => least(%(backoff_max)s::float8, "
+    "%(backoff_base)s::float8 * power(2, greatest(0, attempts - 1))))"
+)
+_NOTIFY_IF_PENDING = (
+    "LEFT JOIN LATERAL (SELECT pg_notify('" + CHANNEL + "', '') "
+    "WHERE u.status = 'pending') AS n ON true"
+)
+
+
+def _fail_assignments(*, retryable: str, error: str, code: str, outcome: str, retry: str) -> str:
+    """SET list that ends an attempt as a failure (SQLite's ``_fail_row``), in SQL.
+
+    Every expression reads the row as it was, so the new status is computed
+    the same way in each of them.
+    """
+    new = (
+        f"(CASE WHEN cancel_requested THEN 'cancelled' "
+        f"WHEN ({retryable}) AND attempts < max_attempts THEN 'pending' ELSE 'failed' END)"
+    )
+    err = f"(CASE WHEN cancel_requested THEN 'cancelled by request' ELSE ({error})::text END)"
+    how = (
+        f"(CASE {new} WHEN 'cancelled' THEN 'cancelled' "
+        f"WHEN 'pending' THEN {retry} ELSE {outcome} END)"
+    )
+    return (
+        f"status = {new}, error = {err}, "
+        f"error_code = CASE WHEN cancel_requested THEN 'cancelled' ELSE ({code})::text END, "
+        "lease_token = NULL, lease_expires = NULL, "
+        f"not_before = CASE WHEN {new} = 'pending' THEN {_BACKOFF} END, "
+        "updated_at = now(), "
+        f"finished_at = CASE WHEN {new} = 'pending' THEN NULL ELSE now() END, "
+        f"history = {_CLOSE_ATTEMPT.format(outcome=how, error=err)}"
+    )
+
+
+_SUBMIT = (
+    f"WITH ins AS (INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join(['%s'] * 27)}) "
+    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id) "
+    f"SELECT ins.id, pg_notify('{CHANNEL}', '') FROM ins"
+)
+
+# One branch per kind, each reading the top of that kind from the partial index
+# tasks_ready (kind, priority DESC, id) and locking what it reads (SKIP LOCKED:
+# rows other workers are claiming are passed over, never waited for); the merge
+# keeps the best ``capacity`` of them.  Each branch locks at most ``capacity``
+# rows, so a multi-kind claim may hold a few rows it does not take until its
+# statement ends (microseconds); a single full-queue scan instead would read
+# through every pending task of kinds this worker cannot run.
+_CLAIM_BRANCH = (
+    "SELECT * FROM (SELECT id, priority FROM tasks"
+    " WHERE status = 'pending' AND kind = %(kind{i})s"
+    " AND (not_before IS NULL OR not_before <= now())"
+    " ORDER BY priority DESC, id LIMIT %(capacity)s FOR UPDATE SKIP LOCKED) AS k{i}"
+)
+_CLAIM_UPDATE = (
+    "UPDATE tasks t SET status = 'processing', attempts = t.attempts + 1, "
+    "worker_id = %(worker)s, lease_token = replace(gen_random_uuid()::text, '-', ''), "
+    "lease_expires = now() + make_interval(secs => %(lease_s)s::float8), "
+    "started_at = now(), updated_at = now(), not_before = NULL, progress = %(progress)s, "
+    "history = t.history || jsonb_build_array(jsonb_build_object("
+    "'number', t.attempts + 1, 'worker_id', %(worker)s::text, 'started_at', now(), "
+    "'finished_at', NULL, 'outcome', NULL, 'error', NULL)) "
+    f"FROM picked WHERE t.id = picked.id RETURNING {_T_COLUMNS}"
+)
+# Beyond this many kinds, one scan of the queue in priority order instead.
+_CLAIM_MAX_BRANCHES = 16
+_CLAIM_SCAN = (
+    "WITH picked AS ("
+    " SELECT id FROM tasks"
+    " WHERE status = 'pending' AND kind = ANY(%(kinds)s::text[])"
+    " AND (not_before IS NULL OR not_before <= now())"
+    " ORDER BY priority DESC, id LIMIT %(capacity)s FOR UPDATE SKIP LOCKED) " + _CLAIM_UPDATE
+)
+
+
+def _claim_sql(n_kinds: int) -> str:
+    if n_kinds > _CLAIM_MAX_BRANCHES:
+        return _CLAIM_SCAN
+    branches = " UNION ALL ".join(_CLAIM_BRANCH.format(i=i) for i in range(n_kinds))
+    return (
+        f"WITH picked AS (SELECT id FROM ({branches}) AS c "
+        "ORDER BY priority DESC, id LIMIT %(capacity)s) " + _CLAIM_UPDATE
+    )
+
+
+_HEARTBEAT = (
+    "WITH w AS ("
+    " INSERT INTO workers (id, info, last_seen)"
+    " VALUES (%(id)s, jsonb_set(%(info)s::jsonb, '{last_seen}', to_jsonb(now())), now())"
+    " ON CONFLICT (id) DO UPDATE SET info = excluded.info, last_seen = excluded.last_seen), "
+    "r AS ("
+    " UPDATE tasks t SET lease_expires = now() + make_interval(secs => %(lease_s)s::float8)"
+    " FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)"
+    " WHERE t.id = l.id AND t.status = 'processing' AND t.lease_token = l.token"
+    " RETURNING t.id, t.cancel_requested) "
+    "SELECT id, cancel_requested FROM r"
+)
+
+_PROGRESS = (
+    "UPDATE tasks SET progress = %s, updated_at = now() "
+    "WHERE id = %s AND status = 'processing' AND lease_token = %s"
+)
+
+_COMPLETE = (
+    "UPDATE tasks SET status = 'completed', outputs = %(outputs)s, progress = %(progress)s, "
+    "error = NULL, error_code = NULL, lease_token = NULL, lease_expires = NULL, "
+    "finished_at = now(), updated_at = now(), "
+    "history = " + _CLOSE_ATTEMPT.format(outcome="'completed'", error="NULL") + " "
+    "WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s "
+    f"RETURNING {_COLUMNS}"
+)
+
+_FAIL = (
+    "WITH u AS (UPDATE tasks SET "
+    + _fail_assignments(
+        retryable="%(retryable)s::boolean",
+        error="%(error)s",
+        code="%(code)s",
+        outcome="'failed'",
+        retry="'retry'",
+    )
+    + " WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s"
+    f" RETURNING {_COLUMNS}) SELECT u.* FROM u {_NOTIFY_IF_PENDING}"
+)
+
+# release: back to pending without counting the attempt, or cancelled if that was asked
+_RELEASE = (
+    "WITH u AS (UPDATE tasks SET "
+    "status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END, "
+    "attempts = CASE WHEN cancel_requested THEN attempts ELSE greatest(attempts - 1, 0) END, "
+    "error = CASE WHEN cancel_requested THEN 'cancelled by request' ELSE error END, "
+    "error_code = CASE WHEN cancel_requested THEN 'cancelled' ELSE error_code END, "
+    "worker_id = CASE WHEN cancel_requested THEN worker_id END, "
+    "progress = CASE WHEN cancel_requested THEN progress ELSE %(progress)s END, "
+    "lease_token = NULL, lease_expires = NULL, "
+    "not_before = CASE WHEN cancel_requested THEN NULL ELSE not_before END, "
+    "updated_at = now(), "
+    "finished_at = CASE WHEN cancel_requested THEN now() END, "
+    "history = "
+    + _CLOSE_ATTEMPT.format(
+        outcome="CASE WHEN cancel_requested THEN 'cancelled' ELSE 'released' END",
+        error="CASE WHEN cancel_requested THEN 'cancelled by request' END",
+    )
+    + " WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s"
+    f" RETURNING {_COLUMNS}) SELECT u.* FROM u {_NOTIFY_IF_PENDING}"
+)
+
+_REAP = (
+    "WITH expired AS ("
+    " SELECT id FROM tasks WHERE status = 'processing' AND lease_expires < now()"
+    " ORDER BY lease_expires FOR UPDATE SKIP LOCKED) "
+    "UPDATE tasks SET "
+    + _fail_assignments(
+        retryable="true",
+        error="format('lease expired: worker %%s stopped heartbeating', worker_id)",
+        code="'lease_expired'",
+        outcome="'lease_expired'",
+        retry="'lease_expired'",
+    )
+    + " FROM expired WHERE tasks.id = expired.id"
+    " AND tasks.status = 'processing' AND tasks.lease_expires < now()"
+    " RETURNING tasks.status"
+)
+
+_COUNTS = (
+    "SELECT"
+    " (SELECT count(*) FROM tasks WHERE status = 'pending'"
+    "  AND (not_before IS NULL OR not_before <= now())) AS pending,"
+    " (SELECT count(*) FROM tasks WHERE status = 'pending' AND not_before > now()) AS delayed,"
+    " (SELECT count(*) FROM tasks WHERE status = 'processing') AS processing,"
+    " (SELECT count(*) FROM tasks WHERE status = 'completed'"
+    "  AND finished_at >= %(lo)s AND finished_at < %(hi)s) AS completed_today,"
+    " (SELECT count(*) FROM tasks WHERE status = 'failed'"
+    "  AND finished_at >= %(lo)s AND finished_at < %(hi)s) AS failed_today,"
+    " (SELECT count(*) FROM tasks WHERE status = 'cancelled'"
+    "  AND finished_at >= %(lo)s AND finished_at < %(hi)s) AS cancelled_today"
+)
+
+
+# -- schema migrations --------------------------------------------------------------
+class SchemaMismatch(ConveyorError):
+    """The database schema is not the one this Conveyor was built for."""
+
+    code = "schema_mismatch"
+    http_status = 503
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    current: int  # 0: no Conveyor schema at all
+    latest: int  # the newest version this code knows
+    pending: list[Migration]
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.latest
+
+
+def migrations() -> list[Migration]:
+    """The migrations shipped with this package, oldest first."""
+    folder = resources.files("conveyor.backends").joinpath("pg_migrations")
+    found: dict[int, Migration] = {}
+    for entry in folder.iterdir():
+        m = _MIGRATION_NAME.match(entry.name)
+        if m is None:
+            continue
+        version = int(m.group(1))
+        if version in found:
+            raise RuntimeError(f"two migrations with version {version}: {entry.name}")
+        found[version] = Migration(version, m.group(2), entry.read_text(encoding="utf-8"))
+    ordered = [found[v] for v in sorted(found)]
+    if [m.version for m in ordered] != list(range(1, len(ordered) + 1)):
+        raise RuntimeError("migration versions must be 1, 2, 3, ... without gaps")
+    return ordered
+
+
+def latest_version() -> int:
+    return len(migrations())
+
+
+def _schema_version(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT to_regclass('conveyor_schema') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM conveyor_schema").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _too_new(current: int, latest: int) -> SchemaMismatch:
+    return SchemaMismatch(
+        f"database schema is at version {current} but this Conveyor knows up to "
+        f"version {latest}: upgrade Conveyor"
+    )
+
+
+def _not_upgraded(current: int, latest: int) -> SchemaMismatch:
+    if current == 0:
+        return SchemaMismatch(
+            f"the database has no Conveyor schema yet (this Conveyor needs version {latest}): "
+            "run `conveyor db upgrade --backend URL` first"
+        )
+    return SchemaMismatch(
+        f"database schema is at version {current} but this Conveyor needs version {latest}: "
+        "run `conveyor db upgrade --backend URL`"
+    )
+
+
+def schema_status(url: str) -> SchemaStatus:
+    conninfo, _ = parse_url(url)
+    known = migrations()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        current = _schema_version(conn)
+    return SchemaStatus(current, len(known), [m for m in known if m.version > current])
+
+
+def upgrade(url: str) -> list[Migration]:
+    """Apply the missing migrations in one transaction; return those applied.
+
+    Safe to run from several hosts at once: an advisory lock serialises
+    them, and the later ones find nothing left to do.
+    """
+    conninfo, _ = parse_url(url)
+    known = migrations()
+    with psycopg.connect(conninfo, autocommit=True) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS conveyor_schema ("
+            " version integer PRIMARY KEY,"
+            " name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        current = _schema_version(conn)
+        if current > len(known):
+            raise _too_new(current, len(known))
+        todo = [m for m in known if m.version > current]
+        for m in todo:
+            conn.execute(m.sql)  # several statements, no parameters: simple query protocol
+            conn.execute(
+                "INSERT INTO conveyor_schema (version, name) VALUES (%s, %s)", (m.version, m.name)
+            )
+    return todo
+
+
+# -- URLs and cursors ---------------------------------------------------------------
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split a backend URL into a libpq URL and Conveyor's own options."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise InvalidRequest(
+            "PostgreSQL backend URL must start with postgresql:// "
+            "(e.g. postgresql://user:pass@host:5432/conveyor)"
+        )
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in _URL_OPTIONS}
+    rest = [(k, v) for k, v in query if k not in _URL_OPTIONS]
+    if not any(k == "application_name" for k, _ in rest):
+        rest.append(("application_name", "conveyor"))
+    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
+    return conninfo, ours
+
+
+def _threshold(value: str) -> int | None:
+    return None if value.strip().lower() in ("none", "off", "") else int(value)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def encode_cursor(created_at: datetime, task_id: str) -> str:
+    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
+    raw = f"{micros}|{task_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        micros, task_id = raw.split("|", 1)
+        if not task_id or not micros.lstrip("-").isdigit():
+            raise ValueError(cursor)
+        return _EPOCH + timedelta(microseconds=int(micros)), task_id
+    except Exception:
+        raise InvalidRequest(
+            f"invalid cursor {cursor!r}: pass back next_cursor unchanged"
+        ) from None
+
+
+def _lease_lost(task_id: str) -> LeaseLost:
+    return LeaseLost(f"lease on task {task_id} is no longer held by this worker")
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET TIME ZONE 'UTC'")
+
+
+# -- the engine ---------------------------------------------------------------------
+class PostgresBackend(Backend):
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 8,
+        pool_timeout: float = 30.0,
+        auto_upgrade: bool = False,
+        backoff_base: float | None = None,
+        prepare_threshold: int | None = 5,
+    ) -> None:
+        self.conninfo, _ = parse_url(url)
+        if backoff_base is not None:
+            self.backoff_base = backoff_base
+        self._work = threading.Condition()
+        self._listen_lock = threading.Lock()
+        self._listener: psycopg.Connection[Any] | None = None
+        self._closed = False
+        # checked on a connection of its own first: an unreachable database or
+        # an unknown schema fails here at once, not after the pool's timeout
+        self._check_schema(auto_upgrade)
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            self.conninfo,
+            min_size=max(1, pool_min),
+            max_size=max(1, pool_min, pool_max),
+            kwargs={"autocommit": True, "prepare_threshold": prepare_threshold},
+            configure=_configure,
+            timeout=pool_timeout,
+            name="conveyor",
+            num_workers=2,
+            open=True,
+        )
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresBackend:
+        _, opts = parse_url(url)
+        try:
+            return cls(
+                url,
+                pool_min=int(opts.get("pool_min", 1)),
+                pool_max=int(opts.get("pool_max", 8)),
+                pool_timeout=float(opts.get("pool_timeout", 30.0)),
+                auto_upgrade=_truthy(opts.get("auto_upgrade")),
+                prepare_threshold=_threshold(opts.get("prepare_threshold", "5")),
+            )
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid option in the PostgreSQL URL: {exc}") from None
+
+    def _check_schema(self, auto_upgrade: bool) -> None:
+        latest = latest_version()
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            current = _schema_version(conn)
+        if current > latest:
+            raise _too_new(current, latest)
+        if current < latest:
+            if not auto_upgrade:
+                raise _not_upgraded(current, latest)
+            upgrade(self.conninfo)
+
+    # -- connections ---------------------------------------------------------------
+    @contextmanager
+    def _cursor(self) -> Iterator[Cursor]:
+        """One statement per call: autocommit makes each its own transaction."""
+        with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            yield cur
+
+    @contextmanager
+    def _tx(self) -> Iterator[Cursor]:
+        with (
+            self._pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
+            yield cur
+
+    def _wake_local(self) -> None:
+        with self._work:
+            self._work.notify_all()
+
+    # -- row mapping -------------------------------------------------------------------
+    @staticmethod
+    def _row_to_task(r: Row) -> Task:
+        return Task(
+            id=r["id"],
+            kind=r["kind"],
+            status=TaskStatus(r["status"]),
+            priority=r["priority"],
+            input=InputRef(bucket=r["input_bucket"], key=r["input_key"])
+            if r["input_bucket"] is not None
+            else None,
+            params=r["params"],
+            outputs=[OutputFile.model_validate(o) for o in r["outputs"]],
+            progress=Progress.model_validate(r["progress"] or {}),
+            attempts=r["attempts"],
+            max_attempts=r["max_attempts"],
+            error=r["error"],
+            error_code=r["error_code"],
+            worker_id=r["worker_id"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+            started_at=r["started_at"],
+            finished_at=r["finished_at"],
+            not_before=r["not_before"],
+            date_partition=r["date_partition"],
+            idempotency_key=r["idempotency_key"],
+            submitted_by=r["submitted_by"],
+            trigger=Trigger(r["trigger"]),
+            cancel_requested=bool(r["cancel_requested"]),
+            history=[Attempt.model_validate(a) for a in r["history"]],
+        )
+
+    @staticmethod
+    def _get_row(cur: Cursor, task_id: str, *, lock: bool = False) -> Row | None:
+        sql = f"SELECT {_COLUMNS} FROM tasks WHERE id = %s"
+        return cur.execute(sql + (" FOR UPDATE" if lock else ""), (task_id,)).fetchone()
+
+    # -- submit ------------------------------------------------------------------------
+    def submit(self, task: Task) -> tuple[Task, bool]:
+        if task.status != TaskStatus.PENDING:
+            task = task.model_copy(update={"status": TaskStatus.PENDING})
+        values = (
+            task.id,
+            task.kind,
+            task.status.value,
+            task.priority,
+            task.input.bucket if task.input else None,
+            task.input.key if task.input else None,
+            Jsonb(task.params),
+            Jsonb([o.model_dump(mode="json") for o in task.outputs]),
+            Jsonb(task.progress.model_dump(mode="json")),
+            task.attempts,
+            task.max_attempts,
+            task.error,
+            task.error_code,
+            None,
+            None,
+            None,
+            False,
+            task.created_at,
+            task.updated_at,
+            None,
+            None,
+            task.not_before,
+            task.date_partition,
+            task.idempotency_key,
+            task.submitted_by,
+            task.trigger.value,
+            Jsonb([]),
+        )
+        with self._cursor() as cur:
+            for _ in range(3):
+                try:
+                    inserted = cur.execute(_SUBMIT, values).fetchone()
+                except psycopg.errors.UniqueViolation:
+                    raise Conflict(f"task {task.id} already exists") from None
+                if inserted is not None:
+                    break
+                existing = cur.execute(
+                    f"SELECT {_COLUMNS} FROM tasks WHERE idempotency_key = %s",
+                    (task.idempotency_key,),
+                ).fetchone()
+                if existing is not None:
+                    return self._row_to_task(existing), False
+            else:  # pragma: no cover - the conflicting row vanished three times
+                raise Conflict(f"could not store task {task.id}: idempotency key keeps changing")
+        self._wake_local()
+        return task, True
+
+    # -- worker protocol ---------------------------------------------------------------
+    def claim(
+        self, worker_id: str, kinds: list[str], capacity: int, lease_s: float
+    ) -> list[ClaimedTask]:
+        if capacity <= 0 or not kinds:
+            return []
+        unique = list(dict.fromkeys(kinds))
+        params: dict[str, Any] = {
+            "kinds": unique,
+            "capacity": capacity,
+            "worker": worker_id,
+            "lease_s": float(lease_s),
+            "progress": Jsonb(Progress(phase="starting").model_dump(mode="json")),
+        }
+        params.update({f"kind{i}": k for i, k in enumerate(unique)})
+        with self._cursor() as cur:
+            rows = cur.execute(_claim_sql(len(unique)), params).fetchall()
+        rows.sort(key=lambda r: (-r["priority"], r["id"]))
+        return [
+            ClaimedTask(
+                task=self._row_to_task(r),
+                lease=Lease(
+                    task_id=r["id"],
+                    token=r["lease_token"],
+                    worker_id=worker_id,
+                    attempt=r["attempts"],
+                    expires_at=r["lease_expires"],
+                ),
+            )
+            for r in rows
+        ]
+
+    def heartbeat(self, worker: WorkerInfo, leases: list[Lease], lease_s: float) -> HeartbeatResult:
+        with self._cursor() as cur:
+            rows = cur.execute(
+                _HEARTBEAT,
+                {
+                    "id": worker.id,
+                    "info": worker.model_dump_json(),
+                    "lease_s": float(lease_s),
+                    "ids": [lease.task_id for lease in leases],
+                    "tokens": [lease.token for lease in leases],
+                },
+            ).fetchall()
+        held = {r["id"]: bool(r["cancel_requested"]) for r in rows}
+        result = HeartbeatResult()
+        for lease in leases:
+            if lease.task_id in held:
+                result.renewed.append(lease.task_id)
+                if held[lease.task_id]:
+                    result.cancel.append(lease.task_id)
+            else:
+                result.lost.append(lease.task_id)
+        return result
+
+    def progress(self, lease: Lease, progress: Progress) -> None:
+        with self._cursor() as cur:
+            cur.execute(
+                _PROGRESS, (Jsonb(progress.model_dump(mode="json")), lease.task_id, lease.token)
+            )
+            if cur.rowcount == 0:
+                raise _lease_lost(lease.task_id)
+
+    def complete(self, lease: Lease, outputs: list[OutputFile]) -> Task:
+        with self._cursor() as cur:
+            row = cur.execute(
+                _COMPLETE,
+                {
+                    "outputs": Jsonb([o.model_dump(mode="json") for o in outputs]),
+                    "progress": Jsonb(
+                        Progress(percent=100.0, phase="completed").model_dump(mode="json")
+                    ),
+                    "id": lease.task_id,
+                    "token": lease.token,
+                },
+            ).fetchone()
+        if row is None:
+            raise _lease_lost(lease.task_id)
+        return self._row_to_task(row)
+
+    def _backoff_params(self) -> dict[str, float]:
+        return {"backoff_base": float(self.backoff_base), "backoff_max": float(self.backoff_max)}
+
+    def fail(self, lease: Lease, error: str, *, retryable: bool, code: str | None = None) -> Task:
+        with self._cursor() as cur:
+            row = cur.execute(
+                _FAIL,
+                {
+                    "retryable": bool(retryable),
+                    "error": error,
+                    "code": code or "failed",
+                    "id": lease.task_id,
+                    "token": lease.token,
+                    **self._backoff_params(),
+                },
+            ).fetchone()
+        if row is None:
+            raise _lease_lost(lease.task_id)
+        task = self._row_to_task(row)
+        if task.status == TaskStatus.PENDING:
+            self._wake_local()
+        return task
+
+    def release(self, lease: Lease) -> Task:
+        with self._cursor() as cur:
+            row = cur.execute(
+                _RELEASE,
+                {
+                    "progress": Jsonb(Progress().model_dump(mode="json")),
+                    "id": lease.task_id,
+                    "token": lease.token,
+                },
+            ).fetchone()
+        if row is None:
+            raise _lease_lost(lease.task_id)
+        self._wake_local()
+        return self._row_to_task(row)
+
+    def reap(self) -> int:
+        with self._tx() as cur:
+            got = cur.execute("SELECT pg_try_advisory_xact_lock(%s) AS got", (REAPER_LOCK,))
+            row = got.fetchone()
+            if row is None or not row["got"]:
+                return 0  # another reaper (another host) is at it right now
+            rows = cur.execute(_REAP, self._backoff_params()).fetchall()
+            if any(r["status"] == TaskStatus.PENDING for r in rows):
+                cur.execute(f"NOTIFY {CHANNEL}")
+        if rows:
+            self._wake_local()
+        return len(rows)
+
+    # -- operator actions --------------------------------------------------------------
+    def cancel(self, task_id: str) -> Task:
+        with self._tx() as cur:
+            row = self._get_row(cur, task_id, lock=True)
+            if row is None:
+                raise TaskNotFound(f"task {task_id} not found")
+            status = TaskStatus(row["status"])
+            if status == TaskStatus.PENDING:
+                sql = (
+                    "UPDATE tasks SET status = 'cancelled', error = 'cancelled by request', "
+                    "error_code = 'cancelled', not_before = NULL, finished_at = now(), "
+                    "updated_at = now() WHERE id = %s"
+                )
+            elif status == TaskStatus.PROCESSING:
+                sql = "UPDATE tasks SET cancel_requested = true, updated_at = now() WHERE id = %s"
+            else:
+                raise Conflict(f"task {task_id} is already {status.value}; nothing to cancel")
+            row = cur.execute(sql + f" RETURNING {_COLUMNS}", (task_id,)).fetchone()
+        assert row is not None
+        return self._row_to_task(row)
+
+    def retry(self, task_id: str) -> Task:
+        with self._tx() as cur:
+            row = self._get_row(cur, task_id, lock=True)
+            if row is None:
+                raise TaskNotFound(f"task {task_id} not found")
+            status = TaskStatus(row["status"])
+            if status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+                raise Conflict(
+                    f"task {task_id} is {status.value}; "
+                    "only failed or cancelled tasks can be retried"
+                )
+            row = cur.execute(
+                "UPDATE tasks SET status = 'pending', attempts = 0, error = NULL, "
+                "error_code = NULL, outputs = '[]', progress = %s, cancel_requested = false, "
+                "not_before = NULL, finished_at = NULL, worker_id = NULL, updated_at = now() "
+                f"WHERE id = %s RETURNING {_COLUMNS}",
+                (Jsonb(Progress().model_dump(mode="json")), task_id),
+            ).fetchone()
+            cur.execute(f"NOTIFY {CHANNEL}")
+        assert row is not None
+        self._wake_local()
+        return self._row_to_task(row)
+
+    def clear_pending(self) -> int:
+        with self._cursor() as cur:
+            cur.execute(
+                "UPDATE tasks SET status = 'cancelled', error = 'cancelled: queue cleared', "
+                "error_code = 'cancelled', not_before = NULL, finished_at = now(), "
+                "updated_at = now() WHERE status = 'pending'"
+            )
+            return cur.rowcount
+
+    # -- reading -----------------------------------------------------------------------
+    def get(self, task_id: str) -> Task | None:
+        with self._cursor() as cur:
+            row = self._get_row(cur, task_id)
+        return None if row is None else self._row_to_task(row)
+
+    def counts(self, today: str | None = None) -> QueueCounts:
+        day = today or date_partition(utcnow())
+        try:
+            lo = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise InvalidRequest(f"invalid day {day!r}: expected YYYY-MM-DD") from None
+        with self._cursor() as cur:
+            row = cur.execute(_COUNTS, {"lo": lo, "hi": lo + timedelta(days=1)}).fetchone()
+        assert row is not None
+        out = QueueCounts(**{k: int(v) for k, v in row.items()})
+        out.by_status = {"pending": out.pending + out.delayed, "processing": out.processing}
+        return out
+
+    def workers(self, active_within_s: float = 60.0) -> list[WorkerInfo]:
+        with self._cursor() as cur:
+            rows = cur.execute(
+                "SELECT info FROM workers "
+                "WHERE last_seen >= now() - make_interval(secs => %s::float8) ORDER BY id",
+                (float(active_within_s),),
+            ).fetchall()
+        return [WorkerInfo.model_validate(r["info"]) for r in rows]
+
+    def ping(self) -> None:
+        with self._cursor() as cur:
+            cur.execute("SELECT 1")
+
+    # -- logs --------------------------------------------------------------------------
+    def append_logs(
+        self, task_id: str, attempt: int, lines: list[tuple[datetime, str, str]]
+    ) -> None:
+        if not lines:
+            return
+        with self._tx() as cur:
+            # one appender per task at a time: seq order is commit order, so a
+            # reader tailing with after_seq never skips a line committed late
+            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOG_LOCK_CLASS, task_id))
+            cur.execute(
+                "INSERT INTO task_logs (task_id, attempt, ts, stream, line) "
+                "SELECT %s, %s, l.ts, l.stream, l.line "
+                "FROM unnest(%s::timestamptz[], %s::text[], %s::text[]) "
+                "WITH ORDINALITY AS l(ts, stream, line, n) ORDER BY l.n",
+                (
+                    task_id,
+                    attempt,
+                    [ts for ts, _, _ in lines],
+                    [stream for _, stream, _ in lines],
+                    [line for _, _, line in lines],
+                ),
+            )
+
+    def read_logs(
+        self, task_id: str, *, attempt: int | None = None, after_seq: int = 0, limit: int = 1000
+    ) -> list[LogLine]:
+        sql = "SELECT seq, attempt, ts, stream, line FROM task_logs WHERE task_id = %s AND seq > %s"
+        args: list[Any] = [task_id, after_seq]
+        if attempt is not None:
+            sql += " AND attempt = %s"
+            args.append(attempt)
+        sql += " ORDER BY seq LIMIT %s"
+        args.append(max(1, min(limit, 10000)))
+        with self._cursor() as cur:
+            rows = cur.execute(sql, args).fetchall()
+        return [
+            LogLine(
+                seq=r["seq"], attempt=r["attempt"], ts=r["ts"], stream=r["stream"], line=r["line"]
+            )
+            for r in rows
+        ]
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _listen_connection(self) -> psycopg.Connection[Any] | None:
+        if self._listener is not None and not self._listener.closed:
+            return self._listener
+        try:
+            # bounded connect, and TCP keepalives so a silently dropped link is
+            # noticed (meanwhile every wait still ends by its timeout: polling)
+            conn = psycopg.connect(
+                self.conninfo,
+                autocommit=True,
+                connect_timeout=5,
+                keepalives=1,
+                keepalives_idle=30,
+                keepalives_interval=10,
+                keepalives_count=3,
+            )
+            conn.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error:
+            return None
+        self._listener = conn
+        return conn
+
+    def _drop_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Block until a NOTIFY (or a local submit) says there may be work, or ``timeout``.
+
+        One thread at a time listens on the dedicated connection and relays
+        what it hears to the others; if that connection breaks it is dropped
+        (and made again on the next call) and the caller simply polls.
+        """
+        timeout = max(0.0, float(timeout))
+        if self._closed:
+            return
+        if not self._listen_lock.acquire(blocking=False):
+            with self._work:  # another thread is listening and will wake us
+                self._work.wait(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            conn = self._listen_connection()
+            if conn is None:  # database unreachable: behave like a poll
+                with self._work:
+                    self._work.wait(max(0.0, deadline - time.monotonic()))
+                return
+            woke = False
+            try:
+                remaining = max(0.0, deadline - time.monotonic())
+                for _ in conn.notifies(timeout=remaining, stop_after=1):
+                    woke = True
+                if woke:  # drain what else has arrived: one wake-up is enough
+                    for _ in conn.notifies(timeout=0):
+                        pass
+            except psycopg.Error:
+                self._drop_listener()
+                return
+            if woke:
+                self._wake_local()
+        finally:
+            if self._closed:
+                self._drop_listener()
+            self._listen_lock.release()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake_local()
+        if self._listen_lock.acquire(blocking=False):
+            try:
+                self._drop_listener()
+            finally:
+                self._listen_lock.release()
+        self._pool.close()
+
+    def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        date: str | None = None,
+        kind: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> Page:
+        limit = max(1, min(int(limit), 1000))
+        where: list[str] = []
+        args: list[Any] = []
+        if date is not None:
+            where.append("date_partition = %s")
+            args.append(date)
+        if status is not None:
+            where.append("status = %s")
+            args.append(TaskStatus(status).value)
+        if kind is not None:
+            where.append("kind = %s")
+            args.append(kind)
+        if cursor:
+            created_at, task_id = decode_cursor(cursor)
+            where.append("(created_at, id) < (%s, %s)")
+            args.extend([created_at, task_id])
+        sql = f"SELECT {_COLUMNS} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
+        args.append(limit + 1)
+        with self._cursor() as cur:
+            rows = cur.execute(sql, args).fetchall()
+        items = [self._row_to_task(r) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = encode_cursor(last["created_at"], last["id"])
+        return Page(items=items, next_cursor=next_cursor)

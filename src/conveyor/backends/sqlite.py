@@ -1,0 +1,748 @@
+"""Embedded engine: SQLite in WAL mode holds tasks, queue, workers and logs.
+
+One writer connection per process, guarded by a lock, with ``BEGIN
+IMMEDIATE`` so that two processes sharing the file queue up on the write
+lock instead of failing half-way ("database is locked" is what Unmanic users
+hit).  Readers use their own per-thread connections and never block the
+writer.  Times are stored as UNIX seconds (REAL) so comparisons are cheap.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from conveyor.backends.base import (
+    Backend,
+    ThroughputPoint,
+    backoff_seconds,
+    throughput_windows,
+)
+from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
+from conveyor.models import (
+    Attempt,
+    ClaimedTask,
+    HeartbeatResult,
+    InputRef,
+    Lease,
+    LogLine,
+    OutputFile,
+    Page,
+    Progress,
+    QueueCounts,
+    Task,
+    TaskStatus,
+    Trigger,
+    WorkerInfo,
+    date_partition,
+    utcnow,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    input_bucket TEXT,
+    input_key TEXT,
+    params TEXT NOT NULL DEFAULT '{}',
+    outputs TEXT NOT NULL DEFAULT '[]',
+    progress TEXT NOT NULL DEFAULT '{}',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL DEFAULT 3,
+    error TEXT,
+    error_code TEXT,
+    worker_id TEXT,
+    lease_token TEXT,
+    lease_expires REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    not_before REAL,
+    date_partition TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    submitted_by TEXT,
+    trigger TEXT NOT NULL DEFAULT 'api',
+    history TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS tasks_date ON tasks (date_partition, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS tasks_date_status
+    ON tasks (date_partition, status, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (status, finished_at);
+CREATE INDEX IF NOT EXISTS tasks_kind ON tasks (kind, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (priority DESC, id, not_before, kind)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (lease_expires)
+    WHERE status = 'processing';
+CREATE TABLE IF NOT EXISTS task_logs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    stream TEXT NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS task_logs_task ON task_logs (task_id, attempt, seq);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    info TEXT NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+SCHEMA_VERSION = "1"
+
+_COLUMNS = (
+    "id, kind, status, priority, input_bucket, input_key, params, outputs, progress, attempts, "
+    "max_attempts, error, error_code, worker_id, lease_token, lease_expires, cancel_requested, "
+    "created_at, updated_at, started_at, finished_at, not_before, date_partition, "
+    "idempotency_key, submitted_by, trigger, history"
+)
+
+
+def _ts(dt: datetime | None) -> float | None:
+    return None if dt is None else dt.timestamp()
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def _at(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def encode_cursor(created_at: float, task_id: str) -> str:
+    raw = f"{created_at!r}|{task_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ts, task_id = raw.split("|", 1)
+        return float(ts), task_id
+    except Exception:
+        raise InvalidRequest(
+            f"invalid cursor {cursor!r}: pass back next_cursor unchanged"
+        ) from None
+
+
+class SQLiteBackend(Backend):
+    def __init__(self, path: Path | str, *, backoff_base: float | None = None) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if backoff_base is not None:
+            self.backoff_base = backoff_base
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._work = threading.Condition()
+        self._generation = 0  # bumped on every notify; see wait_for_work
+        self._closed = False
+        self._writer = self._connect()
+        self._writer.executescript(SCHEMA)
+        self._writer.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (SCHEMA_VERSION,),
+        )
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteBackend:
+        parsed = urlparse(url)
+        path = unquote(parsed.path)
+        if parsed.netloc:  # sqlite://relative/path.db
+            path = parsed.netloc + path
+        if not path:
+            raise InvalidRequest("sqlite URL needs a file path, e.g. sqlite:///data/conveyor.db")
+        return cls(path)
+
+    # -- connections ---------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            c = self._writer
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            else:
+                c.execute("COMMIT")
+
+    def _notify(self) -> None:
+        with self._work:
+            self._generation += 1
+            self._work.notify_all()
+
+    # -- row mapping -------------------------------------------------------
+    @staticmethod
+    def _row_to_task(r: sqlite3.Row) -> Task:
+        return Task(
+            id=r["id"],
+            kind=r["kind"],
+            status=TaskStatus(r["status"]),
+            priority=r["priority"],
+            input=InputRef(bucket=r["input_bucket"], key=r["input_key"])
+            if r["input_bucket"] is not None
+            else None,
+            params=json.loads(r["params"]),
+            outputs=[OutputFile.model_validate(o) for o in json.loads(r["outputs"])],
+            progress=Progress.model_validate(json.loads(r["progress"] or "{}")),
+            attempts=r["attempts"],
+            max_attempts=r["max_attempts"],
+            error=r["error"],
+            error_code=r["error_code"],
+            worker_id=r["worker_id"],
+            created_at=_at(r["created_at"]),
+            updated_at=_at(r["updated_at"]),
+            started_at=_dt(r["started_at"]),
+            finished_at=_dt(r["finished_at"]),
+            not_before=_dt(r["not_before"]),
+            date_partition=r["date_partition"],
+            idempotency_key=r["idempotency_key"],
+            submitted_by=r["submitted_by"],
+            trigger=Trigger(r["trigger"]),
+            cancel_requested=bool(r["cancel_requested"]),
+            history=[Attempt.model_validate(a) for a in json.loads(r["history"])],
+        )
+
+    def _get_row(self, c: sqlite3.Connection, task_id: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = c.execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+        return row
+
+    def _require(self, c: sqlite3.Connection, task_id: str) -> sqlite3.Row:
+        row = self._get_row(c, task_id)
+        if row is None:
+            raise TaskNotFound(f"task {task_id} not found")
+        return row
+
+    def _held(self, c: sqlite3.Connection, lease: Lease) -> sqlite3.Row:
+        row = self._get_row(c, lease.task_id)
+        if (
+            row is None
+            or row["status"] != TaskStatus.PROCESSING
+            or row["lease_token"] != lease.token
+        ):
+            raise LeaseLost(f"lease on task {lease.task_id} is no longer held by this worker")
+        return row
+
+    @staticmethod
+    def _close_attempt(history_json: str, outcome: str, error: str | None, now: float) -> str:
+        history = json.loads(history_json)
+        if history and history[-1].get("finished_at") is None:
+            history[-1]["finished_at"] = _at(now).isoformat()  # type: ignore[union-attr]
+            history[-1]["outcome"] = outcome
+            history[-1]["error"] = error
+        return json.dumps(history)
+
+    # -- submit --------------------------------------------------------------
+    def submit(self, task: Task) -> tuple[Task, bool]:
+        if task.status != TaskStatus.PENDING:
+            task = task.model_copy(update={"status": TaskStatus.PENDING})
+        with self._tx() as c:
+            if task.idempotency_key:
+                existing = c.execute(
+                    f"SELECT {_COLUMNS} FROM tasks WHERE idempotency_key = ?",
+                    (task.idempotency_key,),
+                ).fetchone()
+                if existing is not None:
+                    return self._row_to_task(existing), False
+            c.execute(
+                f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 27)})",
+                (
+                    task.id,
+                    task.kind,
+                    task.status.value,
+                    task.priority,
+                    task.input.bucket if task.input else None,
+                    task.input.key if task.input else None,
+                    json.dumps(task.params),
+                    json.dumps([o.model_dump(mode="json") for o in task.outputs]),
+                    task.progress.model_dump_json(),
+                    task.attempts,
+                    task.max_attempts,
+                    task.error,
+                    task.error_code,
+                    None,
+                    None,
+                    None,
+                    0,
+                    _ts(task.created_at),
+                    _ts(task.updated_at),
+                    None,
+                    None,
+                    _ts(task.not_before),
+                    task.date_partition,
+                    task.idempotency_key,
+                    task.submitted_by,
+                    task.trigger.value,
+                    "[]",
+                ),
+            )
+        self._notify()
+        return task, True
+
+    # -- worker protocol -----------------------------------------------------
+    def claim(
+        self, worker_id: str, kinds: list[str], capacity: int, lease_s: float
+    ) -> list[ClaimedTask]:
+        if capacity <= 0 or not kinds:
+            return []
+        now = time.time()
+        marks = ", ".join("?" * len(kinds))
+        claimed: list[ClaimedTask] = []
+        with self._tx() as c:
+            rows = c.execute(
+                f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_ready "
+                f"WHERE status = 'pending' AND kind IN ({marks}) "
+                "AND (not_before IS NULL OR not_before <= ?) "
+                "ORDER BY priority DESC, id LIMIT ?",
+                (*kinds, now, capacity),
+            ).fetchall()
+            for r in rows:
+                token = secrets.token_hex(16)
+                attempt = r["attempts"] + 1
+                history = json.loads(r["history"])
+                history.append(
+                    Attempt(number=attempt, worker_id=worker_id, started_at=_at(now)).model_dump(
+                        mode="json"
+                    )
+                )  # type: ignore[arg-type]
+                c.execute(
+                    "UPDATE tasks SET status = 'processing', attempts = ?, worker_id = ?, "
+                    "lease_token = ?, lease_expires = ?, started_at = ?, updated_at = ?, "
+                    "not_before = NULL, progress = ?, history = ? WHERE id = ?",
+                    (
+                        attempt,
+                        worker_id,
+                        token,
+                        now + lease_s,
+                        now,
+                        now,
+                        Progress(phase="starting").model_dump_json(),
+                        json.dumps(history),
+                        r["id"],
+                    ),
+                )
+                row = self._require(c, r["id"])
+                claimed.append(
+                    ClaimedTask(
+                        task=self._row_to_task(row),
+                        lease=Lease(
+                            task_id=r["id"],
+                            token=token,
+                            worker_id=worker_id,
+                            attempt=attempt,
+                            expires_at=_at(now + lease_s),
+                        ),  # type: ignore[arg-type]
+                    )
+                )
+        return claimed
+
+    def heartbeat(self, worker: WorkerInfo, leases: list[Lease], lease_s: float) -> HeartbeatResult:
+        now = time.time()
+        result = HeartbeatResult()
+        worker = worker.model_copy(update={"last_seen": _at(now)})
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO workers (id, info, last_seen) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET info = excluded.info, "
+                "last_seen = excluded.last_seen",
+                (worker.id, worker.model_dump_json(), now),
+            )
+            for lease in leases:
+                cur = c.execute(
+                    "UPDATE tasks SET lease_expires = ? WHERE id = ? AND status = 'processing' "
+                    "AND lease_token = ? RETURNING cancel_requested",
+                    (now + lease_s, lease.task_id, lease.token),
+                ).fetchone()
+                if cur is None:
+                    result.lost.append(lease.task_id)
+                else:
+                    result.renewed.append(lease.task_id)
+                    if cur[0]:
+                        result.cancel.append(lease.task_id)
+        return result
+
+    def progress(self, lease: Lease, progress: Progress) -> None:
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE tasks SET progress = ?, updated_at = ? WHERE id = ? "
+                "AND status = 'processing' AND lease_token = ?",
+                (progress.model_dump_json(), time.time(), lease.task_id, lease.token),
+            )
+            if cur.rowcount == 0:
+                raise LeaseLost(f"lease on task {lease.task_id} is no longer held by this worker")
+
+    def complete(self, lease: Lease, outputs: list[OutputFile]) -> Task:
+        now = time.time()
+        with self._tx() as c:
+            row = self._held(c, lease)
+            c.execute(
+                "UPDATE tasks SET status = 'completed', outputs = ?, progress = ?, error = NULL, "
+                "error_code = NULL, lease_token = NULL, lease_expires = NULL, finished_at = ?, "
+                "updated_at = ?, history = ? WHERE id = ?",
+                (
+                    json.dumps([o.model_dump(mode="json") for o in outputs]),
+                    Progress(percent=100.0, phase="completed").model_dump_json(),
+                    now,
+                    now,
+                    self._close_attempt(row["history"], "completed", None, now),
+                    lease.task_id,
+                ),
+            )
+            return self._row_to_task(self._require(c, lease.task_id))
+
+    def _fail_row(
+        self,
+        c: sqlite3.Connection,
+        row: sqlite3.Row,
+        error: str,
+        *,
+        retryable: bool,
+        code: str | None,
+        outcome: str,
+        now: float,
+    ) -> None:
+        if row["cancel_requested"]:
+            status, not_before, outcome, code = TaskStatus.CANCELLED, None, "cancelled", "cancelled"
+            error = "cancelled by request"
+        elif retryable and row["attempts"] < row["max_attempts"]:
+            status = TaskStatus.PENDING
+            not_before = now + backoff_seconds(row["attempts"], self.backoff_base, self.backoff_max)
+            outcome = outcome if outcome != "failed" else "retry"
+        else:
+            status, not_before = TaskStatus.FAILED, None
+        final = status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+        c.execute(
+            "UPDATE tasks SET status = ?, error = ?, error_code = ?, lease_token = NULL, "
+            "lease_expires = NULL, not_before = ?, updated_at = ?, finished_at = ?, history = ? "
+            "WHERE id = ?",
+            (
+                status.value,
+                error,
+                code,
+                not_before,
+                now,
+                now if final else None,
+                self._close_attempt(row["history"], outcome, error, now),
+                row["id"],
+            ),
+        )
+
+    def fail(self, lease: Lease, error: str, *, retryable: bool, code: str | None = None) -> Task:
+        now = time.time()
+        with self._tx() as c:
+            row = self._held(c, lease)
+            self._fail_row(
+                c, row, error, retryable=retryable, code=code or "failed", outcome="failed", now=now
+            )
+            task = self._row_to_task(self._require(c, lease.task_id))
+        if task.status == TaskStatus.PENDING:
+            self._notify()
+        return task
+
+    def release(self, lease: Lease) -> Task:
+        now = time.time()
+        with self._tx() as c:
+            row = self._held(c, lease)
+            if row["cancel_requested"]:
+                self._fail_row(
+                    c,
+                    row,
+                    "cancelled",
+                    retryable=False,
+                    code="cancelled",
+                    outcome="cancelled",
+                    now=now,
+                )
+            else:
+                c.execute(
+                    "UPDATE tasks SET status = 'pending', attempts = MAX(attempts - 1, 0), "
+                    "lease_token = NULL, lease_expires = NULL, worker_id = NULL, updated_at = ?, "
+                    "progress = ?, history = ? WHERE id = ?",
+                    (
+                        now,
+                        Progress().model_dump_json(),
+                        self._close_attempt(row["history"], "released", None, now),
+                        lease.task_id,
+                    ),
+                )
+            task = self._row_to_task(self._require(c, lease.task_id))
+        self._notify()
+        return task
+
+    def reap(self) -> int:
+        now = time.time()
+        with self._tx() as c:
+            rows = c.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE status = 'processing' AND lease_expires < ?",
+                (now,),
+            ).fetchall()
+            for row in rows:
+                self._fail_row(
+                    c,
+                    row,
+                    f"lease expired: worker {row['worker_id']} stopped heartbeating",
+                    retryable=True,
+                    code="lease_expired",
+                    outcome="lease_expired",
+                    now=now,
+                )
+        if rows:
+            self._notify()
+        return len(rows)
+
+    # -- operator actions ----------------------------------------------------
+    def cancel(self, task_id: str) -> Task:
+        now = time.time()
+        with self._tx() as c:
+            row = self._require(c, task_id)
+            status = TaskStatus(row["status"])
+            if status == TaskStatus.PENDING:
+                c.execute(
+                    "UPDATE tasks SET status = 'cancelled', error = 'cancelled by request', "
+                    "error_code = 'cancelled', not_before = NULL, finished_at = ?, updated_at = ? "
+                    "WHERE id = ?",
+                    (now, now, task_id),
+                )
+            elif status == TaskStatus.PROCESSING:
+                c.execute(
+                    "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                    (now, task_id),
+                )
+            else:
+                raise Conflict(f"task {task_id} is already {status.value}; nothing to cancel")
+            return self._row_to_task(self._require(c, task_id))
+
+    def retry(self, task_id: str) -> Task:
+        now = time.time()
+        with self._tx() as c:
+            row = self._require(c, task_id)
+            status = TaskStatus(row["status"])
+            if status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+                raise Conflict(
+                    f"task {task_id} is {status.value}; "
+                    "only failed or cancelled tasks can be retried"
+                )
+            c.execute(
+                "UPDATE tasks SET status = 'pending', attempts = 0, error = NULL, "
+                "error_code = NULL, "
+                "outputs = '[]', progress = ?, cancel_requested = 0, not_before = NULL, "
+                "finished_at = NULL, worker_id = NULL, updated_at = ? WHERE id = ?",
+                (Progress().model_dump_json(), now, task_id),
+            )
+            task = self._row_to_task(self._require(c, task_id))
+        self._notify()
+        return task
+
+    def clear_pending(self) -> int:
+        now = time.time()
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE tasks SET status = 'cancelled', error = 'cancelled: queue cleared', "
+                "error_code = 'cancelled', not_before = NULL, finished_at = ?, updated_at = ? "
+                "WHERE status = 'pending'",
+                (now, now),
+            )
+            return cur.rowcount
+
+    # -- reading -------------------------------------------------------------
+    def get(self, task_id: str) -> Task | None:
+        row = self._get_row(self._reader(), task_id)
+        return None if row is None else self._row_to_task(row)
+
+    def counts(self, today: str | None = None) -> QueueCounts:
+        now = time.time()
+        day = today or date_partition(utcnow())
+        start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+        lo, hi = start.timestamp(), (start + timedelta(days=1)).timestamp()
+        c = self._reader()
+        out = QueueCounts()
+        ready = c.execute(
+            "SELECT COUNT(*) FILTER (WHERE not_before IS NULL OR not_before <= ?), "
+            "COUNT(*) FILTER (WHERE not_before > ?) FROM tasks INDEXED BY tasks_ready "
+            "WHERE status = 'pending'",
+            (now, now),
+        ).fetchone()
+        out.pending, out.delayed = int(ready[0]), int(ready[1])
+        out.processing = int(
+            c.execute("SELECT COUNT(*) FROM tasks WHERE status = 'processing'").fetchone()[0]
+        )
+        for status, attr in (
+            ("completed", "completed_today"),
+            ("failed", "failed_today"),
+            ("cancelled", "cancelled_today"),
+        ):
+            n = c.execute(
+                "SELECT COUNT(*) FROM tasks INDEXED BY tasks_finished WHERE status = ? "
+                "AND finished_at >= ? AND finished_at < ?",
+                (status, lo, hi),
+            ).fetchone()[0]
+            setattr(out, attr, int(n))
+        out.by_status = {"pending": out.pending + out.delayed, "processing": out.processing}
+        return out
+
+    def throughput(self, since: datetime, bucket_s: int = 3600) -> list[ThroughputPoint]:
+        """One aggregate over the ``(status, finished_at)`` index (covering: no table reads)."""
+        lo = since.timestamp()
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT CAST((finished_at - ?) / ? AS INTEGER), status, COUNT(*) "
+                "FROM tasks INDEXED BY tasks_finished "
+                "WHERE status IN ('completed', 'failed') AND finished_at >= ? "
+                "GROUP BY 1, 2",
+                (lo, max(1, int(bucket_s)), lo),
+            )
+            .fetchall()
+        )
+        counts = {(int(r[0]), str(r[1])): int(r[2]) for r in rows}
+        return throughput_windows(since, bucket_s, counts)
+
+    def workers(self, active_within_s: float = 60.0) -> list[WorkerInfo]:
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT info FROM workers WHERE last_seen >= ? ORDER BY id",
+                (time.time() - active_within_s,),
+            )
+            .fetchall()
+        )
+        return [WorkerInfo.model_validate_json(r[0]) for r in rows]
+
+    # -- logs ----------------------------------------------------------------
+    def append_logs(
+        self, task_id: str, attempt: int, lines: list[tuple[datetime, str, str]]
+    ) -> None:
+        if not lines:
+            return
+        with self._tx() as c:
+            c.executemany(
+                "INSERT INTO task_logs (task_id, attempt, ts, stream, line) VALUES (?, ?, ?, ?, ?)",
+                [(task_id, attempt, ts.timestamp(), stream, line) for ts, stream, line in lines],
+            )
+
+    def read_logs(
+        self, task_id: str, *, attempt: int | None = None, after_seq: int = 0, limit: int = 1000
+    ) -> list[LogLine]:
+        sql = "SELECT seq, attempt, ts, stream, line FROM task_logs WHERE task_id = ? AND seq > ?"
+        args: list[Any] = [task_id, after_seq]
+        if attempt is not None:
+            sql += " AND attempt = ?"
+            args.append(attempt)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(max(1, min(limit, 10000)))
+        return [
+            LogLine(seq=r[0], attempt=r[1], ts=_at(r[2]), stream=r[3], line=r[4])  # type: ignore[arg-type]
+            for r in self._reader().execute(sql, args).fetchall()
+        ]
+
+    # -- plumbing --------------------------------------------------------------
+    def wait_for_work(self, timeout: float) -> None:
+        """Wake at once on a submit in this process; poll across processes.
+
+        A submit that lands between a worker's empty claim and this call is not
+        lost: each thread remembers the generation it last saw and returns at
+        once when work was announced since.
+        """
+        with self._work:
+            if getattr(self._local, "generation", 0) == self._generation:
+                self._work.wait(timeout)
+            self._local.generation = self._generation
+
+    def close(self) -> None:
+        self._closed = True
+        self._notify()
+        with self._write_lock:
+            self._writer.close()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        date: str | None = None,
+        kind: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        text: str | None = None,
+    ) -> Page:
+        limit = max(1, min(int(limit), 1000))
+        where: list[str] = []
+        args: list[Any] = []
+        index = "tasks_created"
+        if date is not None:
+            where.append("date_partition = ?")
+            args.append(date)
+            index = "tasks_date"
+        if status is not None:
+            where.append("status = ?")
+            args.append(TaskStatus(status).value)
+            index = "tasks_status" if date is None else "tasks_date_status"
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+            if date is None and status is None:
+                index = "tasks_kind"
+        if text:
+            # a substring of the key (LIKE ignores ASCII case); the index above keeps
+            # the newest-first walk, this only filters the rows it passes
+            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("input_key LIKE ? ESCAPE '\\'")
+            args.append(f"%{escaped}%")
+        if cursor:
+            ts, tid = decode_cursor(cursor)
+            where.append("(created_at, id) < (?, ?)")
+            args.extend([ts, tid])
+        sql = f"SELECT {_COLUMNS} FROM tasks INDEXED BY {index}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        args.append(limit + 1)
+        rows = self._reader().execute(sql, args).fetchall()
+        items = [self._row_to_task(r) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = encode_cursor(last["created_at"], last["id"])
+        return Page(items=items, next_cursor=next_cursor)

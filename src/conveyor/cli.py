@@ -1,0 +1,410 @@
+"""The ``conveyor`` command: run the service, or talk to a running one over HTTP."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from conveyor.cli_db import db_app
+from conveyor.client import ClientError, ConveyorClient
+
+app = typer.Typer(
+    help="Conveyor: a self-hosted job service for GPU work.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+queue_app = typer.Typer(help="Queue status and clearing.", no_args_is_help=True)
+app.add_typer(queue_app, name="queue")
+app.add_typer(db_app, name="db")
+console = Console()
+err = Console(stderr=True)
+
+URL = typer.Option(
+    "http://127.0.0.1:9999", "--url", envvar="CONVEYOR_URL", help="Conveyor API to talk to."
+)
+
+
+def _client(url: str) -> ConveyorClient:
+    return ConveyorClient(url)
+
+
+def _fail(exc: ClientError) -> None:
+    err.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+    raise typer.Exit(2 if exc.status and exc.status < 500 else 1)
+
+
+# -- running the service -------------------------------------------------------------
+def _settings(**overrides: Any) -> Any:
+    from conveyor.config import load_settings
+    from conveyor.logs import setup_logging
+
+    settings = load_settings(**overrides)
+    setup_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _serve(
+    settings: Any, *, with_worker: bool, with_trigger: bool, concurrency: int | None
+) -> None:
+    import logging
+
+    import uvicorn
+
+    from conveyor.api.app import create_app
+    from conveyor.runtime import Runtime
+
+    runtime = Runtime.build(
+        settings, with_worker=with_worker, with_trigger=with_trigger, concurrency=concurrency
+    )
+    log = logging.getLogger("conveyor")
+    log.info(
+        "Conveyor API on http://%s:%d (docs at /docs); data in %s; backend %s",
+        settings.api_host,
+        settings.api_port,
+        settings.data_dir,
+        settings.backend_url,
+    )
+    uvicorn.run(
+        create_app(runtime),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
+    )
+
+
+@app.command()
+def up(
+    data_dir: Path = typer.Option(None, help="Where tasks and buckets live (./data)."),
+    host: str = typer.Option(None, help="Address to bind (127.0.0.1)."),
+    port: int = typer.Option(None, help="Port (9999)."),
+    concurrency: int = typer.Option(None, help="Tasks run at once (MAX_CONCURRENT_TASKS)."),
+) -> None:
+    """Run API, worker and upload trigger in one process on the embedded defaults."""
+    settings = _settings(
+        data_dir=data_dir, api_host=host, api_port=port, max_concurrent_tasks=concurrency
+    )
+    _serve(settings, with_worker=True, with_trigger=True, concurrency=concurrency)
+
+
+@app.command()
+def serve(
+    data_dir: Path = typer.Option(None),
+    host: str = typer.Option(None),
+    port: int = typer.Option(None),
+    backend: str = typer.Option(None, help="Backend URL (sqlite:///…)."),
+    storage: str = typer.Option(None, help="Storage URL (file:///…)."),
+    trigger: bool = typer.Option(True, help="Run the upload trigger too."),
+) -> None:
+    """Run the API (and the upload trigger and reaper) without a worker."""
+    settings = _settings(
+        data_dir=data_dir,
+        api_host=host,
+        api_port=port,
+        backend_url=backend,
+        storage_url=storage,
+        trigger_enabled=trigger,
+    )
+    _serve(settings, with_worker=False, with_trigger=trigger, concurrency=None)
+
+
+@app.command()
+def worker(
+    concurrency: int = typer.Option(None, help="Tasks run at once."),
+    data_dir: Path = typer.Option(None),
+    backend: str = typer.Option(None, help="Backend URL."),
+    storage: str = typer.Option(None, help="Storage URL."),
+    worker_id: str = typer.Option(None, help="Name this worker (default host-pid-rand)."),
+) -> None:
+    """Run a worker: claim tasks and run them until SIGTERM."""
+    from conveyor.runtime import build_service
+    from conveyor.worker.loop import Worker
+
+    settings = _settings(
+        data_dir=data_dir,
+        backend_url=backend,
+        storage_url=storage,
+        max_concurrent_tasks=concurrency,
+    )
+    service = build_service(settings)
+    Worker(
+        settings,
+        service.backend,
+        service.storage,
+        service.registry,
+        worker_id=worker_id,
+        concurrency=concurrency,
+    ).run_forever()
+    service.backend.close()
+
+
+# -- talking to a server ----------------------------------------------------------------
+def _split_types(types: list[str] | None) -> list[str] | None:
+    if not types:
+        return None
+    return [t.strip() for raw in types for t in raw.split(",") if t.strip()]
+
+
+@app.command()
+def submit(
+    target: str = typer.Argument(..., help="A local file, or BUCKET/KEY already stored."),
+    types: list[str] = typer.Option(
+        None, "--types", "-t", help="Transcode types (comma-separated or repeated)."
+    ),
+    kind: str = typer.Option("transcode", help="Task kind."),
+    params: str = typer.Option(None, help="Kind parameters as JSON."),
+    priority: int = typer.Option(0, help="Higher runs first."),
+    bucket: str = typer.Option("input", help="Bucket a local file is uploaded to."),
+    key: str = typer.Option(None, help="Key for an uploaded file (default: its name)."),
+    wait: bool = typer.Option(False, "--wait", "-w", help="Follow progress until done."),
+    url: str = URL,
+) -> None:
+    """Submit a task; a local file is uploaded to the input bucket first."""
+    client = _client(url)
+    try:
+        path = Path(target)
+        upload_key = None
+        if path.is_file():
+            in_bucket, in_key = bucket, key or path.name
+            console.print(f"Uploading {path} → {in_bucket}/{in_key}")
+            upload_key = client.upload(path, in_bucket, in_key)["upload_key"]
+        elif "/" in target:
+            in_bucket, in_key = target.split("/", 1)
+        else:
+            err.print(f"[red]error[/red]: {target!r} is neither a local file nor BUCKET/KEY")
+            raise typer.Exit(2)
+        body: dict[str, Any] = {
+            "kind": kind,
+            "input_bucket": in_bucket,
+            "input_key": in_key,
+            "priority": priority,
+        }
+        if upload_key:  # the upload trigger will not queue this upload a second time
+            body["idempotency_key"] = upload_key
+        if types:
+            body["transcode_types"] = _split_types(types)
+        if params:
+            body["params"] = json.loads(params)
+        res = client.add(body)
+    except ClientError as exc:
+        _fail(exc)
+        return
+    console.print(f"Task [bold]{res['task_id']}[/bold] {res['message']}")
+    if wait:
+        raise typer.Exit(_wait(client, res["task_id"]))
+
+
+def _wait(client: ConveyorClient, task_id: str) -> int:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        job = bar.add_task("pending", total=100)
+        while True:
+            t = client.task(task_id)
+            p = t["progress"]
+            bar.update(
+                job,
+                completed=p.get("percent", 0),
+                description=f"{t['status']} {p.get('phase', '')}".strip(),
+            )
+            if t["status"] in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(0.5)
+    _print_task(t)
+    return 0 if t["status"] == "completed" else 1
+
+
+def _print_task(t: dict[str, Any]) -> None:
+    colour = {"completed": "green", "failed": "red", "cancelled": "yellow"}.get(t["status"], "cyan")
+    console.print(
+        f"[bold]{t['id']}[/bold] {t['kind']} [{colour}]{t['status']}[/{colour}] "
+        f"attempts {t['attempts']}/{t['max_attempts']}"
+    )
+    if t.get("input"):
+        console.print(f"  input   {t['input']['bucket']}/{t['input']['key']}")
+    if t.get("error"):
+        console.print(f"  error   [red]{t['error']}[/red]")
+    for o in t.get("outputs", []):
+        console.print(f"  output  {o['name']:<20} {o['bucket']}/{o['key']} ({o['size']} bytes)")
+
+
+@app.command()
+def tasks(
+    status: str = typer.Option(None, help="pending|processing|completed|failed|cancelled"),
+    date: str = typer.Option(None, help="YYYY-MM-DD"),
+    limit: int = typer.Option(20),
+    cursor: str = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json"),
+    url: str = URL,
+) -> None:
+    """List tasks, newest first."""
+    q: dict[str, Any] = {"limit": limit}
+    for k, v in (("status", status), ("date", date), ("cursor", cursor)):
+        if v:
+            q[k] = v
+    try:
+        res = _client(url).request("GET", "/api/tasks", params=q)
+    except ClientError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        console.print_json(json.dumps(res))
+        return
+    table = Table("id", "kind", "status", "progress", "input", "created")
+    for t in res["tasks"]:
+        inp = f"{t['input']['bucket']}/{t['input']['key']}" if t.get("input") else "-"
+        table.add_row(
+            t["id"],
+            t["kind"],
+            t["status"],
+            f"{t['progress']['percent']:.0f}%",
+            inp,
+            t["created_at"][:19],
+        )
+    console.print(table)
+    if res.get("next_cursor"):
+        console.print(f"more: --cursor {res['next_cursor']}")
+
+
+@app.command()
+def show(task_id: str, as_json: bool = typer.Option(False, "--json"), url: str = URL) -> None:
+    """Show one task."""
+    try:
+        t = _client(url).task(task_id)
+    except ClientError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        console.print_json(json.dumps(t))
+    else:
+        _print_task(t)
+
+
+@app.command()
+def cancel(task_id: str, url: str = URL) -> None:
+    """Cancel a task (a running one is stopped)."""
+    try:
+        t = _client(url).request("POST", f"/api/tasks/{task_id}/cancel")
+    except ClientError as exc:
+        _fail(exc)
+        return
+    state = "cancel requested" if t["status"] == "processing" else t["status"]
+    console.print(f"{task_id}: {state}")
+
+
+@app.command()
+def retry(task_id: str, url: str = URL) -> None:
+    """Retry a failed or cancelled task."""
+    try:
+        t = _client(url).request("POST", f"/api/tasks/{task_id}/retry")
+    except ClientError as exc:
+        _fail(exc)
+        return
+    console.print(f"{task_id}: {t['status']}")
+
+
+@app.command()
+def logs(
+    task_id: str,
+    attempt: int = typer.Option(None),
+    follow: bool = typer.Option(False, "--follow", "-f"),
+    url: str = URL,
+) -> None:
+    """Print a task's log (``-f`` follows it while it runs)."""
+    client = _client(url)
+    after = 0
+    try:
+        while True:
+            q: dict[str, Any] = {"after": after}
+            if attempt:
+                q["attempt"] = attempt
+            res = client.request("GET", f"/api/tasks/{task_id}/logs", params=q)
+            for ln in res["lines"]:
+                console.print(
+                    f"{ln['ts'][11:23]} #{ln['attempt']} {ln['line']}",
+                    markup=False,
+                    highlight=False,
+                )
+            after = res["last_seq"]
+            if not follow:
+                return
+            if not res["lines"]:
+                t = client.task(task_id)
+                if t["status"] in ("completed", "failed", "cancelled"):
+                    return
+                time.sleep(1.0)
+    except ClientError as exc:
+        _fail(exc)
+
+
+@queue_app.command("status")
+def queue_status(url: str = URL) -> None:
+    """Pending, in-flight and today's totals."""
+    try:
+        s = _client(url).request("GET", "/api/queue/status")
+    except ClientError as exc:
+        _fail(exc)
+        return
+    table = Table("pending", "delayed", "processing", "completed today", "failed today", "workers")
+    table.add_row(
+        *(
+            str(s[k])
+            for k in (
+                "pending",
+                "delayed",
+                "processing",
+                "completed_today",
+                "failed_today",
+                "workers",
+            )
+        )
+    )
+    console.print(table)
+
+
+@queue_app.command("clear")
+def queue_clear(
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."), url: str = URL
+) -> None:
+    """Cancel every pending task."""
+    client = _client(url)
+    try:
+        s = client.request("GET", "/api/queue/status")
+        n = s["pending"] + s["delayed"]
+        if not yes and not typer.confirm(f"Cancel {n} pending task(s)?"):
+            raise typer.Exit(1)
+        res = client.request("POST", "/api/queue/clear")
+    except ClientError as exc:
+        _fail(exc)
+        return
+    console.print(res["message"])
+
+
+@app.command()
+def health(url: str = URL) -> None:
+    """Ask a running server whether it is healthy."""
+    try:
+        h = _client(url).request("GET", "/api/health")
+    except ClientError as exc:
+        _fail(exc)
+        return
+    console.print_json(json.dumps(h))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,62 @@
+"""A small HTTP client for the CLI: the CLI talks to a server, never to a database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class ConveyorClient:
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def _check(self, r: httpx.Response) -> Any:
+        if r.status_code >= 400:
+            try:
+                err = r.json()["error"]
+                raise ClientError(r.status_code, err.get("code", "error"), err.get("message", ""))
+            except (ValueError, KeyError, TypeError):
+                raise ClientError(r.status_code, "http_error", r.text[:300]) from None
+        return r.json()
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            return self._check(self.http.request(method, path, **kw))
+        except httpx.TransportError as exc:
+            raise ClientError(
+                0, "unreachable", f"cannot reach Conveyor at {self.url}: {exc}"
+            ) from None
+
+    def upload(self, path: Path, bucket: str, key: str) -> Any:
+        size = path.stat().st_size
+
+        def chunks() -> Any:
+            with open(path, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    yield block
+
+        return self.request(
+            "PUT",
+            f"/api/files/{quote(bucket)}/{quote(key)}",
+            content=chunks(),
+            headers={"content-length": str(size), "content-type": "application/octet-stream"},
+            timeout=None,
+        )
+
+    def add(self, body: dict[str, Any]) -> Any:
+        return self.request("POST", "/api/queue/add", json=body)
+
+    def task(self, task_id: str) -> Any:
+        return self.request("GET", f"/api/tasks/{quote(task_id)}")

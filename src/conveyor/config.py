@@ -1,0 +1,180 @@
+"""Settings from env vars (``CONVEYOR_*`` plus seed 002's names) and config.yaml.
+
+``config.yaml`` may hold ``default``, ``development`` and ``production``
+sections (seed 000); ``CONVEYOR_ENV`` picks the section that overrides
+``default``.  Environment variables override the file.  Secrets never live
+here: they come from the environment or the standard credential chains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ALL_TRANSCODE_TYPES = [
+    "mp4_standard",
+    "mp4_smooth",
+    "hdlbr_h265",
+    "lcd_h265",
+    "h265_mute",
+    "custom_mute_preview",
+    "thumbnail",
+]
+DEFAULT_TRANSCODE_TYPES = ["mp4_standard", "mp4_smooth", "thumbnail"]
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Accept seconds as a number or Go-style strings such as ``10s``, ``500ms``, ``2m``."""
+    if isinstance(value, int | float):
+        return float(value)
+    m = _DURATION_RE.match(str(value))
+    if not m:
+        raise ValueError(f"invalid duration {value!r}: use seconds or e.g. 10s, 500ms, 2m")
+    n, unit = float(m.group(1)), m.group(2) or "s"
+    return n * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+
+
+def _env(default: Any, name: str, *seed_names: str, **kw: Any) -> Any:
+    """A field read from ``CONVEYOR_<NAME>`` or any of seed 002's names."""
+    alias = AliasChoices(f"CONVEYOR_{name}", *seed_names)
+    if callable(default):
+        return Field(default_factory=default, validation_alias=alias, **kw)
+    return Field(default, validation_alias=alias, **kw)
+
+
+class YamlSource(PydanticBaseSettingsSource):
+    """Reads the selected environment section of config.yaml over ``default``."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = Path(os.environ.get("CONVEYOR_CONFIG", "config.yaml"))
+        self.data: dict[str, Any] = {}
+        if path.is_file():
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            if not isinstance(raw, dict):
+                raise ValueError(f"{path}: expected a mapping of environments")
+            env = os.environ.get("CONVEYOR_ENV", "default")
+            sections = {"default", "development", "production"}
+            if sections & raw.keys():
+                self.data = {**(raw.get("default") or {}), **(raw.get(env) or {})}
+            else:
+                self.data = raw
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {k: v for k, v in self.data.items() if k in fields}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    data_dir: Path = _env(Path("data"), "DATA_DIR")
+    backend_url: str = _env("", "BACKEND_URL")
+    storage_url: str = _env("", "STORAGE_URL")
+    input_bucket: str = _env("input", "INPUT_BUCKET", "INPUT_BUCKET")
+    output_bucket: str = _env("output", "OUTPUT_BUCKET", "OUTPUT_BUCKET")
+    temp_dir: Path | None = _env(None, "TEMP_DIR", "TEMP_DIR")
+    max_concurrent_tasks: int = _env(
+        2, "MAX_CONCURRENT_TASKS", "MAX_CONCURRENT_TASKS", ge=1, le=256
+    )
+    poll_interval: float = _env(1.0, "POLL_INTERVAL", "POLL_INTERVAL")
+    api_host: str = _env("127.0.0.1", "API_HOST", "API_HOST")
+    api_port: int = _env(9999, "API_PORT", "API_PORT")
+    log_level: str = _env("INFO", "LOG_LEVEL", "LOG_LEVEL")
+    log_format: str = _env("auto", "LOG_FORMAT", "LOG_FORMAT")
+
+    lease_seconds: float = _env(30.0, "LEASE_SECONDS")
+    heartbeat_interval: float = _env(2.0, "HEARTBEAT_INTERVAL")
+    reap_interval: float = _env(5.0, "REAP_INTERVAL")
+    task_timeout: float = _env(6 * 3600.0, "TASK_TIMEOUT")
+    shutdown_grace: float = _env(30.0, "SHUTDOWN_GRACE")
+    max_attempts: int = _env(3, "MAX_ATTEMPTS", ge=1, le=100)
+    retry_backoff_base: float = _env(5.0, "RETRY_BACKOFF_BASE")
+    max_upload_bytes: int = _env(20 * 1024**3, "MAX_UPLOAD_BYTES")
+
+    default_transcode_types: Annotated[list[str], NoDecode] = _env(
+        lambda: list(DEFAULT_TRANSCODE_TYPES), "DEFAULT_TRANSCODE_TYPES", "DEFAULT_TRANSCODE_TYPES"
+    )
+    transcode_profiles: dict[str, dict[str, Any]] = _env(dict, "TRANSCODE_PROFILES")
+    preview_seconds: float = _env(10.0, "PREVIEW_SECONDS")
+    ffmpeg: str = _env("ffmpeg", "FFMPEG")
+    ffprobe: str = _env("ffprobe", "FFPROBE")
+    encoder: str = _env("auto", "ENCODER")
+
+    trigger_enabled: bool = _env(True, "TRIGGER_ENABLED")
+    trigger_interval: float = _env(2.0, "TRIGGER_INTERVAL")
+    trigger_settle_seconds: float = _env(2.0, "TRIGGER_SETTLE_SECONDS")
+
+    def model_post_init(self, __context: Any) -> None:
+        self.data_dir = self.data_dir.resolve()
+        if not self.backend_url:
+            self.backend_url = f"sqlite:///{self.data_dir / 'conveyor.db'}"
+        if not self.storage_url:
+            self.storage_url = f"file://{self.data_dir / 'buckets'}"
+        if self.temp_dir is None:
+            self.temp_dir = self.data_dir / "tmp"
+
+    @field_validator(
+        "poll_interval",
+        "lease_seconds",
+        "heartbeat_interval",
+        "reap_interval",
+        "task_timeout",
+        "shutdown_grace",
+        "retry_backoff_base",
+        "trigger_interval",
+        "trigger_settle_seconds",
+        "preview_seconds",
+        mode="before",
+    )
+    @classmethod
+    def _durations(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @field_validator("default_transcode_types", mode="before")
+    @classmethod
+    def _csv(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v.strip().startswith("["):
+                return json.loads(v)
+            return [t.strip() for t in v.split(",") if t.strip()]
+        return v
+
+    @field_validator("encoder")
+    @classmethod
+    def _encoder(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "nvenc"):
+            raise ValueError("encoder must be auto, cpu or nvenc")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlSource(settings_cls), file_secret_settings)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

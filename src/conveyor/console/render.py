@@ -1,0 +1,159 @@
+"""Templates: one Jinja2 environment, rendered in the request's language."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+from conveyor import __version__
+from conveyor.models import Task, TaskStatus
+
+from .i18n import COOKIE, LANGS, Translator, negotiate
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+PREFIX = "/admin"
+
+VIDEO_TYPES = ("video/mp4", "video/webm")
+
+
+def iso(dt: datetime | None) -> str:
+    if dt is None:
+        return ""
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc_text(dt: datetime | None) -> str:
+    """What a ``<time>`` shows before the browser formats it in its own zone."""
+    if dt is None:
+        return "–"
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def short_id(task_id: str) -> str:
+    return task_id[-10:]
+
+
+def file_url(bucket: str, key: str) -> str:
+    """The API's download path: a file here, a presigned redirect on S3."""
+    return f"/api/files/{quote(bucket)}/{quote(key)}"
+
+
+def pct(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 or value == 0 else f"{value:.1f}"
+
+
+def seconds_between(a: datetime | None, b: datetime | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return (b - a).total_seconds()
+
+
+def preview(task: Task) -> dict[str, Any]:
+    """The output to play in the page (H.264 plays everywhere) and the thumbnail."""
+    video = None
+    for o in task.outputs:
+        if o.content_type in VIDEO_TYPES and o.meta.get("codec") in ("h264", "vp9", "av1"):
+            video = o
+            if o.meta.get("audio"):
+                break
+    image = next((o for o in task.outputs if (o.content_type or "").startswith("image/")), None)
+    return {"video": video, "image": image}
+
+
+def static_url(path: str) -> str:
+    return f"{PREFIX}/static/{path}?v={__version__}"
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+def query(base: str, **params: Any) -> str:
+    clean = {k: v for k, v in params.items() if v not in (None, "", [])}
+    return f"{base}?{urlencode(clean, doseq=True)}" if clean else base
+
+
+env = Environment(
+    loader=FileSystemLoader(str(TEMPLATES)),
+    autoescape=select_autoescape(["html"], default_for_string=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+env.globals.update(
+    static=static_url,
+    file_url=file_url,
+    short_id=short_id,
+    seconds_between=seconds_between,
+    preview=preview,
+    query=query,
+    iso=iso,
+    utc_text=utc_text,
+    pct=pct,
+    LANGS=LANGS,
+    PREFIX=PREFIX,
+    STATUSES=[s.value for s in TaskStatus],
+    version=__version__,
+)
+env.filters["tojson_pretty"] = to_json
+
+
+def request_lang(request: Request) -> str:
+    return negotiate(request.cookies.get(COOKIE), request.headers.get("accept-language"))
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
+def context(request: Request, **ctx: Any) -> dict[str, Any]:
+    lang = request_lang(request)
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    base: dict[str, Any] = {
+        "t": Translator(lang),
+        "lang": lang,
+        "here": here,
+        "request": request,
+        "htmx": is_htmx(request),
+    }
+    base.update(ctx)
+    return base
+
+
+def render_string(name: str, ctx: dict[str, Any]) -> str:
+    return env.get_template(name).render(ctx)
+
+
+def render_block(name: str, block: str, ctx: dict[str, Any]) -> str:
+    """One block of a template (a fragment the page also contains), for htmx and SSE."""
+    template = env.get_template(name)
+    return "".join(template.blocks[block](template.new_context(ctx)))
+
+
+def render(
+    request: Request,
+    name: str,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    **ctx: Any,
+) -> HTMLResponse:
+    html = render_string(name, context(request, **ctx))
+    resp = HTMLResponse(html, status_code=status, headers=headers)
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Vary"] = "Accept-Language, Cookie, HX-Request"
+    return resp
+
+
+def markup(html: str) -> Markup:
+    return Markup(html)

@@ -1,0 +1,97 @@
+"""Domain errors.
+
+Every error a user can cause carries a stable ``code`` and a readable message;
+the faces map them to HTTP statuses or CLI exit codes without knowing why
+they were raised.
+"""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Base class: ``code`` is machine-readable, ``str(err)`` is for people."""
+
+    code = "error"
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(ConveyorError):
+    code = "invalid_request"
+    http_status = 400
+
+
+class InvalidKey(InvalidRequest):
+    code = "invalid_key"
+
+
+class UnknownKind(InvalidRequest):
+    code = "unknown_kind"
+
+
+class InvalidParams(InvalidRequest):
+    code = "invalid_params"
+
+
+class NotFound(ConveyorError):
+    code = "not_found"
+    http_status = 404
+
+
+class TaskNotFound(NotFound):
+    code = "task_not_found"
+
+
+class ObjectNotFound(NotFound):
+    code = "object_not_found"
+
+
+class Conflict(ConveyorError):
+    """The request is valid but the task is in a state that forbids it."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class PayloadTooLarge(ConveyorError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class LeaseLost(ConveyorError):
+    """A worker acted on a task whose lease it no longer holds (fencing)."""
+
+    code = "lease_lost"
+    http_status = 409
+
+
+class ProcessorError(ConveyorError):
+    """A processor could not finish a task.
+
+    ``retryable`` says whether another attempt could succeed: a corrupt input
+    will not get better, a crashed encoder might.
+    """
+
+    code = "processing_failed"
+
+    def __init__(self, message: str, *, retryable: bool = True, code: str | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        if code:
+            self.code = code
+
+
+class InputRejected(ProcessorError):
+    """The input is not something this processor can ever handle."""
+
+    code = "invalid_input"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+class TaskCancelled(ConveyorError):
+    code = "cancelled"

@@ -1,0 +1,173 @@
+"""The task model shared by every backend, processor and face."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+from ulid import ULID
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_task_id() -> str:
+    """Time-ordered ids keep keyset paging and 'oldest first' claims cheap."""
+    return str(ULID()).lower()
+
+
+def date_partition(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class Trigger(StrEnum):
+    API = "api"
+    UPLOAD = "upload"
+    CLI = "cli"
+    CONSOLE = "console"
+
+
+class InputRef(BaseModel):
+    bucket: str
+    key: str
+
+
+class OutputFile(BaseModel):
+    """One produced object; ``name`` is the rendition/type it stands for."""
+
+    name: str
+    bucket: str
+    key: str
+    size: int = 0
+    content_type: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class Progress(BaseModel):
+    percent: float = 0.0
+    phase: str = ""
+    message: str = ""
+
+
+class Attempt(BaseModel):
+    """One delivery of a task to a worker, kept for the task's history."""
+
+    number: int
+    worker_id: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: str | None = None  # completed | failed | retry | lease_expired | cancelled | released
+    error: str | None = None
+
+
+class Task(BaseModel):
+    id: str = Field(default_factory=new_task_id)
+    kind: str = "transcode"
+    status: TaskStatus = TaskStatus.PENDING
+    priority: int = 0
+    input: InputRef | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    outputs: list[OutputFile] = Field(default_factory=list)
+    progress: Progress = Field(default_factory=Progress)
+    attempts: int = 0
+    max_attempts: int = 3
+    error: str | None = None
+    error_code: str | None = None
+    worker_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    not_before: datetime | None = None
+    date_partition: str = ""
+    idempotency_key: str | None = None
+    submitted_by: str | None = None
+    trigger: Trigger = Trigger.API
+    cancel_requested: bool = False
+    history: list[Attempt] = Field(default_factory=list)
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.date_partition:
+            self.date_partition = date_partition(self.created_at)
+
+    @property
+    def delayed(self) -> bool:
+        return (
+            self.status == TaskStatus.PENDING
+            and self.not_before is not None
+            and self.not_before > utcnow()
+        )
+
+
+class Lease(BaseModel):
+    """Proof that a worker holds a task; every write from the worker carries it."""
+
+    task_id: str
+    token: str
+    worker_id: str
+    attempt: int
+    expires_at: datetime
+
+
+class ClaimedTask(BaseModel):
+    task: Task
+    lease: Lease
+
+
+class WorkerInfo(BaseModel):
+    """What a worker tells the backend about itself on every heartbeat."""
+
+    id: str
+    hostname: str = ""
+    pid: int = 0
+    kinds: list[str] = Field(default_factory=list)
+    concurrency: int = 1
+    running: list[str] = Field(default_factory=list)
+    capabilities: dict[str, Any] = Field(default_factory=dict)
+    started_at: datetime = Field(default_factory=utcnow)
+    last_seen: datetime = Field(default_factory=utcnow)
+    version: str = ""
+
+
+class HeartbeatResult(BaseModel):
+    renewed: list[str] = Field(default_factory=list)
+    lost: list[str] = Field(default_factory=list)  # leases the worker no longer holds
+    cancel: list[str] = Field(default_factory=list)  # tasks whose cancel was requested
+
+
+class Page(BaseModel):
+    items: list[Task]
+    next_cursor: str | None = None
+
+
+class QueueCounts(BaseModel):
+    pending: int = 0  # ready to run now
+    delayed: int = 0  # pending, waiting for a retry back-off
+    processing: int = 0
+    completed_today: int = 0
+    failed_today: int = 0
+    cancelled_today: int = 0
+    by_status: dict[str, int] = Field(default_factory=dict)
+
+
+class LogLine(BaseModel):
+    seq: int
+    attempt: int
+    ts: datetime
+    stream: str = "worker"
+    line: str

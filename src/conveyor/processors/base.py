@@ -1,0 +1,67 @@
+"""The processor interface: one per task kind, unaware of backend and face.
+
+A processor validates its own parameters (at submit time, so bad requests
+fail before they are queued), says what this host can do for it (probed at
+worker start), and runs one task inside a context that hands it a private
+temp dir, storage, progress and log callbacks, and a cancellation event.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from conveyor.models import InputRef, OutputFile, Task
+from conveyor.storage.base import BlobStore
+
+
+@dataclass
+class ProcessorContext:
+    task: Task
+    workdir: Path
+    storage: BlobStore
+    output_bucket: str
+    report_progress: Callable[[float, str, str], None]
+    log: Callable[[str], None]
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    gpus: list[str] = field(default_factory=list)
+    timeout_s: float | None = None
+
+
+class Processor(ABC):
+    kind: ClassVar[str]
+    params_model: ClassVar[type[BaseModel]]
+
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
+
+    def validate(self, params: dict[str, Any], input_ref: InputRef | None) -> dict[str, Any]:
+        """Return normalised params or raise ``InvalidParams`` naming the problem."""
+        from pydantic import ValidationError
+
+        from conveyor.errors import InvalidParams
+
+        try:
+            model = self.params_model.model_validate(params)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "params"
+            raise InvalidParams(f"invalid {self.kind} parameter {where}: {first['msg']}") from exc
+        return model.model_dump(mode="json")
+
+    def requires_input(self) -> bool:
+        return True
+
+    def probe(self) -> dict[str, Any] | None:
+        """What this host offers for the kind, or None when it cannot run it."""
+        return {}
+
+    @abstractmethod
+    def run(self, ctx: ProcessorContext) -> list[OutputFile]:
+        """Do the work; raise ``ProcessorError`` (or a subclass) on failure."""

@@ -1,0 +1,345 @@
+"""The ``transcode`` kind: one input video, any of the table's renditions, one ffmpeg.
+
+The order of ``run`` is the point: reject a bad input before encoding,
+encode everything in one pass, check every output, and only then publish —
+so a task either completes with all its renditions or publishes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import Any, cast, get_args
+
+from conveyor.errors import (
+    InputRejected,
+    InvalidParams,
+    ObjectNotFound,
+    ProcessorError,
+    TaskCancelled,
+)
+from conveyor.models import InputRef, OutputFile
+from conveyor.processors.base import Processor, ProcessorContext
+from conveyor.processors.transcode.command import OutputPlan, build_command, plan_outputs
+from conveyor.processors.transcode.encoders import (
+    EncoderMode,
+    Encoders,
+    EncoderUnavailable,
+    detect_encoders,
+    gpu_failure,
+)
+from conveyor.processors.transcode.params import TranscodeParams
+from conveyor.processors.transcode.probe import MediaInfo, OutputInfo, probe_input, verify_output
+from conveyor.processors.transcode.profiles import (
+    SEED_PROFILES,
+    Profile,
+    build_profile_table,
+)
+from conveyor.processors.transcode.runner import (
+    FFmpegFailed,
+    FFmpegResult,
+    Throttle,
+    blames_input,
+    run_ffmpeg,
+    tidy_lines,
+)
+from conveyor.storage.base import validate_key
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREVIEW_SECONDS = 10.0
+_SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+
+
+class TranscodeProcessor(Processor):
+    """Settings (all optional): ``transcode_profiles``, ``ffmpeg``, ``ffprobe``,
+    ``encoder`` (auto | cpu | nvenc) and ``preview_seconds``; read with
+    defaults so a bare ``TranscodeProcessor(None)`` works in tests and tools.
+    """
+
+    kind = "transcode"
+    params_model = TranscodeParams
+
+    def __init__(self, settings: Any = None) -> None:
+        super().__init__(settings)
+        self.ffmpeg: str = getattr(settings, "ffmpeg", None) or "ffmpeg"
+        self.ffprobe: str = getattr(settings, "ffprobe", None) or "ffprobe"
+        mode = getattr(settings, "encoder", None) or "auto"
+        if mode not in get_args(EncoderMode):
+            raise ValueError(f"encoder must be auto, cpu or nvenc, not {mode!r}")
+        self.encoder_mode: EncoderMode = cast(EncoderMode, mode)
+        self.preview_seconds = float(
+            getattr(settings, "preview_seconds", None) or DEFAULT_PREVIEW_SECONDS
+        )
+        self.profiles: dict[str, Profile] = build_profile_table(
+            getattr(settings, "transcode_profiles", None) or {}
+        )
+
+    # -- submit time -----------------------------------------------------------------
+    def validate(self, params: dict[str, Any], input_ref: InputRef | None) -> dict[str, Any]:
+        normalised = super().validate(params, input_ref)
+        for t in normalised["transcode_types"]:
+            if t not in self.profiles:
+                raise InvalidParams(
+                    f"unknown transcode type {t!r}; known types: {', '.join(self.known_types())}"
+                )
+        if normalised.get("output_prefix"):
+            validate_key(normalised["output_prefix"])
+        return normalised
+
+    def known_types(self) -> list[str]:
+        """Seed types in table order, then user-defined ones alphabetically."""
+        extra = sorted(t for t in self.profiles if t not in SEED_PROFILES)
+        return [*SEED_PROFILES, *extra]
+
+    # -- worker start ----------------------------------------------------------------
+    def probe(self) -> dict[str, Any] | None:
+        try:
+            encoders = detect_encoders(self.ffmpeg, self.encoder_mode)
+            subprocess.run([self.ffprobe, "-version"], capture_output=True, check=True, timeout=30)
+        except (EncoderUnavailable, OSError, subprocess.SubprocessError) as exc:
+            log.warning("transcode unavailable on this host: %s", exc)
+            return None
+        return {**encoders.capabilities(), "types": self.known_types()}
+
+    # -- one task --------------------------------------------------------------------
+    def run(self, ctx: ProcessorContext) -> list[OutputFile]:
+        started = time.monotonic()
+        params = self._params(ctx)
+        if ctx.task.input is None:
+            raise InputRejected("a transcode task needs an input video (bucket and key)")
+        src_ref = ctx.task.input
+        profiles = [self.profiles[t] for t in params.transcode_types]
+        encoders = detect_encoders(self.ffmpeg, self.encoder_mode)
+        for p in profiles:
+            encoders.for_codec(p.codec)  # before the download: this host may lack x265
+
+        ctx.report_progress(0.0, "download", f"downloading {src_ref.bucket}/{src_ref.key}")
+        src = self._download(ctx, src_ref)
+        _check_cancel(ctx)
+        ctx.report_progress(2.0, "probe", "checking the input with ffprobe")
+        info = probe_input(self.ffprobe, src)
+        ctx.log(
+            f"Transcode started: {src_ref.bucket}/{src_ref.key} "
+            f"({info.width}x{info.height} {info.video_codec}, {info.duration:.2f} s, "
+            f"audio {info.audio_codec or 'none'}) -> {', '.join(params.transcode_types)} "
+            f"[h264={encoders.h264} h265={encoders.h265} nvdec={encoders.nvdec}]"
+        )
+        outdir = ctx.workdir / "out"
+        outdir.mkdir(parents=True, exist_ok=True)
+        plans = plan_outputs(info, profiles, outdir, self.preview_seconds)
+        result, encoders = self._encode(ctx, src, info, plans, encoders, started)
+        _check_cancel(ctx)
+
+        ctx.report_progress(94.0, "verify", "checking every output with ffprobe")
+        checked = self._verify_all(plans, info, result, src)
+        speed = info.duration / result.elapsed if result.elapsed else 0.0
+        ctx.log(
+            f"Transcode completed: {len(plans)} output(s) in {result.elapsed:.2f} s "
+            f"({speed:.2f}x realtime)"
+        )
+        for plan, out in checked:
+            ctx.log(f"  {plan.name}: {_describe(plan, out)}")
+        prefix = params.output_prefix or _default_prefix(src_ref.key)
+        outputs = self._publish(ctx, checked, prefix, encoders)
+        total = sum(o.size for o in outputs)
+        ctx.log(
+            f"Upload completed: {len(outputs)} file(s), {total} bytes to "
+            f"{ctx.output_bucket}/{prefix}/"
+        )
+        ctx.report_progress(100.0, "upload", f"{len(outputs)} output(s) published")
+        return outputs
+
+    def _params(self, ctx: ProcessorContext) -> TranscodeParams:
+        """Re-check at run time: the profile table may differ on this worker."""
+        try:
+            params = TranscodeParams.model_validate(ctx.task.params)
+        except ValueError as exc:
+            raise ProcessorError(
+                f"invalid transcode parameters: {exc}", retryable=False, code="invalid_params"
+            ) from exc
+        unknown = [t for t in params.transcode_types if t not in self.profiles]
+        if unknown:
+            raise ProcessorError(
+                f"unknown transcode type {unknown[0]!r} on this worker; known types: "
+                f"{', '.join(self.known_types())}",
+                retryable=False,
+                code="invalid_params",
+            )
+        return params
+
+    def _download(self, ctx: ProcessorContext, ref: InputRef) -> Path:
+        suffix = PurePosixPath(ref.key).suffix
+        dest = ctx.workdir / f"input{suffix if _SAFE_SUFFIX.match(suffix) else ''}"
+        try:
+            ctx.storage.get_file(ref.bucket, ref.key, dest)
+        except ObjectNotFound as exc:
+            raise InputRejected(f"input object not found: {ref.bucket}/{ref.key}") from exc
+        except OSError as exc:
+            raise ProcessorError(f"could not download the input: {exc}", retryable=True) from exc
+        return dest
+
+    def _encode(
+        self,
+        ctx: ProcessorContext,
+        src: Path,
+        info: MediaInfo,
+        plans: list[OutputPlan],
+        encoders: Encoders,
+        started: float,
+    ) -> tuple[FFmpegResult, Encoders]:
+        """Encode; a GPU failure gets one more try on the CPU, an input failure none.
+
+        Returns the result and the encoders that produced it.
+        """
+        try:
+            return self._encode_once(ctx, src, info, plans, encoders, started), encoders
+        except FFmpegFailed as exc:
+            if encoders.uses_gpu and gpu_failure(exc.tail):
+                ctx.log(
+                    f"GPU encode failed ({tidy_lines(exc.tail, str(src))}); "
+                    "retrying on the CPU encoders"
+                )
+                cpu = encoders.cpu_only()
+                try:
+                    return self._encode_once(ctx, src, info, plans, cpu, started), cpu
+                except FFmpegFailed as again:
+                    exc = again
+            if blames_input(exc.tail):
+                detail = tidy_lines(exc.tail, str(src))
+                raise InputRejected(f"input video is damaged or truncated: {detail}") from exc
+            raise exc from None
+
+    def _encode_once(
+        self,
+        ctx: ProcessorContext,
+        src: Path,
+        info: MediaInfo,
+        plans: list[OutputPlan],
+        encoders: Encoders,
+        started: float,
+    ) -> FFmpegResult:
+        argv = build_command(self.ffmpeg, src, info, plans, encoders)
+        throttle = Throttle(0.5)
+
+        def progress(pct: float, speed: float | None) -> None:
+            if throttle.ready(force=pct >= 100):
+                msg = f"encoding {len(plans)} output(s)" + (f" at {speed:g}x" if speed else "")
+                ctx.report_progress(3.0 + 0.9 * pct, "transcode", msg)
+
+        timeout = None
+        if ctx.timeout_s:
+            timeout = max(1.0, ctx.timeout_s - (time.monotonic() - started))
+        env = None
+        if ctx.gpus and encoders.uses_gpu:
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(ctx.gpus)}
+        ctx.report_progress(3.0, "transcode", f"encoding {len(plans)} output(s)")
+        return run_ffmpeg(
+            argv,
+            duration=info.duration,
+            cancel_event=ctx.cancel_event,
+            timeout_s=timeout,
+            on_progress=progress,
+            env=env,
+        )
+
+    def _verify_all(
+        self, plans: list[OutputPlan], info: MediaInfo, result: FFmpegResult, src: Path
+    ) -> list[tuple[OutputPlan, OutputInfo]]:
+        """Every output checked; a short output is blamed on the input, with ffmpeg's hint."""
+        try:
+            # ffprobe start-up dominates a check, so the checks run side by side
+            with ThreadPoolExecutor(max_workers=min(8, len(plans))) as pool:
+                found = list(pool.map(lambda p: self._verify(p, info), plans))
+        except InputRejected as exc:
+            hint = tidy_lines(result.stderr_tail, str(src))
+            raise InputRejected(f"{exc.message} (ffmpeg: {hint})" if hint else exc.message) from exc
+        return list(zip(plans, found, strict=True))
+
+    def _verify(self, plan: OutputPlan, info: MediaInfo) -> OutputInfo:
+        return verify_output(
+            self.ffprobe,
+            plan.path,
+            plan.profile,
+            width=plan.width,
+            height=plan.height,
+            expect_audio=plan.audio,
+            expected_duration=plan.duration,
+            input_duration=info.duration,
+        )
+
+    def _publish(
+        self,
+        ctx: ProcessorContext,
+        checked: list[tuple[OutputPlan, OutputInfo]],
+        prefix: str,
+        encoders: Encoders,
+    ) -> list[OutputFile]:
+        """Upload all outputs or none: a failure or cancel part-way removes what went up."""
+        published: list[OutputFile] = []
+        try:
+            for i, (plan, out) in enumerate(checked):
+                _check_cancel(ctx)
+                p = plan.profile
+                key = validate_key(f"{prefix}/{p.name}.{p.ext}")
+                ctx.report_progress(
+                    95.0 + 5.0 * i / len(checked), "upload", f"uploading {plan.name}"
+                )
+                obj = ctx.storage.put_file(ctx.output_bucket, key, plan.path, p.content_type)
+                meta: dict[str, Any] = {
+                    "width": out.width,
+                    "height": out.height,
+                    "codec": out.codec,
+                    "encoder": encoders.for_codec(p.codec),
+                    "audio": out.audio_codec,
+                }
+                if not p.is_still:
+                    meta["duration"] = out.duration
+                published.append(
+                    OutputFile(
+                        name=plan.name,
+                        bucket=ctx.output_bucket,
+                        key=key,
+                        size=obj.size or out.size,
+                        content_type=p.content_type,
+                        meta=meta,
+                    )
+                )
+        except BaseException as exc:
+            for o in published:
+                try:
+                    ctx.storage.delete(o.bucket, o.key)
+                except Exception:
+                    log.exception("could not remove partly published output %s", o.key)
+            if isinstance(exc, OSError):
+                raise ProcessorError(f"upload failed: {exc}", retryable=True) from exc
+            raise
+        return published
+
+
+def _describe(plan: OutputPlan, out: OutputInfo) -> str:
+    parts = [f"{out.width}x{out.height} {out.codec}"]
+    if out.audio_codec:
+        parts[0] += f" + {out.audio_codec}"
+    if out.duration and not plan.profile.is_still:
+        parts.append(f"{out.duration:.2f} s")
+    parts.append(f"{out.size} bytes")
+    return ", ".join(parts)
+
+
+def _default_prefix(key: str) -> str:
+    """``clips/hd.mp4`` -> ``clips/hd``: each input gets a folder of renditions."""
+    path = PurePosixPath(key)
+    return str(path.with_suffix("")) if path.suffix else str(path)
+
+
+def _check_cancel(ctx: ProcessorContext) -> None:
+    if ctx.cancel_event.is_set():
+        raise TaskCancelled("cancelled")
+
+
+__all__ = ["Profile", "TranscodeParams", "TranscodeProcessor"]

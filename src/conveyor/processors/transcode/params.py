@@ -1,0 +1,42 @@
+"""What a transcode task may ask for: the contract with API, CLI and console.
+
+Only the shape lives here.  Which type names exist depends on the
+configured profile table, so that check is made by
+``TranscodeProcessor.validate``, which knows the table.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class TranscodeParams(BaseModel):
+    """What a transcode task may ask for; unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transcode_types: list[str] = Field(min_length=1)
+    # Publish under this key prefix instead of "<input key without extension>/".
+    output_prefix: str | None = None
+    # Read by the worker for its per-task timeout; kept so validation does not drop it.
+    timeout_s: float | None = Field(None, gt=0)
+
+    @field_validator("transcode_types")
+    @classmethod
+    def _dedupe(cls, v: list[str]) -> list[str]:
+        seen: list[str] = []
+        for t in v:
+            t = t.strip()
+            if not t:
+                raise ValueError("transcode type names cannot be empty")
+            if t not in seen:
+                seen.append(t)
+        return seen
+
+    @field_validator("output_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip().strip("/")
+        return v or None

@@ -1,0 +1,87 @@
+"""Wiring: build the service and the background parts a process runs.
+
+``conveyor up`` runs everything in one process; ``serve`` runs the API,
+reaper and upload trigger; ``worker`` runs a worker alone.  All of them are
+assembled here so the faces stay thin.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from conveyor.backends import open_backend
+from conveyor.config import Settings
+from conveyor.processors import ProcessorRegistry
+from conveyor.service import ConveyorService
+from conveyor.storage import open_storage
+from conveyor.triggers.watcher import UploadWatcher
+from conveyor.worker.loop import Worker
+from conveyor.worker.reaper import Reaper
+
+log = logging.getLogger("conveyor")
+
+
+def build_service(settings: Settings) -> ConveyorService:
+    backend = open_backend(settings.backend_url)
+    storage = open_storage(settings.storage_url)
+    registry = ProcessorRegistry.load(settings)
+    if hasattr(storage, "bucket_dir"):
+        for bucket in (settings.input_bucket, settings.output_bucket):
+            storage.bucket_dir(bucket)
+    backend.backoff_base = settings.retry_backoff_base
+    return ConveyorService(settings, backend, storage, registry)
+
+
+@dataclass
+class Runtime:
+    service: ConveyorService
+    worker: Worker | None = None
+    watcher: UploadWatcher | None = None
+    reaper: Reaper | None = None
+    _started: bool = field(default=False)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        with_worker: bool,
+        with_trigger: bool,
+        concurrency: int | None = None,
+    ) -> Runtime:
+        service = build_service(settings)
+        rt = cls(service=service)
+        if with_worker:
+            rt.worker = Worker(
+                settings,
+                service.backend,
+                service.storage,
+                service.registry,
+                concurrency=concurrency,
+            )
+        else:
+            rt.reaper = Reaper(service.backend, settings.reap_interval)
+        if with_trigger and settings.trigger_enabled:
+            rt.watcher = UploadWatcher(service)
+        return rt
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for part in (self.reaper, self.worker, self.watcher):
+            if part is not None:
+                part.start()
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.worker is not None:
+            self.worker.stop()
+        if self.reaper is not None:
+            self.reaper.stop()
+        self.service.backend.close()

@@ -1,0 +1,351 @@
+"""The service layer: every rule about tasks lives here, for every face.
+
+The API, the console, the CLI (through the API) and the upload trigger all
+call these methods; none of them touches a backend or storage directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from conveyor.backends import Backend
+from conveyor.backends.base import ThroughputPoint
+from conveyor.config import Settings
+from conveyor.errors import ConveyorError, InvalidRequest, ObjectNotFound, TaskNotFound
+from conveyor.models import (
+    InputRef,
+    LogLine,
+    Page,
+    QueueCounts,
+    Task,
+    TaskStatus,
+    Trigger,
+    WorkerInfo,
+)
+from conveyor.processors import ProcessorRegistry
+from conveyor.storage import BlobStore, ObjectInfo, validate_bucket, validate_key
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".mov", ".avi", ".mkv", ".wmv", ".flv", ".webm", ".m4v", ".mpeg", ".mpg"}
+)
+
+
+def upload_dedup_key(obj: ObjectInfo) -> str:
+    """One upload, one task: the trigger and an explicit submit share this key."""
+    digest = hashlib.sha256(f"{obj.bucket}\x00{obj.key}\x00{obj.etag}".encode()).hexdigest()
+    return f"upload:{digest}"
+
+
+def is_video_key(key: str) -> bool:
+    return PurePosixPath(key).suffix.lower() in VIDEO_EXTENSIONS
+
+
+class SubmitRequest(BaseModel):
+    """What a face hands the service; seed 002's body is a valid instance."""
+
+    kind: str = "transcode"
+    input_bucket: str | None = None
+    input_key: str | None = None
+    transcode_types: list[str] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(0, ge=-100, le=100)
+    idempotency_key: str | None = Field(None, max_length=512)
+    max_attempts: int | None = Field(None, ge=1, le=100)
+
+
+@dataclass
+class SubmitResult:
+    task: Task
+    created: bool
+
+
+class QueueStatus(BaseModel):
+    pending: int
+    processing: int
+    delayed: int
+    completed_today: int
+    failed_today: int
+    cancelled_today: int
+    workers: int
+    date: str
+
+
+class BulkError(BaseModel):
+    id: str
+    code: str
+    message: str
+
+
+class BulkResult(BaseModel):
+    """What a bulk action did: the tasks it changed and why the others were left alone."""
+
+    done: list[Task] = Field(default_factory=list)
+    errors: list[BulkError] = Field(default_factory=list)
+
+
+class TranscodeTypeInfo(BaseModel):
+    name: str
+    description: str = ""
+
+
+class SubmitOptions(BaseModel):
+    """What a form needs to offer: kinds, transcode types and their defaults."""
+
+    kinds: list[str]
+    input_bucket: str
+    transcode_types: list[TranscodeTypeInfo]
+    default_transcode_types: list[str]
+    max_upload_bytes: int
+
+
+MAX_BULK = 1000
+
+
+class ConveyorService:
+    def __init__(
+        self, settings: Settings, backend: Backend, storage: BlobStore, registry: ProcessorRegistry
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.storage = storage
+        self.registry = registry
+        self.started_at = time.time()
+
+    # -- submitting ------------------------------------------------------------
+    def submit(
+        self, req: SubmitRequest, *, trigger: Trigger = Trigger.API, submitted_by: str | None = None
+    ) -> SubmitResult:
+        processor = self.registry.get(req.kind)
+        params = dict(req.params)
+        if req.kind == "transcode":
+            types = (
+                req.transcode_types
+                if req.transcode_types is not None
+                else params.get("transcode_types")
+            )
+            if types is None or types == []:
+                if req.transcode_types == [] or params.get("transcode_types") == []:
+                    raise InvalidRequest("transcode_types is empty: name at least one type")
+                types = list(self.settings.default_transcode_types)
+            params["transcode_types"] = types
+        elif req.transcode_types is not None:
+            raise InvalidRequest(f"transcode_types only applies to transcode tasks, not {req.kind}")
+
+        input_ref: InputRef | None = None
+        if req.input_bucket is not None or req.input_key is not None:
+            if not req.input_key:
+                raise InvalidRequest("input_key is missing: name the object to process")
+            bucket = req.input_bucket or self.settings.input_bucket
+            input_ref = InputRef(bucket=validate_bucket(bucket), key=validate_key(req.input_key))
+        if processor.requires_input():
+            if input_ref is None:
+                raise InvalidRequest(
+                    f"{req.kind} tasks need an input: give input_bucket and input_key"
+                )
+            if not self.storage.exists(input_ref.bucket, input_ref.key):
+                raise ObjectNotFound(f"input object not found: {input_ref.bucket}/{input_ref.key}")
+        params = processor.validate(params, input_ref)
+
+        task = Task(
+            kind=req.kind,
+            priority=req.priority,
+            input=input_ref,
+            params=params,
+            max_attempts=req.max_attempts or self.settings.max_attempts,
+            idempotency_key=req.idempotency_key,
+            submitted_by=submitted_by,
+            trigger=trigger,
+        )
+        stored, created = self.backend.submit(task)
+        if created:
+            log.info(
+                "Task queued: %s %s %s",
+                stored.id,
+                stored.kind,
+                f"{input_ref.bucket}/{input_ref.key}" if input_ref else "-",
+            )
+        return SubmitResult(task=stored, created=created)
+
+    # -- reading ---------------------------------------------------------------
+    def get(self, task_id: str) -> Task:
+        task = self.backend.get(task_id)
+        if task is None:
+            raise TaskNotFound(f"task {task_id} not found")
+        return task
+
+    def counts(self) -> QueueCounts:
+        return self.backend.counts()
+
+    def queue_status(self) -> QueueStatus:
+        c = self.backend.counts()
+        from conveyor.models import date_partition, utcnow
+
+        return QueueStatus(
+            pending=c.pending,
+            processing=c.processing,
+            delayed=c.delayed,
+            completed_today=c.completed_today,
+            failed_today=c.failed_today,
+            cancelled_today=c.cancelled_today,
+            workers=len(self.backend.workers(active_within_s=self._worker_ttl())),
+            date=date_partition(utcnow()),
+        )
+
+    def workers(self) -> list[WorkerInfo]:
+        return self.backend.workers(active_within_s=self._worker_ttl())
+
+    def _worker_ttl(self) -> float:
+        return max(10.0, self.settings.heartbeat_interval * 5)
+
+    def logs(
+        self, task_id: str, *, attempt: int | None = None, after_seq: int = 0, limit: int = 1000
+    ) -> list[LogLine]:
+        self.get(task_id)
+        return self.backend.read_logs(task_id, attempt=attempt, after_seq=after_seq, limit=limit)
+
+    # -- operator actions ----------------------------------------------------------
+    def cancel(self, task_id: str) -> Task:
+        task = self.backend.cancel(task_id)
+        log.info("Task cancel requested: %s (now %s)", task_id, task.status.value)
+        return task
+
+    def retry(self, task_id: str) -> Task:
+        task = self.backend.retry(task_id)
+        log.info("Task retried: %s", task_id)
+        return task
+
+    def clear_queue(self) -> int:
+        n = self.backend.clear_pending()
+        log.info("Queue cleared: %d pending tasks cancelled", n)
+        return n
+
+    def bulk_cancel(self, task_ids: list[str]) -> BulkResult:
+        return self._bulk(task_ids, self.cancel)
+
+    def bulk_retry(self, task_ids: list[str]) -> BulkResult:
+        return self._bulk(task_ids, self.retry)
+
+    def _bulk(self, task_ids: list[str], action: Any) -> BulkResult:
+        ids = list(dict.fromkeys(i.strip() for i in task_ids if i.strip()))
+        if not ids:
+            raise InvalidRequest("no tasks selected")
+        if len(ids) > MAX_BULK:
+            raise InvalidRequest(f"at most {MAX_BULK} tasks at once, not {len(ids)}")
+        result = BulkResult()
+        for task_id in ids:
+            try:
+                result.done.append(action(task_id))
+            except ConveyorError as exc:  # one refusal must not stop the rest
+                result.errors.append(BulkError(id=task_id, code=exc.code, message=exc.message))
+        return result
+
+    # -- console reads -------------------------------------------------------------
+    def get_many(self, task_ids: list[str]) -> list[Task]:
+        """The tasks among ``task_ids`` that exist, in the order given."""
+        out: list[Task] = []
+        for task_id in list(dict.fromkeys(task_ids))[:MAX_BULK]:
+            task = self.backend.get(task_id)
+            if task is not None:
+                out.append(task)
+        return out
+
+    def throughput(self, hours: int = 24, bucket_s: int = 3600) -> list[ThroughputPoint]:
+        """Completed and failed tasks per window over the last ``hours``, oldest first.
+
+        Windows are aligned to ``bucket_s`` (whole hours by default); the last one is
+        the window now running.
+        """
+        if not 1 <= hours <= 24 * 31 or not 60 <= bucket_s <= 86400:
+            raise InvalidRequest("throughput covers 1 h to 31 days in windows of 1 min to 1 day")
+        from datetime import UTC, datetime, timedelta
+
+        now = time.time()
+        start = now - now % bucket_s - (hours * 3600 // bucket_s - 1) * bucket_s
+        since = datetime.fromtimestamp(start, UTC)
+        points = self.backend.throughput(since, bucket_s)
+        horizon = since + timedelta(seconds=hours * 3600)
+        return [p for p in points if p.start < horizon]
+
+    def submit_options(self) -> SubmitOptions:
+        types: list[TranscodeTypeInfo] = []
+        try:
+            profiles = getattr(self.registry.get("transcode"), "profiles", {}) or {}
+        except ConveyorError:
+            profiles = {}
+        for name, profile in profiles.items():
+            types.append(
+                TranscodeTypeInfo(name=name, description=getattr(profile, "description", ""))
+            )
+        return SubmitOptions(
+            kinds=self.registry.kinds(),
+            input_bucket=self.settings.input_bucket,
+            transcode_types=types,
+            default_transcode_types=list(self.settings.default_transcode_types),
+            max_upload_bytes=self.settings.max_upload_bytes,
+        )
+
+    # -- health --------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        checks: dict[str, str] = {}
+        for name, probe in (("backend", self.backend.ping), ("storage", self.storage.ping)):
+            try:
+                probe()
+                checks[name] = "ok"
+            except Exception as exc:  # health must report, not raise
+                checks[name] = f"error: {exc}"
+        ok = all(v == "ok" for v in checks.values())
+        from conveyor import __version__
+
+        return {
+            "status": "healthy" if ok else "unhealthy",
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "checks": checks,
+            "kinds": self.registry.kinds(),
+        }
+
+    # -- files ---------------------------------------------------------------------
+    def check_object(self, bucket: str, key: str) -> tuple[str, str]:
+        return validate_bucket(bucket), validate_key(key)
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        date: str | None = None,
+        kind: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        text: str | None = None,
+    ) -> Page:
+        st: TaskStatus | None = None
+        if status:
+            try:
+                st = TaskStatus(status)
+            except ValueError:
+                known = ", ".join(s.value for s in TaskStatus)
+                raise InvalidRequest(f"unknown status {status!r}; use one of {known}") from None
+        if date:
+            try:
+                time.strptime(date, "%Y-%m-%d")
+            except ValueError:
+                raise InvalidRequest(f"invalid date {date!r}: use YYYY-MM-DD") from None
+        if not 1 <= limit <= 1000:
+            raise InvalidRequest("limit must be between 1 and 1000")
+        text = (text or "").strip() or None
+        if text is None:  # engines that predate ``text`` keep working without it
+            return self.backend.list(status=st, date=date, kind=kind, limit=limit, cursor=cursor)
+        if len(text) > 200:
+            raise InvalidRequest("search text is limited to 200 characters")
+        return self.backend.list(
+            status=st, date=date, kind=kind, limit=limit, cursor=cursor, text=text
+        )

@@ -1,0 +1,352 @@
+"""The worker: claims tasks, runs their processors, heartbeats, reports.
+
+Task threads only run processors; a separate heartbeat thread renews every
+lease in one backend call, flushes task logs and learns about cancels, so a
+processor that blocks for minutes never lets its lease lapse.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from conveyor import __version__
+from conveyor.backends import Backend
+from conveyor.config import Settings
+from conveyor.errors import LeaseLost, ProcessorError, TaskCancelled
+from conveyor.logs import current_attempt, current_task, current_worker
+from conveyor.models import Lease, Progress, Task, WorkerInfo, utcnow
+from conveyor.processors import ProcessorContext, ProcessorRegistry
+from conveyor.storage import BlobStore
+
+log = logging.getLogger("conveyor.worker")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class RunningTask:
+    task: Task
+    lease: Lease
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    stop_reason: str | None = None  # cancel | timeout | shutdown | lost
+    logs: list[tuple[datetime, str, str]] = field(default_factory=list)
+    logs_lock: threading.Lock = field(default_factory=threading.Lock)
+    last_progress: float = 0.0
+    thread: threading.Thread | None = None
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.cancel_event.set()
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend,
+        storage: BlobStore,
+        registry: ProcessorRegistry,
+        *,
+        worker_id: str | None = None,
+        concurrency: int | None = None,
+        kinds: list[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.storage = storage
+        self.registry = registry
+        self.id = worker_id or default_worker_id()
+        self.concurrency = concurrency or settings.max_concurrent_tasks
+        self.lease_s = settings.lease_seconds
+        self.temp_root = Path(settings.temp_dir or "/tmp") / "conveyor-work"
+        self.capabilities: dict[str, object] = {}
+        self.kinds = kinds or self._probe_kinds()
+        self._running: dict[str, RunningTask] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()  # stop claiming
+        self._stopped = threading.Event()  # heartbeat may end
+        self._slot_freed = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_reap = 0.0
+        self.started_at = utcnow()
+
+    # -- set-up --------------------------------------------------------------
+    def _probe_kinds(self) -> list[str]:
+        kinds = []
+        for kind, proc in self.registry.items():
+            try:
+                caps = proc.probe()
+            except Exception:
+                log.exception("probe of %s failed; not taking %s tasks", kind, kind)
+                caps = None
+            if caps is None:
+                log.warning("this host cannot run %s tasks; not claiming them", kind)
+                continue
+            self.capabilities[kind] = caps
+            kinds.append(kind)
+        return kinds
+
+    def info(self) -> WorkerInfo:
+        with self._lock:
+            running = list(self._running)
+        return WorkerInfo(
+            id=self.id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            kinds=self.kinds,
+            concurrency=self.concurrency,
+            running=running,
+            capabilities=self.capabilities,
+            started_at=self.started_at,
+            version=__version__,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        self.temp_root.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "Worker %s started: kinds=%s concurrency=%d",
+            self.id,
+            ",".join(self.kinds),
+            self.concurrency,
+        )
+        for target, name in ((self._claim_loop, "claim"), (self._heartbeat_loop, "heartbeat")):
+            t = threading.Thread(target=target, name=f"conveyor-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, *, grace: float | None = None) -> None:
+        """Stop claiming; let running tasks finish for ``grace`` s, then hand them back."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        if not self._stopping.is_set():
+            log.info("Worker %s stopping: no new claims, %d running", self.id, len(self._running))
+        self._stopping.set()
+        deadline = time.monotonic() + grace
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with self._lock:
+            leftover = list(self._running.values())
+        for rt in leftover:
+            log.info("Releasing task %s for another worker", rt.task.id)
+            rt.stop("shutdown")
+        for rt in leftover:
+            if rt.thread is not None:
+                rt.thread.join(timeout=15)
+        self._stopped.set()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def run_forever(self) -> None:
+        """Blocking entry point for ``conveyor worker``; SIGTERM/SIGINT stop gracefully."""
+        done = threading.Event()
+
+        def _on_signal(signum: int, _frame: object) -> None:
+            log.info("Received %s", signal.Signals(signum).name)
+            done.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        self.start()
+        while not done.wait(1.0):
+            pass
+        self.stop()
+
+    # -- loops -----------------------------------------------------------------------
+    def _claim_loop(self) -> None:
+        current_worker.set(self.id)
+        while not self._stopping.is_set():
+            try:
+                self._maybe_reap()
+                free = self.concurrency - len(self._running)
+                if free <= 0:
+                    self._slot_freed.wait(self.settings.poll_interval)
+                    self._slot_freed.clear()
+                    continue
+                claimed = self.backend.claim(self.id, self.kinds, free, self.lease_s)
+                for c in claimed:
+                    self._launch(c.task, c.lease)
+                if not claimed:
+                    self.backend.wait_for_work(self.settings.poll_interval)
+            except Exception:
+                log.exception("claim loop error; retrying")
+                self._stopping.wait(min(5.0, self.settings.poll_interval))
+
+    def _maybe_reap(self) -> None:
+        now = time.monotonic()
+        if now - self._last_reap >= self.settings.reap_interval:
+            self._last_reap = now
+            n = self.backend.reap()
+            if n:
+                log.warning("Reaped %d task(s) whose worker stopped heartbeating", n)
+
+    def _heartbeat_loop(self) -> None:
+        current_worker.set(self.id)
+        while not self._stopped.is_set():
+            try:
+                self.heartbeat_once()
+            except Exception:
+                log.exception("heartbeat failed; will retry")
+            self._stopped.wait(self.settings.heartbeat_interval)
+        try:  # a last flush of logs written during shutdown
+            self.heartbeat_once()
+        except Exception:
+            log.debug("final heartbeat failed", exc_info=True)
+
+    def heartbeat_once(self) -> None:
+        with self._lock:
+            running = list(self._running.values())
+        for rt in running:
+            self._flush_logs(rt)
+        result = self.backend.heartbeat(self.info(), [rt.lease for rt in running], self.lease_s)
+        by_id = {rt.task.id: rt for rt in running}
+        for task_id in result.cancel:
+            if task_id in by_id:
+                log.info("Cancel requested for task %s: stopping it", task_id)
+                by_id[task_id].stop("cancel")
+        for task_id in result.lost:
+            if task_id in by_id and by_id[task_id].stop_reason is None:
+                log.warning("Lease on task %s lost: abandoning it", task_id)
+                by_id[task_id].stop("lost")
+
+    # -- running one task --------------------------------------------------------------
+    def _launch(self, task: Task, lease: Lease) -> None:
+        rt = RunningTask(task=task, lease=lease)
+        with self._lock:
+            self._running[task.id] = rt
+        t = threading.Thread(target=self._execute, args=(rt,), name=f"task-{task.id}", daemon=True)
+        rt.thread = t
+        t.start()
+
+    def _task_log(self, rt: RunningTask, line: str, stream: str = "worker") -> None:
+        log.info("%s", line)
+        with rt.logs_lock:
+            rt.logs.append((utcnow(), stream, line))
+
+    def _flush_logs(self, rt: RunningTask) -> None:
+        with rt.logs_lock:
+            batch, rt.logs = rt.logs, []
+        if batch:
+            try:
+                self.backend.append_logs(rt.task.id, rt.lease.attempt, batch)
+            except Exception:
+                log.exception("could not ship %d log lines; keeping them", len(batch))
+                with rt.logs_lock:
+                    rt.logs[:0] = batch
+
+    def _report_progress(self, rt: RunningTask, percent: float, phase: str, message: str) -> None:
+        now = time.monotonic()
+        if now - rt.last_progress < 1.0 and percent < 100:
+            return
+        rt.last_progress = now
+        try:
+            self.backend.progress(
+                rt.lease,
+                Progress(
+                    percent=round(min(100.0, max(0.0, percent)), 1), phase=phase, message=message
+                ),
+            )
+        except LeaseLost:
+            rt.stop("lost")
+
+    def _execute(self, rt: RunningTask) -> None:
+        task, lease = rt.task, rt.lease
+        current_task.set(task.id)
+        current_attempt.set(lease.attempt)
+        current_worker.set(self.id)
+        workdir = self.temp_root / f"{task.id}-{lease.attempt}-{uuid.uuid4().hex[:6]}"
+        timeout_s = float(task.params.get("timeout_s") or self.settings.task_timeout)
+        timer = threading.Timer(timeout_s, rt.stop, args=("timeout",))
+        timer.daemon = True
+        try:
+            workdir.mkdir(parents=True)
+            where = f"{task.input.bucket}/{task.input.key}" if task.input else "-"
+            self._task_log(
+                rt,
+                f"Task received: {task.id} kind={task.kind} input={where} "
+                f"attempt={lease.attempt}/{task.max_attempts} worker={self.id}",
+            )
+            processor = self.registry.get(task.kind)
+            ctx = ProcessorContext(
+                task=task,
+                workdir=workdir,
+                storage=self.storage,
+                output_bucket=self.settings.output_bucket,
+                report_progress=lambda p, ph, m: self._report_progress(rt, p, ph, m),
+                log=lambda line: self._task_log(rt, line, "processor"),
+                cancel_event=rt.cancel_event,
+                timeout_s=timeout_s,
+            )
+            timer.start()
+            outputs = processor.run(ctx)
+            if rt.stop_reason is not None:
+                raise TaskCancelled(rt.stop_reason)
+            self._flush_logs(rt)
+            self.backend.complete(lease, outputs)
+            self._task_log(rt, f"Task completed: {task.id} with {len(outputs)} output(s)")
+        except TaskCancelled:
+            self._finish_stopped(rt, timeout_s)
+        except ProcessorError as exc:
+            if rt.stop_reason is not None:
+                self._finish_stopped(rt, timeout_s)
+            else:
+                self._task_log(rt, f"Task failed: {task.id}: {exc.message}")
+                self._report(
+                    self.backend.fail, lease, exc.message, retryable=exc.retryable, code=exc.code
+                )
+        except LeaseLost:
+            self._task_log(rt, f"Task {task.id}: lease lost; result discarded")
+        except Exception as exc:
+            log.exception("unexpected error in task %s", task.id)
+            self._task_log(rt, f"Task failed: {task.id}: internal error: {exc!r}")
+            self._report(
+                self.backend.fail,
+                lease,
+                f"internal error: {exc!r}",
+                retryable=True,
+                code="internal",
+            )
+        finally:
+            timer.cancel()
+            self._flush_logs(rt)
+            shutil.rmtree(workdir, ignore_errors=True)
+            with self._lock:
+                self._running.pop(task.id, None)
+            self._slot_freed.set()
+
+    def _finish_stopped(self, rt: RunningTask, timeout_s: float) -> None:
+        lease, reason = rt.lease, rt.stop_reason
+        if reason == "timeout":
+            msg = f"timed out after {timeout_s:g} s"
+            self._task_log(rt, f"Task failed: {rt.task.id}: {msg}")
+            self._report(self.backend.fail, lease, msg, retryable=True, code="timeout")
+        elif reason == "shutdown":
+            self._task_log(rt, f"Task released: {rt.task.id}: worker shutting down")
+            self._report(self.backend.release, lease)
+        elif reason == "lost":
+            self._task_log(rt, f"Task abandoned: {rt.task.id}: lease lost")
+        else:
+            self._task_log(rt, f"Task cancelled: {rt.task.id}")
+            self._report(
+                self.backend.fail, lease, "cancelled by request", retryable=False, code="cancelled"
+            )
+
+    def _report(self, call: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        try:
+            call(*args, **kwargs)
+        except LeaseLost:
+            log.warning("lease lost before the outcome could be recorded")

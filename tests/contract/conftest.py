@@ -1,0 +1,126 @@
+"""Engines under contract test.
+
+Every backend engine and every storage engine runs the same suites
+(``test_backend_contract.py``, ``test_storage_contract.py``).  Adding an
+engine is adding one factory to ``BACKEND_ENGINES`` / ``STORAGE_ENGINES``:
+
+* a backend factory takes a fresh per-test directory and returns an
+  *opener*: ``open(backoff_base=...) -> Backend``.  Every call of the opener
+  must return a new handle on the *same* empty store (same SQLite file, same
+  PostgreSQL schema, same SQS queue + DynamoDB table), as a second process
+  would see it.  The suite closes every handle it opens.
+* a storage factory takes a fresh per-test directory and returns an empty
+  ``BlobStore`` (for S3: a fresh bucket prefix or fresh buckets on the
+  endpoint).
+
+A factory whose engine cannot be started here (no PostgreSQL binaries, no
+S3 server, ...) skips with the reason on a developer machine and FAILS when
+``CI=true``: CI never passes by skipping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.backends.base import Backend
+from conveyor.storage.base import BlobStore
+
+# Back-off used by the default ``backend`` fixture: small so that retry tests
+# do not sleep, large enough that "delayed right after fail()" is observable.
+FAST_BACKOFF_S = 0.05
+
+BackendOpener = Callable[..., Backend]
+BackendFactory = Callable[[Path], BackendOpener]
+StorageFactory = Callable[[Path], BlobStore]
+
+
+# -- backend engines ---------------------------------------------------------
+def _sqlite_backend(workdir: Path) -> BackendOpener:
+    from conveyor.backends.sqlite import SQLiteBackend
+
+    path = workdir / "conveyor.db"
+
+    def open_backend(*, backoff_base: float = FAST_BACKOFF_S) -> Backend:
+        return SQLiteBackend(path, backoff_base=backoff_base)
+
+    return open_backend
+
+
+def _postgres_backend(workdir: Path) -> BackendOpener:
+    """An empty, migrated database on the throwaway test cluster (or CONVEYOR_TEST_PG_URL).
+
+    The cluster (tests/pgserver.py) starts on first use, so SQLite-only runs
+    never start PostgreSQL; no binaries: skip, or fail under CI=true.
+    """
+    from conveyor.backends.postgres import PostgresBackend
+    from tests.pgserver import require_cluster
+
+    url = require_cluster().rolling_database()
+
+    def open_backend(*, backoff_base: float = FAST_BACKOFF_S) -> Backend:
+        return PostgresBackend(url, backoff_base=backoff_base)
+
+    return open_backend
+
+
+BACKEND_ENGINES: dict[str, BackendFactory] = {
+    "sqlite": _sqlite_backend,
+    "postgres": _postgres_backend,
+    # "aws": _aws_backend,            (skip unless an SQS/DynamoDB endpoint is set)
+}
+
+
+# -- storage engines ---------------------------------------------------------
+def _local_store(workdir: Path) -> BlobStore:
+    from conveyor.storage.local import LocalBlobStore
+
+    return LocalBlobStore(workdir / "blobs")
+
+
+def _s3_store(workdir: Path) -> BlobStore:
+    # weed mini started on first use (tests/s3server.py); buckets emptied per test
+    from tests.s3server import contract_store
+
+    return contract_store(workdir)
+
+
+STORAGE_ENGINES: dict[str, StorageFactory] = {
+    "local": _local_store,
+    "s3": _s3_store,
+}
+
+
+# -- fixtures ----------------------------------------------------------------
+@pytest.fixture(params=sorted(BACKEND_ENGINES))
+def backend_engine(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def open_backend(backend_engine: str, tmp_path: Path) -> Iterator[BackendOpener]:
+    """Open (more) handles on this test's store; all are closed afterwards."""
+    opener = BACKEND_ENGINES[backend_engine](tmp_path)
+    opened: list[Backend] = []
+
+    def open_tracked(**kwargs: float) -> Backend:
+        handle = opener(**kwargs)
+        opened.append(handle)
+        return handle
+
+    yield open_tracked
+    for handle in reversed(opened):
+        handle.close()
+
+
+@pytest.fixture
+def backend(open_backend: BackendOpener) -> Backend:
+    return open_backend()
+
+
+@pytest.fixture(params=sorted(STORAGE_ENGINES))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    return STORAGE_ENGINES[request.param](tmp_path)

@@ -1,0 +1,228 @@
+"""The worker loop with a small in-test processor: lifecycle paths without ffmpeg.
+
+The processor here is a real Processor subclass that sleeps and writes a
+file; it stands in for no component under test (the worker is the subject).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from pydantic import BaseModel
+
+from conveyor.backends.sqlite import SQLiteBackend
+from conveyor.config import Settings, load_settings
+from conveyor.errors import InputRejected, LeaseLost, TaskCancelled
+from conveyor.models import OutputFile, Task, TaskStatus
+from conveyor.processors import ProcessorContext, ProcessorRegistry
+from conveyor.processors.base import Processor
+from conveyor.storage.local import LocalBlobStore
+from conveyor.worker.loop import Worker
+
+
+class SleepParams(BaseModel):
+    seconds: float = 0.0
+    fail: str | None = None
+
+
+class SleepProcessor(Processor):
+    kind: ClassVar[str] = "sleep"
+    params_model: ClassVar[type[BaseModel]] = SleepParams
+    runs: ClassVar[list[str]] = []
+
+    def requires_input(self) -> bool:
+        return False
+
+    def run(self, ctx: ProcessorContext) -> list[OutputFile]:
+        p = SleepParams.model_validate(ctx.task.params)
+        SleepProcessor.runs.append(ctx.task.id)
+        ctx.log("sleeping")
+        deadline = time.monotonic() + p.seconds
+        while time.monotonic() < deadline:
+            if ctx.cancel_event.wait(0.02):
+                raise TaskCancelled("stopped")
+            ctx.report_progress(50.0, "sleeping", "")
+        if p.fail == "permanent":
+            raise InputRejected("input is not a readable video")
+        if p.fail == "transient":
+            raise RuntimeError("flaky")
+        out = ctx.workdir / "out.txt"
+        out.write_text(ctx.task.id)
+        info = ctx.storage.put_file(ctx.output_bucket, f"{ctx.task.id}/out.txt", out)
+        return [OutputFile(name="out", bucket=info.bucket, key=info.key, size=info.size)]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("CONVEYOR_CONFIG", str(tmp_path / "none.yaml"))
+    return load_settings(
+        data_dir=tmp_path,
+        heartbeat_interval=0.1,
+        lease_seconds=1.0,
+        reap_interval=0.1,
+        poll_interval=0.1,
+        shutdown_grace=0.5,
+        retry_backoff_base=0.05,
+    )
+
+
+@pytest.fixture
+def parts(settings: Settings) -> Iterator[tuple[SQLiteBackend, LocalBlobStore, ProcessorRegistry]]:
+    backend = SQLiteBackend(settings.data_dir / "c.db", backoff_base=0.05)
+    store = LocalBlobStore(settings.data_dir / "buckets")
+    registry = ProcessorRegistry({"sleep": SleepProcessor(settings)})
+    yield backend, store, registry
+    backend.close()
+
+
+def _worker(
+    settings: Settings, parts: tuple[SQLiteBackend, LocalBlobStore, ProcessorRegistry], **kw: object
+) -> Worker:
+    backend, store, registry = parts
+    w = Worker(settings, backend, store, registry, **kw)
+    w.start()
+    return w
+
+
+def _wait(backend: SQLiteBackend, task_id: str, status: TaskStatus, timeout: float = 10) -> Task:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t = backend.get(task_id)
+        assert t is not None
+        if t.status == status:
+            return t
+        time.sleep(0.02)
+    raise AssertionError(f"{task_id} is {t.status}, expected {status}")
+
+
+def test_runs_and_logs(settings: Settings, parts: tuple) -> None:
+    backend = parts[0]
+    t, _ = backend.submit(Task(kind="sleep", params={"seconds": 0.2}))
+    w = _worker(settings, parts)
+    try:
+        done = _wait(backend, t.id, TaskStatus.COMPLETED)
+        assert done.outputs[0].key == f"{t.id}/out.txt"
+        assert done.history[0].outcome == "completed"
+        lines = [ln.line for ln in backend.read_logs(t.id)]
+        assert any(ln.startswith("Task received") for ln in lines)
+        assert "sleeping" in lines
+        assert [wi.id for wi in backend.workers()] == [w.id]
+    finally:
+        w.stop()
+    assert not any(w.temp_root.iterdir()), "temp dirs are removed"
+
+
+def test_permanent_failure_not_retried(settings: Settings, parts: tuple) -> None:
+    backend = parts[0]
+    t, _ = backend.submit(Task(kind="sleep", params={"fail": "permanent"}))
+    w = _worker(settings, parts)
+    try:
+        failed = _wait(backend, t.id, TaskStatus.FAILED)
+        assert failed.attempts == 1
+        assert failed.error == "input is not a readable video"
+        assert failed.error_code == "invalid_input"
+    finally:
+        w.stop()
+
+
+def test_transient_failure_retried_then_failed(settings: Settings, parts: tuple) -> None:
+    backend = parts[0]
+    t, _ = backend.submit(Task(kind="sleep", params={"fail": "transient"}, max_attempts=3))
+    w = _worker(settings, parts)
+    try:
+        failed = _wait(backend, t.id, TaskStatus.FAILED)
+        assert failed.attempts == 3
+        assert [a.outcome for a in failed.history] == ["retry", "retry", "failed"]
+        assert "flaky" in (failed.error or "")
+    finally:
+        w.stop()
+
+
+def test_cancel_running(settings: Settings, parts: tuple) -> None:
+    backend = parts[0]
+    t, _ = backend.submit(Task(kind="sleep", params={"seconds": 30}))
+    w = _worker(settings, parts)
+    try:
+        _wait(backend, t.id, TaskStatus.PROCESSING)
+        started = time.monotonic()
+        backend.cancel(t.id)
+        cancelled = _wait(backend, t.id, TaskStatus.CANCELLED)
+        assert time.monotonic() - started < 5
+        assert cancelled.error_code == "cancelled"
+    finally:
+        w.stop()
+
+
+def test_timeout_is_retryable(settings: Settings, parts: tuple) -> None:
+    backend = parts[0]
+    t, _ = backend.submit(
+        Task(kind="sleep", params={"seconds": 5, "timeout_s": 0.2}, max_attempts=1)
+    )
+    w = _worker(settings, parts)
+    try:
+        failed = _wait(backend, t.id, TaskStatus.FAILED)
+        assert failed.error_code == "timeout"
+        assert "timed out" in (failed.error or "")
+    finally:
+        w.stop()
+
+
+def test_graceful_stop_releases(settings: Settings, parts: tuple) -> None:
+    backend = parts[0]
+    t, _ = backend.submit(Task(kind="sleep", params={"seconds": 30}))
+    w = _worker(settings, parts)
+    _wait(backend, t.id, TaskStatus.PROCESSING)
+    w.stop(grace=0.2)
+    released = backend.get(t.id)
+    assert released is not None
+    assert released.status == TaskStatus.PENDING
+    assert released.attempts == 0
+    assert released.history[-1].outcome == "released"
+
+
+def test_dead_worker_lease_expires_and_old_lease_is_fenced(
+    settings: Settings, parts: tuple
+) -> None:
+    backend = parts[0]
+    t, _ = backend.submit(Task(kind="sleep", params={"seconds": 0.1}))
+    # a "worker" that claims and then dies: no heartbeats
+    [dead] = backend.claim("dead-worker", ["sleep"], 1, lease_s=0.3)
+    w = _worker(settings, parts)
+    try:
+        done = _wait(backend, t.id, TaskStatus.COMPLETED)
+        assert done.attempts == 2
+        assert done.history[0].outcome == "lease_expired"
+        with pytest.raises(LeaseLost):
+            backend.complete(dead.lease, [])
+    finally:
+        w.stop()
+
+
+def test_concurrency_limit(settings: Settings, parts: tuple) -> None:
+    backend = parts[0]
+    ids = [backend.submit(Task(kind="sleep", params={"seconds": 0.3}))[0].id for _ in range(6)]
+    w = _worker(settings, parts, concurrency=2)
+    peak = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, backend.counts().processing)
+            time.sleep(0.01)
+
+    th = threading.Thread(target=watch)
+    th.start()
+    try:
+        for i in ids:
+            _wait(backend, i, TaskStatus.COMPLETED)
+    finally:
+        stop.set()
+        th.join()
+        w.stop()
+    assert peak == 2
