@@ -1163,3 +1163,37 @@ def test_wait_for_work_returns_by_its_timeout(backend: Backend) -> None:
     start = time.monotonic()
     backend.wait_for_work(0.3)
     assert time.monotonic() - start < 3.0
+
+
+def test_list_text_filters_on_a_substring_of_the_input_key(backend: Backend) -> None:
+    for key in (
+        "clips/Holiday_2025.mp4",
+        "clips/holiday-2024.mov",
+        "talks/keynote.mp4",
+        "odd/100%_done.mp4",
+    ):
+        backend.submit(Task(kind="transcode", input=InputRef(bucket="in", key=key)))
+    keys = sorted(t.input.key for t in backend.list(text="holiday").items if t.input)
+    assert keys == ["clips/Holiday_2025.mp4", "clips/holiday-2024.mov"]
+    assert [t.input.key for t in backend.list(text="100%").items if t.input] == [
+        "odd/100%_done.mp4"
+    ]
+    assert backend.list(text="y_2").items[0].input.key == "clips/Holiday_2025.mp4"  # type: ignore[union-attr]
+    assert backend.list(text="nothing-like-this").items == []
+
+
+def test_throughput_counts_finished_tasks_per_window(backend: Backend) -> None:
+    since = datetime.now(UTC) - timedelta(hours=3)
+    for outcome in ("completed", "completed", "failed"):
+        backend.submit(Task(kind="x"))
+        [c] = backend.claim("w", ["x"], 1, lease_s=30)
+        if outcome == "completed":
+            backend.complete(c.lease, [])
+        else:
+            backend.fail(c.lease, "boom", retryable=False)
+    points = backend.throughput(since, 3600)
+    assert len(points) in (3, 4)
+    assert points[0].start == since
+    assert sum(p.completed for p in points) == 2
+    assert sum(p.failed for p in points) == 1
+    assert points[-1].completed == 2 and points[-1].failed == 1

@@ -59,7 +59,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from conveyor.backends.base import Backend
+from conveyor.backends.base import Backend, ThroughputPoint, throughput_windows
 from conveyor.errors import Conflict, ConveyorError, InvalidRequest, LeaseLost, TaskNotFound
 from conveyor.models import (
     Attempt,
@@ -827,6 +827,18 @@ class PostgresBackend(Backend):
         out.by_status = {"pending": out.pending + out.delayed, "processing": out.processing}
         return out
 
+    def throughput(self, since: datetime, bucket_s: int = 3600) -> list[ThroughputPoint]:
+        """One aggregate over the ``(status, finished_at)`` index."""
+        with self._cursor() as cur:
+            rows = cur.execute(
+                "SELECT floor(extract(epoch FROM finished_at - %s) / %s)::int AS w, status, "
+                "count(*) AS n FROM tasks WHERE status IN ('completed', 'failed') "
+                "AND finished_at >= %s GROUP BY 1, 2",
+                (since, max(1, int(bucket_s)), since),
+            ).fetchall()
+        counts = {(int(r["w"]), str(r["status"])): int(r["n"]) for r in rows}
+        return throughput_windows(since, bucket_s, counts)
+
     def workers(self, active_within_s: float = 60.0) -> list[WorkerInfo]:
         with self._cursor() as cur:
             rows = cur.execute(
@@ -970,6 +982,7 @@ class PostgresBackend(Backend):
         kind: str | None = None,
         limit: int = 20,
         cursor: str | None = None,
+        text: str | None = None,
     ) -> Page:
         limit = max(1, min(int(limit), 1000))
         where: list[str] = []
@@ -983,6 +996,10 @@ class PostgresBackend(Backend):
         if kind is not None:
             where.append("kind = %s")
             args.append(kind)
+        if text:  # substring of the key, case-insensitive, as on SQLite
+            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("input_key ILIKE %s")
+            args.append(f"%{escaped}%")
         if cursor:
             created_at, task_id = decode_cursor(cursor)
             where.append("(created_at, id) < (%s, %s)")
