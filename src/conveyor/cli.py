@@ -404,7 +404,12 @@ def health(url: str = URL) -> None:
 
 
 def main() -> None:
+    from conveyor.errors import ConveyorError
+
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except ConveyorError as exc:  # bad config, unreachable or outdated backend, ...
+        err.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+        sys.exit(2)
