@@ -37,12 +37,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from conveyor.models import InputRef, Task
+from conveyor.config import load_settings
+from conveyor.models import InputRef, Task, TaskStatus
 from conveyor.processors.base import ProcessorContext
 from conveyor.processors.transcode import TranscodeProcessor
 from conveyor.processors.transcode.command import build_command, plan_outputs
 from conveyor.processors.transcode.encoders import detect_encoders
 from conveyor.processors.transcode.probe import probe_input
+from conveyor.runtime import Runtime
+from conveyor.service import SubmitRequest
 from conveyor.storage.local import LocalBlobStore
 
 
@@ -178,6 +181,28 @@ def main() -> int:
 
         b = interleaved(args.repeats, processor=processor_run, bare_ffmpeg=lambda: run(single))
 
+        print("\n(c) a whole Conveyor task (submit -> queue -> worker -> completed) vs bare ffmpeg")
+        settings = load_settings(data_dir=tmp / "svc", trigger_enabled=False)
+        runtime = Runtime.build(settings, with_worker=True, with_trigger=False, concurrency=1)
+        runtime.service.storage.put_file("input", "bench/source.mp4", src)
+        runtime.start()
+
+        def whole_task() -> None:
+            res = runtime.service.submit(
+                SubmitRequest(input_key="bench/source.mp4", transcode_types=types)
+            )
+            while True:
+                t = runtime.service.get(res.task.id)
+                if t.status.is_final:
+                    assert t.status == TaskStatus.COMPLETED, t.error
+                    return
+                time.sleep(0.01)
+
+        try:
+            c = interleaved(args.repeats, whole_task=whole_task, bare_ffmpeg=lambda: run(single))
+        finally:
+            runtime.stop()
+
     single_s, naive_s = med(a["single_pass"]), med(a["separate"])
     proc_s, bare_s = med(b["processor"]), med(b["bare_ffmpeg"])
     # run() minus its own ffmpeg wall time: download, probes, checks, uploads, process
@@ -202,6 +227,14 @@ def main() -> int:
     print(
         f"      wall time in run() outside ffmpeg: {outside:.2f} s "
         f"({pct(outside, bare_s.wall)} of the bare command)"
+    )
+    task_s, bare_c = med(c["whole_task"]), med(c["bare_ffmpeg"])
+    print(f"  (c) whole queued task:   {show(task_s)}")
+    print(f"      bare ffmpeg command: {show(bare_c)}")
+    print(
+        f"      overhead: wall {task_s.wall - bare_c.wall:+.2f} s "
+        f"({pct(task_s.wall - bare_c.wall, bare_c.wall)}), "
+        f"ratio {task_s.wall / bare_c.wall:.3f}x"
     )
     return 0
 

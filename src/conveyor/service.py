@@ -60,6 +60,7 @@ class SubmitRequest(BaseModel):
     priority: int = Field(0, ge=-100, le=100)
     idempotency_key: str | None = Field(None, max_length=512)
     max_attempts: int | None = Field(None, ge=1, le=100)
+    timeout_s: float | None = Field(None, gt=0, le=7 * 86400)
 
 
 @dataclass
@@ -154,6 +155,8 @@ class ConveyorService:
             if not self.storage.exists(input_ref.bucket, input_ref.key):
                 raise ObjectNotFound(f"input object not found: {input_ref.bucket}/{input_ref.key}")
         params = processor.validate(params, input_ref)
+        if req.timeout_s is not None:  # the worker enforces it whatever the kind
+            params["timeout_s"] = req.timeout_s
 
         task = Task(
             kind=req.kind,

@@ -24,7 +24,7 @@ from typing import Any
 from conveyor import __version__
 from conveyor.backends import Backend
 from conveyor.config import Settings
-from conveyor.errors import LeaseLost, ProcessorError, TaskCancelled
+from conveyor.errors import LeaseLost, NotFound, ProcessorError, TaskCancelled
 from conveyor.logs import current_attempt, current_task, current_worker
 from conveyor.models import Lease, Progress, Task, WorkerInfo, utcnow
 from conveyor.processors import ProcessorContext, ProcessorRegistry
@@ -46,6 +46,7 @@ class RunningTask:
     logs: list[tuple[datetime, str, str]] = field(default_factory=list)
     logs_lock: threading.Lock = field(default_factory=threading.Lock)
     last_progress: float = 0.0
+    last_phase: str = ""
     thread: threading.Thread | None = None
 
     def stop(self, reason: str) -> None:
@@ -250,9 +251,9 @@ class Worker:
 
     def _report_progress(self, rt: RunningTask, percent: float, phase: str, message: str) -> None:
         now = time.monotonic()
-        if now - rt.last_progress < 1.0 and percent < 100:
-            return
-        rt.last_progress = now
+        if now - rt.last_progress < 1.0 and percent < 100 and phase == rt.last_phase:
+            return  # at most one write a second, but never swallow a phase change
+        rt.last_progress, rt.last_phase = now, phase
         try:
             self.backend.progress(
                 rt.lease,
@@ -310,6 +311,9 @@ class Worker:
                 )
         except LeaseLost:
             self._task_log(rt, f"Task {task.id}: lease lost; result discarded")
+        except NotFound as exc:  # e.g. the input was deleted after submit: retrying won't help
+            self._task_log(rt, f"Task failed: {task.id}: {exc.message}")
+            self._report(self.backend.fail, lease, exc.message, retryable=False, code=exc.code)
         except Exception as exc:
             log.exception("unexpected error in task %s", task.id)
             self._task_log(rt, f"Task failed: {task.id}: internal error: {exc!r}")

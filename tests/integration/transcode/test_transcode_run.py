@@ -186,10 +186,12 @@ def test_nvenc_failure_mid_task_falls_back_to_cpu(
     fake = tmp_path / "ffmpeg-with-flaky-nvenc"
     fake.write_text(
         "#!/bin/sh\n"
+        "# NVENC passes the one-frame test, fails on a real job; the rest is real ffmpeg\n"
         'case "$*" in\n'
-        '  *nvenc*"-f null -") exit 0 ;;\n'
-        '  *nvenc*) echo "[h264_nvenc @ 0x1] OpenEncodeSessionEx failed: out of memory (10)" >&2;'
-        " exit 1 ;;\n"
+        '  *"-c:v h264_nvenc"*"-f null -"|*"-c:v hevc_nvenc"*"-f null -") exit 0 ;;\n'
+        '  *"-c:v h264_nvenc"*|*"-c:v hevc_nvenc"*)\n'
+        '    echo "[h264_nvenc @ 0x1] OpenEncodeSessionEx failed: out of memory (10)" >&2\n'
+        "    exit 1 ;;\n"
         "esac\n"
         'exec ffmpeg "$@"\n'
     )
