@@ -242,3 +242,23 @@ def test_cli_submit_wait(server: Server, small_clip: Path) -> None:
         timeout=30,
     )
     assert bad.returncode == 2 and "input object not found" in bad.stderr
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "conveyor", *args, "--url", server.url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+
+    task_id = tasks[0]["id"]
+    shown = cli("show", task_id)
+    assert shown.returncode == 0 and "completed" in shown.stdout and "thumbnail" in shown.stdout
+    logs = cli("logs", task_id)
+    assert logs.returncode == 0 and "Transcode completed" in logs.stdout
+    status = cli("queue", "status")
+    assert status.returncode == 0 and "completed today" in status.stdout
+    retried = cli("retry", task_id)
+    assert retried.returncode == 2 and "only failed or cancelled" in retried.stderr
+    assert cli("queue", "clear", "--yes").returncode == 0
