@@ -179,3 +179,32 @@ def test_cancel_running_transcode_kills_ffmpeg(
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
     assert not any((api.data_dir / "tmp" / "conveyor-work").iterdir()), "temp dirs removed"
+
+
+def test_sigterm_releases_the_running_task(api: Server, long_clip: Path, tmp_path: Path) -> None:
+    task_id = submit_long(api, long_clip)
+    leaving = start_process(
+        ["worker", "--data-dir", str(api.data_dir), "--worker-id", "leaving"],
+        api.data_dir,
+        tmp_path / "leaving.log",
+        {**FAST_ENV, "CONVEYOR_SHUTDOWN_GRACE": "1"},
+    )
+    wait_progress(api, task_id, 1.0)
+    leaving.send_signal(signal.SIGTERM)
+    assert leaving.wait(30) == 0, (tmp_path / "leaving.log").read_text()
+    released = api.client.get(f"/api/tasks/{task_id}").json()
+    assert released["status"] == "pending", released
+    assert released["attempts"] == 0
+    assert released["history"][-1]["outcome"] == "released"
+    assert ffmpeg_pids(str(api.data_dir)) == []
+    log = (tmp_path / "leaving.log").read_text()
+    assert "stopping: no new claims" in log and "Releasing task" in log
+    taker = start_worker(api, tmp_path, "taker")
+    try:
+        task = wait_task(api.client, task_id, timeout=120)
+    finally:
+        taker.send_signal(signal.SIGTERM)
+        taker.wait(30)
+    assert task["status"] == "completed"
+    assert task["attempts"] == 1
+    assert [h["outcome"] for h in task["history"]] == ["released", "completed"]
