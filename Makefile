@@ -31,6 +31,7 @@ test-deps: system-deps
 	@missing=""; \
 	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	fc-list 2>/dev/null | grep -qi "wqy\|noto.*cjk" || missing="$$missing fonts-wqy-microhei"; \
 	$(call apt_install,$$missing)
 
 define apt_install
@@ -46,6 +47,7 @@ run: system-deps venv
 lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/cfn-lint deploy/aws/*.yaml
 
 typecheck: venv
 	$(BIN)/mypy

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from conveyor.cli_aws import aws_app
 from conveyor.cli_db import db_app
 from conveyor.client import ClientError, ConveyorClient
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 queue_app = typer.Typer(help="Queue status and clearing.", no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
 app.add_typer(db_app, name="db")
+app.add_typer(aws_app, name="aws")
 console = Console()
 err = Console(stderr=True)
 

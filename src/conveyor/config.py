@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import yaml
 from pydantic import AliasChoices, Field, field_validator
@@ -121,13 +122,32 @@ class Settings(BaseSettings):
     trigger_enabled: bool = _env(True, "TRIGGER_ENABLED")
     trigger_interval: float = _env(2.0, "TRIGGER_INTERVAL")
     trigger_settle_seconds: float = _env(2.0, "TRIGGER_SETTLE_SECONDS")
+    # seed 000/002 AWS names: together they choose the aws backend and s3 storage
+    aws_region: str = _env("", "AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+    sqs_queue_url: str = _env("", "SQS_QUEUE_URL", "SQS_QUEUE_URL")
+    dynamodb_table: str = _env("", "DYNAMODB_TABLE", "DYNAMODB_TABLE")
+    # S3 -> SQS upload notifications; when set, the upload trigger reads them
+    # instead of listing the input bucket
+    s3_events_queue_url: str = _env("", "S3_EVENTS_QUEUE_URL", "S3_EVENTS_QUEUE_URL")
 
     def model_post_init(self, __context: Any) -> None:
         self.data_dir = self.data_dir.resolve()
+        aws = bool(self.sqs_queue_url and self.dynamodb_table)
+        if not self.backend_url and aws:
+            if not self.aws_region:
+                raise ValueError("SQS_QUEUE_URL and DYNAMODB_TABLE are set but AWS_REGION is not")
+            query = urlencode(
+                {
+                    "queue_url": self.sqs_queue_url,
+                    "table": self.dynamodb_table,
+                    "region": self.aws_region,
+                }
+            )
+            self.backend_url = f"aws://?{query}"
         if not self.backend_url:
             self.backend_url = f"sqlite:///{self.data_dir / 'conveyor.db'}"
         if not self.storage_url:
-            self.storage_url = f"file://{self.data_dir / 'buckets'}"
+            self.storage_url = "s3://" if aws else f"file://{self.data_dir / 'buckets'}"
         if self.temp_dir is None:
             self.temp_dir = self.data_dir / "tmp"
 

@@ -8,13 +8,16 @@ assembled here so the faces stay thin.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
 from conveyor.backends import open_backend
 from conveyor.config import Settings
 from conveyor.processors import ProcessorRegistry
 from conveyor.service import ConveyorService
 from conveyor.storage import open_storage
+from conveyor.triggers.s3_events import S3EventConsumer
 from conveyor.triggers.watcher import UploadWatcher
 from conveyor.worker.loop import Worker
 from conveyor.worker.reaper import Reaper
@@ -33,11 +36,33 @@ def build_service(settings: Settings) -> ConveyorService:
     return ConveyorService(settings, backend, storage, registry)
 
 
+def _upload_trigger(
+    settings: Settings, service: ConveyorService
+) -> UploadWatcher | S3EventConsumer:
+    """Bucket notifications when configured (no listing cost), else polling the bucket."""
+    if not settings.s3_events_queue_url:
+        return UploadWatcher(service)
+    from conveyor.backends.aws_resources import sqs_client
+
+    region = settings.aws_region or _region_of(settings.s3_events_queue_url)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_SQS") or os.environ.get("AWS_ENDPOINT_URL")
+    return S3EventConsumer(service, settings.s3_events_queue_url, sqs_client(region, endpoint))
+
+
+def _region_of(queue_url: str) -> str:
+    """``https://sqs.<region>.amazonaws.com/...`` names its region."""
+    host = urlparse(queue_url).hostname or ""
+    parts = host.split(".")
+    if len(parts) >= 3 and parts[0] == "sqs":
+        return parts[1]
+    raise ValueError(f"set AWS_REGION: cannot tell the region of {queue_url!r}")
+
+
 @dataclass
 class Runtime:
     service: ConveyorService
     worker: Worker | None = None
-    watcher: UploadWatcher | None = None
+    watcher: UploadWatcher | S3EventConsumer | None = None
     reaper: Reaper | None = None
     _started: bool = field(default=False)
 
@@ -63,7 +88,7 @@ class Runtime:
         else:
             rt.reaper = Reaper(service.backend, settings.reap_interval)
         if with_trigger and settings.trigger_enabled:
-            rt.watcher = UploadWatcher(service)
+            rt.watcher = _upload_trigger(settings, service)
         return rt
 
     def start(self) -> None:

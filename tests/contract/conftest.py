@@ -66,10 +66,25 @@ def _postgres_backend(workdir: Path) -> BackendOpener:
     return open_backend
 
 
+def _aws_backend(workdir: Path) -> BackendOpener:
+    """Fresh table + queues on the throwaway moto_server (tests/motoserver.py)."""
+    from conveyor.backends.aws import AWSBackend
+    from tests.motoserver import require_server
+
+    url = require_server().backend_url()
+
+    def open_backend(*, backoff_base: float = FAST_BACKOFF_S) -> Backend:
+        backend = AWSBackend.from_url(url)
+        backend.backoff_base = backoff_base
+        return backend
+
+    return open_backend
+
+
 BACKEND_ENGINES: dict[str, BackendFactory] = {
     "sqlite": _sqlite_backend,
     "postgres": _postgres_backend,
-    # "aws": _aws_backend,            (skip unless an SQS/DynamoDB endpoint is set)
+    "aws": _aws_backend,
 }
 
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from conveyor import __version__
+from conveyor.console import console_lifespan, mount_console
 from conveyor.runtime import Runtime
 
 from . import routes_files, routes_health, routes_tasks
@@ -17,10 +18,11 @@ from .errors import install_error_handlers
 
 def create_app(runtime: Runtime) -> FastAPI:
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.start()
         try:
-            yield
+            with console_lifespan(app):  # live console streams end as soon as a stop is asked
+                yield
         finally:
             runtime.stop()
 
@@ -37,6 +39,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(routes_health.router)
     app.include_router(routes_tasks.router)
     app.include_router(routes_files.router)
+    mount_console(app)  # the web console at /admin
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

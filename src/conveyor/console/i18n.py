@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ DEFAULT_LANG = "en"
 COOKIE = "lang"
 
 
-@lru_cache(maxsize=None)
+@cache
 def catalogue(lang: str) -> dict[str, str]:
     data = json.loads((LOCALES / f"{lang}.json").read_text(encoding="utf-8"))
     return {str(k): str(v) for k, v in data.items()}
@@ -92,10 +92,10 @@ class Translator:
             return "–"
         s = max(0.0, float(seconds))
         if s < 1:
-            return self("unit.ms", n=int(round(s * 1000)))
+            return self("unit.ms", n=round(s * 1000))
         if s < 60:
-            return self("unit.s", n=f"{s:.1f}" if s < 10 else f"{int(round(s))}")
-        total = int(round(s))
+            return self("unit.s", n=f"{s:.1f}" if s < 10 else f"{round(s)}")
+        total = round(s)
         if total < 3600:
             return self("unit.min_s", m=total // 60, s=f"{total % 60:02d}")
         if total < 86400:

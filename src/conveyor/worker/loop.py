@@ -137,6 +137,9 @@ class Worker:
         if not self._stopping.is_set():
             log.info("Worker %s stopping: no new claims, %d running", self.id, len(self._running))
         self._stopping.set()
+        if self._threads and self._threads[0] is not threading.current_thread():
+            # a claim in flight returns before we look at what runs (or is released)
+            self._threads[0].join(timeout=30)
         deadline = time.monotonic() + grace
         while self._running and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -179,6 +182,11 @@ class Worker:
                     self._slot_freed.clear()
                     continue
                 claimed = self.backend.claim(self.id, self.kinds, free, self.lease_s)
+                if self._stopping.is_set():  # stop() came while we were claiming
+                    for c in claimed:
+                        log.info("Releasing task %s: the worker is stopping", c.task.id)
+                        self.backend.release(c.lease)
+                    break
                 for c in claimed:
                     self._launch(c.task, c.lease)
                 if not claimed:

@@ -1,0 +1,1292 @@
+"""AWS engine: SQS delivers, DynamoDB is the record of truth.
+
+URL: ``aws://?queue_url=…&table=…&region=…`` (URL-encode the values).  Optional:
+``endpoint_url=`` (moto, LocalStack), ``shards=`` (status index shards, default
+4; every process must use the same value), ``claim_wait=`` (seconds a claim
+long-polls when the queue looks empty, default 0: real SQS short polls sample
+a subset of servers and may miss a message, which costs one worker loop since
+``wait_for_work`` long-polls; set 1 to have claims query every server),
+``aux_table=`` (default ``<table>-aux``), ``dlq_url=`` (default: read from the
+queue's redrive policy).  Credentials
+come from the usual boto3 chain (environment, profile, instance role).
+Resources are created by :func:`conveyor.backends.aws_resources.ensure_resources`.
+
+Record.  One DynamoDB item per task (``task_id``) holds the whole task as a
+JSON document (``doc``) plus the attributes that keys, indexes and
+conditions need: ``status``, ``status_shard``, ``date_partition``,
+``created_key``, ``lease_token``, ``lease_expires``, ``dispatch``, ``ver``.
+Every write is conditional on ``ver`` (optimistic concurrency, bumped by
+every write), so two processes never both win a transition; the fenced
+writes (progress, complete, fail, release, heartbeat) are additionally
+conditional on ``lease_token`` and ``status = processing``.
+
+Status sharding.  ``status_shard = "<status>#<crc32(id) % shards>"``: one hot
+status (a backlog of pending tasks) is spread over ``shards`` partitions of
+``status-index``; listing by status queries every shard of that status and
+merges them newest first.  The GSI range key is ``created_key`` =
+``<created_at ISO-8601 UTC µs>#<id>``, unique and totally ordered, so the
+opaque cursor is simply the last ``created_key`` returned and works for one
+shard or many alike.
+
+Delivery.  Every transition to ``pending`` (submit, retry back-off, release,
+reap, retry) draws a fresh ``dispatch`` token and sends one SQS message
+``{task, dispatch}``.  The record is written first with ``unsent = true``;
+after the send succeeds the flag is cleared.  If the send fails the task is
+still recorded and ``reap()`` re-sends for pending tasks left ``unsent``.
+A message whose task is no longer pending with that dispatch (cancelled,
+cleared, already claimed, superseded) is stale and deleted on receipt, so
+cancel and ``clear_pending`` only write DynamoDB (no ``PurgeQueue``, which
+would drop other tasks' messages too).
+
+Claim receives up to 10 messages (short poll, visibility = the lease rounded
+up to whole seconds), reads their records, takes the best ``capacity`` of the
+eligible ones with a conditional write and hands every other message back at
+once (visibility 0); a message whose retry back-off has not passed is hidden
+until it has.  Heartbeats extend the DynamoDB lease and the message's
+visibility (``ChangeMessageVisibility``); completion deletes the message.
+
+Priority.  SQS has no priority: a claim picks the highest priority, then the
+oldest id, among the messages of one receive batch (up to 10, a few batches
+when the capacity is larger), and returns the others.  Ordering is therefore
+exact for small backlogs and approximate (best of a sample) for large ones;
+deployments that need strict priority bands should use one queue per band.
+
+Leases and back-off.  Lease expiry and ``not_before`` live in DynamoDB with
+sub-second precision; SQS only sees whole seconds (visibility timeouts,
+``DelaySeconds`` <= 900), so a redelivery may come up to a second late.
+``reap()`` requeues expired leases from the ``processing`` shards of
+``status-index`` (conditional on ``ver`` and the expiry, so concurrent reapers
+touch each lease once).
+
+Dead letters.  The queue's redrive policy moves a message to ``<queue>-dlq``
+after ``maxReceiveCount`` receives; ``reap()`` drains the DLQ and mirrors each
+message as a ``failed`` task (``error_code = dead_lettered``) with the reason.
+SQS counts every receive, including a claim that passes a message over and
+``wait_for_work``'s peeks, so the redrive threshold cannot be ``max_attempts``
+(a healthy task would be dead-lettered by busy idle workers): it is a backstop
+against poison messages (default 1000 receives, ``ensure_resources(max_receives=)``)
+and ``max_attempts`` is enforced exactly on the record (``attempts``), by
+``fail`` and ``reap``.  A task that uses up its attempts is put in the DLQ
+too (a ``final`` message with the reason), so the DLQ holds every task that
+gave up, whichever way; messages stay there for inspection and redrive
+(see ``_drain_dlq``).
+
+Waiting.  ``wait_for_work`` long-polls the queue (``WaitTimeSeconds``) with a
+zero visibility timeout, i.e. a peek; it returns as soon as a message is
+visible.  When the previous claim found only messages it could not take
+(other kinds, back-off), it sleeps instead of returning at once, so a worker
+never spins.
+
+Indexes are eventually consistent on real DynamoDB: ``list`` and ``counts``
+may lag a write by a fraction of a second (``get`` reads consistently).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import heapq
+import json
+import math
+import re
+import secrets
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlparse
+
+from botocore.exceptions import ClientError
+
+from conveyor.backends.aws_resources import dynamodb_client, ensure_resources, sqs_client
+from conveyor.backends.base import Backend, backoff_seconds
+from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
+from conveyor.models import (
+    Attempt,
+    ClaimedTask,
+    HeartbeatResult,
+    Lease,
+    LogLine,
+    OutputFile,
+    Page,
+    Progress,
+    QueueCounts,
+    Task,
+    TaskStatus,
+    WorkerInfo,
+    date_partition,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_sqs import SQSClient
+
+Item = dict[str, Any]
+
+DEFAULT_SHARDS = 4
+MAX_DELAY_S = 900
+MAX_VISIBILITY_S = 43200
+_CURSOR_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z#.+$")
+_WORKER_TTL_S = 7 * 24 * 3600
+
+
+# -- attribute helpers -----------------------------------------------------------
+def _s(v: str) -> dict[str, str]:
+    return {"S": v}
+
+
+def _n(v: float) -> dict[str, str]:
+    return {"N": repr(v) if isinstance(v, float) else str(v)}
+
+
+def _num(item: Item, name: str) -> float | None:
+    v = item.get(name)
+    return None if v is None or "N" not in v else float(v["N"])
+
+
+def _str(item: Item, name: str) -> str | None:
+    v = item.get(name)
+    return None if v is None or "S" not in v else str(v["S"])
+
+
+def _created_key(task: Task) -> str:
+    ts = task.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{ts}#{task.id}"
+
+
+def _at(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def encode_cursor(created_key: str) -> str:
+    return base64.urlsafe_b64encode(f"v1|{created_key}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, key = raw.split("|", 1)
+        if prefix != "v1" or not _CURSOR_RE.match(key):
+            raise ValueError(raw)
+        return key
+    except Exception:
+        raise InvalidRequest(
+            f"invalid cursor {cursor!r}: pass back next_cursor unchanged"
+        ) from None
+
+
+def _is(exc: ClientError, *codes: str) -> bool:
+    return exc.response.get("Error", {}).get("Code") in codes
+
+
+class _State:
+    """A task record as read from DynamoDB: the task plus engine bookkeeping."""
+
+    def __init__(self, item: Item) -> None:
+        self.task = Task.model_validate_json(item["doc"]["S"])
+        self.ver = int(_num(item, "ver") or 0)
+        self.lease_token = _str(item, "lease_token")
+        self.lease_expires = _num(item, "lease_expires")
+        self.dispatch = _str(item, "dispatch")
+        self.receipt = _str(item, "receipt")
+        self.unsent = bool(item.get("unsent", {}).get("BOOL", False))
+
+
+class AWSBackend(Backend):
+    ensure_resources = staticmethod(ensure_resources)
+    # a pending record still ``unsent`` after this long is sent again by reap()
+    resend_grace_s: float = 10.0
+
+    def __init__(
+        self,
+        *,
+        queue_url: str,
+        table: str,
+        region: str,
+        endpoint_url: str | None = None,
+        aux_table: str | None = None,
+        dlq_url: str | None = None,
+        shards: int = DEFAULT_SHARDS,
+        claim_wait_s: int = 0,
+        backoff_base: float | None = None,
+    ) -> None:
+        if not queue_url or not table or not region:
+            raise InvalidRequest("aws backend needs queue_url, table and region")
+        self.queue_url = queue_url
+        self.table = table
+        self.aux_table = aux_table or f"{table}-aux"
+        self.shards = max(1, int(shards))
+        self.claim_wait_s = max(0, min(20, int(claim_wait_s)))
+        if backoff_base is not None:
+            self.backoff_base = backoff_base
+        self._ddb: DynamoDBClient = dynamodb_client(region, endpoint_url)
+        self._sqs: SQSClient = sqs_client(region, endpoint_url)
+        self._dlq_url = dlq_url
+        self.dlq_interval_s = 30.0
+        self._dlq_last = -math.inf
+        self._dlq_seen: set[str] = set()
+        self._dlq_checked = dlq_url is not None
+        self._local = threading.local()
+
+    @classmethod
+    def from_url(cls, url: str) -> AWSBackend:
+        parsed = urlparse(url)
+        q = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        missing = [k for k in ("queue_url", "table", "region") if not q.get(k)]
+        if missing:
+            raise InvalidRequest(
+                f"aws backend URL is missing {', '.join(missing)}: expected "
+                "aws://?queue_url=https://sqs…&table=NAME&region=REGION"
+            )
+        try:
+            shards = int(q.get("shards", DEFAULT_SHARDS))
+            claim_wait_s = int(q.get("claim_wait", 0))
+        except ValueError:
+            raise InvalidRequest(
+                "aws backend URL: shards and claim_wait must be integers"
+            ) from None
+        return cls(
+            queue_url=q["queue_url"],
+            table=q["table"],
+            region=q["region"],
+            endpoint_url=q.get("endpoint_url") or None,
+            aux_table=q.get("aux_table") or None,
+            dlq_url=q.get("dlq_url") or None,
+            shards=shards,
+            claim_wait_s=claim_wait_s,
+        )
+
+    # -- record helpers ----------------------------------------------------------
+    def _shard(self, task_id: str) -> int:
+        return zlib.crc32(task_id.encode()) % self.shards
+
+    def _shard_keys(self, status: TaskStatus) -> list[str]:
+        return [f"{status.value}#{i}" for i in range(self.shards)]
+
+    def _item(
+        self,
+        task: Task,
+        *,
+        ver: int,
+        lease_token: str | None = None,
+        lease_expires: float | None = None,
+        dispatch: str | None = None,
+        receipt: str | None = None,
+        unsent: bool = False,
+    ) -> Item:
+        item: Item = {
+            "task_id": _s(task.id),
+            "doc": _s(task.model_dump_json()),
+            "ver": _n(ver),
+            "status": _s(task.status.value),
+            "status_shard": _s(f"{task.status.value}#{self._shard(task.id)}"),
+            "date_partition": _s(task.date_partition),
+            "created_key": _s(_created_key(task)),
+            "kind": _s(task.kind),
+            "priority": _n(task.priority),
+            "key_lc": _s(task.input.key.lower() if task.input else ""),
+            "updated_at": _n(task.updated_at.timestamp()),
+        }
+        if task.not_before is not None:
+            item["not_before"] = _n(task.not_before.timestamp())
+        if task.finished_at is not None:
+            item["finished_at"] = _n(task.finished_at.timestamp())
+        if lease_token is not None:
+            item["lease_token"] = _s(lease_token)
+        if lease_expires is not None:
+            item["lease_expires"] = _n(lease_expires)
+        if dispatch is not None:
+            item["dispatch"] = _s(dispatch)
+        if receipt is not None:
+            item["receipt"] = _s(receipt)
+        if unsent:
+            item["unsent"] = {"BOOL": True}
+        return item
+
+    def _read(self, task_id: str) -> _State | None:
+        got = self._ddb.get_item(
+            TableName=self.table, Key={"task_id": _s(task_id)}, ConsistentRead=True
+        )
+        item = got.get("Item")
+        return None if item is None else _State(item)
+
+    def _put(
+        self,
+        item: Item,
+        old_ver: int,
+        extra: str = "",
+        values: Item | None = None,
+        names: dict[str, str] | None = None,
+    ) -> bool:
+        """Write ``item`` if the stored version is still ``old_ver`` (and ``extra``)."""
+        cond = "ver = :old" + (f" AND {extra}" if extra else "")
+        kwargs: dict[str, Any] = {}
+        if names:
+            kwargs["ExpressionAttributeNames"] = names
+        try:
+            self._ddb.put_item(
+                TableName=self.table,
+                Item=item,
+                ConditionExpression=cond,
+                ExpressionAttributeValues={":old": _n(old_ver), **(values or {})},
+                **kwargs,
+            )
+        except ClientError as exc:
+            if _is(exc, "ConditionalCheckFailedException"):
+                return False
+            raise
+        return True
+
+    def _mutate(self, task_id: str, change: Callable[[_State], Item | None]) -> _State:
+        """Read-modify-write with optimistic concurrency; ``change`` may raise."""
+        for _ in range(50):
+            state = self._read(task_id)
+            if state is None:
+                raise TaskNotFound(f"task {task_id} not found")
+            item = change(state)
+            if item is None or self._put(item, state.ver):
+                return state if item is None else _State(item)
+        raise Conflict(f"task {task_id} is being changed concurrently; try again")
+
+    def _held(self, state: _State, lease: Lease) -> None:
+        if state.task.status != TaskStatus.PROCESSING or state.lease_token != lease.token:
+            raise LeaseLost(f"lease on task {lease.task_id} is no longer held by this worker")
+
+    def _mutate_held(self, lease: Lease, change: Callable[[_State], Item]) -> _State:
+        """Fenced read-modify-write; the attempt's SQS message is deleted afterwards
+        unless the new record still holds it (progress)."""
+        based_on: list[_State] = []
+
+        def guarded(state: _State) -> Item:
+            self._held(state, lease)
+            based_on[:] = [state]
+            return change(state)
+
+        try:
+            done = self._mutate(lease.task_id, guarded)
+        except TaskNotFound:
+            raise LeaseLost(
+                f"lease on task {lease.task_id} is no longer held by this worker"
+            ) from None
+        if based_on and based_on[0].receipt and done.receipt != based_on[0].receipt:
+            self._delete_message(based_on[0].receipt)
+        return done
+
+    # -- SQS helpers -------------------------------------------------------------
+    def _send(self, task_id: str, dispatch: str, delay_s: float = 0.0) -> None:
+        """Send the delivery message, then clear ``unsent`` (best effort)."""
+        try:
+            self._sqs.send_message(
+                QueueUrl=self.queue_url,
+                MessageBody=json.dumps({"task": task_id, "dispatch": dispatch}),
+                DelaySeconds=max(0, min(MAX_DELAY_S, int(delay_s))),
+            )
+        except ClientError:
+            return  # the record stays ``unsent``; reap() sends it again
+        try:
+            self._ddb.update_item(
+                TableName=self.table,
+                Key={"task_id": _s(task_id)},
+                UpdateExpression="REMOVE unsent",
+                ConditionExpression="dispatch = :d",
+                ExpressionAttributeValues={":d": _s(dispatch)},
+            )
+        except ClientError as exc:
+            if not _is(exc, "ConditionalCheckFailedException"):
+                raise
+
+    def _delete_message(self, receipt: str | None) -> None:
+        if not receipt:
+            return
+        # an expired receipt: the message is stale and is dropped when received again
+        with contextlib.suppress(ClientError):
+            self._sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
+
+    def _set_visibility(self, entries: list[tuple[str, int]]) -> None:
+        for i in range(0, len(entries), 10):
+            batch = entries[i : i + 10]
+            with contextlib.suppress(ClientError):
+                self._sqs.change_message_visibility_batch(
+                    QueueUrl=self.queue_url,
+                    Entries=[
+                        {"Id": str(j), "ReceiptHandle": r, "VisibilityTimeout": v}
+                        for j, (r, v) in enumerate(batch)
+                    ],
+                )
+
+    def _requeue(self, state: _State, task: Task, delay_s: float) -> Item:
+        """The item for ``task`` back to pending with a fresh dispatch (sent later)."""
+        dispatch = secrets.token_hex(8)
+        self._local.pending_send = (task.id, dispatch, delay_s)
+        return self._item(task, ver=state.ver + 1, dispatch=dispatch, unsent=True)
+
+    def _flush_send(self) -> None:
+        pending: tuple[str, str, float] | None = getattr(self._local, "pending_send", None)
+        self._local.pending_send = None
+        if pending is not None:
+            self._send(*pending)
+
+    # -- submit ------------------------------------------------------------------
+    def submit(self, task: Task) -> tuple[Task, bool]:
+        if task.status != TaskStatus.PENDING:
+            task = task.model_copy(update={"status": TaskStatus.PENDING})
+        if not task.date_partition:
+            task = task.model_copy(update={"date_partition": date_partition(task.created_at)})
+        dispatch = secrets.token_hex(8)
+        item = self._item(task, ver=1, dispatch=dispatch, unsent=True)
+        if task.idempotency_key:
+            try:
+                self._ddb.transact_write_items(
+                    TransactItems=[
+                        {
+                            "Put": {
+                                "TableName": self.aux_table,
+                                "Item": {
+                                    "pk": _s(f"idem#{task.idempotency_key}"),
+                                    "sk": _s("idem"),
+                                    "task_id": _s(task.id),
+                                },
+                                "ConditionExpression": "attribute_not_exists(pk)",
+                            }
+                        },
+                        {
+                            "Put": {
+                                "TableName": self.table,
+                                "Item": item,
+                                "ConditionExpression": "attribute_not_exists(task_id)",
+                            }
+                        },
+                    ]
+                )
+            except ClientError as exc:
+                if not _is(exc, "TransactionCanceledException"):
+                    raise
+                existing = self._by_idempotency_key(task.idempotency_key)
+                if existing is None:
+                    raise Conflict(f"task {task.id} already exists") from None
+                return existing, False
+        else:
+            try:
+                self._ddb.put_item(
+                    TableName=self.table,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(task_id)",
+                )
+            except ClientError as exc:
+                if _is(exc, "ConditionalCheckFailedException"):
+                    raise Conflict(f"task {task.id} already exists") from None
+                raise
+        self._send(task.id, dispatch)
+        return task, True
+
+    def _by_idempotency_key(self, key: str) -> Task | None:
+        for _ in range(20):
+            got = self._ddb.get_item(
+                TableName=self.aux_table,
+                Key={"pk": _s(f"idem#{key}"), "sk": _s("idem")},
+                ConsistentRead=True,
+            ).get("Item")
+            if got is None:
+                return None
+            task = self.get(got["task_id"]["S"])
+            if task is not None:
+                return task
+            time.sleep(0.05)  # pragma: no cover - transactions are atomic
+        return None
+
+    # -- worker protocol ---------------------------------------------------------
+    def claim(
+        self, worker_id: str, kinds: list[str], capacity: int, lease_s: float
+    ) -> list[ClaimedTask]:
+        if capacity <= 0 or not kinds:
+            return []
+        visibility = min(MAX_VISIBILITY_S, max(1, math.ceil(lease_s)))
+        wanted = set(kinds)
+        now = time.time()
+        # (priority, id) -> (message dispatch, receipt, state)
+        candidates: list[tuple[int, str, str, str, _State]] = []
+        give_back: list[tuple[str, int]] = []
+        seen_ids: set[str] = set()
+        passed_over = False
+        for batch_no in range(max(1, min(5, math.ceil(capacity / 10) + 1))):
+            msgs = self._sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=10,
+                VisibilityTimeout=visibility,
+                WaitTimeSeconds=self.claim_wait_s if batch_no == 0 else 0,
+            ).get("Messages", [])
+            if not msgs:
+                break
+            bodies: list[tuple[str, str, str]] = []
+            for m in msgs:
+                receipt = m["ReceiptHandle"]
+                try:
+                    body = json.loads(m.get("Body", ""))
+                    bodies.append((str(body["task"]), str(body["dispatch"]), receipt))
+                except (ValueError, KeyError, TypeError):
+                    self._delete_message(receipt)  # not ours
+            states = self._read_many({tid for tid, _, _ in bodies})
+            for tid, dispatch, receipt in bodies:
+                state = states.get(tid)
+                if (
+                    state is None
+                    or state.task.status != TaskStatus.PENDING
+                    or state.dispatch != dispatch
+                    or tid in seen_ids
+                ):
+                    if tid in seen_ids:
+                        give_back.append((receipt, 0))
+                    else:
+                        self._delete_message(receipt)  # stale message
+                    continue
+                seen_ids.add(tid)
+                nb = state.task.not_before
+                if state.task.kind not in wanted:
+                    passed_over = True
+                    give_back.append((receipt, 0))
+                elif nb is not None and nb.timestamp() > now:
+                    passed_over = True
+                    wait = math.ceil(nb.timestamp() - now)
+                    give_back.append((receipt, min(MAX_VISIBILITY_S, max(1, wait))))
+                else:
+                    candidates.append((-state.task.priority, tid, dispatch, receipt, state))
+            if len(candidates) >= capacity or len(msgs) < 10:
+                break
+        candidates.sort(key=lambda c: (c[0], c[1]))
+        claimed: list[ClaimedTask] = []
+        for _, _tid, dispatch, receipt, state in candidates:
+            if len(claimed) >= capacity:
+                give_back.append((receipt, 0))
+                continue
+            got = self._take(state, worker_id, lease_s, dispatch, receipt)
+            if got is None:
+                give_back.append((receipt, 0))
+            else:
+                claimed.append(got)
+        self._set_visibility(give_back)
+        self._local.passed_over = passed_over and not claimed
+        return claimed
+
+    def _read_many(self, ids: set[str]) -> dict[str, _State]:
+        out: dict[str, _State] = {}
+        keys: list[Item] = [{"task_id": _s(t)} for t in ids]
+        while keys:
+            resp = self._ddb.batch_get_item(
+                RequestItems={self.table: {"Keys": keys, "ConsistentRead": True}}
+            )
+            for item in resp.get("Responses", {}).get(self.table, []):
+                st = _State(item)
+                out[st.task.id] = st
+            unprocessed: Any = resp.get("UnprocessedKeys") or {}
+            keys = list(unprocessed.get(self.table, {}).get("Keys", []))
+        return out
+
+    def _take(
+        self, state: _State, worker_id: str, lease_s: float, dispatch: str, receipt: str
+    ) -> ClaimedTask | None:
+        now = time.time()
+        token = secrets.token_hex(16)
+        attempt = state.task.attempts + 1
+        task = state.task.model_copy(
+            update={
+                "status": TaskStatus.PROCESSING,
+                "attempts": attempt,
+                "worker_id": worker_id,
+                "started_at": _at(now),
+                "updated_at": _at(now),
+                "not_before": None,
+                "progress": Progress(phase="starting"),
+                "history": [
+                    *state.task.history,
+                    Attempt(number=attempt, worker_id=worker_id, started_at=_at(now)),
+                ],
+            }
+        )
+        item = self._item(
+            task,
+            ver=state.ver + 1,
+            lease_token=token,
+            lease_expires=now + lease_s,
+            dispatch=dispatch,
+            receipt=receipt,
+        )
+        if not self._put(
+            item,
+            state.ver,
+            "#st = :pending AND dispatch = :d",
+            {":pending": _s("pending"), ":d": _s(dispatch)},
+            {"#st": "status"},
+        ):
+            return None
+        lease = Lease(
+            task_id=task.id,
+            token=token,
+            worker_id=worker_id,
+            attempt=attempt,
+            expires_at=_at(now + lease_s),
+        )
+        return ClaimedTask(task=task, lease=lease)
+
+    def heartbeat(self, worker: WorkerInfo, leases: list[Lease], lease_s: float) -> HeartbeatResult:
+        now = time.time()
+        result = HeartbeatResult()
+        worker = worker.model_copy(update={"last_seen": _at(now)})
+        self._ddb.put_item(
+            TableName=self.aux_table,
+            Item={
+                "pk": _s("worker"),
+                "sk": _s(worker.id),
+                "info": _s(worker.model_dump_json()),
+                "last_seen": _n(now),
+                "expires": _n(int(now) + _WORKER_TTL_S),
+            },
+        )
+        visibility = min(MAX_VISIBILITY_S, max(1, math.ceil(lease_s)))
+        extend: list[tuple[str, int]] = []
+        for lease in leases:
+            try:
+                got = self._ddb.update_item(
+                    TableName=self.table,
+                    Key={"task_id": _s(lease.task_id)},
+                    UpdateExpression="SET lease_expires = :exp, ver = ver + :one",
+                    ConditionExpression="#st = :proc AND lease_token = :tok",
+                    ExpressionAttributeNames={"#st": "status"},
+                    ExpressionAttributeValues={
+                        ":exp": _n(now + lease_s),
+                        ":one": _n(1),
+                        ":proc": _s("processing"),
+                        ":tok": _s(lease.token),
+                    },
+                    ReturnValues="ALL_NEW",
+                )
+            except ClientError as exc:
+                if _is(exc, "ConditionalCheckFailedException"):
+                    result.lost.append(lease.task_id)
+                    continue
+                raise
+            state = _State(got["Attributes"])
+            result.renewed.append(lease.task_id)
+            if state.task.cancel_requested:
+                result.cancel.append(lease.task_id)
+            if state.receipt:
+                extend.append((state.receipt, visibility))
+        self._set_visibility(extend)
+        return result
+
+    def progress(self, lease: Lease, progress: Progress) -> None:
+        def change(state: _State) -> Item:
+            task = state.task.model_copy(update={"progress": progress, "updated_at": utcnow()})
+            return self._same(state, task)
+
+        self._mutate_held(lease, change)
+
+    def _same(self, state: _State, task: Task) -> Item:
+        """``task`` with the bookkeeping of ``state`` kept, version bumped."""
+        return self._item(
+            task,
+            ver=state.ver + 1,
+            lease_token=state.lease_token,
+            lease_expires=state.lease_expires,
+            dispatch=state.dispatch,
+            receipt=state.receipt,
+            unsent=state.unsent,
+        )
+
+    @staticmethod
+    def _closed(task: Task, outcome: str, error: str | None, now: datetime) -> list[Attempt]:
+        history = list(task.history)
+        if history and history[-1].finished_at is None:
+            history[-1] = history[-1].model_copy(
+                update={"finished_at": now, "outcome": outcome, "error": error}
+            )
+        return history
+
+    def complete(self, lease: Lease, outputs: list[OutputFile]) -> Task:
+        def change(state: _State) -> Item:
+            now = utcnow()
+            task = state.task.model_copy(
+                update={
+                    "status": TaskStatus.COMPLETED,
+                    "outputs": outputs,
+                    "progress": Progress(percent=100.0, phase="completed"),
+                    "error": None,
+                    "error_code": None,
+                    "finished_at": now,
+                    "updated_at": now,
+                    "history": self._closed(state.task, "completed", None, now),
+                }
+            )
+            return self._item(task, ver=state.ver + 1, dispatch=state.dispatch)
+
+        done = self._mutate_held(lease, change)
+        return done.task
+
+    def _failed_item(
+        self, state: _State, error: str, *, retryable: bool, code: str | None, outcome: str
+    ) -> Item:
+        now = utcnow()
+        task = state.task
+        not_before: datetime | None = None
+        if task.cancel_requested:
+            status, outcome, code = TaskStatus.CANCELLED, "cancelled", "cancelled"
+            error = "cancelled by request"
+        elif retryable and task.attempts < task.max_attempts:
+            status = TaskStatus.PENDING
+            delay = backoff_seconds(task.attempts, self.backoff_base, self.backoff_max)
+            not_before = now + timedelta(seconds=delay)
+            outcome = outcome if outcome != "failed" else "retry"
+        else:
+            status = TaskStatus.FAILED
+        final = status != TaskStatus.PENDING
+        task = task.model_copy(
+            update={
+                "status": status,
+                "error": error,
+                "error_code": code,
+                "not_before": not_before,
+                "updated_at": now,
+                "finished_at": now if final else None,
+                "history": self._closed(task, outcome, error, now),
+            }
+        )
+        if final:
+            return self._item(task, ver=state.ver + 1, dispatch=state.dispatch)
+        delay_s = (not_before - now).total_seconds() if not_before else 0.0
+        return self._requeue(state, task, delay_s)
+
+    def fail(self, lease: Lease, error: str, *, retryable: bool, code: str | None = None) -> Task:
+        self._local.pending_send = None
+
+        def change(state: _State) -> Item:
+            return self._failed_item(
+                state, error, retryable=retryable, code=code or "failed", outcome="failed"
+            )
+
+        done = self._mutate_held(lease, change)
+        self._flush_send()
+        if done.task.status == TaskStatus.FAILED:
+            self._park_in_dlq(done.task, done.dispatch)
+        return done.task
+
+    def release(self, lease: Lease) -> Task:
+        self._local.pending_send = None
+
+        def change(state: _State) -> Item:
+            if state.task.cancel_requested:
+                return self._failed_item(
+                    state, "cancelled", retryable=False, code="cancelled", outcome="cancelled"
+                )
+            now = utcnow()
+            task = state.task.model_copy(
+                update={
+                    "status": TaskStatus.PENDING,
+                    "attempts": max(state.task.attempts - 1, 0),
+                    "worker_id": None,
+                    "updated_at": now,
+                    "progress": Progress(),
+                    "history": self._closed(state.task, "released", None, now),
+                }
+            )
+            return self._requeue(state, task, 0.0)
+
+        done = self._mutate_held(lease, change)
+        self._flush_send()
+        return done.task
+
+    def reap(self) -> int:
+        now = time.time()
+        touched = 0
+        for item in self._query_shards(
+            TaskStatus.PROCESSING,
+            "lease_expires < :now",
+            {":now": _n(now)},
+        ):
+            state = _State(item)
+            if state.lease_expires is None or state.lease_expires >= now:
+                continue
+            self._local.pending_send = None
+            new = self._failed_item(
+                state,
+                f"lease expired: worker {state.task.worker_id} stopped heartbeating",
+                retryable=True,
+                code="lease_expired",
+                outcome="lease_expired",
+            )
+            if self._put(new, state.ver, "lease_expires < :now", {":now": _n(now)}):
+                touched += 1
+                self._delete_message(state.receipt)
+                self._flush_send()
+                if new["status"]["S"] == TaskStatus.FAILED.value:
+                    self._park_in_dlq(_State(new).task, state.dispatch)
+        self._resend_unsent(now)
+        self._drain_dlq()
+        return touched
+
+    def _resend_unsent(self, now: float) -> None:
+        """Send the messages of pending tasks whose send failed (see ``_send``)."""
+        grace_s = self.resend_grace_s
+        for item in self._query_shards(
+            TaskStatus.PENDING,
+            "unsent = :t AND updated_at < :old",
+            {
+                ":t": {"BOOL": True},
+                ":old": _n(now - grace_s),
+            },
+        ):
+            state = _State(item)
+            if state.dispatch:
+                nb = state.task.not_before
+                self._send(state.task.id, state.dispatch, nb.timestamp() - now if nb else 0.0)
+
+    def _dlq(self) -> str | None:
+        if not self._dlq_checked:
+            self._dlq_checked = True
+            try:
+                attrs = self._sqs.get_queue_attributes(
+                    QueueUrl=self.queue_url, AttributeNames=["RedrivePolicy"]
+                ).get("Attributes", {})
+                policy = json.loads(attrs.get("RedrivePolicy", "{}"))
+                arn = str(policy.get("deadLetterTargetArn", ""))
+                if arn:
+                    parts = arn.split(":")
+                    self._dlq_url = self._sqs.get_queue_url(
+                        QueueName=parts[-1], QueueOwnerAWSAccountId=parts[-2]
+                    )["QueueUrl"]
+            except (ClientError, ValueError):
+                self._dlq_url = None
+        return self._dlq_url
+
+    def _park_in_dlq(self, task: Task, dispatch: str | None) -> None:
+        """Leave a task that used up its attempts in the DLQ, where operators look.
+
+        The body says it is ``final`` (already mirrored), so ``_drain_dlq``
+        does not read its record again.  Best effort: the record is the truth.
+        """
+        dlq = self._dlq()
+        if dlq is None:
+            return
+        body = {
+            "task": task.id,
+            "dispatch": dispatch or "",
+            "final": True,
+            "attempts": task.attempts,
+            "reason": task.error or "",
+        }
+        with contextlib.suppress(ClientError):
+            self._sqs.send_message(QueueUrl=dlq, MessageBody=json.dumps(body))
+
+    def _drain_dlq(self) -> None:
+        """Mirror dead-lettered messages as failed tasks; the messages stay for operators.
+
+        Messages are only peeked (visibility 0), so the DLQ stays browsable
+        and redrivable; a pass runs at most every ``dlq_interval_s`` and a
+        message mirrored once (or parked by us, ``final``) is not read again.
+        The queue's retention period (14 days in the templates) removes them.
+        """
+        now = time.monotonic()
+        if now - self._dlq_last < self.dlq_interval_s:
+            return
+        self._dlq_last = now
+        dlq = self._dlq()
+        if dlq is None:
+            return
+        if len(self._dlq_seen) > 100_000:
+            self._dlq_seen.clear()
+        for _ in range(10):
+            msgs = self._sqs.receive_message(
+                QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=0
+            ).get("Messages", [])
+            fresh = [m for m in msgs if m["MessageId"] not in self._dlq_seen]
+            if not fresh:
+                return
+            for m in fresh:
+                self._dlq_seen.add(m["MessageId"])
+                try:
+                    body = json.loads(m.get("Body", ""))
+                    task_id, dispatch = str(body["task"]), str(body["dispatch"])
+                    final = bool(body.get("final"))
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    task_id, dispatch, final = "", "", True
+                if task_id and not final:
+                    self._dead_letter(task_id, dispatch)
+
+    def _dead_letter(self, task_id: str, dispatch: str) -> None:
+        def change(state: _State) -> Item | None:
+            if state.dispatch != dispatch or state.task.status in (
+                TaskStatus.COMPLETED,
+                TaskStatus.FAILED,
+                TaskStatus.CANCELLED,
+            ):
+                return None
+            now = utcnow()
+            reason = "dead-lettered: the SQS message exceeded its receive count"
+            task = state.task.model_copy(
+                update={
+                    "status": TaskStatus.FAILED,
+                    "error": reason,
+                    "error_code": "dead_lettered",
+                    "not_before": None,
+                    "finished_at": now,
+                    "updated_at": now,
+                    "history": self._closed(state.task, "failed", reason, now),
+                }
+            )
+            return self._item(task, ver=state.ver + 1, dispatch=state.dispatch)
+
+        with contextlib.suppress(TaskNotFound):
+            self._mutate(task_id, change)
+
+    # -- operator actions ----------------------------------------------------
+    def cancel(self, task_id: str) -> Task:
+        def change(state: _State) -> Item:
+            now = utcnow()
+            status = state.task.status
+            if status == TaskStatus.PENDING:
+                task = state.task.model_copy(
+                    update={
+                        "status": TaskStatus.CANCELLED,
+                        "error": "cancelled by request",
+                        "error_code": "cancelled",
+                        "not_before": None,
+                        "finished_at": now,
+                        "updated_at": now,
+                    }
+                )
+                return self._item(task, ver=state.ver + 1, dispatch=state.dispatch)
+            if status == TaskStatus.PROCESSING:
+                task = state.task.model_copy(update={"cancel_requested": True, "updated_at": now})
+                return self._same(state, task)
+            raise Conflict(f"task {task_id} is already {status.value}; nothing to cancel")
+
+        return self._mutate(task_id, change).task
+
+    def retry(self, task_id: str) -> Task:
+        self._local.pending_send = None
+
+        def change(state: _State) -> Item:
+            status = state.task.status
+            if status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+                raise Conflict(
+                    f"task {task_id} is {status.value}; "
+                    "only failed or cancelled tasks can be retried"
+                )
+            task = state.task.model_copy(
+                update={
+                    "status": TaskStatus.PENDING,
+                    "attempts": 0,
+                    "error": None,
+                    "error_code": None,
+                    "outputs": [],
+                    "progress": Progress(),
+                    "cancel_requested": False,
+                    "not_before": None,
+                    "finished_at": None,
+                    "worker_id": None,
+                    "updated_at": utcnow(),
+                }
+            )
+            return self._requeue(state, task, 0.0)
+
+        done = self._mutate(task_id, change)
+        self._flush_send()
+        return done.task
+
+    def clear_pending(self) -> int:
+        """Cancel every pending task (their messages are dropped when received)."""
+        n = 0
+        for item in self._query_shards(TaskStatus.PENDING):
+            state = _State(item)
+
+            def change(st: _State) -> Item | None:
+                if st.task.status != TaskStatus.PENDING:
+                    return None
+                now = utcnow()
+                task = st.task.model_copy(
+                    update={
+                        "status": TaskStatus.CANCELLED,
+                        "error": "cancelled: queue cleared",
+                        "error_code": "cancelled",
+                        "not_before": None,
+                        "finished_at": now,
+                        "updated_at": now,
+                    }
+                )
+                return self._item(task, ver=st.ver + 1, dispatch=st.dispatch)
+
+            try:
+                if self._mutate(state.task.id, change).task.status == TaskStatus.CANCELLED:
+                    n += 1
+            except TaskNotFound:
+                continue
+        return n
+
+    # -- reading -----------------------------------------------------------------
+    def get(self, task_id: str) -> Task | None:
+        state = self._read(task_id)
+        return None if state is None else state.task
+
+    def _query(
+        self,
+        index: str,
+        hash_name: str,
+        hash_value: str,
+        *,
+        before: str | None = None,
+        filters: list[str] | None = None,
+        values: Item | None = None,
+        names: dict[str, str] | None = None,
+        page: int = 100,
+    ) -> Iterator[Item]:
+        """Items of one index partition, newest ``created_key`` first."""
+        cond = "#h = :h"
+        attr_names = {"#h": hash_name, **(names or {})}
+        attr_values: Item = {":h": _s(hash_value), **(values or {})}
+        if before is not None:
+            cond += " AND created_key < :before"
+            attr_values[":before"] = _s(before)
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": index,
+            "KeyConditionExpression": cond,
+            "ExpressionAttributeNames": attr_names,
+            "ExpressionAttributeValues": attr_values,
+            "ScanIndexForward": False,
+            "Limit": page,
+        }
+        if filters:
+            kwargs["FilterExpression"] = " AND ".join(filters)
+        while True:
+            resp = self._ddb.query(**kwargs)
+            yield from resp.get("Items", [])
+            last = resp.get("LastEvaluatedKey")
+            if not last:
+                return
+            kwargs["ExclusiveStartKey"] = last
+
+    def _query_shards(
+        self, status: TaskStatus, filter_expr: str | None = None, values: Item | None = None
+    ) -> Iterator[Item]:
+        for key in self._shard_keys(status):
+            yield from self._query(
+                "status-index",
+                "status_shard",
+                key,
+                filters=[filter_expr] if filter_expr else None,
+                values=values,
+            )
+
+    def counts(self, today: str | None = None) -> QueueCounts:
+        now = time.time()
+        day = today or date_partition(utcnow())
+        start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+        lo, hi = start.timestamp(), (start + timedelta(days=1)).timestamp()
+        out = QueueCounts()
+        for item in self._query_shards(TaskStatus.PENDING):
+            nb = _num(item, "not_before")
+            if nb is not None and nb > now:
+                out.delayed += 1
+            else:
+                out.pending += 1
+        out.processing = sum(1 for _ in self._query_shards(TaskStatus.PROCESSING))
+        for status, attr in (
+            (TaskStatus.COMPLETED, "completed_today"),
+            (TaskStatus.FAILED, "failed_today"),
+            (TaskStatus.CANCELLED, "cancelled_today"),
+        ):
+            n = sum(
+                1
+                for _ in self._query_shards(
+                    status,
+                    "finished_at >= :lo AND finished_at < :hi",
+                    {":lo": _n(lo), ":hi": _n(hi)},
+                )
+            )
+            setattr(out, attr, n)
+        out.by_status = {"pending": out.pending + out.delayed, "processing": out.processing}
+        return out
+
+    def workers(self, active_within_s: float = 60.0) -> list[WorkerInfo]:
+        cutoff = time.time() - active_within_s
+        out: list[WorkerInfo] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.aux_table,
+            "KeyConditionExpression": "pk = :pk",
+            "FilterExpression": "last_seen >= :cut",
+            "ExpressionAttributeValues": {":pk": _s("worker"), ":cut": _n(cutoff)},
+            "ConsistentRead": True,
+        }
+        while True:
+            resp = self._ddb.query(**kwargs)
+            out.extend(WorkerInfo.model_validate_json(i["info"]["S"]) for i in resp["Items"])
+            if not resp.get("LastEvaluatedKey"):
+                return out
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    # -- logs --------------------------------------------------------------------
+    def append_logs(
+        self, task_id: str, attempt: int, lines: list[tuple[datetime, str, str]]
+    ) -> None:
+        if not lines:
+            return
+        got = self._ddb.update_item(
+            TableName=self.aux_table,
+            Key={"pk": _s(f"logseq#{task_id}"), "sk": _s("seq")},
+            UpdateExpression="ADD n :n",
+            ExpressionAttributeValues={":n": _n(len(lines))},
+            ReturnValues="UPDATED_NEW",
+        )
+        last = int(got["Attributes"]["n"]["N"])
+        first = last - len(lines) + 1
+        requests: list[Any] = [
+            {
+                "PutRequest": {
+                    "Item": {
+                        "pk": _s(f"log#{task_id}"),
+                        "sk": _s(f"{first + i:012d}"),
+                        "attempt": _n(attempt),
+                        "ts": _n(ts.timestamp()),
+                        "stream": _s(stream),
+                        "line": _s(line),
+                    }
+                }
+            }
+            for i, (ts, stream, line) in enumerate(lines)
+        ]
+        for i in range(0, len(requests), 25):
+            batch: dict[str, Any] = {self.aux_table: requests[i : i + 25]}
+            for _ in range(20):
+                resp = self._ddb.batch_write_item(RequestItems=batch)
+                batch = dict(resp.get("UnprocessedItems", {}))
+                if not batch:
+                    break
+                time.sleep(0.05)
+
+    def read_logs(
+        self, task_id: str, *, attempt: int | None = None, after_seq: int = 0, limit: int = 1000
+    ) -> list[LogLine]:
+        limit = max(1, min(limit, 10000))
+        kwargs: dict[str, Any] = {
+            "TableName": self.aux_table,
+            "KeyConditionExpression": "pk = :pk AND sk > :after",
+            "ExpressionAttributeValues": {
+                ":pk": _s(f"log#{task_id}"),
+                ":after": _s(f"{max(0, after_seq):012d}"),
+            },
+            "ConsistentRead": True,
+            "Limit": limit,
+        }
+        if attempt is not None:
+            kwargs["FilterExpression"] = "attempt = :a"
+            kwargs["ExpressionAttributeValues"][":a"] = _n(attempt)
+        out: list[LogLine] = []
+        while len(out) < limit:
+            resp = self._ddb.query(**kwargs)
+            for i in resp.get("Items", []):
+                out.append(
+                    LogLine(
+                        seq=int(i["sk"]["S"]),
+                        attempt=int(i["attempt"]["N"]),
+                        ts=_at(float(i["ts"]["N"])),
+                        stream=i["stream"]["S"],
+                        line=i["line"]["S"],
+                    )
+                )
+            if not resp.get("LastEvaluatedKey"):
+                break
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return out[:limit]
+
+    # -- plumbing ----------------------------------------------------------------
+    def wait_for_work(self, timeout: float) -> None:
+        """Long-poll the queue without taking anything (visibility 0: a peek)."""
+        if timeout <= 0:
+            return
+        if getattr(self._local, "passed_over", False):
+            # the last claim only saw messages it could not take: do not spin on them
+            self._local.passed_over = False
+            time.sleep(min(timeout, 1.0))
+            return
+        self._sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=1,
+            VisibilityTimeout=0,
+            WaitTimeSeconds=max(1, min(20, math.ceil(timeout))),
+        )
+
+    def ping(self) -> None:
+        self._ddb.describe_table(TableName=self.table)
+        self._sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
+
+    def close(self) -> None:
+        self._ddb.close()
+        self._sqs.close()
+
+    def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        date: str | None = None,
+        kind: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        text: str | None = None,
+    ) -> Page:
+        limit = max(1, min(int(limit), 1000))
+        before = decode_cursor(cursor) if cursor else None
+        filters: list[str] = []
+        values: Item = {}
+        names: dict[str, str] = {}
+        if kind is not None:
+            filters.append("kind = :kind")
+            values[":kind"] = _s(kind)
+        if text:
+            filters.append("contains(key_lc, :text)")
+            values[":text"] = _s(text.lower())
+        page = min(1000, max(limit + 1, 50))
+        sources: list[Iterator[Item]] = []
+        if date is not None:
+            if status is not None:
+                filters.append("#st = :st")
+                names["#st"] = "status"
+                values[":st"] = _s(TaskStatus(status).value)
+            sources.append(
+                self._query(
+                    "date-index",
+                    "date_partition",
+                    date,
+                    before=before,
+                    filters=filters,
+                    values=values,
+                    names=names,
+                    page=page,
+                )
+            )
+        else:
+            statuses = [TaskStatus(status)] if status is not None else list(TaskStatus)
+            for st in statuses:
+                for key in self._shard_keys(st):
+                    sources.append(
+                        self._query(
+                            "status-index",
+                            "status_shard",
+                            key,
+                            before=before,
+                            filters=filters,
+                            values=values,
+                            page=page,
+                        )
+                    )
+        merged = heapq.merge(*sources, key=lambda i: str(i["created_key"]["S"]), reverse=True)
+        rows: list[Item] = []
+        for item in merged:
+            rows.append(item)
+            if len(rows) > limit:
+                break
+        items = [_State(r).task for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            next_cursor = encode_cursor(str(rows[limit - 1]["created_key"]["S"]))
+        return Page(items=items, next_cursor=next_cursor)

@@ -1,0 +1,149 @@
+"""Create the AWS resources the ``aws://`` backend uses (idempotent).
+
+* the task table (seed 002): hash key ``task_id``; ``date-index``
+  (``date_partition`` + ``created_key``) and ``status-index``
+  (``status_shard`` + ``created_key``), both projecting everything.
+  ``created_key`` is ``<created_at ISO-8601 UTC, microseconds>#<task id>``:
+  seed 002 sorts on ``created_at`` alone, which leaves ties in an undefined
+  order; appending the id makes the range key unique, so keyset paging is
+  exact.  ``status_shard`` is ``<status>#<n>`` with ``n = crc32(id) % shards``
+  so that one hot status (thousands of ``pending`` tasks) is spread over
+  several index partitions instead of throttling one.
+* an auxiliary table ``<table>-aux`` (``pk`` + ``sk``) for idempotency keys,
+  worker records (with a TTL) and task log lines.
+* the SQS queue and its dead-letter queue ``<queue>-dlq`` (redrive after
+  ``max_receives`` receives).
+
+Used by the test fixtures and meant for a future ``conveyor aws init``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_sqs import SQSClient
+
+# SQS counts every receive: claims that pass a message over (other kind, or not
+# the best of the batch) and wait_for_work's peeks count too, so the redrive
+# threshold is a backstop against poison messages, not the attempt limit
+# (``max_attempts`` is enforced on the DynamoDB record).
+DEFAULT_MAX_RECEIVES = 1000
+
+BOTO_CONFIG = Config(
+    retries={"max_attempts": 5, "mode": "standard"},
+    max_pool_connections=50,
+)
+
+
+def dynamodb_client(region: str, endpoint_url: str | None) -> DynamoDBClient:
+    client: DynamoDBClient = boto3.client(
+        "dynamodb", region_name=region, endpoint_url=endpoint_url, config=BOTO_CONFIG
+    )
+    return client
+
+
+def sqs_client(region: str, endpoint_url: str | None) -> SQSClient:
+    client: SQSClient = boto3.client(
+        "sqs", region_name=region, endpoint_url=endpoint_url, config=BOTO_CONFIG
+    )
+    return client
+
+
+def _create_table(ddb: DynamoDBClient, **kwargs: Any) -> None:
+    try:
+        ddb.create_table(BillingMode="PAY_PER_REQUEST", **kwargs)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ResourceInUseException":
+            raise
+    ddb.get_waiter("table_exists").wait(
+        TableName=kwargs["TableName"], WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+
+
+def ensure_resources(
+    *,
+    table: str,
+    queue_name: str,
+    region: str,
+    endpoint_url: str | None = None,
+    max_receives: int = DEFAULT_MAX_RECEIVES,
+) -> str:
+    """Create the tables and queues if missing; return the queue URL."""
+    ddb = dynamodb_client(region, endpoint_url)
+    sqs = sqs_client(region, endpoint_url)
+    try:
+        _create_table(
+            ddb,
+            TableName=table,
+            AttributeDefinitions=[
+                {"AttributeName": "task_id", "AttributeType": "S"},
+                {"AttributeName": "date_partition", "AttributeType": "S"},
+                {"AttributeName": "status_shard", "AttributeType": "S"},
+                {"AttributeName": "created_key", "AttributeType": "S"},
+            ],
+            KeySchema=[{"AttributeName": "task_id", "KeyType": "HASH"}],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": "date-index",
+                    "KeySchema": [
+                        {"AttributeName": "date_partition", "KeyType": "HASH"},
+                        {"AttributeName": "created_key", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                },
+                {
+                    "IndexName": "status-index",
+                    "KeySchema": [
+                        {"AttributeName": "status_shard", "KeyType": "HASH"},
+                        {"AttributeName": "created_key", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                },
+            ],
+        )
+        aux = f"{table}-aux"
+        _create_table(
+            ddb,
+            TableName=aux,
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            KeySchema=[
+                {"AttributeName": "pk", "KeyType": "HASH"},
+                {"AttributeName": "sk", "KeyType": "RANGE"},
+            ],
+        )
+        try:
+            ddb.update_time_to_live(
+                TableName=aux,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"},
+            )
+        except ClientError as exc:  # already enabled
+            if exc.response["Error"]["Code"] != "ValidationException":
+                raise
+
+        dlq_url = sqs.create_queue(QueueName=f"{queue_name}-dlq")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        queue_url = sqs.create_queue(
+            QueueName=queue_name,
+            Attributes={
+                "RedrivePolicy": json.dumps(
+                    {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receives)}
+                ),
+                "MessageRetentionPeriod": str(14 * 24 * 3600),
+            },
+        )["QueueUrl"]
+        return queue_url
+    finally:
+        ddb.close()
+        sqs.close()

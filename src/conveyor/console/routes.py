@@ -1,0 +1,506 @@
+"""The console's pages and actions under /admin: thin, every rule is the service's.
+
+Pages are server-rendered; actions are plain HTML forms that POST here and
+work without JavaScript (303 back to the page, with a one-shot flash
+message).  With htmx, the same forms post in the background and get back the
+message plus the fragments they changed, swapped out of band.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from conveyor.api.deps import get_service
+from conveyor.errors import ConveyorError, InvalidRequest, NotFound
+from conveyor.models import Task, TaskStatus, Trigger
+from conveyor.service import BulkResult, ConveyorService, QueueStatus, SubmitRequest
+
+from . import live, views
+from .i18n import COOKIE, LANGS, Translator
+from .render import (
+    PREFIX,
+    context,
+    is_htmx,
+    query,
+    render,
+    render_string,
+    request_lang,
+    short_id,
+)
+
+log = logging.getLogger(__name__)
+
+FLASH_COOKIE = "conveyor_flash"
+FORM_LIMIT = 256 * 1024
+PAGE_SIZES = (20, 50, 100, 200)
+TRAIL_MAX = 100
+
+
+# -- errors: a readable page (or fragment), never a stack trace ----------------------
+def error_flash(t: Translator, exc: ConveyorError | None) -> dict[str, Any]:
+    if exc is None:
+        return {
+            "level": "error",
+            "title": t("errors.internal"),
+            "detail": t("errors.internal_help"),
+        }
+    return {
+        "level": "error",
+        "title": t.maybe(f"errors.{exc.code}", t("errors.error")),
+        "detail": exc.message,
+    }
+
+
+async def error_response(request: Request, exc: ConveyorError | None) -> Response:
+    status = exc.http_status if exc is not None else 500
+    t = Translator(request_lang(request))
+    item = error_flash(t, exc)
+    if is_htmx(request):
+        html = render_string("fragments/flash.html", context(request, flash=[item]))
+        return HTMLResponse(html, status_code=status, headers={"HX-Retarget": "#flash"})
+    try:
+        qs: QueueStatus | None = await run_in_threadpool(request.app.state.service.queue_status)
+    except Exception:  # the page must still say what went wrong
+        qs = None
+    return render(
+        request,
+        "error.html",
+        status=status,
+        qs=qs,
+        error_title=item["title"],
+        error_detail=item["detail"],
+        section="",
+        sse_url=live.stream_url("nav"),
+        flash=[],
+    )
+
+
+class ConsoleRoute(APIRoute):
+    """Turns service errors and bad parameters into console pages, not JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        original = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                return await original(request)
+            except ConveyorError as exc:
+                return await error_response(request, exc)
+            except (RequestValidationError, ValidationError) as exc:
+                errs = list(exc.errors())
+                where = ".".join(str(p) for p in errs[0].get("loc", ()) if p != "query")
+                msg = f"{where}: {errs[0].get('msg', 'invalid value')}" if errs else str(exc)
+                return await error_response(request, InvalidRequest(msg))
+            except StarletteHTTPException:
+                raise
+            except Exception:
+                log.exception("console: %s %s failed", request.method, request.url.path)
+                return await error_response(request, None)
+
+        return handler
+
+
+router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
+
+
+# -- helpers ------------------------------------------------------------------------------
+async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await run_in_threadpool(fn, *args, **kwargs)
+
+
+async def read_form(request: Request) -> dict[str, list[str]]:
+    """The body of a console form. (CSRF checking, when it comes, goes here.)"""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("", "application/x-www-form-urlencoded"):
+        raise InvalidRequest("console forms are sent as application/x-www-form-urlencoded")
+    body = await request.body()
+    if len(body) > FORM_LIMIT:
+        raise InvalidRequest("the form is too large")
+    return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+
+
+def first(form: dict[str, list[str]], name: str, default: str = "") -> str:
+    values = form.get(name)
+    return values[0].strip() if values else default
+
+
+def safe_next(url: str | None, default: str = PREFIX) -> str:
+    """Only ever redirect back into the console."""
+    if url and url.startswith(PREFIX) and not url.startswith("//") and "\\" not in url:
+        return url
+    return default
+
+
+def pop_flash(request: Request) -> list[dict[str, Any]]:
+    raw = request.cookies.get(FLASH_COOKIE)
+    if not raw:
+        return []
+    try:
+        items = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode())
+        return [i for i in items if isinstance(i, dict)][:5]
+    except Exception:
+        return []
+
+
+def set_flash(resp: Response, items: list[dict[str, Any]]) -> None:
+    raw = base64.urlsafe_b64encode(json.dumps(items, ensure_ascii=False).encode()).decode()
+    resp.set_cookie(FLASH_COOKIE, raw.rstrip("="), max_age=60, path=PREFIX, samesite="lax")
+
+
+async def page(request: Request, name: str, **ctx: Any) -> Response:
+    """A full page: flash from the previous redirect, nav counters for the header."""
+    flash = pop_flash(request)
+    if "qs" not in ctx:
+        ctx["qs"] = await call(request.app.state.service.queue_status)
+    resp = render(request, name, flash=flash + ctx.pop("flash", []), **ctx)
+    if flash:
+        resp.delete_cookie(FLASH_COOKIE, path=PREFIX)
+    return resp
+
+
+def done(
+    request: Request, items: list[dict[str, Any]], redirect: str, oob: list[str] | None = None
+) -> Response:
+    """An action's answer: message + changed fragments for htmx, else 303 with a flash."""
+    if is_htmx(request):
+        html = render_string("fragments/flash.html", context(request, flash=items))
+        return HTMLResponse(html + "".join(oob or []))
+    resp = RedirectResponse(redirect, status_code=303)
+    set_flash(resp, items)
+    return resp
+
+
+def fragment(request: Request, name: str, **ctx: Any) -> str:
+    return render_string(f"fragments/{name}.html", context(request, **ctx))
+
+
+def oob(target: str, html: str) -> str:
+    return f'<div hx-swap-oob="innerHTML:#{target}">{html}</div>'
+
+
+def translator(request: Request) -> Translator:
+    return Translator(request_lang(request))
+
+
+# -- pages ------------------------------------------------------------------------------
+@router.get("")
+@router.get("/")
+async def dashboard(request: Request, service: ConveyorService = Depends(get_service)) -> Response:
+    data = await call(views.dashboard, service)
+    return await page(
+        request, "dashboard.html", section="dashboard", sse_url=live.stream_url("dashboard"), **data
+    )
+
+
+@router.get("/tasks")
+async def tasks(
+    request: Request,
+    status: str = "",
+    date: str = "",
+    q: str = "",
+    kind: str = "",
+    limit: str = "50",
+    cursor: str = "",
+    trail: str = "",
+    service: ConveyorService = Depends(get_service),
+) -> Response:
+    lim = int(limit) if limit.isdigit() and int(limit) in PAGE_SIZES else 50
+    result = await call(
+        service.list,
+        status=status or None,
+        date=date or None,
+        kind=kind or None,
+        limit=lim,
+        cursor=cursor or None,
+        text=q or None,
+    )
+    filters = {"status": status, "date": date, "q": q, "kind": kind, "limit": lim}
+    keep = {k: v for k, v in filters.items() if v and not (k == "limit" and v == 50)}
+    crumbs = [c for c in trail.split(".") if c][-TRAIL_MAX:]
+    next_url = prev_url = None
+    if result.next_cursor:
+        next_url = query(
+            f"{PREFIX}/tasks",
+            **keep,
+            cursor=result.next_cursor,
+            trail=".".join([*crumbs, cursor or "0"]),
+        )
+    if crumbs:
+        back = crumbs[-1]
+        prev_url = query(
+            f"{PREFIX}/tasks",
+            **keep,
+            cursor=None if back == "0" else back,
+            trail=".".join(crumbs[:-1]),
+        )
+    opts = await call(service.submit_options)
+    watch = ",".join(t.id for t in result.items)
+    return await page(
+        request,
+        "tasks.html",
+        section="tasks",
+        sse_url=live.stream_url("tasks", watch=watch),
+        page=result,
+        f=filters,
+        kinds=opts.kinds,
+        next_url=next_url,
+        prev_url=prev_url,
+        page_no=len(crumbs) + 1,
+    )
+
+
+@router.get("/tasks/new")
+async def new_task(request: Request, service: ConveyorService = Depends(get_service)) -> Response:
+    opts = await call(service.submit_options)
+    form = {
+        "source": "upload",
+        "bucket": opts.input_bucket,
+        "key": "",
+        "types": opts.default_transcode_types,
+        "priority": 0,
+        "idempotency_key": "",
+    }
+    return await page(
+        request, "new.html", section="new", sse_url=live.stream_url("nav"), opts=opts, form=form
+    )
+
+
+@router.post("/tasks/new")
+async def submit_task(
+    request: Request, service: ConveyorService = Depends(get_service)
+) -> Response:
+    data = await read_form(request)
+    t = translator(request)
+    form: dict[str, Any] = {
+        "source": first(data, "source", "existing"),
+        "bucket": first(data, "bucket"),
+        "key": first(data, "key"),
+        "types": [v for v in data.get("transcode_types", []) if v],
+        "priority": first(data, "priority", "0") or "0",
+        "idempotency_key": first(data, "idempotency_key"),
+    }
+    try:
+        try:
+            priority = int(form["priority"])
+        except ValueError:
+            raise InvalidRequest(t("new.bad_priority")) from None
+        try:
+            req = SubmitRequest(
+                kind=first(data, "kind", "transcode") or "transcode",
+                input_bucket=form["bucket"] or None,
+                input_key=form["key"] or None,
+                transcode_types=form["types"],
+                priority=priority,
+                idempotency_key=form["idempotency_key"] or None,
+            )
+        except ValidationError:
+            raise InvalidRequest(t("new.bad_priority")) from None
+        res = await call(service.submit, req, trigger=Trigger.CONSOLE)
+    except ConveyorError as exc:
+        opts = await call(service.submit_options)
+        return await page(
+            request,
+            "new.html",
+            status=exc.http_status,
+            section="new",
+            sse_url=live.stream_url("nav"),
+            opts=opts,
+            form=form,
+            flash=[error_flash(t, exc)],
+        )
+    title = t("flash.submitted") if res.created else t("flash.existing")
+    resp = RedirectResponse(f"{PREFIX}/tasks/{res.task.id}", status_code=303)
+    set_flash(resp, [{"level": "ok", "title": title}])
+    return resp
+
+
+@router.post("/tasks/bulk")
+async def bulk(request: Request, service: ConveyorService = Depends(get_service)) -> Response:
+    data = await read_form(request)
+    t = translator(request)
+    back = safe_next(first(data, "next"), f"{PREFIX}/tasks")
+    action = first(data, "action")
+    ids = [i for i in data.get("ids", []) if i.strip()]
+    if action not in ("retry", "cancel"):
+        raise InvalidRequest(t("bulk.bad_action"))
+    if not ids:
+        return done(request, [{"level": "warn", "title": t("bulk.none_selected")}], back)
+    fn = service.bulk_retry if action == "retry" else service.bulk_cancel
+    result: BulkResult = await call(fn, ids)
+    items: list[dict[str, Any]] = []
+    if result.done:
+        items.append({"level": "ok", "title": t.n(f"bulk.{action}_done", len(result.done))})
+    if result.errors:
+        items.append(
+            {
+                "level": "warn",
+                "title": t.n(f"bulk.{action}_skipped", len(result.errors)),
+                "list": [
+                    f"{short_id(e.id)}: {t.maybe('errors.' + e.code, e.code)}. {e.message}"
+                    for e in result.errors
+                ],
+            }
+        )
+    return done(request, items, back, [row_oob(request, task) for task in result.done])
+
+
+def row_oob(request: Request, task: Task) -> str:
+    return oob(f"row-state-{task.id}", fragment(request, "row_state", task=task)) + oob(
+        f"row-time-{task.id}", fragment(request, "row_time", task=task)
+    )
+
+
+@router.get("/tasks/{task_id}")
+async def task_page(
+    request: Request, task_id: str, service: ConveyorService = Depends(get_service)
+) -> Response:
+    task: Task = await call(service.get, task_id)
+    logs = await call(views.task_log, service, task_id)
+    lines = logs["lines"]
+    sse = live.stream_url(
+        "task",
+        task=task.id,
+        after=logs["last_seq"],
+        attempt=lines[-1].attempt if lines else 0,
+        fp=views.fingerprint(task),
+    )
+    return await page(request, "task.html", section="tasks", sse_url=sse, task=task, **logs)
+
+
+async def _task_action(
+    request: Request, task_id: str, fn: Callable[[str], Task], key: str
+) -> Response:
+    await read_form(request)
+    t = translator(request)
+    task = await call(fn, task_id)
+    if task.status == TaskStatus.PROCESSING and task.cancel_requested:
+        key = "flash.cancel_requested"
+    head = oob("task-head", fragment(request, "task_head", task=task))
+    return done(request, [{"level": "ok", "title": t(key)}], f"{PREFIX}/tasks/{task_id}", [head])
+
+
+@router.post("/tasks/{task_id}/cancel")
+async def cancel_task(
+    request: Request, task_id: str, service: ConveyorService = Depends(get_service)
+) -> Response:
+    return await _task_action(request, task_id, service.cancel, "flash.cancelled")
+
+
+@router.post("/tasks/{task_id}/retry")
+async def retry_task(
+    request: Request, task_id: str, service: ConveyorService = Depends(get_service)
+) -> Response:
+    return await _task_action(request, task_id, service.retry, "flash.retried")
+
+
+@router.get("/queue")
+async def queue(request: Request, service: ConveyorService = Depends(get_service)) -> Response:
+    data = await call(views.queue, service)
+    return await page(
+        request,
+        "queue.html",
+        section="queue",
+        sse_url=live.stream_url("queue"),
+        cleared=None,
+        **data,
+    )
+
+
+@router.get("/queue/clear")
+async def clear_confirm(
+    request: Request, dismiss: str = "", service: ConveyorService = Depends(get_service)
+) -> Response:
+    if dismiss:
+        if is_htmx(request):
+            return HTMLResponse(fragment(request, "clear_button", cleared=None))
+        return RedirectResponse(f"{PREFIX}/queue", status_code=303)
+    qs: QueueStatus = await call(service.queue_status)
+    n = qs.pending + qs.delayed
+    if is_htmx(request):
+        return HTMLResponse(fragment(request, "clear_confirm", n=n, delayed=qs.delayed))
+    return await page(
+        request,
+        "clear.html",
+        section="queue",
+        sse_url=live.stream_url("nav"),
+        qs=qs,
+        n=n,
+        delayed=qs.delayed,
+    )
+
+
+@router.post("/queue/clear")
+async def clear_queue(
+    request: Request, service: ConveyorService = Depends(get_service)
+) -> Response:
+    await read_form(request)
+    t = translator(request)
+    n: int = await call(service.clear_queue)
+    if is_htmx(request):
+        data = await call(views.queue, service)
+        panel = oob("queue-panel", fragment(request, "queue_panel", **data))
+        counts = oob("queue-counts", fragment(request, "queue_counts", **data))
+        return HTMLResponse(fragment(request, "clear_button", cleared=n) + counts + panel)
+    return done(request, [{"level": "ok", "title": t.n("queue.cleared", n)}], f"{PREFIX}/queue")
+
+
+@router.get("/lang")
+async def set_lang(
+    lang: str = Query("", alias="set"), back: str = Query("", alias="next")
+) -> Response:
+    resp = RedirectResponse(safe_next(back), status_code=303)
+    if lang in LANGS:
+        resp.set_cookie(COOKIE, lang, max_age=365 * 86400, path="/", samesite="lax")
+    return resp
+
+
+@router.get("/events")
+async def events(
+    request: Request,
+    view: str = "nav",
+    task: str = "",
+    watch: str = "",
+    after: int = 0,
+    attempt: int = 0,
+    fp: str = "",
+    once: bool = False,
+    service: ConveyorService = Depends(get_service),
+) -> Response:
+    state: live.ConsoleState = request.app.state.console
+    last_id = request.headers.get("last-event-id", "")
+    if last_id.isdigit():  # a reconnecting browser says how far its log got
+        after = max(after, int(last_id))
+    stream = live.Stream(
+        service,
+        state.cache,
+        lang=request_lang(request),
+        view=view,
+        task_id=task or None,
+        watch=[w for w in watch.split(",") if w],
+        after=after,
+        attempt=attempt,
+        fingerprint=fp,
+    )
+    return StreamingResponse(
+        live.run(stream, state.closing, once=once),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/{rest:path}")
+async def not_found(rest: str) -> Response:
+    raise NotFound(f"no console page at {PREFIX}/{rest}")
