@@ -299,6 +299,9 @@ class Worker:
                 log=lambda line: self._task_log(rt, line, "processor"),
                 cancel_event=rt.cancel_event,
                 timeout_s=timeout_s,
+                log_stream=lambda line, stream: self._task_log(rt, line, stream),
+                worker_id=self.id,
+                attempt=lease.attempt,
             )
             timer.start()
             outputs = processor.run(ctx)
