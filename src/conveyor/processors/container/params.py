@@ -7,11 +7,13 @@ Everything here is stored in the task, so nothing here may be a secret:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from conveyor.errors import InvalidRequest
 from conveyor.storage.base import validate_bucket, validate_key
 
 RetryOn = int | Literal["error", "exit", "oom"]
@@ -49,19 +51,21 @@ class InputObject(BaseModel):
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, v: str) -> str:
-        return validate_bucket(v)
+        return _checked(validate_bucket, v)
 
-    @field_validator("key")
+    @field_validator("key", "path")
     @classmethod
-    def _key(cls, v: str) -> str:
-        return validate_key(v)
+    def _key(cls, v: str | None) -> str | None:
+        # a path is relative with no '..', like a key: it lands under the input folder
+        return None if v is None else _checked(validate_key, v)
 
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        return validate_key(v)  # relative, no '..': it lands under the input folder
+
+def _checked(check: Callable[[str], str], v: str) -> str:
+    """Storage's own checks, reported as a validation error naming the field."""
+    try:
+        return check(v)
+    except InvalidRequest as exc:
+        raise ValueError(exc.message) from None
 
 
 class ContainerParams(BaseModel):
