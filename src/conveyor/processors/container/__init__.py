@@ -61,6 +61,15 @@ def redactor(values: list[str]) -> Any:
     return redact
 
 
+def _user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
 class ContainerProcessor(Processor):
     kind: ClassVar[str] = "container"
     params_model: ClassVar[type[BaseModel]] = ContainerParams
@@ -122,6 +131,14 @@ class ContainerProcessor(Processor):
             + (["local"] if self.mode != "docker" else []),
             "gpus": self.gpus().devices,
         }
+        if "local" in caps["runners"]:
+            log.warning(
+                "Container tasks without an image%s run as local processes as user %s: "
+                "whoever may submit tasks may run commands on this host "
+                "(CONVEYOR_CONTAINER_RUNNER=docker or off to refuse)",
+                "" if engine else " (and all container tasks: no engine here)",
+                _user(),
+            )
         if engine is not None:
             caps["engine"] = getattr(engine, "version", lambda: "")()
             self._reap_now(engine)
