@@ -208,3 +208,16 @@ def test_an_image_that_cannot_be_pulled_fails_with_a_clear_error(
     assert (done.status, done.error_code) == (TaskStatus.FAILED, "runner_error")
     assert "conveyor-test/no-such-image:0" in (done.error or "")
     assert "Pulling image conveyor-test/no-such-image:0" in h.lines(t.id)
+
+
+def test_a_command_missing_from_the_image_fails_without_retry(
+    docker_harness: Harness, docker_engine: dockerd.DockerEngine
+) -> None:
+    h = docker_harness
+    h.worker()
+    t = h.submit(image=docker_engine.image, command=["no-such-binary"], max_attempts=3)
+    done = h.wait(t.id)
+    # docker-init (PID 1) cannot exec it: exit 127, which retrying will not change
+    assert (done.status, done.attempts, done.error_code) == (TaskStatus.FAILED, 1, "exit_127")
+    assert any("no-such-binary" in line for line in h.lines(t.id))
+    assert containers_of(docker_engine, t.id) == []

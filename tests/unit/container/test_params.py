@@ -59,6 +59,8 @@ def test_bad_params_are_refused_at_submit(params: dict[str, object], where: str)
 def test_retry_rule() -> None:
     default = ContainerParams(image="x")
     assert default.retries(3, False) and default.retries(None, False) and default.retries(137, True)
+    assert not default.retries(127, False) and not default.retries(126, False)
+    assert ContainerParams(image="x", retry_on=[127]).retries(127, False)
     only3 = ContainerParams(image="x", retry_on=[3])
     assert only3.retries(3, False)
     assert not only3.retries(4, False) and not only3.retries(None, False)

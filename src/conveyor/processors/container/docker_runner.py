@@ -76,7 +76,14 @@ class DockerRunner(Runner):
                 )
                 for name in ("stdout", "stderr")
             ]
-            container.start()
+            try:
+                container.start()
+            except APIError as exc:  # e.g. the command is not in the image: will not improve
+                retryable = exc.status_code is None or exc.status_code >= 500
+                detail = exc.explanation or str(exc)
+                raise RunnerError(
+                    f"could not start the job: {detail}", retryable=retryable
+                ) from exc
             for t in pumps:
                 t.start()
             done = threading.Event()

@@ -18,6 +18,7 @@ from conveyor.storage.base import validate_bucket, validate_key
 
 RetryOn = int | Literal["error", "exit", "oom"]
 RETRY_ALL: tuple[RetryOn, ...] = ("error", "exit", "oom")
+NOT_FOUND = (126, 127)  # the shell's (and docker-init's) "cannot execute" and "not found"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -145,4 +146,6 @@ class ContainerParams(BaseModel):
             return "error" in self.retry_on
         if oom and "oom" in self.retry_on:
             return True
+        if exit_code in NOT_FOUND:  # the command is missing or not executable: it stays so
+            return exit_code in self.retry_on
         return "exit" in self.retry_on or exit_code in self.retry_on
