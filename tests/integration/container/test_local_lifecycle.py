@@ -6,10 +6,11 @@ process of the job's process group may be left.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
+
+import pytest
 
 from conveyor.models import TaskStatus
 
@@ -101,25 +102,18 @@ def test_cancel_leaves_no_process_of_its_group(local_harness: Harness) -> None:
 
 
 def test_the_job_gets_its_own_environment_not_the_workers(
-    local_harness: Harness, monkeypatch: object
+    local_harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = local_harness
-    os.environ["CONVEYOR_SECRET_API_TOKEN"] = "s3cr3t-value"
-    os.environ["AWS_SECRET_ACCESS_KEY"] = "worker-credential"
-    try:
-        h.worker()
-        t = h.submit(
-            command=[
-                "sh",
-                "-c",
-                'echo "token=$API_TOKEN"; echo "aws=$AWS_SECRET_ACCESS_KEY."; env',
-            ],
-            env={"GREETING": "hello"},
-            secrets=["API_TOKEN"],
-        )
-        done = h.wait(t.id)
-    finally:
-        del os.environ["CONVEYOR_SECRET_API_TOKEN"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    monkeypatch.setenv("CONVEYOR_SECRET_API_TOKEN", "s3cr3t-value")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker-credential")
+    h.worker()
+    t = h.submit(
+        command=["sh", "-c", 'echo "token=$API_TOKEN"; echo "aws=$AWS_SECRET_ACCESS_KEY."; env'],
+        env={"GREETING": "hello"},
+        secrets=["API_TOKEN"],
+    )
+    done = h.wait(t.id)
     assert done.status == TaskStatus.COMPLETED, done.error
     lines = h.lines(t.id)
     assert "token=********" in lines  # the job had it; the log never shows it
