@@ -6,13 +6,18 @@ process of the job's process group may be left.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conveyor.models import TaskStatus
+from tests.conftest import FAST_ENV
 
 from .conftest import GRACE_S, Harness
 
@@ -157,3 +162,74 @@ def test_inputs_in_outputs_out_and_restored_on_retry(
     assert "resumed from step-1" in h.lines(t.id, attempt=2)
     assert "42" in h.lines(t.id, attempt=1)
     assert sorted(o.key for o in done.outputs) == [f"{t.id}/ckpt", f"{t.id}/result.txt"]
+
+
+def task_processes(task_id: str) -> list[int]:
+    """Live processes started for ``task_id`` (their environment names it)."""
+    needle = f"CONVEYOR_TASK_ID={task_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in env and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def test_killed_worker_leaves_orphans_that_the_next_worker_kills(
+    local_harness: Harness, tmp_path: Path
+) -> None:
+    """SIGKILL the worker mid-job: PDEATHSIG ends the job's first process only; its
+    children (one even in a session of its own) are killed by the next worker at
+    start, and the task, redelivered once its lease ran out, completes."""
+    h = local_harness
+    script = (
+        'echo "attempt $CONVEYOR_ATTEMPT"; [ "$CONVEYOR_ATTEMPT" -gt 1 ] && exit 0; '
+        "sleep 300 & setsid sleep 301 & wait"
+    )
+    t = h.submit(command=["sh", "-c", script])
+    env = {
+        **os.environ,
+        **FAST_ENV,
+        "CONVEYOR_DATA_DIR": str(h.settings.data_dir),
+        "CONVEYOR_CONFIG": str(tmp_path / "none.yaml"),
+        "CONVEYOR_BACKEND_URL": f"sqlite:///{h.settings.data_dir / 'c.db'}",
+        "CONVEYOR_CONTAINER_RUNNER": "local",
+        "CONVEYOR_LEASE_SECONDS": "3",
+    }
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "worker", "--worker-id", "doomed"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        h.wait_log(t.id, "attempt 1", timeout=60)
+        deadline = time.monotonic() + 10
+        while len(task_processes(t.id)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(task_processes(t.id)) == 3  # sh and two sleeps
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    left = task_processes(t.id)
+    assert len(left) == 2, "the shell died with its worker; its children did not"
+    h.worker(worker_id="successor")
+    deadline = time.monotonic() + 10
+    while task_processes(t.id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert task_processes(t.id) == []
+    done = h.wait(t.id, timeout=60)
+    assert done.status == TaskStatus.COMPLETED, done.error
+    assert done.attempts == 2 and done.history[0].outcome == "lease_expired"
+    assert "attempt 2" in h.lines(t.id, attempt=2)

@@ -80,7 +80,8 @@ class ContainerProcessor(Processor):
         self._docker: Runner | None = None
         self._docker_checked = False
         self._docker_error = ""
-        self._local = LocalRunner()
+        temp = self._setting("temp_dir", None)
+        self._local = LocalRunner(Path(temp) / "conveyor-local-jobs" if temp else None)
         self._gpus: GpuAllocator | None = None
         self._reaper: threading.Thread | None = None
         self._reaper_stop = threading.Event()
@@ -141,28 +142,33 @@ class ContainerProcessor(Processor):
             )
         if engine is not None:
             caps["engine"] = getattr(engine, "version", lambda: "")()
-            self._reap_now(engine)
-            self._start_reaper(engine)
+        runners: list[Runner] = [engine] if engine is not None else []
+        if "local" in caps["runners"]:
+            runners.append(self._local)
+        for runner in runners:
+            self._reap_now(runner)
+        self._start_reaper(runners)
         return caps
 
-    def _reap_now(self, engine: Runner) -> None:
+    def _reap_now(self, runner: Runner) -> None:
         try:
-            n = engine.reap_orphans()
+            n = runner.reap_orphans()
         except Exception:
             log.exception("orphan reaping failed")
             return
         if n:
-            log.warning("Removed %d orphan container(s) left by dead workers", n)
+            log.warning("Removed %d orphan(s) left by dead workers (%s runner)", n, runner.name)
 
-    def _start_reaper(self, engine: Runner) -> None:
+    def _start_reaper(self, runners: list[Runner]) -> None:
         interval = float(self._setting("container_reap_interval", 300.0))
         with self._lock:
-            if self._reaper is not None:
+            if self._reaper is not None or not runners:
                 return
 
             def loop() -> None:
                 while not self._reaper_stop.wait(interval):
-                    self._reap_now(engine)
+                    for runner in runners:
+                        self._reap_now(runner)
 
             self._reaper = threading.Thread(target=loop, name="conveyor-orphans", daemon=True)
             self._reaper.start()
