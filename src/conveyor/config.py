@@ -136,6 +136,7 @@ class Settings(BaseSettings):
     container_network: str = _env("", "CONTAINER_NETWORK")  # "" = the engine's default
     container_grace: float = _env(10.0, "CONTAINER_GRACE")
     container_reap_interval: float = _env(300.0, "CONTAINER_REAP_INTERVAL")
+    container_sync_interval: float = _env(30.0, "CONTAINER_SYNC_INTERVAL")  # 0: after only
     gpus: str = _env("auto", "GPUS")  # auto (nvidia-smi) | none | 0,1,2,3
     # seed 003's POST /train runs this image and command with the body as arguments
     train_image: str = _env("conveyor/train-mlp:latest", "TRAIN_IMAGE")
@@ -191,7 +192,9 @@ class Settings(BaseSettings):
             return [t.strip() for t in v.split(",") if t.strip()]
         return v
 
-    @field_validator("container_grace", "container_reap_interval", mode="before")
+    @field_validator(
+        "container_grace", "container_reap_interval", "container_sync_interval", mode="before"
+    )
     @classmethod
     def _container_durations(cls, v: Any) -> float:
         return parse_duration(v)

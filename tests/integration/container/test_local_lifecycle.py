@@ -189,7 +189,10 @@ def test_killed_worker_leaves_orphans_that_the_next_worker_kills(
     start, and the task, redelivered once its lease ran out, completes."""
     h = local_harness
     script = (
-        'echo "attempt $CONVEYOR_ATTEMPT"; [ "$CONVEYOR_ATTEMPT" -gt 1 ] && exit 0; '
+        'echo "attempt $CONVEYOR_ATTEMPT"; '
+        'if [ -f "$CONVEYOR_OUTPUT_DIR/ckpt" ]; then '
+        'echo "resumed at $(cat $CONVEYOR_OUTPUT_DIR/ckpt)"; '
+        "exit 0; fi; echo step-9 > $CONVEYOR_OUTPUT_DIR/ckpt; "
         "sleep 300 & setsid sleep 301 & wait"
     )
     t = h.submit(command=["sh", "-c", script])
@@ -201,6 +204,7 @@ def test_killed_worker_leaves_orphans_that_the_next_worker_kills(
         "CONVEYOR_BACKEND_URL": f"sqlite:///{h.settings.data_dir / 'c.db'}",
         "CONVEYOR_CONTAINER_RUNNER": "local",
         "CONVEYOR_LEASE_SECONDS": "3",
+        "CONVEYOR_CONTAINER_SYNC_INTERVAL": "0.3",
     }
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -216,6 +220,10 @@ def test_killed_worker_leaves_orphans_that_the_next_worker_kills(
         while len(task_processes(t.id)) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(task_processes(t.id)) == 3  # sh and two sleeps
+        # the checkpoint reaches the bucket while the job runs
+        while not h.service.storage.exists("output", f"{t.id}/ckpt"):
+            assert time.monotonic() < deadline + 10, "checkpoint never synced"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -233,3 +241,4 @@ def test_killed_worker_leaves_orphans_that_the_next_worker_kills(
     assert done.status == TaskStatus.COMPLETED, done.error
     assert done.attempts == 2 and done.history[0].outcome == "lease_expired"
     assert "attempt 2" in h.lines(t.id, attempt=2)
+    assert "resumed at step-9" in h.lines(t.id, attempt=2)

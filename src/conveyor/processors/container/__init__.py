@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -68,6 +69,56 @@ def _user() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return str(os.getuid())
+
+
+class OutputSync:
+    """Copies settled files of the output folder to the bucket while the job runs.
+
+    After the attempt the whole folder is saved anyway; this is for a worker
+    that dies without that chance: the next attempt still finds the
+    checkpoints written up to ``interval`` seconds before. A file is copied
+    once it has not changed for a moment, so a checkpoint being written is
+    not saved half-done.
+    """
+
+    def __init__(self, ctx: ProcessorContext, folder: Path, prefix: str, interval: float) -> None:
+        self.ctx, self.folder, self.prefix = ctx, folder, prefix
+        self.interval = interval
+        self.settle = min(2.0, interval)
+        self.sent: dict[str, tuple[int, int]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if interval > 0:
+            self._thread = threading.Thread(target=self._loop, name="output-sync", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.once()
+            except Exception:  # the final save after the attempt still happens
+                log.warning("output sync failed", exc_info=True)
+
+    def once(self) -> int:
+        n = 0
+        now = time.time()
+        for path in sorted(self.folder.rglob("*")):
+            if not path.is_file() or path.is_symlink():
+                continue
+            st = path.stat()
+            rel = path.relative_to(self.folder).as_posix()
+            mark = (st.st_size, st.st_mtime_ns)
+            if self.sent.get(rel) == mark or st.st_mtime > now - self.settle:
+                continue
+            self.ctx.storage.put_file(self.ctx.output_bucket, self.prefix + rel, path)
+            self.sent[rel] = mark
+            n += 1
+        return n
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
 
 class ContainerProcessor(Processor):
@@ -268,11 +319,19 @@ class ContainerProcessor(Processor):
                 + (f" on GPU(s) {','.join(devices)}" if devices else "")
             )
             ctx.report_progress(0.0, "running", "")
+            sync = OutputSync(
+                ctx,
+                output_dir,
+                self._prefix(ctx),
+                float(self._setting("container_sync_interval", 30)),
+            )
             try:
                 result = runner.run(spec, on_line, ctx.cancel_event)
             except RunnerError as exc:
                 retry = exc.retryable and p.retries(None, False)
                 raise ProcessorError(str(exc), retryable=retry, code="runner_error") from exc
+            finally:
+                sync.stop()
         finally:
             allocator.release(devices)
         outputs = self._save_outputs(ctx, output_dir)
