@@ -39,7 +39,8 @@ def test_logs_arrive_line_by_line_while_it_runs(
     h.worker()
     script = "for i in 1 2 3 4 5 6; do echo line $i; sleep 0.5; done; echo oops >&2"
     t = h.submit(image=docker_engine.image, command=["sh", "-c", script])
-    h.wait_log(t.id, "line 1", timeout=30)
+    first = h.wait_log(t.id, "line 1", timeout=30)
+    print(f"\nFIGURE docker: first line stored {first:.2f} s after submit")
     # the first line is stored while the job still runs
     assert h.service.get(t.id).status == TaskStatus.PROCESSING
     assert "line 6" not in h.lines(t.id)
@@ -98,6 +99,7 @@ def test_timeout_kills_the_job_and_removes_its_container(
     start = time.monotonic()
     done = h.wait(t.id)
     took = time.monotonic() - start
+    print(f"\nFIGURE docker: timeout 1.5 s -> failed and container gone {took:.2f} s after submit")
     assert done.status == TaskStatus.FAILED
     assert done.error_code == "timeout"
     assert took < 1.5 + GRACE_S + 8
@@ -120,6 +122,7 @@ def test_cancel_removes_the_container_within_the_grace_period(
     while containers_of(docker_engine, t.id) and time.monotonic() - start < 30:
         time.sleep(0.1)
     gone_after = time.monotonic() - start
+    print(f"\nFIGURE docker: TERM-ignoring job, container gone {gone_after:.2f} s after cancel")
     assert containers_of(docker_engine, t.id) == []
     # heartbeat (0.2 s) + SIGTERM + grace + removal
     assert gone_after < GRACE_S + 3, gone_after
@@ -138,7 +141,9 @@ def test_cancel_of_a_cooperative_job_is_quick(
     start = time.monotonic()
     h.service.cancel(t.id)
     h.wait(t.id)
-    assert time.monotonic() - start < GRACE_S  # sleep dies on SIGTERM: no wait for SIGKILL
+    quick = time.monotonic() - start
+    print(f"\nFIGURE docker: cooperative job cancelled in {quick:.2f} s")
+    assert quick < GRACE_S  # sleep dies on SIGTERM: no wait for SIGKILL
     assert containers_of(docker_engine, t.id) == []
 
 
@@ -184,12 +189,17 @@ def test_killed_worker_leaves_an_orphan_that_the_next_worker_reaps(
     time.sleep(1.0)
     orphans = containers_of(docker_engine, t.id)
     assert len(orphans) == 1, "the SIGKILLed worker could not remove its container"
+    reap_start = time.monotonic()
     h.worker(worker_id="successor")
     deadline = time.monotonic() + 10
     while containers_of(docker_engine, t.id) == orphans and time.monotonic() < deadline:
         time.sleep(0.1)
+    print(f"\nFIGURE docker: orphan removed {time.monotonic() - reap_start:.2f} s after start")
     assert orphans[0] not in containers_of(docker_engine, t.id)  # reaped at worker start
     done = h.wait(t.id, timeout=60)
+    print(
+        f"\nFIGURE docker: redelivered task completed {time.monotonic() - reap_start:.2f} s later"
+    )
     assert done.status == TaskStatus.COMPLETED, done.error
     assert done.attempts == 2
     assert done.history[0].outcome == "lease_expired"
@@ -220,4 +230,19 @@ def test_a_command_missing_from_the_image_fails_without_retry(
     # docker-init (PID 1) cannot exec it: exit 127, which retrying will not change
     assert (done.status, done.attempts, done.error_code) == (TaskStatus.FAILED, 1, "exit_127")
     assert any("no-such-binary" in line for line in h.lines(t.id))
+    assert containers_of(docker_engine, t.id) == []
+
+
+def test_an_oom_kill_is_recorded_on_the_attempt(
+    docker_harness: Harness, docker_engine: dockerd.DockerEngine
+) -> None:
+    h = docker_harness
+    h.worker()
+    # tail keeps a line without end in memory: /dev/zero never ends one
+    cmd = ["sh", "-c", "echo start; exec tail /dev/zero"]
+    t = h.submit(image=docker_engine.image, command=cmd, memory="16m", max_attempts=1)
+    done = h.wait(t.id)
+    assert (done.status, done.error_code) == (TaskStatus.FAILED, "oom_killed")
+    assert done.history[0].error == "job failed: out of memory (OOM killed)"
+    assert any("(killed: out of memory)" in line for line in h.lines(t.id))
     assert containers_of(docker_engine, t.id) == []

@@ -46,9 +46,10 @@ def test_tasks_asking_1_2_and_4_gpus_never_share_a_device(
 
 def test_a_waiting_task_says_why(harness_factory: Callable[..., Harness]) -> None:
     h = harness_factory(container_runner="local", gpus="0,1", max_concurrent_tasks=2)
-    first = h.submit(command=["sh", "-c", "echo holding; sleep 1.5"], gpus=2)
-    second = h.submit(command=["sh", "-c", "echo ran"], gpus=1)
     h.worker()
+    first = h.submit(command=["sh", "-c", "echo holding; sleep 1.5"], gpus=2)
+    h.wait_log(first.id, "holding")
+    second = h.submit(command=["sh", "-c", "echo ran"], gpus=1)
     h.wait_log(second.id, "Waiting for GPUs: needs 1 GPU(s); 0 of 2 free on this worker")
     assert h.wait(first.id).status == TaskStatus.COMPLETED
     assert h.wait(second.id).status == TaskStatus.COMPLETED

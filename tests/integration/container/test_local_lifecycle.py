@@ -100,8 +100,10 @@ def test_cancel_leaves_no_process_of_its_group(local_harness: Harness) -> None:
     start = time.monotonic()
     h.service.cancel(t.id)
     done = h.wait(t.id)
+    took = time.monotonic() - start
+    print(f"\nFIGURE local: TERM-ignoring job and children cancelled in {took:.2f} s")
     assert done.status == TaskStatus.CANCELLED
-    assert time.monotonic() - start < GRACE_S + 3
+    assert took < GRACE_S + 3
     assert group_members(pgid) == []
     assert "ignoring TERM" in h.lines(t.id)
 

@@ -343,7 +343,12 @@ class ContainerProcessor(Processor):
         code = result.exit_code
         ctx.log(
             f"Job exited with code {code} after {result.duration_s:.1f} s"
-            + (" (killed: out of memory)" if result.oom_killed else "")
+            + (" (killed: out of memory)" if result.oom_killed and code else "")
+            + (
+                " (a process of the job was killed: out of memory)"
+                if result.oom_killed and not code
+                else ""
+            )
             + f"; {len(outputs)} output file(s) saved"
         )
         if code == 0:

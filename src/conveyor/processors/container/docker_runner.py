@@ -115,6 +115,15 @@ class DockerRunner(Runner):
                 container.reload()
                 state = container.attrs.get("State", {})
             code = waited.get("StatusCode", state.get("ExitCode"))
+            if code == 137 and spec.memory and not stopped and not state.get("OOMKilled"):
+                # the engine may record the OOM event a moment after the exit
+                for _ in range(10):
+                    time.sleep(0.1)
+                    with contextlib.suppress(DockerException):
+                        container.reload()
+                        state = container.attrs.get("State", {})
+                    if state.get("OOMKilled"):
+                        break
             return RunResult(
                 exit_code=None if stopped else (int(code) if code is not None else None),
                 oom_killed=bool(state.get("OOMKilled")),
