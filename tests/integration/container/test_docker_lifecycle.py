@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from conveyor.models import TaskStatus
@@ -246,3 +247,25 @@ def test_an_oom_kill_is_recorded_on_the_attempt(
     assert done.history[0].error == "job failed: out of memory (OOM killed)"
     assert any("(killed: out of memory)" in line for line in h.lines(t.id))
     assert containers_of(docker_engine, t.id) == []
+
+
+def test_runner_choice_on_a_worker_with_an_engine(
+    harness_factory: Callable[..., Harness], docker_engine: dockerd.DockerEngine
+) -> None:
+    auto = harness_factory(container_runner="auto", docker_host=docker_engine.host)
+    auto.worker()
+    in_docker = auto.submit(image=docker_engine.image, command=["sh", "-c", "echo $HOSTNAME"])
+    local = auto.submit(command=["sh", "-c", "echo local $CONVEYOR_ATTEMPT"])
+    assert auto.wait(in_docker.id).status == TaskStatus.COMPLETED
+    assert any("(docker runner)" in x for x in auto.lines(in_docker.id))
+    assert auto.wait(local.id).status == TaskStatus.COMPLETED
+    assert "local 1" in auto.lines(local.id)
+    for w in auto.workers:  # the next harness shares the database: only its worker may claim
+        w.stop(grace=0.5)
+    auto.workers.clear()
+    strict = harness_factory(container_runner="docker", docker_host=docker_engine.host)
+    strict.worker()
+    t = strict.submit(command=["true"], max_attempts=3)
+    done = strict.wait(t.id)
+    assert (done.status, done.attempts, done.error_code) == (TaskStatus.FAILED, 1, "no_engine")
+    assert "Docker only" in (done.error or "")

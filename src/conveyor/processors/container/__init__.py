@@ -230,13 +230,23 @@ class ContainerProcessor(Processor):
         if p.image and engine is not None:
             return engine
         if p.runner == "docker" or self.mode == "docker":
+            if engine is not None:  # no image: only the local runner could run it
+                raise ProcessorError(
+                    "this worker runs container tasks in Docker only "
+                    "(CONVEYOR_CONTAINER_RUNNER=docker): give an image",
+                    retryable=False,
+                    code="no_engine",
+                )
             raise ProcessorError(
                 "no container engine on this worker"
                 + (f": {self._docker_error}" if self._docker_error else ""),
                 code="no_engine",
             )
         if p.image:
-            ctx.log(f"No container engine here: running the command locally, not in {p.image}")
+            why = (
+                "runner local was asked for" if p.runner == "local" else "no container engine here"
+            )
+            ctx.log(f"Running the command as a local process, not in {p.image}: {why}")
         if not p.command:
             raise ProcessorError(
                 "the local runner needs a command (an image's default command needs an engine)",
