@@ -21,7 +21,9 @@ venv: $(VENV)/.installed
 
 # System packages, installed with apt-get only when missing: ffmpeg for the
 # workers; for the test suite also PostgreSQL (throwaway clusters) and
-# Chromium (console browser tests, driven by playwright without a download).
+# Chromium (console browser tests, driven by playwright without a download),
+# dockerd and a static busybox (container tests: a private engine, an image
+# built offline).
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
@@ -32,6 +34,8 @@ test-deps: system-deps
 	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	fc-list 2>/dev/null | grep -qi "wqy\|noto.*cjk" || missing="$$missing fonts-wqy-microhei"; \
+	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
+	command -v busybox >/dev/null 2>&1 || missing="$$missing busybox-static"; \
 	$(call apt_install,$$missing)
 
 define apt_install

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -60,3 +62,30 @@ class ConveyorClient:
 
     def task(self, task_id: str) -> Any:
         return self.request("GET", f"/api/tasks/{quote(task_id)}")
+
+    def follow_logs(self, task_id: str, attempt: int | None = None) -> Iterator[tuple[str, Any]]:
+        """(event, data) from the log's server-sent event stream until the task ends."""
+        params: dict[str, Any] = {"follow": "true"}
+        if attempt:
+            params["attempt"] = attempt
+        try:
+            with self.http.stream(
+                "GET", f"/api/tasks/{quote(task_id)}/logs", params=params, timeout=None
+            ) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._check(r)
+                event, data = "message", list[str]()
+                for line in r.iter_lines():
+                    if line == "":
+                        if data:
+                            yield event, json.loads("\n".join(data))
+                        event, data = "message", []
+                    elif line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+        except httpx.TransportError as exc:
+            raise ClientError(
+                0, "unreachable", f"cannot reach Conveyor at {self.url}: {exc}"
+            ) from None

@@ -130,6 +130,21 @@ class Settings(BaseSettings):
     # instead of listing the input bucket
     s3_events_queue_url: str = _env("", "S3_EVENTS_QUEUE_URL", "S3_EVENTS_QUEUE_URL")
 
+    # container tasks (docs/container.md)
+    container_runner: str = _env("auto", "CONTAINER_RUNNER")  # auto | docker | local | off
+    docker_host: str = _env("", "DOCKER_HOST", "DOCKER_HOST")
+    container_network: str = _env("", "CONTAINER_NETWORK")  # "" = the engine's default
+    container_grace: float = _env(10.0, "CONTAINER_GRACE")
+    container_reap_interval: float = _env(300.0, "CONTAINER_REAP_INTERVAL")
+    container_sync_interval: float = _env(30.0, "CONTAINER_SYNC_INTERVAL")  # 0: after only
+    gpus: str = _env("auto", "GPUS")  # auto (nvidia-smi) | none | 0,1,2,3
+    # seed 003's POST /train runs this image and command with the body as arguments
+    train_image: str = _env("conveyor/train-mlp:latest", "TRAIN_IMAGE")
+    train_command: Annotated[list[str], NoDecode] = _env(
+        lambda: ["python", "/app/train.py"], "TRAIN_COMMAND"
+    )
+    train_gpus: int = _env(0, "TRAIN_GPUS", ge=0, le=64)
+
     def model_post_init(self, __context: Any) -> None:
         self.data_dir = self.data_dir.resolve()
         aws = bool(self.sqs_queue_url and self.dynamodb_table)
@@ -175,6 +190,27 @@ class Settings(BaseSettings):
             if v.strip().startswith("["):
                 return json.loads(v)
             return [t.strip() for t in v.split(",") if t.strip()]
+        return v
+
+    @field_validator(
+        "container_grace", "container_reap_interval", "container_sync_interval", mode="before"
+    )
+    @classmethod
+    def _container_durations(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @field_validator("container_runner")
+    @classmethod
+    def _container_runner(cls, v: str) -> str:
+        if v not in ("auto", "docker", "local", "off"):
+            raise ValueError("container_runner must be auto, docker, local or off")
+        return v
+
+    @field_validator("train_command", mode="before")
+    @classmethod
+    def _train_command(cls, v: Any) -> Any:
+        if isinstance(v, str):  # a JSON list, or words split on spaces
+            return json.loads(v) if v.strip().startswith("[") else v.split()
         return v
 
     @field_validator("encoder")

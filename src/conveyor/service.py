@@ -163,7 +163,10 @@ class ConveyorService:
             priority=req.priority,
             input=input_ref,
             params=params,
-            max_attempts=req.max_attempts or self.settings.max_attempts,
+            # a kind may carry its own retry limit in its params (container: max_attempts)
+            max_attempts=req.max_attempts
+            or params.get("max_attempts")
+            or self.settings.max_attempts,
             idempotency_key=req.idempotency_key,
             submitted_by=submitted_by,
             trigger=trigger,

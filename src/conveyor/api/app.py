@@ -12,7 +12,7 @@ from conveyor import __version__
 from conveyor.console import console_lifespan, mount_console
 from conveyor.runtime import Runtime
 
-from . import routes_files, routes_health, routes_tasks
+from . import routes_files, routes_health, routes_tasks, routes_train
 from .errors import install_error_handlers
 
 
@@ -39,6 +39,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(routes_health.router)
     app.include_router(routes_tasks.router)
     app.include_router(routes_files.router)
+    app.include_router(routes_train.router)  # seed 003's paths
     mount_console(app)  # the web console at /admin
 
     @app.get("/", include_in_schema=False)

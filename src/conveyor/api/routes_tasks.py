@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict
 
 from conveyor.models import LogLine, Task, Trigger
@@ -90,14 +95,32 @@ async def retry_task(task_id: str, service: ConveyorService = Depends(get_servic
     return await run_in_threadpool(service.retry, task_id)
 
 
-@router.get("/tasks/{task_id}/logs", summary="A task's log, per attempt")
+@router.get(
+    "/tasks/{task_id}/logs",
+    summary="A task's log, per attempt",
+    description="JSON by default; with `follow=true` a server-sent event stream: one `log` "
+    "event per line (id = its seq, so a reconnect with Last-Event-ID resumes), then an "
+    "`end` event carrying the task's final status.",
+    response_model=None,
+)
 async def task_logs(
+    request: Request,
     task_id: str,
     attempt: int | None = Query(None, ge=1),
     after: int = Query(0, ge=0, description="only lines with seq greater than this"),
     limit: int = Query(1000, ge=1, le=10000),
+    follow: bool = Query(False, description="stream new lines as server-sent events"),
     service: ConveyorService = Depends(get_service),
-) -> dict[str, Any]:
+) -> dict[str, Any] | StreamingResponse:
+    if follow:
+        await run_in_threadpool(service.get, task_id)  # 404 before the stream starts
+        last = request.headers.get("last-event-id", "")
+        start = int(last) if last.isdigit() else after
+        return StreamingResponse(
+            _follow_logs(request, service, task_id, attempt, start),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     lines: list[LogLine] = await run_in_threadpool(
         service.logs, task_id, attempt=attempt, after_seq=after, limit=limit
     )
@@ -106,3 +129,46 @@ async def task_logs(
         "lines": [ln.model_dump(mode="json") for ln in lines],
         "last_seq": lines[-1].seq if lines else after,
     }
+
+
+FOLLOW_POLL_S = 0.5
+FOLLOW_KEEPALIVE_S = 15.0
+
+
+async def _follow_logs(
+    request: Request, service: ConveyorService, task_id: str, attempt: int | None, after: int
+) -> AsyncIterator[str]:
+    """Poll the service (so lines from workers on any host show up) until the task ends.
+
+    The worker ships its last lines just after it records the outcome, so the
+    stream reads once more after it sees a final status before it ends.
+    """
+    state = getattr(request.app.state, "console", None)
+    closing = getattr(state, "closing", None)
+    yield "retry: 2000\n\n"
+    quiet_since = time.monotonic()
+    final_seen = False
+    while not (closing is not None and closing.is_set()):
+        if await request.is_disconnected():
+            return
+        lines: list[LogLine] = await run_in_threadpool(
+            service.logs, task_id, attempt=attempt, after_seq=after, limit=1000
+        )
+        if lines:
+            after = lines[-1].seq
+            quiet_since = time.monotonic()
+            yield "".join(
+                f"id: {ln.seq}\nevent: log\ndata: {ln.model_dump_json()}\n\n" for ln in lines
+            )
+            continue
+        if final_seen:
+            task: Task = await run_in_threadpool(service.get, task_id)
+            end = {"status": task.status.value, "error": task.error, "attempts": task.attempts}
+            yield f"event: end\ndata: {json.dumps(end)}\n\n"
+            return
+        task = await run_in_threadpool(service.get, task_id)
+        final_seen = task.status.is_final
+        if time.monotonic() - quiet_since >= FOLLOW_KEEPALIVE_S:
+            yield ": keep-alive\n\n"
+            quiet_since = time.monotonic()
+        await asyncio.sleep(FOLLOW_POLL_S)

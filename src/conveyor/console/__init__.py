@@ -25,9 +25,11 @@ from .render import PREFIX, STATIC
 def mount_console(app: FastAPI) -> None:
     """Serve the console and its assets from ``app`` (static first: the router ends in a 404)."""
     from .routes import router
+    from .routes_container import router as container_router
 
     app.state.console = ConsoleState()
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
+    app.include_router(container_router)  # before the main router's /tasks/{id}
     app.include_router(router)
 
 

@@ -32,6 +32,10 @@ class ProcessorContext:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     gpus: list[str] = field(default_factory=list)
     timeout_s: float | None = None
+    # (line, stream) for processors that relay a job's stdout/stderr; ``log`` otherwise
+    log_stream: Callable[[str, str], None] | None = None
+    worker_id: str = ""
+    attempt: int = 0
 
 
 class Processor(ABC):

@@ -299,6 +299,9 @@ class Worker:
                 log=lambda line: self._task_log(rt, line, "processor"),
                 cancel_event=rt.cancel_event,
                 timeout_s=timeout_s,
+                log_stream=lambda line, stream: self._task_log(rt, line, stream),
+                worker_id=self.id,
+                attempt=lease.attempt,
             )
             timer.start()
             outputs = processor.run(ctx)
@@ -314,6 +317,7 @@ class Worker:
                 self._finish_stopped(rt, timeout_s)
             else:
                 self._task_log(rt, f"Task failed: {task.id}: {exc.message}")
+                self._flush_logs(rt)  # the log is whole once the outcome shows
                 self._report(
                     self.backend.fail, lease, exc.message, retryable=exc.retryable, code=exc.code
                 )
@@ -321,10 +325,12 @@ class Worker:
             self._task_log(rt, f"Task {task.id}: lease lost; result discarded")
         except NotFound as exc:  # e.g. the input was deleted after submit: retrying won't help
             self._task_log(rt, f"Task failed: {task.id}: {exc.message}")
+            self._flush_logs(rt)  # the log is whole once the outcome shows
             self._report(self.backend.fail, lease, exc.message, retryable=False, code=exc.code)
         except Exception as exc:
             log.exception("unexpected error in task %s", task.id)
             self._task_log(rt, f"Task failed: {task.id}: internal error: {exc!r}")
+            self._flush_logs(rt)  # the log is whole once the outcome shows
             self._report(
                 self.backend.fail,
                 lease,
@@ -345,14 +351,17 @@ class Worker:
         if reason == "timeout":
             msg = f"timed out after {timeout_s:g} s"
             self._task_log(rt, f"Task failed: {rt.task.id}: {msg}")
+            self._flush_logs(rt)  # the log is whole once the outcome shows
             self._report(self.backend.fail, lease, msg, retryable=True, code="timeout")
         elif reason == "shutdown":
             self._task_log(rt, f"Task released: {rt.task.id}: worker shutting down")
+            self._flush_logs(rt)  # the log is whole once the outcome shows
             self._report(self.backend.release, lease)
         elif reason == "lost":
             self._task_log(rt, f"Task abandoned: {rt.task.id}: lease lost")
         else:
             self._task_log(rt, f"Task cancelled: {rt.task.id}")
+            self._flush_logs(rt)  # the log is whole once the outcome shows
             self._report(
                 self.backend.fail, lease, "cancelled by request", retryable=False, code="cancelled"
             )

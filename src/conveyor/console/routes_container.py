@@ -1,0 +1,100 @@
+"""The console's form for container tasks (image, command, env, GPUs, limits).
+
+Kept apart from the transcode form: the fields have nothing in common but
+the priority. It builds the same ``SubmitRequest`` as ``POST /api/queue/add``
+with ``"kind": "container"``; the processor validates the parameters.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response
+
+from conveyor.api.deps import get_service
+from conveyor.errors import ConveyorError, InvalidRequest
+from conveyor.models import Trigger
+from conveyor.service import ConveyorService, SubmitRequest
+
+from . import live
+from .render import PREFIX
+from .routes import ConsoleRoute, call, error_flash, first, page, read_form, set_flash, translator
+
+router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
+
+FIELDS = ("image", "command", "env", "gpus", "timeout_s", "max_attempts", "priority")
+
+
+def _number(raw: str, name: str, kind: type[int] | type[float]) -> Any:
+    if not raw:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name}: not a number: {raw!r}") from None
+
+
+def build_request(form: dict[str, str]) -> SubmitRequest:
+    try:
+        command = shlex.split(form["command"])
+    except ValueError as exc:
+        raise InvalidRequest(f"command: {exc}") from None
+    params: dict[str, Any] = {"command": command}
+    if form["image"]:
+        params["image"] = form["image"]
+    env: dict[str, str] = {}
+    for line in form["env"].splitlines():
+        if line.strip():
+            name, sep, value = line.strip().partition("=")
+            if not sep:
+                raise InvalidRequest(f"env: expected NAME=value, not {line.strip()!r}")
+            env[name.strip()] = value
+    if env:
+        params["env"] = env
+    gpus = form["gpus"].replace(" ", "")
+    if gpus:
+        params["gpus"] = int(gpus) if gpus.isdigit() else [g for g in gpus.split(",") if g]
+    priority = _number(form["priority"], "priority", int) or 0
+    if not -100 <= priority <= 100:
+        raise InvalidRequest("priority: from -100 to 100")
+    return SubmitRequest(
+        kind="container",
+        params=params,
+        priority=priority,
+        timeout_s=_number(form["timeout_s"], "timeout_s", float),
+        max_attempts=_number(form["max_attempts"], "max_attempts", int),
+    )
+
+
+@router.get("/tasks/run")
+async def new_container_task(request: Request) -> Response:
+    form = dict.fromkeys(FIELDS, "")
+    form["priority"] = "0"
+    return await page(request, "run.html", section="new", sse_url=live.stream_url("nav"), form=form)
+
+
+@router.post("/tasks/run")
+async def submit_container_task(
+    request: Request, service: ConveyorService = Depends(get_service)
+) -> Response:
+    data = await read_form(request)
+    form = {name: first(data, name) for name in FIELDS}
+    form["env"] = (data.get("env") or [""])[0]  # keep line breaks
+    t = translator(request)
+    try:
+        res = await call(service.submit, build_request(form), trigger=Trigger.CONSOLE)
+    except ConveyorError as exc:
+        return await page(
+            request,
+            "run.html",
+            status=exc.http_status,
+            section="new",
+            sse_url=live.stream_url("nav"),
+            form=form,
+            flash=[error_flash(t, exc)],
+        )
+    resp = RedirectResponse(f"{PREFIX}/tasks/{res.task.id}", status_code=303)
+    set_flash(resp, [{"level": "ok", "title": t("flash.submitted")}])
+    return resp

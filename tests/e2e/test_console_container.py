@@ -1,0 +1,77 @@
+"""The console's container form through the real app (TestClient, no worker)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conveyor.api.app import create_app
+from conveyor.config import load_settings
+from conveyor.models import Trigger
+from conveyor.runtime import Runtime
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("CONVEYOR_CONFIG", str(tmp_path / "none.yaml"))
+    settings = load_settings(data_dir=tmp_path)
+    runtime = Runtime.build(settings, with_worker=False, with_trigger=False)
+    with TestClient(create_app(runtime)) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("lang", "title"), [("en", "Run a container job"), ("zh-CN", "运行容器任务")]
+)
+def test_the_form_renders_in_both_languages(app: TestClient, lang: str, title: str) -> None:
+    r = app.get("/admin/tasks/run", headers={"accept-language": lang})
+    assert r.status_code == 200 and title in r.text
+    assert 'href="/admin/tasks/run"' in app.get("/admin/tasks/new").text
+
+
+def test_submit_a_container_task_from_the_console(app: TestClient) -> None:
+    r = app.post(
+        "/admin/tasks/run",
+        data={
+            "image": "trainer:1",
+            "command": "python train.py --name 'two words'",
+            "env": "EPOCHS=3\nMODE=fast\n",
+            "gpus": "0,2",
+            "timeout_s": "60",
+            "max_attempts": "2",
+            "priority": "5",
+        },
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    task_id = r.headers["location"].rsplit("/", 1)[1]
+    task = app.app.state.service.get(task_id)  # type: ignore[attr-defined]
+    assert task.kind == "container" and task.trigger == Trigger.CONSOLE
+    assert task.params["command"] == ["python", "train.py", "--name", "two words"]
+    assert task.params["env"] == {"EPOCHS": "3", "MODE": "fast"}
+    assert task.params["gpus"] == ["0", "2"] and task.params["timeout_s"] == 60
+    assert (task.max_attempts, task.priority) == (2, 5)
+    page = app.get(r.headers["location"])
+    assert page.status_code == 200 and "container" in page.text
+
+
+@pytest.mark.parametrize(
+    ("data", "text"),
+    [
+        ({"image": "", "command": ""}, "give an image, a command, or both"),
+        ({"image": "x", "env": "NOEQUALS"}, "expected NAME=value"),
+        ({"image": "x", "gpus": "99"}, "gpus"),
+        ({"image": "x", "command": "sh -c 'unclosed"}, "command"),
+        ({"image": "x", "timeout_s": "soon"}, "not a number"),
+    ],
+)
+def test_bad_input_comes_back_with_the_reason(
+    app: TestClient, data: dict[str, str], text: str
+) -> None:
+    r = app.post("/admin/tasks/run", data=data)
+    assert r.status_code == 400 and text in r.text, r.text[-2000:]
+    if data.get("image"):
+        assert 'value="x"' in r.text  # the form keeps what was typed
