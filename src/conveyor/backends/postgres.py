@@ -59,7 +59,14 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from conveyor.backends.base import Backend, ThroughputPoint, throughput_windows
+from conveyor.backends.base import (
+    Backend,
+    MetricsSnapshot,
+    ThroughputPoint,
+    histogram_from_row,
+    histogram_select,
+    throughput_windows,
+)
 from conveyor.errors import Conflict, ConveyorError, InvalidRequest, LeaseLost, TaskNotFound
 from conveyor.models import (
     Attempt,
@@ -851,6 +858,53 @@ class PostgresBackend(Backend):
     def ping(self) -> None:
         with self._cursor() as cur:
             cur.execute("SELECT 1")
+
+    def check_ready(self) -> None:
+        """A connection of its own, not the pool's: it fails in seconds, not ``pool_timeout``."""
+        with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=3) as conn:
+            current = _schema_version(conn)
+        latest = latest_version()
+        if current > latest:
+            raise _too_new(current, latest)
+        if current < latest:
+            raise _not_upgraded(current, latest)
+
+    def metrics_snapshot(self, max_rows: int = 100_000) -> MetricsSnapshot:
+        """Three aggregate queries (one pass over the table for the counts)."""
+        snap = MetricsSnapshot()
+        with self._cursor() as cur:
+            rows = cur.execute(
+                "SELECT kind, CASE WHEN status = 'pending' AND not_before > now() "
+                "THEN 'delayed' ELSE status END AS st, count(*) AS n, "
+                "coalesce(sum(greatest(attempts - 1, 0)), 0) AS retries, "
+                "coalesce(sum((SELECT count(*) FROM jsonb_array_elements(history) e "
+                "WHERE e->>'outcome' = 'lease_expired')), 0) AS expired "
+                "FROM tasks GROUP BY 1, 2"
+            ).fetchall()
+            for r in rows:
+                kind = str(r["kind"])
+                snap.tasks.setdefault(kind, {})[str(r["st"])] = int(r["n"])
+                snap.retries[kind] = snap.retries.get(kind, 0) + int(r["retries"])
+                snap.lease_expiries[kind] = snap.lease_expiries.get(kind, 0) + int(r["expired"])
+            for target, where, expr in (
+                (
+                    snap.duration,
+                    "status = 'completed'",
+                    "greatest(extract(epoch FROM finished_at - started_at), 0)",
+                ),
+                (
+                    snap.queue_wait,
+                    "true",
+                    "greatest(extract(epoch FROM started_at - created_at), 0)",
+                ),
+            ):
+                for row in cur.execute(
+                    f"SELECT kind, {histogram_select('d')} FROM (SELECT kind, {expr}::float8 AS d "
+                    f"FROM tasks WHERE started_at IS NOT NULL AND {where}) AS t GROUP BY kind"
+                ).fetchall():
+                    values = list(row.values())
+                    target[str(values[0])] = histogram_from_row(values[1:])
+        return snap
 
     # -- logs --------------------------------------------------------------------------
     def append_logs(

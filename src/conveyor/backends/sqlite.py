@@ -24,8 +24,11 @@ from urllib.parse import unquote, urlparse
 
 from conveyor.backends.base import (
     Backend,
+    MetricsSnapshot,
     ThroughputPoint,
     backoff_seconds,
+    histogram_from_row,
+    histogram_select,
     throughput_windows,
 )
 from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
@@ -635,6 +638,41 @@ class SQLiteBackend(Backend):
         )
         counts = {(int(r[0]), str(r[1])): int(r[2]) for r in rows}
         return throughput_windows(since, bucket_s, counts)
+
+    def metrics_snapshot(self, max_rows: int = 100_000) -> MetricsSnapshot:
+        """Three aggregate queries (one pass over the table for the counts)."""
+        c = self._reader()
+        snap = MetricsSnapshot()
+        rows = c.execute(
+            "SELECT kind, CASE WHEN status = 'pending' AND not_before > ? THEN 'delayed' "
+            "ELSE status END, COUNT(*), SUM(MAX(attempts - 1, 0)), "
+            "SUM(CASE WHEN history LIKE '%lease_expired%' THEN (SELECT COUNT(*) FROM "
+            "json_each(history) WHERE json_extract(value, '$.outcome') = 'lease_expired') "
+            "ELSE 0 END) FROM tasks GROUP BY 1, 2",
+            (time.time(),),
+        ).fetchall()
+        for kind, status, n, retries, expired in rows:
+            snap.tasks.setdefault(kind, {})[status] = int(n)
+            snap.retries[kind] = snap.retries.get(kind, 0) + int(retries or 0)
+            snap.lease_expiries[kind] = snap.lease_expiries.get(kind, 0) + int(expired or 0)
+        for target, where, expr in (
+            (snap.duration, "status = 'completed'", "MAX(finished_at - started_at, 0)"),
+            (snap.queue_wait, "1 = 1", "MAX(started_at - created_at, 0)"),
+        ):
+            for row in c.execute(
+                f"SELECT kind, {histogram_select('d')} FROM (SELECT kind, {expr} AS d "
+                f"FROM tasks WHERE started_at IS NOT NULL AND {where}) GROUP BY kind"
+            ).fetchall():
+                target[row[0]] = histogram_from_row(row[1:])
+        return snap
+
+    def check_ready(self) -> None:
+        version = (
+            self._reader().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        )
+        if version is None or version[0] != SCHEMA_VERSION:
+            found = version[0] if version else "none"
+            raise RuntimeError(f"schema version {found}, expected {SCHEMA_VERSION}")
 
     def workers(self, active_within_s: float = 60.0) -> list[WorkerInfo]:
         rows = (
