@@ -168,7 +168,8 @@ def histogram_select(expr: str) -> str:
     """SQL select list ``count, sum, count per bucket`` of ``expr`` (SQLite and PostgreSQL)."""
     cols = [f"COUNT({expr})", f"COALESCE(SUM({expr}), 0)"]
     cols += [f"COUNT(*) FILTER (WHERE {expr} <= {b})" for b in DURATION_BUCKETS]
-    return ", ".join(cols)
+    # distinct names: dict rows would otherwise fold the unnamed columns into one
+    return ", ".join(f"{c} AS h{i}" for i, c in enumerate(cols))
 
 
 def histogram_from_row(row: Sequence[Any]) -> HistogramData:
