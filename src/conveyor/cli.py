@@ -434,9 +434,12 @@ def status(
         if "pending" in q:
             console.print(
                 f"  queue    {q['pending']} pending, {q['delayed']} delayed, "
-                f"{q['processing']} processing; today {q['completed_today']} completed, "
-                f"{q['failed_today']} failed; {q['workers']} worker(s)"
+                f"{q['processing']} processing"
             )
+            console.print(
+                f"  today    {q['completed_today']} completed, {q['failed_today']} failed"
+            )
+            console.print(f"  workers  {q['workers']}")
     raise typer.Exit(0 if h.get("status") == "healthy" else 1)
 
 

@@ -228,24 +228,22 @@ class BackendCollector(Collector):
         return [active, slots, gpus, gpus_used]
 
     def _speed_metrics(self, recent: dict[str, list[Task]]) -> list[Metric]:
-        out: list[Metric] = []
-        speed = transcode_speed(recent.get("transcode", []))
-        if speed is not None:
-            g = GaugeMetricFamily(
-                "conveyor_transcode_speed_ratio",
-                f"Mean ffmpeg encode speed (x realtime) of the last {SPEED_SAMPLE} transcodes",
-            )
-            g.add_metric([], speed)
-            out.append(g)
-        pps = docparse_pages_per_second(recent.get("docparse", []))
-        if pps is not None:
-            g = GaugeMetricFamily(
-                "conveyor_docparse_pages_per_second",
-                f"Pages per second of run time over the last {SPEED_SAMPLE} docparse tasks",
-            )
-            g.add_metric([], pps)
-            out.append(g)
-        return out
+        """Always declared; a sample only once a task of that kind has recorded its speed."""
+        speed = GaugeMetricFamily(
+            "conveyor_transcode_speed_ratio",
+            f"Mean ffmpeg encode speed (x realtime) of the last {SPEED_SAMPLE} transcodes",
+        )
+        value = transcode_speed(recent.get("transcode", []))
+        if value is not None:
+            speed.add_metric([], value)
+        pages = GaugeMetricFamily(
+            "conveyor_docparse_pages_per_second",
+            f"Pages per second of run time over the last {SPEED_SAMPLE} docparse tasks",
+        )
+        value = docparse_pages_per_second(recent.get("docparse", []))
+        if value is not None:
+            pages.add_metric([], value)
+        return [speed, pages]
 
 
 def build_registry(service: ConveyorService) -> CollectorRegistry:
