@@ -175,6 +175,7 @@ class ConveyorService:
                 stored.id,
                 stored.kind,
                 f"{input_ref.bucket}/{input_ref.key}" if input_ref else "-",
+                extra={"task_id": stored.id},
             )
         return SubmitResult(task=stored, created=created)
 
@@ -218,12 +219,17 @@ class ConveyorService:
     # -- operator actions ----------------------------------------------------------
     def cancel(self, task_id: str) -> Task:
         task = self.backend.cancel(task_id)
-        log.info("Task cancel requested: %s (now %s)", task_id, task.status.value)
+        log.info(
+            "Task cancel requested: %s (now %s)",
+            task_id,
+            task.status.value,
+            extra={"task_id": task_id},
+        )
         return task
 
     def retry(self, task_id: str) -> Task:
         task = self.backend.retry(task_id)
-        log.info("Task retried: %s", task_id)
+        log.info("Task retried: %s", task_id, extra={"task_id": task_id})
         return task
 
     def clear_queue(self) -> int:
