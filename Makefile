@@ -59,6 +59,11 @@ typecheck: venv
 test: test-deps venv lint typecheck
 	$(BIN)/python -m pytest -q
 
+# Build the Docker image with a local engine and a locally made Debian base (no
+# registry needed), run it, transcode through it (deploy/docker/test-image.sh).
+test-image: system-deps venv
+	BIN=$(BIN) bash deploy/docker/test-image.sh
+
 bench: system-deps venv
 	$(BIN)/python bench/queue_throughput.py
 	$(BIN)/python bench/transcode_single_pass.py
