@@ -184,7 +184,8 @@ print(f"transcoded through the image: task {task_id} completed; /metrics: {line}
 EOF
 
 # -- 5. non-root, size --------------------------------------------------------------
-uids=$("${DOCKER[@]}" top "$NAME" -eo uid,comm | awk 'NR > 1 {print $1}' | sort -u | tr '\n' ' ')
+"${DOCKER[@]}" top "$NAME" -eo pid,uid,user,args | cut -c1-120
+uids=$("${DOCKER[@]}" top "$NAME" -eo pid,uid | awk 'NR > 1 {print $2}' | sort -u | tr '\n' ' ')
 echo "uids of the processes in the container: $uids"
 for uid in $uids; do
   if [ "$uid" = 0 ]; then
