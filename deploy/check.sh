@@ -8,6 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
+for tool in promtool systemd-analyze; do
+  command -v "$tool" > /dev/null || {
+    echo "$tool is missing: run make test-deps (Debian packages prometheus, systemd)" >&2
+    exit 1
+  }
+done
 
 echo "hadolint: Dockerfiles"
 "$BIN/hadolint" deploy/docker/Dockerfile deploy/docker/Dockerfile.cuda
