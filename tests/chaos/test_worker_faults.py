@@ -161,6 +161,9 @@ def test_cancel_running_transcode_kills_ffmpeg(
     worker = start_worker(api, tmp_path, "canceller")
     try:
         wait_progress(api, task_id, 1.0)
+        deadline = time.monotonic() + 30  # on a loaded machine the encoder may start late
+        while not ffmpeg_pids(str(api.data_dir)) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert ffmpeg_pids(str(api.data_dir)), "ffmpeg should be running"
         started = time.monotonic()
         r = api.client.post(f"/api/tasks/{task_id}/cancel")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -107,9 +108,22 @@ def test_every_key_the_console_uses_is_in_both_catalogues() -> None:
 
 
 def _subclasses(cls: type) -> set[type]:
+    """Every subclass in the package, whichever modules this test run imported."""
+    import importlib
+    import pkgutil
+
+    import conveyor
+
+    for mod in pkgutil.walk_packages(conveyor.__path__, "conveyor."):
+        if mod.name not in sys.modules and not mod.name.endswith("__main__"):
+            importlib.import_module(mod.name)
+    return _tree(cls)
+
+
+def _tree(cls: type) -> set[type]:
     out = {cls}
     for sub in cls.__subclasses__():
-        out |= _subclasses(sub)
+        out |= _tree(sub)
     return out
 
 
