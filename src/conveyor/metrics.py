@@ -8,8 +8,9 @@ the same values, and a restart loses nothing.  Counters such as
 down when an operator retries or deletes a task, which Prometheus treats as
 a counter reset.
 
-A snapshot is cached for a few seconds so that several scrapers (or a
-dashboard hammering the endpoint) cost one set of aggregate queries.
+A snapshot is cached for a few seconds (longer when reading it was slow) so
+that several scrapers, or a dashboard hammering the endpoint, cost one
+aggregate query.
 Names follow Prometheus conventions: ``conveyor_`` prefix, base units
 (seconds, ratios), ``_total`` on counters, no per-task labels.
 """
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 QUEUE_STATES = ("pending", "delayed", "processing")
 OUTCOMES = ("completed", "failed", "cancelled")
 SPEED_SAMPLE = 20  # recent completed tasks averaged into the speed gauges
+LOAD_FACTOR = 5.0  # a read that took t seconds is reused for at least 5 t seconds
 
 
 def _gpu_count(value: Any) -> int:
@@ -115,12 +117,18 @@ class BackendCollector(Collector):
         self.cache_s = cache_s
         self._lock = threading.Lock()
         self._cached: tuple[float, list[Metric]] | None = None
+        self._ttl = cache_s
 
     def collect(self) -> Iterator[Metric]:
+        """The cached read, if fresh enough: at least ``cache_s`` old, and at least
+        ``LOAD_FACTOR`` times as old as it took, so that a slow read on a big table
+        costs the database at most a fifth of a core whatever the scrape rate."""
         with self._lock:
             now = time.monotonic()
-            if self._cached is None or now - self._cached[0] >= self.cache_s:
+            if self._cached is None or now - self._cached[0] >= self._ttl:
+                started = time.monotonic()
                 self._cached = (now, self._read())
+                self._ttl = max(self.cache_s, LOAD_FACTOR * (time.monotonic() - started))
             metrics = self._cached[1]
         yield from metrics
 

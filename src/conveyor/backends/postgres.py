@@ -60,10 +60,11 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from conveyor.backends.base import (
+    MAY_HAVE_EXPIRED,
     Backend,
     MetricsSnapshot,
     ThroughputPoint,
-    histogram_from_row,
+    add_snapshot_row,
     histogram_select,
     throughput_windows,
 )
@@ -870,40 +871,27 @@ class PostgresBackend(Backend):
             raise _not_upgraded(current, latest)
 
     def metrics_snapshot(self, max_rows: int = 100_000) -> MetricsSnapshot:
-        """Three aggregate queries (one pass over the table for the counts)."""
+        """One pass over the table: counts, retries, expiries and both histograms."""
         snap = MetricsSnapshot()
         with self._cursor() as cur:
             rows = cur.execute(
-                "SELECT kind, CASE WHEN status = 'pending' AND not_before > now() "
-                "THEN 'delayed' ELSE status END AS st, count(*) AS n, "
+                "SELECT kind, st, count(*) AS n, "
                 "coalesce(sum(greatest(attempts - 1, 0)), 0) AS retries, "
-                "coalesce(sum((SELECT count(*) FROM jsonb_array_elements(history) e "
-                "WHERE e->>'outcome' = 'lease_expired')), 0) AS expired "
-                "FROM tasks GROUP BY 1, 2"
+                f"coalesce(sum(CASE WHEN {MAY_HAVE_EXPIRED} THEN (SELECT count(*) "
+                "FROM jsonb_array_elements(history) e WHERE e->>'outcome' = 'lease_expired') "
+                f"ELSE 0 END), 0) AS expired, {histogram_select('run', 'r')}, "
+                f"{histogram_select('wait', 'w')} "
+                "FROM (SELECT kind, status, attempts, history, "
+                "CASE WHEN status = 'pending' AND not_before > now() THEN 'delayed' "
+                "ELSE status END AS st, "
+                "CASE WHEN status = 'completed' AND started_at IS NOT NULL THEN "
+                "greatest(extract(epoch FROM finished_at - started_at), 0)::float8 END AS run, "
+                "CASE WHEN started_at IS NOT NULL THEN "
+                "greatest(extract(epoch FROM started_at - created_at), 0)::float8 END AS wait "
+                "FROM tasks) AS t GROUP BY kind, st"
             ).fetchall()
-            for r in rows:
-                kind = str(r["kind"])
-                snap.tasks.setdefault(kind, {})[str(r["st"])] = int(r["n"])
-                snap.retries[kind] = snap.retries.get(kind, 0) + int(r["retries"])
-                snap.lease_expiries[kind] = snap.lease_expiries.get(kind, 0) + int(r["expired"])
-            for target, where, expr in (
-                (
-                    snap.duration,
-                    "status = 'completed'",
-                    "greatest(extract(epoch FROM finished_at - started_at), 0)",
-                ),
-                (
-                    snap.queue_wait,
-                    "true",
-                    "greatest(extract(epoch FROM started_at - created_at), 0)",
-                ),
-            ):
-                for row in cur.execute(
-                    f"SELECT kind, {histogram_select('d')} FROM (SELECT kind, {expr}::float8 AS d "
-                    f"FROM tasks WHERE started_at IS NOT NULL AND {where}) AS t GROUP BY kind"
-                ).fetchall():
-                    values = list(row.values())
-                    target[str(values[0])] = histogram_from_row(values[1:])
+        for r in rows:
+            add_snapshot_row(snap, list(r.values()))
         return snap
 
     # -- logs --------------------------------------------------------------------------

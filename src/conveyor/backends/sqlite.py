@@ -23,11 +23,12 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from conveyor.backends.base import (
+    MAY_HAVE_EXPIRED,
     Backend,
     MetricsSnapshot,
     ThroughputPoint,
+    add_snapshot_row,
     backoff_seconds,
-    histogram_from_row,
     histogram_select,
     throughput_windows,
 )
@@ -640,30 +641,23 @@ class SQLiteBackend(Backend):
         return throughput_windows(since, bucket_s, counts)
 
     def metrics_snapshot(self, max_rows: int = 100_000) -> MetricsSnapshot:
-        """Three aggregate queries (one pass over the table for the counts)."""
-        c = self._reader()
+        """One pass over the table: counts, retries, expiries and both histograms."""
         snap = MetricsSnapshot()
-        rows = c.execute(
-            "SELECT kind, CASE WHEN status = 'pending' AND not_before > ? THEN 'delayed' "
-            "ELSE status END, COUNT(*), SUM(MAX(attempts - 1, 0)), "
-            "SUM(CASE WHEN history LIKE '%lease_expired%' THEN (SELECT COUNT(*) FROM "
-            "json_each(history) WHERE json_extract(value, '$.outcome') = 'lease_expired') "
-            "ELSE 0 END) FROM tasks GROUP BY 1, 2",
+        rows = self._reader().execute(
+            "SELECT kind, st, COUNT(*), SUM(MAX(attempts - 1, 0)), SUM(CASE WHEN "
+            f"{MAY_HAVE_EXPIRED} AND history LIKE '%lease_expired%' THEN (SELECT COUNT(*) "
+            "FROM json_each(history) WHERE json_extract(value, '$.outcome') = 'lease_expired') "
+            f"ELSE 0 END), {histogram_select('run', 'r')}, {histogram_select('wait', 'w')} "
+            "FROM (SELECT kind, status, attempts, history, "
+            "CASE WHEN status = 'pending' AND not_before > ? THEN 'delayed' ELSE status END AS st, "
+            "CASE WHEN status = 'completed' AND started_at IS NOT NULL "
+            "THEN MAX(finished_at - started_at, 0) END AS run, "
+            "CASE WHEN started_at IS NOT NULL THEN MAX(started_at - created_at, 0) END AS wait "
+            "FROM tasks) GROUP BY kind, st",
             (time.time(),),
-        ).fetchall()
-        for kind, status, n, retries, expired in rows:
-            snap.tasks.setdefault(kind, {})[status] = int(n)
-            snap.retries[kind] = snap.retries.get(kind, 0) + int(retries or 0)
-            snap.lease_expiries[kind] = snap.lease_expiries.get(kind, 0) + int(expired or 0)
-        for target, where, expr in (
-            (snap.duration, "status = 'completed'", "MAX(finished_at - started_at, 0)"),
-            (snap.queue_wait, "1 = 1", "MAX(started_at - created_at, 0)"),
-        ):
-            for row in c.execute(
-                f"SELECT kind, {histogram_select('d')} FROM (SELECT kind, {expr} AS d "
-                f"FROM tasks WHERE started_at IS NOT NULL AND {where}) GROUP BY kind"
-            ).fetchall():
-                target[row[0]] = histogram_from_row(row[1:])
+        )
+        for row in rows.fetchall():
+            add_snapshot_row(snap, tuple(row))
         return snap
 
     def check_ready(self) -> None:
