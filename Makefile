@@ -6,7 +6,8 @@ DATA   ?= ./data
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := ffmpeg
 
-.PHONY: run test lint typecheck bench system-deps test-deps venv clean
+.PHONY: run test lint typecheck bench system-deps test-deps venv clean \
+	start-api start-gpu start-all stop-api stop-gpu stop-all status logs test-image
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -36,6 +37,8 @@ test-deps: system-deps
 	fc-list 2>/dev/null | grep -qi "wqy\|noto.*cjk" || missing="$$missing fonts-wqy-microhei"; \
 	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
 	command -v busybox >/dev/null 2>&1 || missing="$$missing busybox-static"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	$(call apt_install,$$missing)
 
 define apt_install
@@ -52,6 +55,7 @@ lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/cfn-lint deploy/aws/*.yaml
+	BIN=$(BIN) bash deploy/check.sh
 
 typecheck: venv
 	$(BIN)/mypy
@@ -59,9 +63,74 @@ typecheck: venv
 test: test-deps venv lint typecheck
 	$(BIN)/python -m pytest -q
 
+# Build the Docker image with a local engine and a locally made Debian base (no
+# registry needed), run it, transcode through it (deploy/docker/test-image.sh).
+test-image: system-deps venv
+	BIN=$(BIN) bash deploy/docker/test-image.sh
+
 bench: system-deps venv
 	$(BIN)/python bench/queue_throughput.py
 	$(BIN)/python bench/transcode_single_pass.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# -- seed 002's operator verbs: the API and a worker in the background --------------
+# Logs go to api-server.log and gpu-processor.log as in the seed; pid files to
+# $(DATA)/run.  The worker uses NVENC/NVDEC when this host has them, the CPU
+# encoders otherwise.  For a service manager, see deploy/systemd/.
+PORT    ?= 9999
+RUN_DIR ?= $(DATA)/run
+LOG_DIR ?= .
+URL     ?= http://127.0.0.1:$(PORT)
+
+define start_bg
+@mkdir -p $(RUN_DIR)
+@if [ -f $(RUN_DIR)/$(1).pid ] && kill -0 "$$(cat $(RUN_DIR)/$(1).pid)" 2>/dev/null; then \
+  echo "$(1) already running (pid $$(cat $(RUN_DIR)/$(1).pid))"; \
+else \
+  setsid $(BIN)/conveyor $(2) >> $(3) 2>&1 < /dev/null & echo $$! > $(RUN_DIR)/$(1).pid; \
+  echo "$(1) started (pid $$(cat $(RUN_DIR)/$(1).pid)), log: $(3)"; \
+fi
+endef
+
+define stop_bg
+@if [ -f $(RUN_DIR)/$(1).pid ] && kill -0 "$$(cat $(RUN_DIR)/$(1).pid)" 2>/dev/null; then \
+  pid=$$(cat $(RUN_DIR)/$(1).pid); kill -TERM -- "-$$pid" 2>/dev/null || kill -TERM "$$pid"; \
+  for i in $$(seq 1 90); do kill -0 "$$pid" 2>/dev/null || break; sleep 1; done; \
+  if kill -0 "$$pid" 2>/dev/null; then kill -KILL -- "-$$pid" 2>/dev/null || true; fi; \
+  echo "$(1) stopped"; \
+else \
+  echo "$(1) not running"; \
+fi
+@rm -f $(RUN_DIR)/$(1).pid
+endef
+
+start-api: system-deps venv
+	$(call start_bg,api,serve --data-dir $(DATA) --port $(PORT),$(LOG_DIR)/api-server.log)
+
+start-gpu: system-deps venv
+	$(call start_bg,worker,worker --data-dir $(DATA),$(LOG_DIR)/gpu-processor.log)
+
+start-all: start-api start-gpu
+
+stop-api:
+	$(call stop_bg,api)
+
+stop-gpu:
+	$(call stop_bg,worker)
+
+stop-all: stop-gpu stop-api
+
+status: venv
+	@for name in api worker; do \
+	  if [ -f $(RUN_DIR)/$$name.pid ] && kill -0 "$$(cat $(RUN_DIR)/$$name.pid)" 2>/dev/null; then \
+	    echo "$$name: running (pid $$(cat $(RUN_DIR)/$$name.pid))"; \
+	  else echo "$$name: stopped"; fi; \
+	done
+	@$(BIN)/conveyor status --url $(URL) || true
+
+logs:
+	tail -n 50 $(LOGS_FOLLOW) $(LOG_DIR)/api-server.log $(LOG_DIR)/gpu-processor.log
+
+LOGS_FOLLOW ?= -F

@@ -485,6 +485,44 @@ def health(url: str = URL) -> None:
     console.print_json(json.dumps(h))
 
 
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json"),
+    url: str = URL,
+) -> None:
+    """Health, readiness, queue and workers of a running server (exit 1 when unhealthy)."""
+    import httpx
+
+    try:  # a 503 still carries the document: read it rather than raise
+        r = _client(url).http.get("/api/v1/monitoring/health")
+        h: dict[str, Any] = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        err.print(f"[red]error[/red] (unreachable): cannot reach Conveyor at {url}: {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        console.print_json(json.dumps(h))
+    else:
+        colour = "green" if h.get("status") == "healthy" else "red"
+        console.print(
+            f"Conveyor {h.get('version', '?')} at {url}: [{colour}]{h.get('status')}[/{colour}] "
+            f"(up {h.get('uptime_s', 0):.0f} s)"
+        )
+        for name, result in (h.get("checks") or {}).items():
+            mark = "[green]ok[/green]" if result == "ok" else f"[red]{result}[/red]"
+            console.print(f"  {name:<8} {mark}")
+        q = h.get("queue") or {}
+        if "pending" in q:
+            console.print(
+                f"  queue    {q['pending']} pending, {q['delayed']} delayed, "
+                f"{q['processing']} processing"
+            )
+            console.print(
+                f"  today    {q['completed_today']} completed, {q['failed_today']} failed"
+            )
+            console.print(f"  workers  {q['workers']}")
+    raise typer.Exit(0 if h.get("status") == "healthy" else 1)
+
+
 def main() -> None:
     from conveyor.errors import ConveyorError
 

@@ -18,11 +18,13 @@ current_worker: ContextVar[str | None] = ContextVar("current_worker", default=No
 
 class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        task_id = current_task.get()
+        # ``extra={"task_id": ...}`` wins: code outside a task (the service logging a
+        # submit or a cancel) names the task it speaks of
+        task_id = getattr(record, "task_id", None) or current_task.get()
         record.__dict__.update(
             task_id=task_id,
-            attempt=current_attempt.get(),
-            worker_id=current_worker.get(),
+            attempt=getattr(record, "attempt", None) or current_attempt.get(),
+            worker_id=getattr(record, "worker_id", None) or current_worker.get(),
             task_tag=f" [task={task_id}]" if task_id else "",
         )
         return True

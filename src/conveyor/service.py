@@ -178,6 +178,7 @@ class ConveyorService:
                 stored.id,
                 stored.kind,
                 f"{input_ref.bucket}/{input_ref.key}" if input_ref else "-",
+                extra={"task_id": stored.id},
             )
         return SubmitResult(task=stored, created=created)
 
@@ -221,12 +222,17 @@ class ConveyorService:
     # -- operator actions ----------------------------------------------------------
     def cancel(self, task_id: str) -> Task:
         task = self.backend.cancel(task_id)
-        log.info("Task cancel requested: %s (now %s)", task_id, task.status.value)
+        log.info(
+            "Task cancel requested: %s (now %s)",
+            task_id,
+            task.status.value,
+            extra={"task_id": task_id},
+        )
         return task
 
     def retry(self, task_id: str) -> Task:
         task = self.backend.retry(task_id)
-        log.info("Task retried: %s", task_id)
+        log.info("Task retried: %s", task_id, extra={"task_id": task_id})
         return task
 
     def clear_queue(self) -> int:
@@ -318,6 +324,44 @@ class ConveyorService:
             "checks": checks,
             "kinds": self.registry.kinds(),
         }
+
+    def ready(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Can this process serve requests now: backend reachable with the current schema,
+        storage reachable.  Each check runs in a thread with a deadline so that a probe
+        answers in ``timeout`` seconds even when a store hangs instead of refusing."""
+        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        probes = {"backend": self.backend.check_ready, "storage": self.storage.ping}
+        pool = ThreadPoolExecutor(max_workers=len(probes), thread_name_prefix="ready")
+        futures = {name: pool.submit(probe) for name, probe in probes.items()}
+        deadline = time.monotonic() + timeout
+        checks: dict[str, str] = {}
+        for name, fut in futures.items():
+            try:
+                fut.result(timeout=max(0.0, deadline - time.monotonic()))
+                checks[name] = "ok"
+            except FutureTimeout:
+                checks[name] = f"error: no answer in {timeout:g} s"
+            except Exception as exc:  # readiness must report, not raise
+                checks[name] = f"error: {exc}".strip()
+        pool.shutdown(wait=False)
+        ok = all(v == "ok" for v in checks.values())
+        return {"status": "ready" if ok else "unready", "checks": checks}
+
+    def monitoring_health(self) -> dict[str, Any]:
+        """Seed 004's health document: liveness, readiness, queue and workers in one read."""
+        body = self.health()
+        ready = self.ready()
+        body["checks"] = ready["checks"]
+        body["ready"] = ready["status"] == "ready"
+        body["status"] = "healthy" if body["ready"] else "unhealthy"
+        if body["ready"]:
+            try:
+                body["queue"] = self.queue_status().model_dump()
+            except Exception as exc:  # the database went away between the two reads
+                body["queue"] = {"error": str(exc)}
+        return body
 
     # -- files ---------------------------------------------------------------------
     def check_object(self, bucket: str, key: str) -> tuple[str, str]:

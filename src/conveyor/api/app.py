@@ -10,9 +10,10 @@ from fastapi.responses import RedirectResponse
 
 from conveyor import __version__
 from conveyor.console import console_lifespan, mount_console
+from conveyor.metrics import build_registry
 from conveyor.runtime import Runtime
 
-from . import routes_files, routes_health, routes_tasks, routes_train
+from . import routes_files, routes_health, routes_metrics, routes_tasks, routes_train
 from .errors import install_error_handlers
 
 
@@ -40,6 +41,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(routes_tasks.router)
     app.include_router(routes_files.router)
     app.include_router(routes_train.router)  # seed 003's paths
+    app.include_router(routes_metrics.router)  # /metrics, read from the backend
+    app.state.metrics_registry = build_registry(runtime.service)
     mount_console(app)  # the web console at /admin
 
     @app.get("/", include_in_schema=False)

@@ -21,9 +21,20 @@ async def health(service: ConveyorService = Depends(get_service)) -> JSONRespons
     return JSONResponse(body, status_code=200 if body["status"] == "healthy" else 503)
 
 
-@router.get("/api/v1/monitoring/health", summary="Health, as seed 004 names it")
+@router.get("/api/ready", summary="Readiness: backend and storage reachable, schema current")
+async def ready(service: ConveyorService = Depends(get_service)) -> JSONResponse:
+    """For load balancers and Kubernetes: 503 takes this process out of rotation until the
+    database comes back, without restarting it."""
+    body: dict[str, Any] = await run_in_threadpool(service.ready)
+    return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
+
+
+@router.get(
+    "/api/v1/monitoring/health", summary="Health, readiness and queue, as seed 004 names it"
+)
 async def monitoring_health(service: ConveyorService = Depends(get_service)) -> JSONResponse:
-    return await health(service)
+    body: dict[str, Any] = await run_in_threadpool(service.monitoring_health)
+    return JSONResponse(body, status_code=200 if body["status"] == "healthy" else 503)
 
 
 @router.get("/api/workers", summary="Workers seen recently")

@@ -54,7 +54,9 @@ Semantics every engine implements:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -105,6 +107,111 @@ def throughput_windows(
         )
         for i in range(n)
     ]
+
+
+# Upper bounds (seconds) of the task duration and queue-wait histograms: a
+# thumbnail takes a second, a long H.265 rendition or a training run hours.
+DURATION_BUCKETS: tuple[float, ...] = (
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+    7200,
+    21600,
+)
+
+
+class HistogramData(BaseModel):
+    """Cumulative counts per upper bound of ``DURATION_BUCKETS`` (``+Inf`` is ``count``)."""
+
+    buckets: list[int]
+    count: int = 0
+    sum: float = 0.0
+
+
+class MetricsSnapshot(BaseModel):
+    """What ``/metrics`` reads from the engine at scrape time.
+
+    Read from the shared engine rather than counted in one process, so every
+    API process behind a load balancer reports the same numbers.
+    """
+
+    # kind -> status -> tasks; ``delayed`` is split out of ``pending``
+    tasks: dict[str, dict[str, int]] = {}
+    # completed tasks: finished_at - started_at (the attempt that completed)
+    duration: dict[str, HistogramData] = {}
+    # started tasks: started_at - created_at (time spent queued, back-offs included)
+    queue_wait: dict[str, HistogramData] = {}
+    # kind -> attempts beyond the first, over every task
+    retries: dict[str, int] = {}
+    # kind -> attempts that ended because the worker's lease expired
+    lease_expiries: dict[str, int] = {}
+
+
+def histogram_from_values(values: list[float]) -> HistogramData:
+    values = [max(0.0, v) for v in values]
+    return HistogramData(
+        buckets=[sum(1 for v in values if v <= b) for b in DURATION_BUCKETS],
+        count=len(values),
+        sum=float(sum(values)),
+    )
+
+
+HISTOGRAM_COLUMNS = 2 + len(DURATION_BUCKETS)
+
+# Only these rows can hold a lease expiry in their history: a task completed on
+# its first attempt (most of a table) never lost a lease, so engines skip
+# parsing its history.
+MAY_HAVE_EXPIRED = "(attempts > 1 OR (attempts = 1 AND status IN ('pending', 'failed')))"
+
+
+def histogram_select(expr: str, prefix: str = "h") -> str:
+    """SQL select list ``count, sum, count per bucket`` of ``expr`` (SQLite and PostgreSQL).
+
+    NULL values are not counted, so one pass can build several histograms
+    from ``CASE`` expressions.
+    """
+    cols = [f"COUNT({expr})", f"COALESCE(SUM({expr}), 0)"]
+    cols += [f"COUNT(*) FILTER (WHERE {expr} <= {b})" for b in DURATION_BUCKETS]
+    # distinct names: dict rows would otherwise fold the unnamed columns into one
+    return ", ".join(f"{c} AS {prefix}{i}" for i, c in enumerate(cols))
+
+
+def histogram_from_row(row: Sequence[Any]) -> HistogramData:
+    """Inverse of :func:`histogram_select` for the row's columns after the kind."""
+    return HistogramData(count=int(row[0]), sum=float(row[1]), buckets=[int(v) for v in row[2:]])
+
+
+def add_histogram(target: dict[str, HistogramData], kind: str, row: Sequence[Any]) -> None:
+    """Add one group's :func:`histogram_select` columns to ``target[kind]``."""
+    h = histogram_from_row(row)
+    if h.count == 0:
+        return
+    old = target.get(kind)
+    if old is not None:
+        h = HistogramData(
+            count=old.count + h.count,
+            sum=old.sum + h.sum,
+            buckets=[a + b for a, b in zip(old.buckets, h.buckets, strict=True)],
+        )
+    target[kind] = h
+
+
+def add_snapshot_row(snap: MetricsSnapshot, row: Sequence[Any]) -> None:
+    """One ``(kind, state, n, retries, expired, run histogram, wait histogram)`` group."""
+    kind, state, n, retries, expired = str(row[0]), str(row[1]), row[2], row[3], row[4]
+    snap.tasks.setdefault(kind, {})[state] = int(n)
+    snap.retries[kind] = snap.retries.get(kind, 0) + int(retries or 0)
+    snap.lease_expiries[kind] = snap.lease_expiries.get(kind, 0) + int(expired or 0)
+    add_histogram(snap.duration, kind, row[5 : 5 + HISTOGRAM_COLUMNS])
+    add_histogram(snap.queue_wait, kind, row[5 + HISTOGRAM_COLUMNS :])
 
 
 class Backend(ABC):
@@ -218,6 +325,54 @@ class Backend(ABC):
     def ping(self) -> None:
         """Raise if the engine cannot be reached."""
         self.counts()
+
+    def check_ready(self) -> None:
+        """Raise if this process could not serve now: engine unreachable or schema not current.
+
+        Engines override it with a check that does not wait on a connection
+        pool, so that a readiness probe answers quickly while the database is down.
+        """
+        self.ping()
+
+    def metrics_snapshot(self, max_rows: int = 100_000) -> MetricsSnapshot:
+        """Counts and histograms for ``/metrics`` (see :class:`MetricsSnapshot`).
+
+        This default pages through ``list`` (at most ``max_rows`` tasks per
+        status, newest first), which is right for small tables; SQL engines
+        replace it with one aggregate query.
+        """
+        snap = MetricsSnapshot()
+        waits: dict[str, list[float]] = {}
+        durations: dict[str, list[float]] = {}
+        for status in TaskStatus:
+            cursor: str | None = None
+            seen = 0
+            while seen < max_rows:
+                page = self.list(status=status, limit=1000, cursor=cursor)
+                seen += len(page.items)
+                for t in page.items:
+                    name = "delayed" if t.delayed else status.value
+                    by = snap.tasks.setdefault(t.kind, {})
+                    by[name] = by.get(name, 0) + 1
+                    snap.retries[t.kind] = snap.retries.get(t.kind, 0) + max(0, t.attempts - 1)
+                    expired = sum(1 for a in t.history if a.outcome == "lease_expired")
+                    snap.lease_expiries[t.kind] = snap.lease_expiries.get(t.kind, 0) + expired
+                    if t.started_at is not None:
+                        wait = (t.started_at - t.created_at).total_seconds()
+                        waits.setdefault(t.kind, []).append(wait)
+                        if status == TaskStatus.COMPLETED and t.finished_at is not None:
+                            run = (t.finished_at - t.started_at).total_seconds()
+                            durations.setdefault(t.kind, []).append(run)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+        snap.duration = {k: histogram_from_values(v) for k, v in durations.items()}
+        snap.queue_wait = {k: histogram_from_values(v) for k, v in waits.items()}
+        return snap
+
+    def recent_completed(self, kind: str, limit: int = 20) -> list[Task]:
+        """The latest completed tasks of ``kind``: their outputs feed speed gauges."""
+        return self.list(status=TaskStatus.COMPLETED, kind=kind, limit=limit).items
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

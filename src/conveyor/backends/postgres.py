@@ -59,7 +59,15 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from conveyor.backends.base import Backend, ThroughputPoint, throughput_windows
+from conveyor.backends.base import (
+    MAY_HAVE_EXPIRED,
+    Backend,
+    MetricsSnapshot,
+    ThroughputPoint,
+    add_snapshot_row,
+    histogram_select,
+    throughput_windows,
+)
 from conveyor.errors import Conflict, ConveyorError, InvalidRequest, LeaseLost, TaskNotFound
 from conveyor.models import (
     Attempt,
@@ -851,6 +859,40 @@ class PostgresBackend(Backend):
     def ping(self) -> None:
         with self._cursor() as cur:
             cur.execute("SELECT 1")
+
+    def check_ready(self) -> None:
+        """A connection of its own, not the pool's: it fails in seconds, not ``pool_timeout``."""
+        with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=3) as conn:
+            current = _schema_version(conn)
+        latest = latest_version()
+        if current > latest:
+            raise _too_new(current, latest)
+        if current < latest:
+            raise _not_upgraded(current, latest)
+
+    def metrics_snapshot(self, max_rows: int = 100_000) -> MetricsSnapshot:
+        """One pass over the table: counts, retries, expiries and both histograms."""
+        snap = MetricsSnapshot()
+        with self._cursor() as cur:
+            rows = cur.execute(
+                "SELECT kind, st, count(*) AS n, "
+                "coalesce(sum(greatest(attempts - 1, 0)), 0) AS retries, "
+                f"coalesce(sum(CASE WHEN {MAY_HAVE_EXPIRED} THEN (SELECT count(*) "
+                "FROM jsonb_array_elements(history) e WHERE e->>'outcome' = 'lease_expired') "
+                f"ELSE 0 END), 0) AS expired, {histogram_select('run', 'r')}, "
+                f"{histogram_select('wait', 'w')} "
+                "FROM (SELECT kind, status, attempts, history, "
+                "CASE WHEN status = 'pending' AND not_before > now() THEN 'delayed' "
+                "ELSE status END AS st, "
+                "CASE WHEN status = 'completed' AND started_at IS NOT NULL THEN "
+                "greatest(extract(epoch FROM finished_at - started_at), 0)::float8 END AS run, "
+                "CASE WHEN started_at IS NOT NULL THEN "
+                "greatest(extract(epoch FROM started_at - created_at), 0)::float8 END AS wait "
+                "FROM tasks) AS t GROUP BY kind, st"
+            ).fetchall()
+        for r in rows:
+            add_snapshot_row(snap, list(r.values()))
+        return snap
 
     # -- logs --------------------------------------------------------------------------
     def append_logs(

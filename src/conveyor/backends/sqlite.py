@@ -23,9 +23,13 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from conveyor.backends.base import (
+    MAY_HAVE_EXPIRED,
     Backend,
+    MetricsSnapshot,
     ThroughputPoint,
+    add_snapshot_row,
     backoff_seconds,
+    histogram_select,
     throughput_windows,
 )
 from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
@@ -635,6 +639,34 @@ class SQLiteBackend(Backend):
         )
         counts = {(int(r[0]), str(r[1])): int(r[2]) for r in rows}
         return throughput_windows(since, bucket_s, counts)
+
+    def metrics_snapshot(self, max_rows: int = 100_000) -> MetricsSnapshot:
+        """One pass over the table: counts, retries, expiries and both histograms."""
+        snap = MetricsSnapshot()
+        rows = self._reader().execute(
+            "SELECT kind, st, COUNT(*), SUM(MAX(attempts - 1, 0)), SUM(CASE WHEN "
+            f"{MAY_HAVE_EXPIRED} AND history LIKE '%lease_expired%' THEN (SELECT COUNT(*) "
+            "FROM json_each(history) WHERE json_extract(value, '$.outcome') = 'lease_expired') "
+            f"ELSE 0 END), {histogram_select('run', 'r')}, {histogram_select('wait', 'w')} "
+            "FROM (SELECT kind, status, attempts, history, "
+            "CASE WHEN status = 'pending' AND not_before > ? THEN 'delayed' ELSE status END AS st, "
+            "CASE WHEN status = 'completed' AND started_at IS NOT NULL "
+            "THEN MAX(finished_at - started_at, 0) END AS run, "
+            "CASE WHEN started_at IS NOT NULL THEN MAX(started_at - created_at, 0) END AS wait "
+            "FROM tasks) GROUP BY kind, st",
+            (time.time(),),
+        )
+        for row in rows.fetchall():
+            add_snapshot_row(snap, tuple(row))
+        return snap
+
+    def check_ready(self) -> None:
+        version = (
+            self._reader().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        )
+        if version is None or version[0] != SCHEMA_VERSION:
+            found = version[0] if version else "none"
+            raise RuntimeError(f"schema version {found}, expected {SCHEMA_VERSION}")
 
     def workers(self, active_within_s: float = 60.0) -> list[WorkerInfo]:
         rows = (

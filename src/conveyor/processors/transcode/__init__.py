@@ -146,6 +146,8 @@ class TranscodeProcessor(Processor):
             ctx.log(f"  {plan.name}: {_describe(plan, out)}")
         prefix = params.output_prefix or _default_prefix(src_ref.key)
         outputs = self._publish(ctx, checked, prefix, encoders)
+        for o in outputs:  # feeds conveyor_transcode_speed_ratio on /metrics
+            o.meta["encode_speed"] = round(speed, 3)
         total = sum(o.size for o in outputs)
         ctx.log(
             f"Upload completed: {len(outputs)} file(s), {total} bytes to "
