@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from conveyor.cli_auth import announce_auth, guard_exposure, token_app, worker_token
 from conveyor.cli_aws import aws_app
 from conveyor.cli_db import db_app
 from conveyor.client import ClientError, ConveyorClient
@@ -26,6 +27,10 @@ queue_app = typer.Typer(help="Queue status and clearing.", no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
 app.add_typer(db_app, name="db")
 app.add_typer(aws_app, name="aws")
+app.add_typer(token_app, name="token")
+worker_app = typer.Typer(help="Run a worker, or make its enrollment token.")
+worker_app.command("token")(worker_token)
+app.add_typer(worker_app, name="worker")
 console = Console()
 err = Console(stderr=True)
 
@@ -54,7 +59,12 @@ def _settings(**overrides: Any) -> Any:
 
 
 def _serve(
-    settings: Any, *, with_worker: bool, with_trigger: bool, concurrency: int | None
+    settings: Any,
+    *,
+    with_worker: bool,
+    with_trigger: bool,
+    concurrency: int | None,
+    insecure: bool = False,
 ) -> None:
     import logging
 
@@ -63,10 +73,12 @@ def _serve(
     from conveyor.api.app import create_app
     from conveyor.runtime import Runtime
 
+    guard_exposure(settings, insecure)
     runtime = Runtime.build(
         settings, with_worker=with_worker, with_trigger=with_trigger, concurrency=concurrency
     )
     log = logging.getLogger("conveyor")
+    announce_auth(settings, runtime.service.auth, log)
     log.info(
         "Conveyor API on http://%s:%d (docs at /docs); data in %s; backend %s",
         settings.api_host,
@@ -89,12 +101,20 @@ def up(
     host: str = typer.Option(None, help="Address to bind (127.0.0.1)."),
     port: int = typer.Option(None, help="Port (9999)."),
     concurrency: int = typer.Option(None, help="Tasks run at once (MAX_CONCURRENT_TASKS)."),
+    auth: bool = typer.Option(None, "--auth/--no-auth", help="Require tokens (CONVEYOR_AUTH)."),
+    insecure: bool = typer.Option(False, help="Allow a non-loopback address without auth."),
 ) -> None:
     """Run API, worker and upload trigger in one process on the embedded defaults."""
     settings = _settings(
-        data_dir=data_dir, api_host=host, api_port=port, max_concurrent_tasks=concurrency
+        data_dir=data_dir,
+        api_host=host,
+        api_port=port,
+        max_concurrent_tasks=concurrency,
+        auth=auth,
     )
-    _serve(settings, with_worker=True, with_trigger=True, concurrency=concurrency)
+    _serve(
+        settings, with_worker=True, with_trigger=True, concurrency=concurrency, insecure=insecure
+    )
 
 
 @app.command()
@@ -105,6 +125,8 @@ def serve(
     backend: str = typer.Option(None, help="Backend URL (sqlite:///…)."),
     storage: str = typer.Option(None, help="Storage URL (file:///…)."),
     trigger: bool = typer.Option(True, help="Run the upload trigger too."),
+    auth: bool = typer.Option(None, "--auth/--no-auth", help="Require tokens (CONVEYOR_AUTH)."),
+    insecure: bool = typer.Option(False, help="Allow a non-loopback address without auth."),
 ) -> None:
     """Run the API (and the upload trigger and reaper) without a worker."""
     settings = _settings(
@@ -114,12 +136,14 @@ def serve(
         backend_url=backend,
         storage_url=storage,
         trigger_enabled=trigger,
+        auth=auth,
     )
-    _serve(settings, with_worker=False, with_trigger=trigger, concurrency=None)
+    _serve(settings, with_worker=False, with_trigger=trigger, concurrency=None, insecure=insecure)
 
 
-@app.command()
+@worker_app.callback(invoke_without_command=True)
 def worker(
+    ctx: typer.Context,
     concurrency: int = typer.Option(None, help="Tasks run at once."),
     data_dir: Path = typer.Option(None),
     backend: str = typer.Option(None, help="Backend URL."),
@@ -127,6 +151,8 @@ def worker(
     worker_id: str = typer.Option(None, help="Name this worker (default host-pid-rand)."),
 ) -> None:
     """Run a worker: claim tasks and run them until SIGTERM."""
+    if ctx.invoked_subcommand is not None:
+        return
     from conveyor.runtime import build_service
     from conveyor.worker.loop import Worker
 

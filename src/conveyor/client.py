@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,12 @@ class ClientError(Exception):
 
 
 class ConveyorClient:
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, token: str | None = None) -> None:
+        """``token``: a bearer token (default ``$CONVEYOR_TOKEN``) for a server with auth on."""
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        token = token if token is not None else os.environ.get("CONVEYOR_TOKEN", "")
+        headers = {"Authorization": f"Bearer {token.strip()}"} if token.strip() else {}
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def _check(self, r: httpx.Response) -> Any:
         if r.status_code >= 400:

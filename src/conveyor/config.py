@@ -35,7 +35,7 @@ ALL_TRANSCODE_TYPES = [
 ]
 DEFAULT_TRANSCODE_TYPES = ["mp4_standard", "mp4_smooth", "thumbnail"]
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
 
 def parse_duration(value: Any) -> float:
@@ -44,9 +44,9 @@ def parse_duration(value: Any) -> float:
         return float(value)
     m = _DURATION_RE.match(str(value))
     if not m:
-        raise ValueError(f"invalid duration {value!r}: use seconds or e.g. 10s, 500ms, 2m")
+        raise ValueError(f"invalid duration {value!r}: use seconds or e.g. 10s, 500ms, 2m, 30d")
     n, unit = float(m.group(1)), m.group(2) or "s"
-    return n * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    return n * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[unit]
 
 
 def _env(default: Any, name: str, *seed_names: str, **kw: Any) -> Any:
@@ -145,6 +145,15 @@ class Settings(BaseSettings):
     )
     train_gpus: int = _env(0, "TRAIN_GPUS", ge=0, le=64)
 
+    # security (docs/security.md): off by default for the embedded, loopback-only `conveyor up`
+    auth: bool = _env(False, "AUTH")
+    worker_credential_ttl: float = _env(30 * 86400.0, "WORKER_CREDENTIAL_TTL")
+    enrollment_ttl: float = _env(300.0, "ENROLLMENT_TTL")
+    session_ttl: float = _env(12 * 3600.0, "SESSION_TTL")
+    max_request_bytes: int = _env(1024 * 1024, "MAX_REQUEST_BYTES", ge=1024)  # JSON and forms
+    max_json_depth: int = _env(32, "MAX_JSON_DEPTH", ge=2, le=1000)
+    auth_rate_limit: int = _env(20, "AUTH_RATE_LIMIT", ge=1)  # login/enroll tries per IP a minute
+
     def model_post_init(self, __context: Any) -> None:
         self.data_dir = self.data_dir.resolve()
         aws = bool(self.sqs_queue_url and self.dynamodb_table)
@@ -177,6 +186,9 @@ class Settings(BaseSettings):
         "trigger_interval",
         "trigger_settle_seconds",
         "preview_seconds",
+        "worker_credential_ttl",
+        "enrollment_ttl",
+        "session_ttl",
         mode="before",
     )
     @classmethod

@@ -95,3 +95,22 @@ class InputRejected(ProcessorError):
 
 class TaskCancelled(ConveyorError):
     code = "cancelled"
+
+
+class Unauthenticated(ConveyorError):
+    """No credential, or one that is unknown, expired or revoked."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
+class Forbidden(ConveyorError):
+    """A known caller whose role does not allow this action."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class RateLimited(ConveyorError):
+    code = "rate_limited"
+    http_status = 429

@@ -10,15 +10,23 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from conveyor.auth.service import AuthService
 from conveyor.backends import Backend
 from conveyor.backends.base import ThroughputPoint
 from conveyor.config import Settings
-from conveyor.errors import ConveyorError, InvalidRequest, ObjectNotFound, TaskNotFound
+from conveyor.errors import (
+    ConveyorError,
+    Forbidden,
+    InvalidRequest,
+    ObjectNotFound,
+    TaskNotFound,
+)
 from conveyor.models import (
     InputRef,
     LogLine,
@@ -182,11 +190,20 @@ class ConveyorService:
             )
         return SubmitResult(task=stored, created=created)
 
+    # -- auth --------------------------------------------------------------------
+    @cached_property
+    def auth(self) -> AuthService:
+        """Tokens, sessions, enrollment and audit, kept in this backend (conveyor.auth)."""
+        return AuthService(self.settings, self.backend.auth_store())
+
     # -- reading ---------------------------------------------------------------
-    def get(self, task_id: str) -> Task:
+    def get(self, task_id: str, owner: str | None = None) -> Task:
+        """``owner``: the submitter whose tasks alone the caller may touch (None: any)."""
         task = self.backend.get(task_id)
         if task is None:
             raise TaskNotFound(f"task {task_id} not found")
+        if owner is not None and task.submitted_by != owner:
+            raise Forbidden(f"task {task_id} was submitted by someone else")
         return task
 
     def counts(self) -> QueueCounts:
@@ -214,13 +231,21 @@ class ConveyorService:
         return max(10.0, self.settings.heartbeat_interval * 5)
 
     def logs(
-        self, task_id: str, *, attempt: int | None = None, after_seq: int = 0, limit: int = 1000
+        self,
+        task_id: str,
+        *,
+        attempt: int | None = None,
+        after_seq: int = 0,
+        limit: int = 1000,
+        owner: str | None = None,
     ) -> list[LogLine]:
-        self.get(task_id)
+        self.get(task_id, owner)
         return self.backend.read_logs(task_id, attempt=attempt, after_seq=after_seq, limit=limit)
 
     # -- operator actions ----------------------------------------------------------
-    def cancel(self, task_id: str) -> Task:
+    def cancel(self, task_id: str, owner: str | None = None) -> Task:
+        if owner is not None:
+            self.get(task_id, owner)
         task = self.backend.cancel(task_id)
         log.info(
             "Task cancel requested: %s (now %s)",
@@ -230,7 +255,9 @@ class ConveyorService:
         )
         return task
 
-    def retry(self, task_id: str) -> Task:
+    def retry(self, task_id: str, owner: str | None = None) -> Task:
+        if owner is not None:
+            self.get(task_id, owner)
         task = self.backend.retry(task_id)
         log.info("Task retried: %s", task_id, extra={"task_id": task_id})
         return task
@@ -240,11 +267,11 @@ class ConveyorService:
         log.info("Queue cleared: %d pending tasks cancelled", n)
         return n
 
-    def bulk_cancel(self, task_ids: list[str]) -> BulkResult:
-        return self._bulk(task_ids, self.cancel)
+    def bulk_cancel(self, task_ids: list[str], owner: str | None = None) -> BulkResult:
+        return self._bulk(task_ids, lambda i: self.cancel(i, owner))
 
-    def bulk_retry(self, task_ids: list[str]) -> BulkResult:
-        return self._bulk(task_ids, self.retry)
+    def bulk_retry(self, task_ids: list[str], owner: str | None = None) -> BulkResult:
+        return self._bulk(task_ids, lambda i: self.retry(i, owner))
 
     def _bulk(self, task_ids: list[str], action: Any) -> BulkResult:
         ids = list(dict.fromkeys(i.strip() for i in task_ids if i.strip()))
@@ -376,7 +403,10 @@ class ConveyorService:
         limit: int = 20,
         cursor: str | None = None,
         text: str | None = None,
+        owner: str | None = None,
     ) -> Page:
+        if owner is not None:
+            return self._list_owned(owner, status, date, kind, limit, cursor, text)
         st: TaskStatus | None = None
         if status:
             try:
@@ -399,3 +429,36 @@ class ConveyorService:
         return self.backend.list(
             status=st, date=date, kind=kind, limit=limit, cursor=cursor, text=text
         )
+
+    # the engines index tasks by date, status and kind, not by submitter: a submitter's
+    # page is filled from successive pages of the unfiltered list, at most this many rows
+    OWNER_SCAN_ROWS = 5_000
+
+    def _list_owned(
+        self,
+        owner: str,
+        status: str | None,
+        date: str | None,
+        kind: str | None,
+        limit: int,
+        cursor: str | None,
+        text: str | None,
+    ) -> Page:
+        # each unfiltered page asks for no more rows than the page still lacks, so its
+        # cursor resumes exactly after the last row looked at: paging stays exact
+        items: list[Task] = []
+        scanned = 0
+        while True:
+            page = self.list(
+                status=status,
+                date=date,
+                kind=kind,
+                limit=limit - len(items),
+                cursor=cursor,
+                text=text,
+            )
+            items.extend(t for t in page.items if t.submitted_by == owner)
+            scanned += len(page.items)
+            cursor = page.next_cursor
+            if len(items) >= limit or cursor is None or scanned >= self.OWNER_SCAN_ROWS:
+                return Page(items=items, next_cursor=cursor)

@@ -13,8 +13,17 @@ from conveyor.console import console_lifespan, mount_console
 from conveyor.metrics import build_registry
 from conveyor.runtime import Runtime
 
-from . import routes_files, routes_health, routes_metrics, routes_tasks, routes_train
+from . import (
+    routes_auth,
+    routes_files,
+    routes_health,
+    routes_metrics,
+    routes_tasks,
+    routes_train,
+)
 from .errors import install_error_handlers
+from .hardening import HardeningMiddleware
+from .security import Permission, require
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -37,15 +46,22 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.service = runtime.service
     app.state.runtime = runtime
     install_error_handlers(app)
+    app.add_middleware(
+        HardeningMiddleware,
+        max_bytes=runtime.service.settings.max_request_bytes,
+        max_depth=runtime.service.settings.max_json_depth,
+    )
     app.include_router(routes_health.router)
     app.include_router(routes_tasks.router)
     app.include_router(routes_files.router)
     app.include_router(routes_train.router)  # seed 003's paths
     app.include_router(routes_metrics.router)  # /metrics, read from the backend
+    app.include_router(routes_auth.router)  # tokens, worker enrollment, audit
+    app.state.rate_limiters = {}
     app.state.metrics_registry = build_registry(runtime.service)
     mount_console(app)  # the web console at /admin
 
-    @app.get("/", include_in_schema=False)
+    @app.get("/", include_in_schema=False, dependencies=[require(Permission.PUBLIC)])
     async def root() -> RedirectResponse:
         return RedirectResponse("/docs")
 

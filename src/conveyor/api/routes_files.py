@@ -16,11 +16,17 @@ from conveyor.errors import InvalidRequest, ObjectNotFound, PayloadTooLarge
 from conveyor.service import ConveyorService, upload_dedup_key
 
 from .deps import get_service
+from .security import Permission, require
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 
 
-@router.put("/{bucket}/{key:path}", status_code=201, summary="Upload an object (raw body)")
+@router.put(
+    "/{bucket}/{key:path}",
+    status_code=201,
+    summary="Upload an object (raw body)",
+    dependencies=[require(Permission.FILES_WRITE)],
+)
 async def put_file(
     bucket: str, key: str, request: Request, service: ConveyorService = Depends(get_service)
 ) -> dict[str, Any]:
@@ -60,7 +66,11 @@ async def put_file(
     }
 
 
-@router.get("/{bucket}/{key:path}", summary="Download an object (Range supported)")
+@router.get(
+    "/{bucket}/{key:path}",
+    summary="Download an object (Range supported)",
+    dependencies=[require(Permission.FILES_READ)],
+)
 async def get_file(
     bucket: str, key: str, service: ConveyorService = Depends(get_service)
 ) -> Response:

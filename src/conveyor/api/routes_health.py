@@ -11,17 +11,26 @@ from fastapi.responses import JSONResponse
 from conveyor.service import ConveyorService
 
 from .deps import get_service
+from .security import Permission, require
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/api/health", summary="Liveness and a summary")
+@router.get(
+    "/api/health",
+    summary="Liveness and a summary",
+    dependencies=[require(Permission.PUBLIC)],
+)
 async def health(service: ConveyorService = Depends(get_service)) -> JSONResponse:
     body: dict[str, Any] = await run_in_threadpool(service.health)
     return JSONResponse(body, status_code=200 if body["status"] == "healthy" else 503)
 
 
-@router.get("/api/ready", summary="Readiness: backend and storage reachable, schema current")
+@router.get(
+    "/api/ready",
+    summary="Readiness: backend and storage reachable, schema current",
+    dependencies=[require(Permission.PUBLIC)],
+)
 async def ready(service: ConveyorService = Depends(get_service)) -> JSONResponse:
     """For load balancers and Kubernetes: 503 takes this process out of rotation until the
     database comes back, without restarting it."""
@@ -30,13 +39,19 @@ async def ready(service: ConveyorService = Depends(get_service)) -> JSONResponse
 
 
 @router.get(
-    "/api/v1/monitoring/health", summary="Health, readiness and queue, as seed 004 names it"
+    "/api/v1/monitoring/health",
+    summary="Health, readiness and queue, as seed 004 names it",
+    dependencies=[require(Permission.PUBLIC)],
 )
 async def monitoring_health(service: ConveyorService = Depends(get_service)) -> JSONResponse:
     body: dict[str, Any] = await run_in_threadpool(service.monitoring_health)
     return JSONResponse(body, status_code=200 if body["status"] == "healthy" else 503)
 
 
-@router.get("/api/workers", summary="Workers seen recently")
+@router.get(
+    "/api/workers",
+    summary="Workers seen recently",
+    dependencies=[require(Permission.WORKERS_READ)],
+)
 async def workers(service: ConveyorService = Depends(get_service)) -> list[dict[str, Any]]:
     return [w.model_dump(mode="json") for w in await run_in_threadpool(service.workers)]

@@ -17,6 +17,7 @@ from conveyor.models import LogLine, Task, Trigger
 from conveyor.service import ConveyorService, QueueStatus, SubmitRequest
 
 from .deps import get_service
+from .security import Permission, Principal, audit, owner_filter, require, submitter_name
 
 router = APIRouter(prefix="/api", tags=["tasks"])
 
@@ -38,9 +39,19 @@ class AddTaskBody(SubmitRequest):
 
 @router.post("/queue/add", status_code=201, summary="Add a task")
 async def add_task(
-    body: AddTaskBody, service: ConveyorService = Depends(get_service)
+    body: AddTaskBody,
+    request: Request,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_SUBMIT),
 ) -> dict[str, Any]:
-    res = await run_in_threadpool(service.submit, body, trigger=Trigger.API)
+    res = await run_in_threadpool(
+        service.submit,
+        body,
+        trigger=Trigger.API,
+        submitted_by=submitter_name(request, principal),
+    )
+    if res.created:
+        await audit(request, "submit", target=res.task.id)
     return {
         "task_id": res.task.id,
         "status": res.task.status.value,
@@ -51,13 +62,21 @@ async def add_task(
 
 
 @router.get("/queue/status", summary="Queue state and today's totals")
-async def queue_status(service: ConveyorService = Depends(get_service)) -> QueueStatus:
+async def queue_status(
+    service: ConveyorService = Depends(get_service),
+    _: Principal = require(Permission.TASKS_READ),
+) -> QueueStatus:
     return await run_in_threadpool(service.queue_status)
 
 
 @router.post("/queue/clear", summary="Cancel every pending task")
-async def clear_queue(service: ConveyorService = Depends(get_service)) -> dict[str, Any]:
+async def clear_queue(
+    request: Request,
+    service: ConveyorService = Depends(get_service),
+    _: Principal = require(Permission.QUEUE_CLEAR),
+) -> dict[str, Any]:
     n = await run_in_threadpool(service.clear_queue)
+    await audit(request, "clear", detail=f"{n} pending task(s) cancelled")
     return {"cancelled": n, "message": f"{n} pending task(s) cancelled"}
 
 
@@ -69,9 +88,16 @@ async def list_tasks(
     limit: int = Query(20, ge=1, le=1000),
     cursor: str | None = Query(None, description="next_cursor from the previous page"),
     service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_READ),
 ) -> dict[str, Any]:
     page = await run_in_threadpool(
-        service.list, status=status, date=date, kind=kind, limit=limit, cursor=cursor
+        service.list,
+        status=status,
+        date=date,
+        kind=kind,
+        limit=limit,
+        cursor=cursor,
+        owner=owner_filter(principal),
     )
     return {
         "tasks": [t.model_dump(mode="json") for t in page.items],
@@ -81,18 +107,36 @@ async def list_tasks(
 
 
 @router.get("/tasks/{task_id}", summary="One task")
-async def get_task(task_id: str, service: ConveyorService = Depends(get_service)) -> Task:
-    return await run_in_threadpool(service.get, task_id)
+async def get_task(
+    task_id: str,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_READ),
+) -> Task:
+    return await run_in_threadpool(service.get, task_id, owner_filter(principal))
 
 
 @router.post("/tasks/{task_id}/cancel", summary="Cancel a task")
-async def cancel_task(task_id: str, service: ConveyorService = Depends(get_service)) -> Task:
-    return await run_in_threadpool(service.cancel, task_id)
+async def cancel_task(
+    task_id: str,
+    request: Request,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_CANCEL),
+) -> Task:
+    task = await run_in_threadpool(service.cancel, task_id, owner_filter(principal))
+    await audit(request, "cancel", target=task_id)
+    return task
 
 
 @router.post("/tasks/{task_id}/retry", summary="Retry a failed or cancelled task")
-async def retry_task(task_id: str, service: ConveyorService = Depends(get_service)) -> Task:
-    return await run_in_threadpool(service.retry, task_id)
+async def retry_task(
+    task_id: str,
+    request: Request,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_RETRY),
+) -> Task:
+    task = await run_in_threadpool(service.retry, task_id, owner_filter(principal))
+    await audit(request, "retry", target=task_id)
+    return task
 
 
 @router.get(
@@ -111,9 +155,11 @@ async def task_logs(
     limit: int = Query(1000, ge=1, le=10000),
     follow: bool = Query(False, description="stream new lines as server-sent events"),
     service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_READ),
 ) -> dict[str, Any] | StreamingResponse:
+    owner = owner_filter(principal)
     if follow:
-        await run_in_threadpool(service.get, task_id)  # 404 before the stream starts
+        await run_in_threadpool(service.get, task_id, owner)  # 404 before the stream starts
         last = request.headers.get("last-event-id", "")
         start = int(last) if last.isdigit() else after
         return StreamingResponse(
@@ -122,7 +168,7 @@ async def task_logs(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     lines: list[LogLine] = await run_in_threadpool(
-        service.logs, task_id, attempt=attempt, after_seq=after, limit=limit
+        service.logs, task_id, attempt=attempt, after_seq=after, limit=limit, owner=owner
     )
     return {
         "task_id": task_id,

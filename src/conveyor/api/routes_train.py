@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -18,27 +18,40 @@ from conveyor.training import TrainRequest, submit_request, train_view
 
 from .deps import get_service
 from .routes_health import health as api_health
+from .security import Permission, Principal, audit, owner_filter, require, submitter_name
 
 router = APIRouter(tags=["seed 003 (training)"])
 
 
 @router.post("/train", status_code=201, summary="Queue a training run")
 async def train(
-    body: TrainRequest, service: ConveyorService = Depends(get_service)
+    body: TrainRequest,
+    request: Request,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_SUBMIT),
 ) -> dict[str, Any]:
     req = submit_request(body, service.settings)
-    res = await run_in_threadpool(service.submit, req, trigger=Trigger.API)
+    res = await run_in_threadpool(
+        service.submit, req, trigger=Trigger.API, submitted_by=submitter_name(request, principal)
+    )
+    await audit(request, "submit", target=res.task.id)
     return {**train_view(res.task), "message": "training task queued"}
 
 
 @router.get("/train/{task_id}", summary="A training run's state")
 async def train_status(
-    task_id: str, service: ConveyorService = Depends(get_service)
+    task_id: str,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_READ),
 ) -> dict[str, Any]:
-    return train_view(await run_in_threadpool(service.get, task_id))
+    return train_view(await run_in_threadpool(service.get, task_id, owner_filter(principal)))
 
 
-@router.get("/stats", summary="Task counts, as seed 003's /stats")
+@router.get(
+    "/stats",
+    summary="Task counts, as seed 003's /stats",
+    dependencies=[require(Permission.TASKS_READ)],
+)
 async def stats(service: ConveyorService = Depends(get_service)) -> dict[str, Any]:
     c = await run_in_threadpool(service.counts)
     workers = await run_in_threadpool(service.workers)
@@ -54,6 +67,8 @@ async def stats(service: ConveyorService = Depends(get_service)) -> dict[str, An
     }
 
 
-@router.get("/health", summary="Health, as seed 003's /health")
+@router.get(
+    "/health", summary="Health, as seed 003's /health", dependencies=[require(Permission.PUBLIC)]
+)
 async def health(service: ConveyorService = Depends(get_service)) -> JSONResponse:
     return await api_health(service)

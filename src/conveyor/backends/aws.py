@@ -100,6 +100,7 @@ from urllib.parse import parse_qs, urlparse
 
 from botocore.exceptions import ClientError
 
+from conveyor.auth.store import AuthStore
 from conveyor.backends.aws_resources import dynamodb_client, ensure_resources, sqs_client
 from conveyor.backends.base import Backend, backoff_seconds
 from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
@@ -230,6 +231,11 @@ class AWSBackend(Backend):
         self._dlq_seen: set[str] = set()
         self._dlq_checked = dlq_url is not None
         self._local = threading.local()
+
+    def _open_auth_store(self) -> AuthStore:
+        from conveyor.auth.store_dynamo import DynamoAuthStore
+
+        return DynamoAuthStore(self._ddb, self.aux_table)
 
     @classmethod
     def from_url(cls, url: str) -> AWSBackend:

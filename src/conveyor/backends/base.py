@@ -60,6 +60,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from conveyor.auth.store import AuthStore
 from conveyor.models import (
     ClaimedTask,
     HeartbeatResult,
@@ -376,6 +377,17 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    def auth_store(self) -> AuthStore:
+        """Tokens, secrets, nonces and the audit log, kept in this backend's database."""
+        store: AuthStore | None = getattr(self, "_auth_store", None)
+        if store is None:
+            store = self._open_auth_store()
+            self._auth_store = store
+        return store
+
+    def _open_auth_store(self) -> AuthStore:
+        raise NotImplementedError(f"{type(self).__name__} keeps no auth store")
 
     @abstractmethod
     def list(

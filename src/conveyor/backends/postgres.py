@@ -59,6 +59,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from conveyor.auth.store import AuthStore
 from conveyor.backends.base import (
     MAY_HAVE_EXPIRED,
     Backend,
@@ -522,6 +523,11 @@ class PostgresBackend(Backend):
             if not auto_upgrade:
                 raise _not_upgraded(current, latest)
             upgrade(self.conninfo)
+
+    def _open_auth_store(self) -> AuthStore:
+        from conveyor.auth.store_sql import PostgresAuthStore
+
+        return PostgresAuthStore(self._pool)
 
     # -- connections ---------------------------------------------------------------
     @contextmanager

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from conveyor.auth.store import AuthStore
 from conveyor.backends.base import (
     MAY_HAVE_EXPIRED,
     Backend,
@@ -719,8 +720,16 @@ class SQLiteBackend(Backend):
                 self._work.wait(timeout)
             self._local.generation = self._generation
 
+    def _open_auth_store(self) -> AuthStore:
+        from conveyor.auth.store_sql import SQLiteAuthStore
+
+        return SQLiteAuthStore(Path(self.path))
+
     def close(self) -> None:
         self._closed = True
+        store = getattr(self, "_auth_store", None)
+        if store is not None:
+            store.close()
         self._notify()
         with self._write_lock:
             self._writer.close()

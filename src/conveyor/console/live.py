@@ -68,8 +68,11 @@ class Stream:
         after: int = 0,
         attempt: int = 0,
         fingerprint: str = "",
+        viewer: dict[str, Any] | None = None,
     ) -> None:
         self.service = service
+        # who is watching (can, csrf): fragments show only the actions they may take
+        self.viewer = viewer or {"can": lambda _p: True, "csrf": "", "auth_on": False}
         self.cache = cache
         self.view = view if view in VIEWS else "nav"
         self.task_id = task_id
@@ -82,7 +85,7 @@ class Stream:
         self.first = True
 
     def _ctx(self, **ctx: Any) -> dict[str, Any]:
-        return {"t": self.t, "lang": self.t.lang, **ctx}
+        return {"t": self.t, "lang": self.t.lang, **self.viewer, **ctx}
 
     def _fragment(self, name: str, **ctx: Any) -> str:
         return render_string(f"fragments/{name}.html", self._ctx(**ctx))

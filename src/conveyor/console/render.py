@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from conveyor import __version__
+from conveyor.auth.roles import Permission, allows
 from conveyor.models import Task, TaskStatus
 
 from .i18n import COOKIE, LANGS, Translator, negotiate
@@ -119,7 +120,20 @@ def is_htmx(request: Request) -> bool:
 def context(request: Request, **ctx: Any) -> dict[str, Any]:
     lang = request_lang(request)
     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    principal = getattr(request.state, "principal", None)
+    auth_on = bool(request.app.state.service.auth.enabled)
+
+    def can(permission: str) -> bool:
+        """Show an action only to roles the server would let take it."""
+        if not auth_on:
+            return True
+        return principal is not None and allows(principal.role, Permission(permission))
+
     base: dict[str, Any] = {
+        "principal": principal if auth_on else None,
+        "auth_on": auth_on,
+        "can": can,
+        "csrf": getattr(request.state, "csrf", "") if auth_on else "",
         "t": Translator(lang),
         "lang": lang,
         "here": here,

@@ -24,7 +24,16 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor.api.deps import get_service
-from conveyor.errors import ConveyorError, InvalidRequest, NotFound
+from conveyor.api.security import (
+    Permission,
+    Principal,
+    audit,
+    owner_filter,
+    require,
+    submitter_name,
+)
+from conveyor.auth.roles import allows
+from conveyor.errors import ConveyorError, Forbidden, InvalidRequest, NotFound, Unauthenticated
 from conveyor.models import Task, TaskStatus, Trigger
 from conveyor.service import BulkResult, ConveyorService, QueueStatus, SubmitRequest
 
@@ -47,6 +56,7 @@ FLASH_COOKIE = "conveyor_flash"
 FORM_LIMIT = 256 * 1024
 PAGE_SIZES = (20, 50, 100, 200)
 TRAIL_MAX = 100
+VIEWER_KEYS = ("can", "csrf", "principal", "auth_on")
 
 
 # -- errors: a readable page (or fragment), never a stack trace ----------------------
@@ -97,6 +107,8 @@ class ConsoleRoute(APIRoute):
         async def handler(request: Request) -> Response:
             try:
                 return await original(request)
+            except Unauthenticated:
+                return login_redirect(request)
             except ConveyorError as exc:
                 return await error_response(request, exc)
             except (RequestValidationError, ValidationError) as exc:
@@ -114,6 +126,15 @@ class ConsoleRoute(APIRoute):
 
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
+
+
+def login_redirect(request: Request) -> Response:
+    """No session (or an ended one): to the login page, and back here afterwards."""
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    target = query(f"{PREFIX}/login", next=here if request.method == "GET" else None)
+    if is_htmx(request):
+        return Response(status_code=204, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -196,8 +217,8 @@ def translator(request: Request) -> Translator:
 
 
 # -- pages ------------------------------------------------------------------------------
-@router.get("")
-@router.get("/")
+@router.get("", dependencies=[require(Permission.TASKS_READ)])
+@router.get("/", dependencies=[require(Permission.TASKS_READ)])
 async def dashboard(request: Request, service: ConveyorService = Depends(get_service)) -> Response:
     data = await call(views.dashboard, service)
     return await page(
@@ -216,6 +237,7 @@ async def tasks(
     cursor: str = "",
     trail: str = "",
     service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_READ),
 ) -> Response:
     lim = int(limit) if limit.isdigit() and int(limit) in PAGE_SIZES else 50
     result = await call(
@@ -226,6 +248,7 @@ async def tasks(
         limit=lim,
         cursor=cursor or None,
         text=q or None,
+        owner=owner_filter(principal),
     )
     filters = {"status": status, "date": date, "q": q, "kind": kind, "limit": lim}
     keep = {k: v for k, v in filters.items() if v and not (k == "limit" and v == 50)}
@@ -262,7 +285,7 @@ async def tasks(
     )
 
 
-@router.get("/tasks/new")
+@router.get("/tasks/new", dependencies=[require(Permission.TASKS_SUBMIT)])
 async def new_task(request: Request, service: ConveyorService = Depends(get_service)) -> Response:
     opts = await call(service.submit_options)
     form = {
@@ -280,7 +303,9 @@ async def new_task(request: Request, service: ConveyorService = Depends(get_serv
 
 @router.post("/tasks/new")
 async def submit_task(
-    request: Request, service: ConveyorService = Depends(get_service)
+    request: Request,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_SUBMIT),
 ) -> Response:
     data = await read_form(request)
     t = translator(request)
@@ -308,7 +333,14 @@ async def submit_task(
             )
         except ValidationError:
             raise InvalidRequest(t("new.bad_priority")) from None
-        res = await call(service.submit, req, trigger=Trigger.CONSOLE)
+        res = await call(
+            service.submit,
+            req,
+            trigger=Trigger.CONSOLE,
+            submitted_by=submitter_name(request, principal),
+        )
+        if res.created:
+            await audit(request, "submit", target=res.task.id)
     except ConveyorError as exc:
         opts = await call(service.submit_options)
         return await page(
@@ -328,7 +360,11 @@ async def submit_task(
 
 
 @router.post("/tasks/bulk")
-async def bulk(request: Request, service: ConveyorService = Depends(get_service)) -> Response:
+async def bulk(
+    request: Request,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_CANCEL),
+) -> Response:
     data = await read_form(request)
     t = translator(request)
     back = safe_next(first(data, "next"), f"{PREFIX}/tasks")
@@ -338,8 +374,12 @@ async def bulk(request: Request, service: ConveyorService = Depends(get_service)
         raise InvalidRequest(t("bulk.bad_action"))
     if not ids:
         return done(request, [{"level": "warn", "title": t("bulk.none_selected")}], back)
+    if action == "retry" and not allows(principal.role, Permission.TASKS_RETRY):
+        raise Forbidden(f"role {principal.role.value!r} may not retry tasks")
     fn = service.bulk_retry if action == "retry" else service.bulk_cancel
-    result: BulkResult = await call(fn, ids)
+    result: BulkResult = await call(fn, ids, owner_filter(principal))
+    for task in result.done:
+        await audit(request, action, target=task.id)
     items: list[dict[str, Any]] = []
     if result.done:
         items.append({"level": "ok", "title": t.n(f"bulk.{action}_done", len(result.done))})
@@ -365,9 +405,12 @@ def row_oob(request: Request, task: Task) -> str:
 
 @router.get("/tasks/{task_id}")
 async def task_page(
-    request: Request, task_id: str, service: ConveyorService = Depends(get_service)
+    request: Request,
+    task_id: str,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_READ),
 ) -> Response:
-    task: Task = await call(service.get, task_id)
+    task: Task = await call(service.get, task_id, owner_filter(principal))
     logs = await call(views.task_log, service, task_id)
     lines = logs["lines"]
     sse = live.stream_url(
@@ -381,11 +424,17 @@ async def task_page(
 
 
 async def _task_action(
-    request: Request, task_id: str, fn: Callable[[str], Task], key: str
+    request: Request,
+    task_id: str,
+    fn: Callable[[str, str | None], Task],
+    key: str,
+    principal: Principal,
+    action: str,
 ) -> Response:
     await read_form(request)
     t = translator(request)
-    task = await call(fn, task_id)
+    task = await call(fn, task_id, owner_filter(principal))
+    await audit(request, action, target=task_id)
     if task.status == TaskStatus.PROCESSING and task.cancel_requested:
         key = "flash.cancel_requested"
     head = oob("task-head", fragment(request, "task_head", task=task))
@@ -394,19 +443,27 @@ async def _task_action(
 
 @router.post("/tasks/{task_id}/cancel")
 async def cancel_task(
-    request: Request, task_id: str, service: ConveyorService = Depends(get_service)
+    request: Request,
+    task_id: str,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_CANCEL),
 ) -> Response:
-    return await _task_action(request, task_id, service.cancel, "flash.cancelled")
+    return await _task_action(
+        request, task_id, service.cancel, "flash.cancelled", principal, "cancel"
+    )
 
 
 @router.post("/tasks/{task_id}/retry")
 async def retry_task(
-    request: Request, task_id: str, service: ConveyorService = Depends(get_service)
+    request: Request,
+    task_id: str,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_RETRY),
 ) -> Response:
-    return await _task_action(request, task_id, service.retry, "flash.retried")
+    return await _task_action(request, task_id, service.retry, "flash.retried", principal, "retry")
 
 
-@router.get("/queue")
+@router.get("/queue", dependencies=[require(Permission.TASKS_READ)])
 async def queue(request: Request, service: ConveyorService = Depends(get_service)) -> Response:
     data = await call(views.queue, service)
     return await page(
@@ -419,7 +476,7 @@ async def queue(request: Request, service: ConveyorService = Depends(get_service
     )
 
 
-@router.get("/queue/clear")
+@router.get("/queue/clear", dependencies=[require(Permission.QUEUE_CLEAR)])
 async def clear_confirm(
     request: Request, dismiss: str = "", service: ConveyorService = Depends(get_service)
 ) -> Response:
@@ -442,13 +499,14 @@ async def clear_confirm(
     )
 
 
-@router.post("/queue/clear")
+@router.post("/queue/clear", dependencies=[require(Permission.QUEUE_CLEAR)])
 async def clear_queue(
     request: Request, service: ConveyorService = Depends(get_service)
 ) -> Response:
     await read_form(request)
     t = translator(request)
     n: int = await call(service.clear_queue)
+    await audit(request, "clear", detail=f"{n} pending task(s) cancelled")
     if is_htmx(request):
         data = await call(views.queue, service)
         panel = oob("queue-panel", fragment(request, "queue_panel", **data))
@@ -457,7 +515,7 @@ async def clear_queue(
     return done(request, [{"level": "ok", "title": t.n("queue.cleared", n)}], f"{PREFIX}/queue")
 
 
-@router.get("/lang")
+@router.get("/lang", dependencies=[require(Permission.PUBLIC)])
 async def set_lang(
     lang: str = Query("", alias="set"), back: str = Query("", alias="next")
 ) -> Response:
@@ -467,7 +525,7 @@ async def set_lang(
     return resp
 
 
-@router.get("/events")
+@router.get("/events", dependencies=[require(Permission.TASKS_READ)])
 async def events(
     request: Request,
     view: str = "nav",
@@ -493,6 +551,7 @@ async def events(
         after=after,
         attempt=attempt,
         fingerprint=fp,
+        viewer={k: v for k, v in context(request).items() if k in VIEWER_KEYS},
     )
     return StreamingResponse(
         live.run(stream, state.closing, once=once),
@@ -501,6 +560,6 @@ async def events(
     )
 
 
-@router.get("/{rest:path}")
+@router.get("/{rest:path}", dependencies=[require(Permission.PUBLIC)])
 async def not_found(rest: str) -> Response:
     raise NotFound(f"no console page at {PREFIX}/{rest}")

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from conveyor.api.deps import get_service
+from conveyor.api.security import Permission, Principal, audit, require, submitter_name
 from conveyor.errors import ConveyorError, InvalidRequest
 from conveyor.models import Trigger
 from conveyor.service import ConveyorService, SubmitRequest
@@ -68,7 +69,7 @@ def build_request(form: dict[str, str]) -> SubmitRequest:
     )
 
 
-@router.get("/tasks/run")
+@router.get("/tasks/run", dependencies=[require(Permission.TASKS_SUBMIT)])
 async def new_container_task(request: Request) -> Response:
     form = dict.fromkeys(FIELDS, "")
     form["priority"] = "0"
@@ -77,14 +78,22 @@ async def new_container_task(request: Request) -> Response:
 
 @router.post("/tasks/run")
 async def submit_container_task(
-    request: Request, service: ConveyorService = Depends(get_service)
+    request: Request,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_SUBMIT),
 ) -> Response:
     data = await read_form(request)
     form = {name: first(data, name) for name in FIELDS}
     form["env"] = (data.get("env") or [""])[0]  # keep line breaks
     t = translator(request)
     try:
-        res = await call(service.submit, build_request(form), trigger=Trigger.CONSOLE)
+        res = await call(
+            service.submit,
+            build_request(form),
+            trigger=Trigger.CONSOLE,
+            submitted_by=submitter_name(request, principal),
+        )
+        await audit(request, "submit", target=res.task.id)
     except ConveyorError as exc:
         return await page(
             request,

@@ -262,6 +262,8 @@
       var xhr = new XMLHttpRequest();
       xhr.open("PUT", url);
       xhr.setRequestHeader("Content-Type", f.type || "application/octet-stream");
+      var csrf = document.querySelector('meta[name="csrf-token"]');
+      if (csrf) xhr.setRequestHeader("X-CSRF-Token", csrf.getAttribute("content"));
       submit.disabled = true;
       bar.value = 0;
       say(text.getAttribute("data-template").replace("{pct}", "0"));

@@ -1,0 +1,1 @@
+"""Tokens, roles, worker enrollment and the audit log (docs/security.md)."""

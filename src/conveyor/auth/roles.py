@@ -1,0 +1,77 @@
+"""Roles and the permissions each one holds: the one table every face consults.
+
+A route names the permission it needs, never a role, so that a new role is one
+row here and not a search through the routes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    SUBMITTER = "submitter"
+    VIEWER = "viewer"
+    WORKER = "worker"
+
+
+class Permission(StrEnum):
+    PUBLIC = "public"  # health probes: load balancers carry no token
+    TASKS_READ = "tasks:read"
+    TASKS_SUBMIT = "tasks:submit"
+    TASKS_CANCEL = "tasks:cancel"  # a submitter's own tasks; every task for operators
+    TASKS_RETRY = "tasks:retry"
+    QUEUE_CLEAR = "queue:clear"
+    FILES_READ = "files:read"
+    FILES_WRITE = "files:write"
+    WORKERS_READ = "workers:read"
+    WORKERS_MANAGE = "workers:manage"  # drain, revoke a worker's credential
+    METRICS_READ = "metrics:read"
+    TOKENS_MANAGE = "tokens:manage"  # API tokens and worker enrollment tokens
+    AUDIT_READ = "audit:read"
+    WORKER_PROTOCOL = "worker:protocol"  # claim, heartbeat, progress, complete, rotate
+
+
+_READ = {
+    Permission.TASKS_READ,
+    Permission.FILES_READ,
+    Permission.WORKERS_READ,
+    Permission.METRICS_READ,
+}
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.OPERATOR: frozenset(
+        _READ
+        | {
+            Permission.TASKS_SUBMIT,
+            Permission.TASKS_CANCEL,
+            Permission.TASKS_RETRY,
+            Permission.QUEUE_CLEAR,
+            Permission.FILES_WRITE,
+            Permission.WORKERS_MANAGE,
+        }
+    ),
+    Role.SUBMITTER: frozenset(
+        _READ
+        | {
+            Permission.TASKS_SUBMIT,
+            Permission.TASKS_CANCEL,
+            Permission.TASKS_RETRY,
+            Permission.FILES_WRITE,
+        }
+    ),
+    Role.VIEWER: frozenset(_READ),
+    Role.WORKER: frozenset({Permission.WORKER_PROTOCOL}),
+}
+
+
+def allows(role: Role, permission: Permission) -> bool:
+    return permission is Permission.PUBLIC or permission in ROLE_PERMISSIONS[role]
+
+
+def sees_only_own_tasks(role: Role) -> bool:
+    """A submitter sees, cancels and retries the tasks it submitted, and no others."""
+    return role is Role.SUBMITTER
