@@ -97,6 +97,8 @@ def require(permission: Permission) -> Any:
             except (Unauthenticated, Forbidden):
                 return Principal("-", "public", Role.VIEWER)
         principal = await resolve_principal(request)
+        if principal is OPEN_PRINCIPAL:  # auth off: every caller may do everything
+            return principal
         if not allows(principal.role, permission):
             raise Forbidden(
                 f"role {principal.role.value!r} may not do this (needs {permission.value})"
@@ -106,6 +108,17 @@ def require(permission: Permission) -> Any:
     setattr(dependency, PERMISSION_ATTR, permission)
     dependency.__name__ = f"require_{permission.name.lower()}"
     return Depends(dependency)
+
+
+def iter_routes(routes: Any) -> Any:
+    """Every route of an app, through the routers it includes (FastAPI keeps included
+    routers as nodes of their own: ``original_router``)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from iter_routes(inner.routes)
+        else:
+            yield route
 
 
 def route_permission(route: Any) -> Permission | None:
@@ -198,6 +211,7 @@ __all__ = [
     "audit",
     "auth_service",
     "client_ip",
+    "iter_routes",
     "owner_filter",
     "rate_limit",
     "require",

@@ -42,7 +42,8 @@ _READ = {
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.ADMIN: frozenset(Permission),
+    # everything but speaking as a worker: a worker's credential is its own
+    Role.ADMIN: frozenset(set(Permission) - {Permission.WORKER_PROTOCOL}),
     Role.OPERATOR: frozenset(
         _READ
         | {

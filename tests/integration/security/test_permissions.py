@@ -1,0 +1,164 @@
+"""Every route declares a permission, and every role gets exactly what it declares."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi.routing import APIRoute
+from starlette.routing import Mount, Route
+
+from conveyor.api.security import iter_routes, route_permission
+from conveyor.auth.roles import Permission, Role, allows
+
+from .conftest import SecuredApi
+
+# routes FastAPI itself adds (schema and its viewers) and the console's static files
+NOT_API_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/admin/static"}
+# public routes whose answer depends on the body, each with its own tests
+OWN_TESTS = {("POST", "/admin/login"), ("POST", "/api/workers/enroll")}
+
+
+def _api_routes(secured: SecuredApi) -> list[APIRoute]:
+    routes = iter_routes(secured.client.app.routes)  # type: ignore[attr-defined]
+    return [r for r in routes if isinstance(r, APIRoute)]
+
+
+def test_every_route_declares_a_permission(secured: SecuredApi) -> None:
+    missing: list[str] = []
+    seen = 0
+    for route in iter_routes(secured.client.app.routes):  # type: ignore[attr-defined]
+        seen += 1
+        if isinstance(route, APIRoute):
+            if route_permission(route) is None:
+                missing.append(f"{sorted(route.methods)} {route.path}")
+        elif isinstance(route, Route | Mount):
+            assert route.path in NOT_API_ROUTES, f"unexpected non-API route {route.path}"
+    assert not missing, f"routes without require(Permission.X): {missing}"
+    assert seen > 40, seen
+    # the OpenAPI list is covered too: every documented operation is one of those routes
+    schema = secured.client.get("/openapi.json").json()
+    documented = {(m.upper(), p) for p, ops in schema["paths"].items() for m in ops}
+    declared = {
+        (m, r.path.replace(":path}", "}"))
+        for r in _api_routes(secured)
+        for m in r.methods
+        if route_permission(r)
+    }
+    assert documented <= declared, documented - declared
+
+
+def _fill(path: str, ids: dict[str, str]) -> str:
+    return re.sub(r"\{(\w+)(?::path)?\}", lambda m: ids.get(m.group(1), "x"), path)
+
+
+def _call(secured: SecuredApi, method: str, path: str, headers: dict[str, str]) -> Any:
+    kwargs: dict[str, Any] = {"headers": dict(headers), "follow_redirects": False}
+    if path.startswith("/admin/events"):
+        path += "?once=1"
+    if method in ("POST", "PUT", "DELETE", "PATCH"):
+        if path.startswith("/api/files/"):
+            kwargs["content"] = b"x"
+        elif path.startswith("/admin"):
+            kwargs["data"] = {"next": "/admin"}
+        elif method != "DELETE":
+            kwargs["json"] = {}
+    return secured.client.request(method, path, **kwargs)
+
+
+def test_permission_matrix(secured: SecuredApi) -> None:
+    admin = secured.headers(Role.ADMIN)
+    c = secured.client
+    assert c.put("/api/files/input/m.mp4", content=b"\0" * 10, headers=admin).status_code == 201
+    body = {"kind": "container", "params": {"image": "busybox", "command": ["true"]}}
+    r = c.post("/api/queue/add", json=body, headers=secured.headers(Role.SUBMITTER))
+    assert r.status_code == 201, r.text
+    ids = {
+        "task_id": r.json()["task_id"],
+        "bucket": "input",
+        "key": "m.mp4",
+        "token_id": "nosuchtoken",
+        "worker_id": "nobody",
+        "rest": "nowhere",
+    }
+    checked = 0
+    for route in sorted(_api_routes(secured), key=lambda r: r.path):
+        perm = route_permission(route)
+        assert perm is not None
+        for method in sorted(route.methods - {"HEAD"}):
+            if (method, route.path) in OWN_TESTS:
+                continue
+            path = _fill(route.path, ids)
+            console = route.path.startswith("/admin")
+            for role in [*Role, None]:
+                headers = secured.headers(role)
+                if role is Role.WORKER and route.path == "/api/workers/rotate":
+                    headers = {"Authorization": f"Bearer {secured.enroll('rotating')}"}
+                r = _call(secured, method, path, headers)
+                where = f"{method} {route.path} as {role.value if role else 'no token'}"
+                if perm is Permission.PUBLIC:
+                    assert r.status_code not in (401, 403), f"{where}: {r.status_code}"
+                elif role is None:
+                    if console:
+                        assert r.status_code == 303, f"{where}: {r.status_code}"
+                        assert r.headers["location"].startswith("/admin/login"), where
+                    else:
+                        assert r.status_code == 401, f"{where}: {r.status_code} {r.text[:200]}"
+                elif allows(role, perm):
+                    assert r.status_code not in (401, 403), f"{where}: {r.status_code} {r.text}"
+                else:
+                    assert r.status_code == 403, f"{where}: {r.status_code} {r.text[:200]}"
+                checked += 1
+    print(f"permission matrix: {checked} route x role checks")
+    assert checked > 150
+
+
+def test_submitter_sees_and_acts_on_its_own_tasks_only(secured: SecuredApi) -> None:
+    c = secured.client
+    body = {"kind": "container", "params": {"image": "busybox", "command": ["true"]}}
+    mine = c.post("/api/queue/add", json=body, headers=secured.headers(Role.SUBMITTER)).json()
+    theirs = c.post("/api/queue/add", json=body, headers=secured.headers(Role.OPERATOR)).json()
+    assert mine["task"]["submitted_by"] == "submitter-user"
+    assert theirs["task"]["submitter_by" if False else "submitted_by"] == "operator-user"
+    sub = secured.headers(Role.SUBMITTER)
+    listed = [t["id"] for t in c.get("/api/tasks", headers=sub).json()["tasks"]]
+    assert listed == [mine["task_id"]]
+    everyone = [t["id"] for t in c.get("/api/tasks", headers=admin_of(secured)).json()["tasks"]]
+    assert set(everyone) == {mine["task_id"], theirs["task_id"]}
+    for verb in ("get", "cancel", "retry"):
+        path = f"/api/tasks/{theirs['task_id']}" + ("" if verb == "get" else f"/{verb}")
+        r = c.request("GET" if verb == "get" else "POST", path, headers=sub)
+        assert r.status_code == 403, (verb, r.text)
+        assert "someone else" in r.json()["error"]["message"]
+    assert c.post(f"/api/tasks/{mine['task_id']}/cancel", headers=sub).status_code == 200
+    assert c.post(f"/api/tasks/{mine['task_id']}/retry", headers=sub).status_code == 200
+    # paging a submitter's list stays exact when other people's tasks sit in between
+    for _ in range(3):
+        c.post("/api/queue/add", json=body, headers=secured.headers(Role.OPERATOR))
+        c.post("/api/queue/add", json=body, headers=sub)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = c.get("/api/tasks", params=params, headers=sub).json()
+        seen += [t["id"] for t in page["tasks"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen)) == 4
+
+
+def admin_of(secured: SecuredApi) -> dict[str, str]:
+    return secured.headers(Role.ADMIN)
+
+
+def test_bad_credentials(secured: SecuredApi) -> None:
+    c = secured.client
+    for header in ("Bearer cvy_nope_nope", "Bearer garbage", "Basic dXNlcjpwYXNz", "Bearer "):
+        r = c.get("/api/tasks", headers={"Authorization": header})
+        assert r.status_code == 401, header
+        assert r.json()["error"]["code"] == "unauthenticated"
+    token = secured.tokens[Role.VIEWER]
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    assert c.get("/api/tasks", headers={"Authorization": f"Bearer {tampered}"}).status_code == 401
+    assert c.get("/api/health").status_code == 200  # probes carry no token
