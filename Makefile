@@ -52,10 +52,12 @@ run: system-deps venv
 	$(BIN)/conveyor up --data-dir $(DATA)
 
 lint: venv
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/cfn-lint deploy/aws/*.yaml
 	BIN=$(BIN) bash deploy/check.sh
+	$(BIN)/bandit -q -c pyproject.toml -r src
+	$(BIN)/python scripts/pip_audit_check.py
 
 typecheck: venv
 	$(BIN)/mypy

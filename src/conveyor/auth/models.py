@@ -14,7 +14,8 @@ from conveyor.models import utcnow
 
 from .roles import Role
 
-TOKEN_PREFIX = "cvy"
+# bandit B105: a public prefix, not a secret
+TOKEN_PREFIX = "cvy"  # nosec B105
 
 
 class TokenRecord(BaseModel):

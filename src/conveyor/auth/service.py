@@ -47,7 +47,8 @@ class Principal:
         return f"{self.name} ({self.role.value})"
 
 
-OPEN_PRINCIPAL = Principal(token_id="-", name="anonymous", role=Role.ADMIN)
+# bandit B106: "-" is a placeholder id, not a password
+OPEN_PRINCIPAL = Principal(token_id="-", name="anonymous", role=Role.ADMIN)  # nosec B106
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
 );
 """
 
-_TOKEN_COLS = (
-    "id, name, role, token_hash, created_at, expires_at, revoked_at, created_by, worker_id"
-)
+_CRED_COLS = "id, name, role, token_hash, created_at, expires_at, revoked_at, created_by, worker_id"
 _AUDIT_COLS = "id, at, actor, role, action, target, ip, ok, detail"
 
 
@@ -99,7 +97,7 @@ class SQLAuthStore(AuthStore):
     def put_token(self, record: TokenRecord) -> None:
         with self._tx() as cur:
             cur.execute(
-                self._q(f"INSERT INTO auth_tokens ({_TOKEN_COLS}) VALUES (?,?,?,?,?,?,?,?,?)"),
+                self._q(f"INSERT INTO auth_tokens ({_CRED_COLS}) VALUES (?,?,?,?,?,?,?,?,?)"),
                 (
                     record.id,
                     record.name,
@@ -115,13 +113,13 @@ class SQLAuthStore(AuthStore):
 
     def get_token(self, token_id: str) -> TokenRecord | None:
         with self._tx() as cur:
-            cur.execute(self._q(f"SELECT {_TOKEN_COLS} FROM auth_tokens WHERE id = ?"), (token_id,))
+            cur.execute(self._q(f"SELECT {_CRED_COLS} FROM auth_tokens WHERE id = ?"), (token_id,))
             row = cur.fetchone()
         return None if row is None else self._token(row)
 
     def list_tokens(self) -> list[TokenRecord]:
         with self._tx() as cur:
-            cur.execute(f"SELECT {_TOKEN_COLS} FROM auth_tokens ORDER BY created_at DESC, id DESC")
+            cur.execute(f"SELECT {_CRED_COLS} FROM auth_tokens ORDER BY created_at DESC, id DESC")
             rows = cur.fetchall()
         return [self._token(r) for r in rows]
 

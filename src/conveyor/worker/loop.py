@@ -74,7 +74,9 @@ class Worker:
         self.id = worker_id or default_worker_id()
         self.concurrency = concurrency or settings.max_concurrent_tasks
         self.lease_s = settings.lease_seconds
-        self.temp_root = Path(settings.temp_dir or "/tmp") / "conveyor-work"
+        self.temp_root = Path(settings.temp_dir or "/tmp") / "conveyor-work"  # nosec B108
+        # (bandit B108: a fallback only, Settings always sets temp_dir; every task gets
+        # its own mkdtemp below this root)
         self.capabilities: dict[str, object] = {}
         self.kinds = kinds or self._probe_kinds()
         self._running: dict[str, RunningTask] = {}

@@ -31,7 +31,8 @@ from .runner import Runner, RunnerError, RunSpec
 
 log = logging.getLogger(__name__)
 
-SECRET_ENV_PREFIX = "CONVEYOR_SECRET_"
+# bandit B105: the name of a prefix, not a secret
+SECRET_ENV_PREFIX = "CONVEYOR_SECRET_"  # nosec B105
 REDACTED = "********"
 
 
