@@ -94,7 +94,7 @@ class Stream:
         """Every fragment this view shows, rendered now."""
         out: dict[str, str] = {}
         if self.view == "dashboard":
-            data = views.dashboard(self.service, self.cache)
+            data = views.dashboard(self.service, self.cache, self.viewer.get("owner"))
             out["stats"] = self._fragment("stats", **data)
             out["workers"] = self._fragment("workers", **data)
             out["recent"] = self._fragment("recent", **data)

@@ -217,10 +217,14 @@ def translator(request: Request) -> Translator:
 
 
 # -- pages ------------------------------------------------------------------------------
-@router.get("", dependencies=[require(Permission.TASKS_READ)])
-@router.get("/", dependencies=[require(Permission.TASKS_READ)])
-async def dashboard(request: Request, service: ConveyorService = Depends(get_service)) -> Response:
-    data = await call(views.dashboard, service)
+@router.get("")
+@router.get("/")
+async def dashboard(
+    request: Request,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_READ),
+) -> Response:
+    data = await call(views.dashboard, service, None, owner_filter(principal))
     return await page(
         request, "dashboard.html", section="dashboard", sse_url=live.stream_url("dashboard"), **data
     )
@@ -525,7 +529,7 @@ async def set_lang(
     return resp
 
 
-@router.get("/events", dependencies=[require(Permission.TASKS_READ)])
+@router.get("/events")
 async def events(
     request: Request,
     view: str = "nav",
@@ -536,7 +540,15 @@ async def events(
     fp: str = "",
     once: bool = False,
     service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_READ),
 ) -> Response:
+    owner = owner_filter(principal)
+    if owner is not None:  # a submitter follows its own tasks only
+        if task:
+            await call(service.get, task, owner)
+        if watch:
+            mine = await call(service.get_many, [w for w in watch.split(",") if w])
+            watch = ",".join(t.id for t in mine if t.submitted_by == owner)
     state: live.ConsoleState = request.app.state.console
     last_id = request.headers.get("last-event-id", "")
     if last_id.isdigit():  # a reconnecting browser says how far its log got
@@ -551,7 +563,10 @@ async def events(
         after=after,
         attempt=attempt,
         fingerprint=fp,
-        viewer={k: v for k, v in context(request).items() if k in VIEWER_KEYS},
+        viewer={
+            **{k: v for k, v in context(request).items() if k in VIEWER_KEYS},
+            "owner": owner_filter(principal),
+        },
     )
     return StreamingResponse(
         live.run(stream, state.closing, once=once),

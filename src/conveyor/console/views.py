@@ -92,12 +92,18 @@ def chart(service: ConveyorService) -> dict[str, Any]:
     }
 
 
-def dashboard(service: ConveyorService, cache: TTLCache | None = None) -> dict[str, Any]:
+def dashboard(
+    service: ConveyorService, cache: TTLCache | None = None, owner: str | None = None
+) -> dict[str, Any]:
+    """``owner``: a submitter, who sees its own recent tasks only (counts stay global)."""
     c = cache or TTLCache()
     qs = c.get("qs", 0.5, service.queue_status)
     tasks = c.get("running", 0.5, lambda: running(service))
     views, orphans = workers(service, tasks)
-    recent = c.get("recent", 0.5, lambda: service.list(limit=RECENT).items)
+    if owner is None:
+        recent = c.get("recent", 0.5, lambda: service.list(limit=RECENT).items)
+    else:
+        recent = service.list(limit=RECENT, owner=owner).items
     return {
         "qs": qs,
         "workers": views,

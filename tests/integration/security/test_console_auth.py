@@ -147,3 +147,18 @@ def test_security_headers(secured: SecuredApi) -> None:
     assert r.headers["referrer-policy"] == "same-origin"
     assert "<script>" not in r.text  # every script is a file: the CSP allows no inline one
     assert c.get("/api/health").headers["x-content-type-options"] == "nosniff"
+
+
+def test_submitter_console_shows_its_own_tasks_only(secured: SecuredApi) -> None:
+    c = secured.client
+    theirs = _submit(secured, Role.OPERATOR)
+    mine = _submit(secured, Role.SUBMITTER)
+    _login(secured, Role.SUBMITTER)
+    for path in ("/admin", "/admin/tasks", "/admin/events?view=dashboard&once=1"):
+        text = c.get(path).text
+        assert mine in text, path
+        assert theirs not in text, path
+    assert c.get(f"/admin/tasks/{theirs}").status_code == 403
+    assert c.get(f"/admin/events?view=task&task={theirs}&once=1").status_code == 403
+    watched = c.get(f"/admin/events?view=tasks&watch={theirs},{mine}&once=1").text
+    assert theirs not in watched
