@@ -92,6 +92,7 @@ class AuthService:
     def __init__(self, settings: Settings, store: AuthStore) -> None:
         self.settings = settings
         self.store = store
+        self._keys: dict[str, bytes] = {}
 
     @property
     def enabled(self) -> bool:
@@ -170,7 +171,12 @@ class AuthService:
 
     # -- console sessions ------------------------------------------------------------
     def _key(self, name: str) -> bytes:
-        return _unb64(self.store.secret(name, lambda: _b64(secrets.token_bytes(32))))
+        """A server secret: made once in the store, then kept in memory (it never changes)."""
+        key = self._keys.get(name)
+        if key is None:
+            key = _unb64(self.store.secret(name, lambda: _b64(secrets.token_bytes(32))))
+            self._keys[name] = key
+        return key
 
     def new_session(self, principal: Principal) -> tuple[str, Session]:
         record = self.store.get_token(principal.token_id)
