@@ -47,7 +47,10 @@ EXTERNAL_URL_ENV = "CONVEYOR_TEST_PG_URL"
 TEMPLATE_DB = "conveyor_template"
 USER = "conveyor"
 RUN_AS = "postgres"  # initdb/pg_ctl refuse to run as root
-TRUNCATE = "TRUNCATE tasks, task_logs, workers RESTART IDENTITY"
+TRUNCATE = (
+    "TRUNCATE tasks, task_logs, workers, auth_tokens, auth_secrets, auth_nonces, audit_log "
+    "RESTART IDENTITY"
+)
 
 _lock = threading.Lock()
 _cluster: PgCluster | None = None
