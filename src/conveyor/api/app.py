@@ -13,7 +13,15 @@ from conveyor.console import console_lifespan, mount_console
 from conveyor.metrics import build_registry
 from conveyor.runtime import Runtime
 
-from . import routes_files, routes_health, routes_metrics, routes_tasks, routes_train
+from . import (
+    routes_files,
+    routes_health,
+    routes_metrics,
+    routes_tasks,
+    routes_train,
+    routes_worker,
+    routes_worker_files,
+)
 from .errors import install_error_handlers
 
 
@@ -25,6 +33,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             with console_lifespan(app):  # live console streams end as soon as a stop is asked
                 yield
         finally:
+            routes_worker.stop_work_signal(app.state)  # before the backend closes
             runtime.stop()
 
     app = FastAPI(
@@ -42,6 +51,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(routes_files.router)
     app.include_router(routes_train.router)  # seed 003's paths
     app.include_router(routes_metrics.router)  # /metrics, read from the backend
+    app.include_router(routes_worker.router)  # remote workers: the worker protocol
+    app.include_router(routes_worker_files.router)  # ... and their files
     app.state.metrics_registry = build_registry(runtime.service)
     mount_console(app)  # the web console at /admin
 

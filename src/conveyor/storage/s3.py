@@ -721,6 +721,29 @@ class S3BlobStore(BlobStore):
             "get_object", Params={"Bucket": physical, "Key": key}, ExpiresIn=int(expires_s)
         )
 
+    def presign_put(
+        self, bucket: str, key: str, expires_s: int = 3600, content_type: str | None = None
+    ) -> tuple[str, dict[str, str]]:
+        """A presigned single PUT (and the headers to send with it) for a remote worker.
+
+        The bucket is made first: a presigned PUT cannot create it.  A PUT is
+        atomic on S3, so the object appears whole or not at all.
+        """
+        physical, key = self._names(bucket, key)
+        if not 1 <= expires_s <= MAX_PRESIGN_S:
+            raise InvalidRequest(
+                f"a presigned URL lasts 1 s to 7 days ({MAX_PRESIGN_S} s), not {expires_s} s"
+            )
+        self._ensure_bucket(physical)
+        params: dict[str, str] = {"Bucket": physical, "Key": key}
+        headers: dict[str, str] = {}
+        if content_type:
+            params["ContentType"] = headers["content-type"] = content_type
+        url = self.client.generate_presigned_url(
+            "put_object", Params=params, ExpiresIn=int(expires_s)
+        )
+        return url, headers
+
     def ping(self) -> None:
         """A cheap signed call; AccessDenied still proves endpoint and credentials work."""
         try:

@@ -1,0 +1,161 @@
+"""Files for remote workers: streamed through the API, or presigned URLs on S3.
+
+A remote worker has no storage credentials.  With a local (``file://``)
+store the bytes stream through these routes; with a store that can presign
+(S3), a download answers ``307`` to a presigned GET and ``/uploads`` hands
+out a presigned PUT, so large files go straight between the worker and the
+object store.  Keys are validated by the storage contract's own checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from pydantic import BaseModel
+
+from conveyor.errors import ObjectNotFound, PayloadTooLarge
+from conveyor.service import ConveyorService
+from conveyor.storage.base import ObjectInfo
+
+from .deps import get_service
+from .routes_worker import Principal
+
+router = APIRouter(prefix="/api/worker/v1", tags=["worker"])
+Service = Annotated[ConveyorService, Depends(get_service)]
+
+CHUNK = 1 << 20
+PRESIGN_S = 3600
+# S3 takes at most 5 GiB in one PUT; above that the worker streams through the
+# API, whose S3 writer uploads in parts.
+MAX_PRESIGNED_PUT = 5 * 1024**3
+
+
+class ListResponse(BaseModel):
+    items: list[ObjectInfo]
+    next_start_after: str | None = None
+
+
+class UploadTarget(BaseModel):
+    """Where to PUT an object: a presigned URL, or ``None`` for the API's own route."""
+
+    url: str | None = None
+    headers: dict[str, str] = {}
+
+
+@router.get("/files/{bucket}/{key:path}", summary="Download an object (or 307 to a presigned URL)")
+async def get_object(bucket: str, key: str, _: Principal, service: Service) -> Response:
+    bucket, key = service.check_object(bucket, key)
+    storage = service.storage
+    path = storage.local_path(bucket, key)
+    if path is not None:
+        if not path.is_file():
+            raise ObjectNotFound(f"object not found: {bucket}/{key}")
+        return FileResponse(path, media_type="application/octet-stream")
+    info = await run_in_threadpool(storage.stat, bucket, key)
+    if info is None:
+        raise ObjectNotFound(f"object not found: {bucket}/{key}")
+    url = await run_in_threadpool(storage.url, bucket, key, PRESIGN_S)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+
+    def chunks() -> Iterator[bytes]:
+        with storage.open(bucket, key) as fh:
+            while block := fh.read(CHUNK):
+                yield block
+
+    return StreamingResponse(
+        chunks(),
+        media_type="application/octet-stream",
+        headers={"content-length": str(info.size)},
+    )
+
+
+@router.get("/stat/{bucket}/{key:path}", summary="An object's size, etag and time")
+async def stat_object(bucket: str, key: str, _: Principal, service: Service) -> ObjectInfo:
+    bucket, key = service.check_object(bucket, key)
+    info = await run_in_threadpool(service.storage.stat, bucket, key)
+    if info is None:
+        raise ObjectNotFound(f"object not found: {bucket}/{key}")
+    return info
+
+
+@router.put("/files/{bucket}/{key:path}", summary="Upload an object (raw body, streamed)")
+async def put_object(
+    bucket: str, key: str, request: Request, _: Principal, service: Service
+) -> ObjectInfo:
+    bucket, key = service.check_object(bucket, key)
+    limit = service.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"upload of {declared} bytes exceeds the limit of {limit} bytes")
+    content_type = request.headers.get("content-type")
+    if content_type == "application/octet-stream":
+        content_type = None
+    writer = await run_in_threadpool(service.storage.writer, bucket, key, content_type)
+    try:
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+            if writer.written + len(buf) > limit:
+                raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
+            if len(buf) >= CHUNK:
+                await run_in_threadpool(writer.write, bytes(buf))
+                buf.clear()
+        if buf:
+            await run_in_threadpool(writer.write, bytes(buf))
+        info = await run_in_threadpool(writer.commit)
+    except BaseException:
+        await run_in_threadpool(writer.abort)
+        raise
+    return info
+
+
+@router.delete("/files/{bucket}/{key:path}", status_code=204, summary="Delete an object")
+async def delete_object(bucket: str, key: str, _: Principal, service: Service) -> Response:
+    bucket, key = service.check_object(bucket, key)
+    await run_in_threadpool(service.storage.delete, bucket, key)
+    return Response(status_code=204)
+
+
+@router.get("/list/{bucket}", summary="Objects under a prefix, in key order, one page")
+async def list_objects(
+    bucket: str,
+    _: Principal,
+    service: Service,
+    prefix: str = "",
+    start_after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> ListResponse:
+    service.check_object(bucket, "x")  # the bucket name; keys are checked by the engine
+
+    def page() -> ListResponse:
+        items: list[ObjectInfo] = []
+        for info in service.storage.list(bucket, prefix, start_after):
+            items.append(info)
+            if len(items) == limit:
+                return ListResponse(items=items, next_start_after=info.key)
+        return ListResponse(items=items)
+
+    return await run_in_threadpool(page)
+
+
+@router.post("/uploads/{bucket}/{key:path}", summary="Where to PUT an object")
+async def upload_target(
+    bucket: str,
+    key: str,
+    _: Principal,
+    service: Service,
+    size: Annotated[int, Query(ge=0)] = 0,
+    content_type: str | None = None,
+) -> UploadTarget:
+    """A presigned PUT when the store can make one and the object fits one PUT."""
+    bucket, key = service.check_object(bucket, key)
+    presign: Any = getattr(service.storage, "presign_put", None)
+    if presign is None or size > MAX_PRESIGNED_PUT:
+        return UploadTarget()
+    url, headers = await run_in_threadpool(presign, bucket, key, PRESIGN_S, content_type)
+    return UploadTarget(url=url, headers=headers)
