@@ -84,6 +84,16 @@ def error_from(resp: httpx.Response) -> ConveyorError:
     return ConveyorError(f"the API answered {status} {code}: {message}")
 
 
+def _retryable(exc: httpx.TransportError, idempotent: bool) -> bool:
+    """Unsent requests always, others when idempotent; never a refused certificate."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return idempotent or isinstance(exc, _NOT_SENT)
+
+
 def _store_error(resp: httpx.Response) -> ConveyorError:
     """An error from a presigned object-store URL (S3 speaks XML, not our JSON)."""
     what = f"the object store answered {resp.status_code}: {resp.text[:300]}"
@@ -175,7 +185,7 @@ class ApiConnection:
                 req = http.build_request(method, path, headers=req_headers, **kw)
                 resp = http.send(req, stream=stream)
             except httpx.TransportError as exc:
-                if attempt < self.retries and (idempotent or isinstance(exc, _NOT_SENT)):
+                if attempt < self.retries and _retryable(exc, idempotent):
                     self._pause(attempt, f"{method} {path}: {exc!r}")
                     continue
                 where = self.url if auth else "the object store"
