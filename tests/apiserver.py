@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from conveyor.api.app import create_app
 from conveyor.backends.sqlite import SQLiteBackend
@@ -64,13 +66,24 @@ def serve_app(
     return f"{scheme}://127.0.0.1:{port}", server, thread
 
 
-def start_api(workdir: Path, *, backoff_base: float = 5.0, **settings: Any) -> ApiServer:
-    """SQLite + a local bucket folder under ``workdir``, no reaper (tests reap by hand)."""
+def start_api(
+    workdir: Path,
+    *,
+    backoff_base: float = 5.0,
+    configure: Callable[[FastAPI], None] | None = None,
+    **settings: Any,
+) -> ApiServer:
+    """SQLite + a local bucket folder under ``workdir``, no reaper (tests reap by hand).
+
+    ``configure`` may add routes or dependency overrides before the server starts.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = Settings(data_dir=workdir, **settings)
     backend = SQLiteBackend(workdir / "conveyor.db", backoff_base=backoff_base)
     storage = LocalBlobStore(workdir / "buckets")
     service = ConveyorService(cfg, backend, storage, ProcessorRegistry.load(cfg))
     app = create_app(Runtime(service=service))
+    if configure is not None:
+        configure(app)
     url, server, thread = serve_app(app)
     return ApiServer(url=url, app=app, service=service, server=server, thread=thread)

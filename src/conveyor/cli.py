@@ -252,6 +252,9 @@ def _remote_worker(
         data_dir=data_dir, backend_url=api, storage_url=storage, max_concurrent_tasks=concurrency
     )
     log = logging.getLogger("conveyor.worker")
+    # httpx logs every request at INFO: a line per heartbeat, and presigned URLs
+    # carry signatures in their query strings
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     ca = str(ca_cert) if ca_cert else None
     keeper: CredentialKeeper | None = None
     try:
