@@ -35,6 +35,7 @@ from conveyor.models import (
     TaskStatus,
     WorkerInfo,
 )
+from conveyor.storage.base import BlobStore
 from conveyor.storage.local import LocalBlobStore
 from conveyor.storage.remote import RemoteBlobStore
 from tests.apiserver import ApiServer, start_api
@@ -68,8 +69,14 @@ def fresh_backend(workdir: Path) -> SQLiteBackend:
     return api.service.backend  # type: ignore[return-value]
 
 
-def fresh_storage(workdir: Path) -> LocalBlobStore:
-    store = LocalBlobStore(workdir / "buckets")
+def fresh_storage(workdir: Path, s3: bool = False) -> BlobStore:
+    """A local bucket folder, or this process's emptied S3 test buckets (tests/s3server.py)."""
+    if s3:
+        from tests.s3server import fresh_store
+
+        store: BlobStore = fresh_store()
+    else:
+        store = LocalBlobStore(workdir / "buckets")
     shared_api().service.storage = store
     return store
 
@@ -171,10 +178,14 @@ class RemoteOpener:
 
 
 class ServedRemoteStore(RemoteBlobStore):
-    """The storage engine that streams through the API, with the API it talks to."""
+    """A remote worker's storage engine, with the API it talks to.
 
-    def __init__(self, workdir: Path) -> None:
-        fresh_storage(workdir)
+    Over a local store the bytes stream through the API; over S3 they go
+    straight to presigned URLs the API hands out.
+    """
+
+    def __init__(self, workdir: Path, s3: bool = False) -> None:
+        self.behind = fresh_storage(workdir, s3)
         super().__init__(ApiConnection(shared_api().url))
 
     def stop(self) -> None:
