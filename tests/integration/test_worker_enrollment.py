@@ -1,5 +1,10 @@
 """The remote worker's side of enrollment: enroll once, keep the credential 0600, rotate, stop.
 
+Also issue #8's third acceptance point as far as this branch can show it: a
+worker process joined with an enrollment token, with only the API URL,
+transcodes a task end to end while the worker protocol requires its
+credential (local storage streamed through the API).
+
 The server side of enrollment (``POST /api/workers/enroll`` and
 ``/api/workers/rotate``, the token store, revocation) is built on another
 branch of issue #8 and does not exist here.  These tests therefore run the
@@ -24,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import pytest
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -41,7 +47,7 @@ from conveyor.worker.credential import (
     write_credential_file,
 )
 from tests.apiserver import ApiServer, start_api
-from tests.conftest import FAST_ENV, start_process
+from tests.conftest import FAST_ENV, start_process, wait_task
 
 WORKER_ENV = {**FAST_ENV, "CONVEYOR_ENCODER": "cpu"}
 _bearer = HTTPBearer(auto_error=False)
@@ -145,7 +151,7 @@ def wait_heartbeat(api: ApiServer, worker_id: str, after: datetime, proc: Any, l
 
 
 def test_worker_enrolls_once_keeps_a_0600_credential_and_stops_when_revoked(
-    double_api: tuple[EnrollmentDouble, ApiServer], tmp_path: Path
+    double_api: tuple[EnrollmentDouble, ApiServer], tmp_path: Path, small_clip: Path
 ) -> None:
     double, api = double_api
     cred_file = tmp_path / "home" / ".config" / "conveyor" / "worker.json"
@@ -169,6 +175,25 @@ def test_worker_enrolls_once_keeps_a_0600_credential_and_stops_when_revoked(
     proc, log = start_worker(tmp_path, "again", *join)
     wait_heartbeat(api, "gpu-a-1", t1, proc, log)
     assert double.enrolls == 1
+
+    # with auth on the worker protocol, the joined worker transcodes end to end,
+    # its files streamed through the API
+    http = httpx.Client(base_url=api.url, timeout=30)
+    assert http.put("/api/files/input/joined.mp4", content=small_clip.read_bytes()).is_success
+    r = http.post(
+        "/api/queue/add",
+        json={"input_bucket": "input", "input_key": "joined.mp4", "transcode_types": ["thumbnail"]},
+    )
+    task = wait_task(http, r.json()["task_id"], timeout=120)
+    assert task["status"] == "completed", log.read_text(errors="replace")
+    assert task["worker_id"] == "gpu-a-1"
+    out = task["outputs"][0]
+    assert (tmp_path / "api" / "buckets" / out["bucket"] / out["key"]).stat().st_size == out["size"]
+    # and without the credential the worker protocol is closed
+    anon = http.post(
+        "/api/worker/v1/heartbeat", json={"worker": {"id": "x"}, "leases": [], "lease_s": 5}
+    )
+    assert anon.status_code == 401
 
     # a revoked credential stops the worker at its next heartbeat, with a clear line
     double.revoke_worker("gpu-a-1")
