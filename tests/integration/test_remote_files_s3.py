@@ -10,15 +10,18 @@ time, the streamed-through-API engine runs it in full.)
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 from starlette.middleware.base import RequestResponseEndpoint
 
 from conveyor.api_connection import ApiConnection
-from conveyor.errors import InvalidKey, ObjectNotFound
+from conveyor.errors import InvalidKey, ObjectNotFound, RemoteUnavailable
 from conveyor.storage.remote import RemoteBlobStore
 from tests.apiserver import ApiServer, start_api
 from tests.s3server import fresh_store
@@ -77,3 +80,29 @@ def test_transfers_use_presigned_urls_and_the_api_only_signs(
     assert len(uploads) == 2 and all(s[2] == 200 for s in uploads)
     downloads = [s for s in seen if s[0] == "GET" and "/files/" in s[1]]
     assert [s[2] for s in downloads] == [307, 307, 404]
+
+
+def test_big_files_go_up_in_presigned_parts(api: tuple[ApiServer, Seen], tmp_path: Path) -> None:
+    server, seen = api
+    store = RemoteBlobStore(ApiConnection(server.url))
+    threshold = server.service.storage.multipart_threshold  # type: ignore[attr-defined]
+    part = server.service.storage.part_size  # type: ignore[attr-defined]
+    data = os.urandom(threshold + part // 2)  # two full parts and a half
+    src = tmp_path / "ckpt.bin"
+    src.write_bytes(data)
+    info = store.put_file("output", "ckpt/big.bin", src)
+    assert info.size == len(data)
+    with store.open("output", "ckpt/big.bin") as fh:
+        assert hashlib.sha256(fh.read()).digest() == hashlib.sha256(data).digest()
+    assert ("POST", "/api/worker/v1/multipart/complete/output/ckpt/big.bin", 200) in seen
+    assert not [s for s in seen if s[0] == "PUT"]
+
+    # a part that cannot be sent aborts the upload: nothing appears, no parts linger
+    src.write_bytes(data[: threshold + 1])
+    bad = RemoteBlobStore(ApiConnection(server.url, retries=0))
+    # a fault we cannot cause on a live SeaweedFS: it refuses this worker's part uploads
+    bad.conn.plain = httpx.Client(transport=httpx.MockTransport(lambda _: httpx.Response(503)))
+    with pytest.raises(RemoteUnavailable, match="object store answered 503"):
+        bad.put_file("output", "ckpt/never.bin", src)
+    assert store.stat("output", "ckpt/never.bin") is None
+    assert ("POST", "/api/worker/v1/multipart/abort/output/ckpt/never.bin", 204) in seen

@@ -3,7 +3,8 @@
 A remote worker has no storage credentials.  With a local (``file://``)
 store the bytes stream through these routes; with a store that can presign
 (S3), a download answers ``307`` to a presigned GET and ``/uploads`` hands
-out a presigned PUT, so large files go straight between the worker and the
+out a presigned PUT (presigned parts of a multipart upload above the store's
+multipart threshold), so large files go straight between the worker and the
 object store.  Keys are validated by the storage contract's own checks.
 """
 
@@ -15,9 +16,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, StringConstraints
 
-from conveyor.errors import ObjectNotFound, PayloadTooLarge
+from conveyor.errors import InvalidRequest, ObjectNotFound, PayloadTooLarge
 from conveyor.service import ConveyorService
 from conveyor.storage.base import ObjectInfo
 
@@ -39,11 +40,29 @@ class ListResponse(BaseModel):
     next_start_after: str | None = None
 
 
+class MultipartTarget(BaseModel):
+    """A multipart upload the worker sends itself: part ``n`` (1-based) to ``urls[n-1]``."""
+
+    upload_id: str
+    part_size: int
+    urls: list[str]
+
+
 class UploadTarget(BaseModel):
-    """Where to PUT an object: a presigned URL, or ``None`` for the API's own route."""
+    """Where to PUT an object: a presigned URL, presigned parts, or neither (the API's route)."""
 
     url: str | None = None
     headers: dict[str, str] = {}
+    multipart: MultipartTarget | None = None
+
+
+class CompleteUpload(BaseModel):
+    upload_id: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    etags: list[Annotated[str, StringConstraints(max_length=200)]] = Field(max_length=10_000)
+
+
+class AbortUpload(BaseModel):
+    upload_id: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 
 
 @router.get("/files/{bucket}/{key:path}", summary="Download an object (or 307 to a presigned URL)")
@@ -152,10 +171,56 @@ async def upload_target(
     size: Annotated[int, Query(ge=0)] = 0,
     content_type: str | None = None,
 ) -> UploadTarget:
-    """A presigned PUT when the store can make one and the object fits one PUT."""
+    """A presigned PUT when the store can make one; presigned parts above its multipart threshold.
+
+    Stores that cannot presign (a local folder) answer with neither: the
+    worker then streams the object through ``PUT /files``.
+    """
     bucket, key = service.check_object(bucket, key)
-    presign: Any = getattr(service.storage, "presign_put", None)
+    storage: Any = service.storage
+    multipart = getattr(storage, "presign_multipart", None)
+    if multipart is not None and size > storage.multipart_threshold:
+        upload_id, part_size, urls = await run_in_threadpool(
+            multipart, bucket, key, size, PRESIGN_S, content_type
+        )
+        return UploadTarget(
+            multipart=MultipartTarget(upload_id=upload_id, part_size=part_size, urls=list(urls))
+        )
+    presign = getattr(storage, "presign_put", None)
     if presign is None or size > MAX_PRESIGNED_PUT:
         return UploadTarget()
     url, headers = await run_in_threadpool(presign, bucket, key, PRESIGN_S, content_type)
     return UploadTarget(url=url, headers=headers)
+
+
+def _multipart_store(service: ConveyorService) -> Any:
+    storage = service.storage
+    if not hasattr(storage, "complete_multipart"):
+        raise InvalidRequest("this API's store takes no presigned multipart uploads")
+    return storage
+
+
+@router.post(
+    "/multipart/complete/{bucket}/{key:path}", summary="Finish a presigned multipart upload"
+)
+async def complete_upload(
+    bucket: str, key: str, body: CompleteUpload, _: Principal, service: Service
+) -> ObjectInfo:
+    bucket, key = service.check_object(bucket, key)
+    storage = _multipart_store(service)
+    info: ObjectInfo = await run_in_threadpool(
+        storage.complete_multipart, bucket, key, body.upload_id, list(body.etags)
+    )
+    return info
+
+
+@router.post(
+    "/multipart/abort/{bucket}/{key:path}", status_code=204, summary="Drop a multipart upload"
+)
+async def abort_upload(
+    bucket: str, key: str, body: AbortUpload, _: Principal, service: Service
+) -> Response:
+    bucket, key = service.check_object(bucket, key)
+    storage = _multipart_store(service)
+    await run_in_threadpool(storage.abort_multipart, bucket, key, body.upload_id)
+    return Response(status_code=204)

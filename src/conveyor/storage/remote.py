@@ -2,14 +2,15 @@
 
 Downloads stream from ``/api/worker/v1/files`` (or follow its ``307`` to a
 presigned URL when the API's store is S3); uploads ask ``/uploads`` first and
-PUT straight to a presigned URL when there is one, else stream the file
-through the API, which writes it atomically with its own engine.  Keys are
-checked here with the contract's own rules before any request, and again by
-the API.
+PUT straight to a presigned URL (or presigned parts of a multipart upload,
+for big files) when there is one, else stream the file through the API,
+which writes it atomically with its own engine.  Keys are checked here with
+the contract's own rules before any request, and again by the API.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -96,6 +97,8 @@ class RemoteBlobStore(BlobStore):
         target = self.conn.send(
             "POST", f"{PREFIX}/uploads/{where}", params=params, idempotent=True
         ).json()
+        if target.get("multipart"):  # straight to the object store, in parts
+            return self._put_parts(bucket, key, path, target["multipart"])
         if target.get("url"):  # straight to the object store
             headers = {**target.get("headers", {}), "content-length": str(size)}
             self.conn.send(
@@ -124,6 +127,40 @@ class RemoteBlobStore(BlobStore):
             timeout=TRANSFER_TIMEOUT_S,
         )
         return ObjectInfo.model_validate(resp.json())
+
+    def _put_parts(self, bucket: str, key: str, path: Path, mp: dict[str, Any]) -> ObjectInfo:
+        """PUT each part to its presigned URL, then have the API complete (or abort) it."""
+        where, upload_id = _path(bucket, key), str(mp["upload_id"])
+        etags: list[str] = []
+        try:
+            with open(path, "rb") as fh:
+                for url in mp["urls"]:
+                    part = fh.read(int(mp["part_size"]))
+                    resp = self.conn.send(
+                        "PUT",
+                        url,
+                        content=part,
+                        headers={"content-length": str(len(part))},
+                        idempotent=True,  # a part sent twice is the same part
+                        timeout=TRANSFER_TIMEOUT_S,
+                        client=self.conn.plain,
+                    )
+                    etags.append(resp.headers.get("etag", ""))
+                    resp.close()
+            body = {"upload_id": upload_id, "etags": etags}
+            resp = self.conn.send(
+                "POST", f"{PREFIX}/multipart/complete/{where}", json=body, idempotent=True
+            )
+            return ObjectInfo.model_validate(resp.json())
+        except BaseException:
+            with contextlib.suppress(Exception):  # nothing half-written stays behind
+                self.conn.send(
+                    "POST",
+                    f"{PREFIX}/multipart/abort/{where}",
+                    json={"upload_id": upload_id},
+                    idempotent=True,
+                )
+            raise
 
     def writer(self, bucket: str, key: str, content_type: str | None = None) -> BlobWriter:
         _path(bucket, key)  # validate before anything is written
