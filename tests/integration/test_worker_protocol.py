@@ -150,3 +150,42 @@ def test_a_credential_speaks_for_its_own_worker_only(tmp_path: Path) -> None:
         assert a.post(f"{V1}/complete", json={"lease": lease, "outputs": []}).status_code == 200
     finally:
         api.stop()
+
+
+def test_idle_remote_worker_wakes_on_a_postgres_notify_from_another_host(tmp_path: Path) -> None:
+    """The API's one waiting thread relays LISTEN/NOTIFY to its long-polling workers.
+
+    The submit comes from another engine handle, as from a second API host
+    sharing the database.
+    """
+    from conveyor.api_connection import ApiConnection
+    from conveyor.backends.postgres import PostgresBackend
+    from conveyor.backends.remote import RemoteBackend
+    from tests.pgserver import require_cluster
+
+    url = require_cluster().rolling_database()
+    api = start_api(tmp_path / "api")
+    sqlite, api.service.backend = api.service.backend, PostgresBackend(url)
+    sqlite.close()
+    other_host = PostgresBackend(url)
+    worker = RemoteBackend(ApiConnection(api.url))
+    try:
+        assert worker.claim("w1", ["k1"], 1, 30) == []
+        woke: list[float] = []
+
+        def idle() -> None:
+            worker.wait_for_work(20)
+            woke.append(time.monotonic())
+
+        t = threading.Thread(target=idle, daemon=True)
+        t.start()
+        time.sleep(0.5)
+        assert woke == []
+        other_host.submit(Task(kind="k1", input=InputRef(bucket="in", key="a")))
+        t.join(15)
+        assert woke, "the idle worker slept through the NOTIFY"
+        assert [c.task.kind for c in worker.claim("w1", ["k1"], 1, 30)] == ["k1"]
+    finally:
+        worker.close()
+        other_host.close()
+        api.stop()
