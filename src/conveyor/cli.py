@@ -162,7 +162,10 @@ def worker(
         None, "--join", help="Join the API at this https:// URL as a remote worker."
     ),
     enroll: str = typer.Option(
-        None, "--enroll", help="One-time enrollment token to exchange for a credential."
+        None,
+        "--enroll",
+        envvar="CONVEYOR_ENROLL_TOKEN",
+        help="One-time enrollment token to exchange for a credential.",
     ),
     name: str = typer.Option(None, "--name", help="Worker name asked for when enrolling."),
     credential_file: Path = typer.Option(

@@ -211,6 +211,11 @@ def test_worker_enrolls_once_keeps_a_0600_credential_and_stops_when_revoked(
     assert "enrollment refused" in log.read_text(errors="replace")
     assert not other.exists()
 
+    # neither the token nor the credential ever reached a log
+    for path in tmp_path.glob("worker-*.log"):
+        text = path.read_text(errors="replace")
+        assert token not in text and stored["credential"] not in text, path.name
+
 
 def test_rotation_rewrites_the_credential_file_atomically(tmp_path: Path) -> None:
     double = EnrollmentDouble(lifetime_s=0.9)
