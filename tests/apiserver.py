@@ -43,9 +43,9 @@ class ApiServer:
 
 
 def serve_app(
-    app: Any, *, ssl: dict[str, str] | None = None
+    app: Any, *, ssl: dict[str, str] | None = None, port: int | None = None
 ) -> tuple[str, uvicorn.Server, threading.Thread]:
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -71,6 +71,7 @@ def start_api(
     *,
     backoff_base: float = 5.0,
     configure: Callable[[FastAPI], None] | None = None,
+    port: int | None = None,
     **settings: Any,
 ) -> ApiServer:
     """SQLite + a local bucket folder under ``workdir``, no reaper (tests reap by hand).
@@ -85,5 +86,5 @@ def start_api(
     app = create_app(Runtime(service=service))
     if configure is not None:
         configure(app)
-    url, server, thread = serve_app(app)
+    url, server, thread = serve_app(app, port=port)
     return ApiServer(url=url, app=app, service=service, server=server, thread=thread)

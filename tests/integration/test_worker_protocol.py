@@ -189,3 +189,32 @@ def test_idle_remote_worker_wakes_on_a_postgres_notify_from_another_host(tmp_pat
         worker.close()
         other_host.close()
         api.stop()
+
+
+def test_the_client_retries_until_the_api_is_back_then_says_it_is_unreachable(
+    tmp_path: Path,
+) -> None:
+    """An API that is restarting: connection refused, a real fault on a real port."""
+    from conveyor.api_connection import ApiConnection
+    from conveyor.backends.remote import RemoteBackend
+    from conveyor.errors import RemoteUnavailable
+    from conveyor.models import WorkerInfo
+    from tests.conftest import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started: list[ApiServer] = []
+    later = threading.Timer(0.5, lambda: started.append(start_api(tmp_path / "api", port=port)))
+    later.start()
+    worker = RemoteBackend(ApiConnection(url, retries=6, backoff_s=0.1))
+    try:
+        # refused while the API starts, retried with back-off, then answered
+        assert worker.heartbeat(WorkerInfo(id="w1"), [], 30).lost == []
+    finally:
+        later.join()
+        for api in started:
+            api.stop()
+    with pytest.raises(RemoteUnavailable, match=f"cannot reach {url}"):
+        RemoteBackend(ApiConnection(url, retries=2, backoff_s=0.01)).heartbeat(
+            WorkerInfo(id="w1"), [], 30
+        )
