@@ -113,6 +113,13 @@ def test_fencing_and_bad_input_get_clear_errors(api: ApiServer) -> None:
     r = http.get(f"{V1}/files/input/missing.mp4")
     assert r.status_code == 404 and r.json()["error"]["code"] == "object_not_found"
 
+    # a local store cannot hold "a" beside "a/b": a clear 409, not a 500
+    assert http.put(f"{V1}/files/input/a/b", content=b"x").status_code == 200
+    r = http.put(f"{V1}/files/input/a", content=b"x")
+    assert r.status_code == 409 and "folder" in r.json()["error"]["message"]
+    assert http.delete(f"{V1}/files/input/a").status_code == 204
+    assert http.get(f"{V1}/stat/input/a/b").json()["size"] == 1
+
 
 def test_a_credential_speaks_for_its_own_worker_only(tmp_path: Path) -> None:
     creds = {"cred-a": "worker-a", "cred-b": "worker-b"}
