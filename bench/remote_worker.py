@@ -10,8 +10,9 @@ backend and storage engines:
   worker loop's own sequence); a producer submits one task at a time
   through ``POST /api/queue/add`` after a random pause of up to a second;
   latency = just before the submit request to the moment ``claim()``
-  returned the task.  For comparison, the same with a worker that sleeps
-  its poll interval instead of long-polling.
+  returned the task.  Three ways: the claim itself waits on the API
+  (``claim_wait_s``, what ``conveyor worker`` does), an immediate claim
+  then a ``/wait`` long-poll, and sleeping the poll interval.
 * round trips: ``heartbeat`` with 8 leases, ``progress``; drain rate of
   ``claim(capacity=8)`` + ``complete()`` over HTTP.
 * files: ``put_file`` and ``get_file`` of ``--file-mb`` MB streamed through the API.
@@ -78,8 +79,8 @@ def submit(api: httpx.Client) -> None:
     r.raise_for_status()
 
 
-def idle_wake(url: str, api: httpx.Client, n: int, long_poll: bool) -> list[float]:
-    backend = RemoteBackend(ApiConnection(url))
+def idle_wake(url: str, api: httpx.Client, n: int, mode: str) -> list[float]:
+    backend = RemoteBackend(ApiConnection(url), claim_wait_s=1.0 if mode == "claim" else 0.0)
     got: list[tuple[float, ClaimedTask]] = []
     stop = threading.Event()
 
@@ -90,10 +91,10 @@ def idle_wake(url: str, api: httpx.Client, n: int, long_poll: bool) -> list[floa
                 got.append((time.monotonic(), c))
                 backend.complete(c.lease, [])
             if not claimed:
-                if long_poll:
-                    backend.wait_for_work(1.0)
-                else:
+                if mode == "sleep":
                     time.sleep(1.0)
+                else:
+                    backend.wait_for_work(1.0)
 
     t = threading.Thread(target=worker, daemon=True)
     t.start()
@@ -176,9 +177,12 @@ def main() -> None:
         try:
             api = httpx.Client(base_url=url, timeout=30)
             api.put("/api/files/input/bench.mp4", content=b"\x00" * 1024).raise_for_status()
-            for long_poll in (True, False):
-                lat = idle_wake(url, api, args.idle_tasks, long_poll)
-                how = "long-poll /wait" if long_poll else "sleep 1 s poll"
+            for mode, how in (
+                ("claim", "claim waits on the API, as conveyor worker does"),
+                ("wait", "empty claim, then long-poll /wait"),
+                ("sleep", "sleep 1 s poll"),
+            ):
+                lat = idle_wake(url, api, args.idle_tasks, mode)
                 print(
                     f"idle wake over HTTP ({how}, {len(lat)} tasks): "
                     f"median {statistics.median(lat) * 1000:.1f} ms, "

@@ -284,7 +284,9 @@ def _remote_worker(
         else:
             token = os.environ.get("CONVEYOR_WORKER_CREDENTIAL") or None
             conn = ApiConnection(api, credential=token, ca_cert=ca)
-        backend = RemoteBackend(conn)
+        # an empty claim waits on the API for work: an idle worker starts a new
+        # task half a round trip after its submit
+        backend = RemoteBackend(conn, claim_wait_s=settings.poll_interval)
         files = open_storage(storage) if storage else RemoteBlobStore(conn)
         w = Worker(
             settings,

@@ -193,7 +193,13 @@ def check_outputs(d: Deployment, task: dict[str, Any]) -> None:
     # the worker host kept nothing: no database, no buckets, no leftover work files
     assert not (d.worker_data / "conveyor.db").exists()
     assert not (d.worker_data / "buckets").exists()
-    leftovers = [p for p in (d.worker_data / "tmp").rglob("*") if p.is_file()]
+    # work files go right after the completion is recorded
+    deadline = time.monotonic() + 10
+    while True:
+        leftovers = [p for p in (d.worker_data / "tmp").rglob("*") if p.is_file()]
+        if not leftovers or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert leftovers == []
 
 

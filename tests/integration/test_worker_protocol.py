@@ -225,3 +225,21 @@ def test_the_client_retries_until_the_api_is_back_then_says_it_is_unreachable(
         RemoteBackend(ApiConnection(url, retries=2, backoff_s=0.01)).heartbeat(
             WorkerInfo(id="w1"), [], 30
         )
+
+
+def test_a_waiting_claim_returns_the_task_once_submitted(api: ApiServer) -> None:
+    """``claim_wait_s`` (``conveyor worker``): the empty claim itself waits on the API."""
+    from conveyor.api_connection import ApiConnection
+    from conveyor.backends.remote import RemoteBackend
+
+    worker = RemoteBackend(ApiConnection(api.url), claim_wait_s=10)
+    threading.Timer(0.3, submit, args=(api,)).start()
+    got = worker.claim("w1", ["k1"], 1, 30)
+    assert [c.task.kind for c in got] == ["k1"]
+    # an empty waited claim is already the wait: the loop's wait_for_work returns at once
+    worker.claim_wait_s = 0.2
+    assert worker.claim("w1", ["k1"], 1, 30) == []
+    t0 = time.monotonic()
+    worker.wait_for_work(20)
+    assert time.monotonic() - t0 < 10
+    worker.close()

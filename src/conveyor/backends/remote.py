@@ -10,7 +10,11 @@ worker's job and raise :class:`~conveyor.errors.NotSupportedRemotely`.
 
 ``wait_for_work`` long-polls the API, which wakes it when work arrives, so
 an idle remote worker starts a new task one round trip and a half after a
-submit instead of at its next poll.
+submit instead of at its next poll.  With ``claim_wait_s`` (what
+``conveyor worker`` uses) an empty claim itself waits on the API for up to
+that long and returns the task as soon as it is submitted: half a round
+trip, and one request per idle interval instead of two.  It is off by
+default because the contract's ``claim`` returns at once.
 """
 
 from __future__ import annotations
@@ -43,8 +47,10 @@ LOG_CHUNK = 2000  # lines per request, under the API's limit
 
 
 class RemoteBackend(Backend):
-    def __init__(self, conn: ApiConnection) -> None:
+    def __init__(self, conn: ApiConnection, *, claim_wait_s: float = 0.0) -> None:
         self.conn = conn
+        self.claim_wait_s = max(0.0, min(claim_wait_s, MAX_WAIT_S))
+        self._claim_waited = False  # the last claim came back empty after waiting
         self._generation: int | None = None
         self._worker_id = ""
         self._lock = threading.Lock()
@@ -74,20 +80,31 @@ class RemoteBackend(Backend):
         if capacity <= 0 or not kinds:
             return []
         self._worker_id = worker_id
-        body = {"worker_id": worker_id, "kinds": kinds, "capacity": capacity, "lease_s": lease_s}
+        body = {
+            "worker_id": worker_id,
+            "kinds": kinds,
+            "capacity": capacity,
+            "lease_s": lease_s,
+            "wait_s": self.claim_wait_s,
+        }
         # not idempotent: a claim the API ran but whose answer was lost leases
         # tasks nobody runs (until their lease expires), so retry unsent ones only
-        res = self._post("claim", body, idempotent=False)
+        res = self._post("claim", body, idempotent=False, timeout=self.claim_wait_s + 30)
+        claimed = [ClaimedTask.model_validate(c) for c in res["claimed"]]
         with self._lock:
             self._generation = int(res["generation"])
-        return [ClaimedTask.model_validate(c) for c in res["claimed"]]
+            self._claim_waited = not claimed and self.claim_wait_s > 0
+        return claimed
 
     def wait_for_work(self, timeout: float) -> None:
         timeout = max(0.0, min(float(timeout), MAX_WAIT_S))
-        if timeout == 0:
-            return
         with self._lock:
             since = self._generation
+            if self._claim_waited:  # that claim has just waited for work on the API
+                self._claim_waited = False
+                return
+        if timeout == 0:
+            return
         res = self._post(
             "wait", {"timeout": timeout, "since": since}, idempotent=True, timeout=timeout + 15
         )
