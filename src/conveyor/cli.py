@@ -65,6 +65,9 @@ def _serve(
     with_trigger: bool,
     concurrency: int | None,
     insecure: bool = False,
+    tls: tuple[Path, Path] | None = None,
+    proxy_headers: bool = False,
+    forwarded_allow_ips: str | None = None,
 ) -> None:
     import logging
 
@@ -80,7 +83,8 @@ def _serve(
     log = logging.getLogger("conveyor")
     announce_auth(settings, runtime.service.auth, log)
     log.info(
-        "Conveyor API on http://%s:%d (docs at /docs); data in %s; backend %s",
+        "Conveyor API on %s://%s:%d (docs at /docs); data in %s; backend %s",
+        "https" if tls else "http",
         settings.api_host,
         settings.api_port,
         settings.data_dir,
@@ -92,6 +96,12 @@ def _serve(
         port=settings.api_port,
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
+        # client address and scheme from X-Forwarded-* only when asked, and
+        # only from the proxies named (uvicorn's default: 127.0.0.1)
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
 
 
@@ -127,8 +137,19 @@ def serve(
     trigger: bool = typer.Option(True, help="Run the upload trigger too."),
     auth: bool = typer.Option(None, "--auth/--no-auth", help="Require tokens (CONVEYOR_AUTH)."),
     insecure: bool = typer.Option(False, help="Allow a non-loopback address without auth."),
+    tls_cert: Path = typer.Option(None, "--tls-cert", help="Serve HTTPS with this PEM cert."),
+    tls_key: Path = typer.Option(None, "--tls-key", help="... and this PEM private key."),
+    proxy_headers: bool = typer.Option(
+        False, "--proxy-headers", help="Trust X-Forwarded-For/-Proto from a TLS proxy."
+    ),
+    forwarded_allow_ips: str = typer.Option(
+        None, help="Proxies trusted with --proxy-headers (default 127.0.0.1)."
+    ),
 ) -> None:
     """Run the API (and the upload trigger and reaper) without a worker."""
+    if (tls_cert is None) != (tls_key is None):
+        err.print("[red]error[/red]: --tls-cert and --tls-key go together")
+        raise typer.Exit(2)
     settings = _settings(
         data_dir=data_dir,
         api_host=host,
@@ -138,7 +159,16 @@ def serve(
         trigger_enabled=trigger,
         auth=auth,
     )
-    _serve(settings, with_worker=False, with_trigger=trigger, concurrency=None, insecure=insecure)
+    _serve(
+        settings,
+        with_worker=False,
+        with_trigger=trigger,
+        concurrency=None,
+        insecure=insecure,
+        tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )
 
 
 @worker_app.callback(invoke_without_command=True)
@@ -149,13 +179,51 @@ def worker(
     backend: str = typer.Option(None, help="Backend URL."),
     storage: str = typer.Option(None, help="Storage URL."),
     worker_id: str = typer.Option(None, help="Name this worker (default host-pid-rand)."),
+    join: str = typer.Option(
+        None, "--join", help="Join the API at this https:// URL as a remote worker."
+    ),
+    enroll: str = typer.Option(
+        None,
+        "--enroll",
+        envvar="CONVEYOR_ENROLL_TOKEN",
+        help="One-time enrollment token to exchange for a credential.",
+    ),
+    name: str = typer.Option(None, "--name", help="Worker name asked for when enrolling."),
+    credential_file: Path = typer.Option(
+        None, "--credential-file", help="Where the credential is kept (mode 0600)."
+    ),
+    ca_cert: Path = typer.Option(
+        None, "--ca-cert", envvar="CONVEYOR_CA_CERT", help="CA bundle that signed the API's cert."
+    ),
 ) -> None:
-    """Run a worker: claim tasks and run them until SIGTERM."""
+    """Run a worker: claim tasks and run them until SIGTERM.
+
+    With ``--join https://API`` (or ``--backend https://API``) it is a remote
+    worker: it needs only the API's URL and its credential.
+    """
     if ctx.invoked_subcommand is not None:
         return
     from conveyor.runtime import build_service
     from conveyor.worker.loop import Worker
 
+    if enroll and not join:
+        err.print("[red]error[/red]: --enroll needs --join https://API")
+        raise typer.Exit(2)
+    if join or (backend or "").startswith(("https://", "http://")):
+        raise typer.Exit(
+            _remote_worker(
+                api=join or backend,
+                joined=bool(join),
+                enroll_token=enroll,
+                name=name or worker_id,
+                credential_file=credential_file,
+                ca_cert=ca_cert,
+                storage=storage,
+                data_dir=data_dir,
+                concurrency=concurrency,
+                worker_id=worker_id,
+            )
+        )
     settings = _settings(
         data_dir=data_dir,
         backend_url=backend,
@@ -172,6 +240,96 @@ def worker(
         concurrency=concurrency,
     ).run_forever()
     service.backend.close()
+
+
+def _remote_worker(
+    *,
+    api: str,
+    joined: bool,
+    enroll_token: str | None,
+    name: str | None,
+    credential_file: Path | None,
+    ca_cert: Path | None,
+    storage: str | None,
+    data_dir: Path | None,
+    concurrency: int | None,
+    worker_id: str | None,
+) -> int:
+    """A worker that reaches tasks and files only through the API; its exit code."""
+    import logging
+    import os
+
+    from conveyor.api_connection import ApiConnection
+    from conveyor.backends.remote import RemoteBackend
+    from conveyor.errors import ConveyorError
+    from conveyor.processors import ProcessorRegistry
+    from conveyor.storage import open_storage
+    from conveyor.storage.remote import RemoteBlobStore
+    from conveyor.worker.credential import (
+        DEFAULT_CREDENTIAL_FILE,
+        CredentialKeeper,
+        enroll,
+        read_credential_file,
+        write_credential_file,
+    )
+    from conveyor.worker.loop import Worker
+
+    settings = _settings(
+        data_dir=data_dir, backend_url=api, storage_url=storage, max_concurrent_tasks=concurrency
+    )
+    log = logging.getLogger("conveyor.worker")
+    # httpx logs every request at INFO: a line per heartbeat, and presigned URLs
+    # carry signatures in their query strings
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    ca = str(ca_cert) if ca_cert else None
+    keeper: CredentialKeeper | None = None
+    try:
+        if joined:
+            path = (credential_file or DEFAULT_CREDENTIAL_FILE).expanduser()
+            if enroll_token:
+                with_token = ApiConnection(api, ca_cert=ca, retries=0)
+                try:
+                    cred = enroll(with_token, enroll_token, name)
+                finally:
+                    with_token.close()
+                write_credential_file(path, cred)
+                log.info("Enrolled as worker %s; credential stored in %s", cred.worker_id, path)
+            else:
+                cred = read_credential_file(path)
+                if cred.api.rstrip("/") != api.rstrip("/"):
+                    raise ConveyorError(
+                        f"{path} holds a credential for {cred.api}, not {api}: "
+                        "enroll with --enroll TOKEN or pass --credential-file"
+                    )
+            keeper = CredentialKeeper(path, cred)
+            conn = ApiConnection(api, credential=keeper.current, ca_cert=ca)
+            keeper.start(conn)
+        else:
+            token = os.environ.get("CONVEYOR_WORKER_CREDENTIAL") or None
+            conn = ApiConnection(api, credential=token, ca_cert=ca)
+        # an empty claim waits on the API for work: an idle worker starts a new
+        # task half a round trip after its submit
+        backend = RemoteBackend(conn, claim_wait_s=settings.poll_interval)
+        files = open_storage(storage) if storage else RemoteBlobStore(conn)
+        w = Worker(
+            settings,
+            backend,
+            files,
+            ProcessorRegistry.load(settings),
+            worker_id=keeper.worker_id if keeper else worker_id,
+            concurrency=concurrency,
+        )
+        w.run_forever()
+    except ConveyorError as exc:
+        err.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+        return 2
+    finally:
+        if keeper is not None:
+            keeper.stop()
+    backend.close()
+    if w.fatal is not None:
+        return 3  # the API refused the credential: an operator must enroll it again
+    return 0
 
 
 # -- talking to a server ----------------------------------------------------------------

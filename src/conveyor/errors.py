@@ -68,6 +68,31 @@ class LeaseLost(ConveyorError):
     http_status = 409
 
 
+class WorkerCredentialRejected(ConveyorError):
+    """The API refused a remote worker's credential (revoked, expired or unknown).
+
+    Retrying cannot help: the worker stops and says so, and an operator
+    enrolls it again.
+    """
+
+    code = "credential_rejected"
+    http_status = 401
+
+
+class RemoteUnavailable(ConveyorError):
+    """A remote worker could not reach the API, even after retrying."""
+
+    code = "api_unreachable"
+    http_status = 503
+
+
+class NotSupportedRemotely(ConveyorError):
+    """An operator call on the worker's HTTP engine: workers never make it."""
+
+    code = "not_supported"
+    http_status = 501
+
+
 class ProcessorError(ConveyorError):
     """A processor could not finish a task.
 

@@ -81,8 +81,16 @@ def _aws_backend(workdir: Path) -> BackendOpener:
     return open_backend
 
 
+def _remote_backend(workdir: Path) -> BackendOpener:
+    """The https:// engine (worker half over HTTP to a real API; tests/remote_contract.py)."""
+    from tests.remote_contract import RemoteOpener
+
+    return RemoteOpener(workdir)
+
+
 BACKEND_ENGINES: dict[str, BackendFactory] = {
     "sqlite": _sqlite_backend,
+    "remote": _remote_backend,
     "postgres": _postgres_backend,
     "aws": _aws_backend,
 }
@@ -102,8 +110,16 @@ def _s3_store(workdir: Path) -> BlobStore:
     return contract_store(workdir)
 
 
+def _remote_store(workdir: Path) -> BlobStore:
+    """A remote worker's store: a local folder on the API host, streamed through the API."""
+    from tests.remote_contract import ServedRemoteStore
+
+    return ServedRemoteStore(workdir)
+
+
 STORAGE_ENGINES: dict[str, StorageFactory] = {
     "local": _local_store,
+    "remote": _remote_store,
     "s3": _s3_store,
 }
 
@@ -129,6 +145,9 @@ def open_backend(backend_engine: str, tmp_path: Path) -> Iterator[BackendOpener]
     yield open_tracked
     for handle in reversed(opened):
         handle.close()
+    stop = getattr(opener, "stop", None)  # engines served by a test API
+    if stop is not None:
+        stop()
 
 
 @pytest.fixture
@@ -137,5 +156,9 @@ def backend(open_backend: BackendOpener) -> Backend:
 
 
 @pytest.fixture(params=sorted(STORAGE_ENGINES))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
-    return STORAGE_ENGINES[request.param](tmp_path)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
+    engine = STORAGE_ENGINES[request.param](tmp_path)
+    yield engine
+    stop = getattr(engine, "stop", None)  # engines served by a test API
+    if stop is not None:
+        stop()

@@ -20,6 +20,8 @@ from . import (
     routes_metrics,
     routes_tasks,
     routes_train,
+    routes_worker,
+    routes_worker_files,
 )
 from .errors import install_error_handlers
 from .hardening import HardeningMiddleware
@@ -34,6 +36,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             with console_lifespan(app):  # live console streams end as soon as a stop is asked
                 yield
         finally:
+            routes_worker.stop_work_signal(app.state)  # before the backend closes
             runtime.stop()
 
     app = FastAPI(
@@ -57,6 +60,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(routes_train.router)  # seed 003's paths
     app.include_router(routes_metrics.router)  # /metrics, read from the backend
     app.include_router(routes_auth.router)  # tokens, worker enrollment, audit
+    app.include_router(routes_worker.router)  # remote workers: the worker protocol
+    app.include_router(routes_worker_files.router)  # ... and their files
     app.state.rate_limiters = {}
     app.state.metrics_registry = build_registry(runtime.service)
     mount_console(app)  # the web console at /admin

@@ -32,7 +32,10 @@ COMMON_HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
 ]
-STREAMED_PREFIXES = ("/api/files/",)  # raw uploads: limited by max_upload_bytes instead
+STREAMED_PREFIXES = (
+    "/api/files/",
+    "/api/worker/v1/files/",
+)  # raw uploads: limited by max_upload_bytes instead
 
 
 def json_depth(raw: bytes) -> int:

@@ -19,10 +19,15 @@ def open_backend(url: str) -> Backend:
         from conveyor.backends.aws import AWSBackend
 
         return AWSBackend.from_url(url)
+    if url.startswith(("https://", "http://")):
+        from conveyor.backends.remote import RemoteBackend
+
+        return RemoteBackend.from_url(url)
     scheme = url.split("://", 1)[0] if "://" in url else url[:20]
     raise InvalidRequest(  # the URL itself may hold a password: show its scheme only
         f"unsupported backend URL scheme {scheme!r}: expected sqlite:///path/to/file.db "
-        "postgresql://user:pass@host:5432/db or aws://?queue_url=…&table=…&region=…"
+        "postgresql://user:pass@host:5432/db "
+        "aws://?queue_url=…&table=…&region=… or https://API (a remote worker)"
     )
 
 

@@ -15,8 +15,13 @@ def open_storage(url: str) -> BlobStore:
         from conveyor.storage.s3 import S3BlobStore
 
         return S3BlobStore.from_url(url)
+    if url.startswith(("https://", "http://")):
+        from conveyor.storage.remote import RemoteBlobStore
+
+        return RemoteBlobStore.from_url(url)
     raise InvalidRequest(
-        f"unsupported storage URL {url!r}: expected file:///path/to/dir or s3://[?endpoint_url=...]"
+        f"unsupported storage URL {url!r}: expected file:///path/to/dir, s3://[?endpoint_url=...] "
+        "or https://API (a remote worker's files, through the API)"
     )
 
 

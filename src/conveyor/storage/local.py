@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
-from conveyor.errors import ObjectNotFound
+from conveyor.errors import Conflict, ObjectNotFound
 from conveyor.storage.base import BlobStore, BlobWriter, ObjectInfo, validate_bucket, validate_key
 
 STAGING = ".conveyor-tmp"
@@ -66,8 +66,17 @@ class _LocalWriter(BlobWriter):
         self._fh.close()
         self._fh = None
         dest = self._store._path(self._bucket, self._key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._tmp, dest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, dest)
+        except (IsADirectoryError, NotADirectoryError, FileExistsError):
+            # a folder holds "a/b", so no object "a" (or the reverse): S3 allows
+            # both, a folder cannot; say so rather than fail with a 500
+            self._tmp.unlink(missing_ok=True)
+            raise Conflict(
+                f"cannot store {self._bucket}/{self._key}: on a local store a key cannot be "
+                "both an object and a folder of other objects"
+            ) from None
         return _info(self._bucket, self._key, dest.stat())
 
     def abort(self) -> None:
@@ -180,7 +189,8 @@ class LocalBlobStore(BlobStore):
             yield _info(bucket, key, st)
 
     def delete(self, bucket: str, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        # a folder of other objects is no object: nothing to delete, as on S3
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
             self._path(bucket, key).unlink()
 
     def url(self, bucket: str, key: str, expires_s: int = 3600) -> str | None:

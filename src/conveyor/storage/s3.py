@@ -58,7 +58,7 @@ import os
 import re
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -720,6 +720,91 @@ class S3BlobStore(BlobStore):
         return self.client.generate_presigned_url(
             "get_object", Params={"Bucket": physical, "Key": key}, ExpiresIn=int(expires_s)
         )
+
+    def presign_put(
+        self, bucket: str, key: str, expires_s: int = 3600, content_type: str | None = None
+    ) -> tuple[str, dict[str, str]]:
+        """A presigned single PUT (and the headers to send with it) for a remote worker.
+
+        The bucket is made first: a presigned PUT cannot create it.  A PUT is
+        atomic on S3, so the object appears whole or not at all.
+        """
+        physical, key = self._names(bucket, key)
+        if not 1 <= expires_s <= MAX_PRESIGN_S:
+            raise InvalidRequest(
+                f"a presigned URL lasts 1 s to 7 days ({MAX_PRESIGN_S} s), not {expires_s} s"
+            )
+        self._ensure_bucket(physical)
+        params: dict[str, str] = {"Bucket": physical, "Key": key}
+        headers: dict[str, str] = {}
+        if content_type:
+            params["ContentType"] = headers["content-type"] = content_type
+        url = self.client.generate_presigned_url(
+            "put_object", Params=params, ExpiresIn=int(expires_s)
+        )
+        return url, headers
+
+    @property
+    def multipart_threshold(self) -> int:
+        return int(self.transfer.multipart_threshold)
+
+    def presign_multipart(
+        self,
+        bucket: str,
+        key: str,
+        size: int,
+        expires_s: int = 3600,
+        content_type: str | None = None,
+    ) -> tuple[str, int, Sequence[str]]:
+        """Start a multipart upload a remote worker sends itself: ``(upload_id, part_size, urls)``.
+
+        One presigned URL per part (S3 allows 10,000 parts, so parts grow for
+        huge files).  Nothing is visible until :meth:`complete_multipart`.
+        """
+        physical, key = self._names(bucket, key)
+        part_size = max(self.part_size, -(-size // 10_000))
+        if part_size > MAX_PART_SIZE:
+            raise InvalidRequest(f"an object of {size} bytes is too large for S3")
+        self._ensure_bucket(physical)
+        upload_id = self.client.create_multipart_upload(
+            Bucket=physical,
+            Key=key,
+            ContentType=content_type or "application/octet-stream",
+        )["UploadId"]
+        urls = [
+            self.client.generate_presigned_url(
+                "upload_part",
+                Params={"Bucket": physical, "Key": key, "UploadId": upload_id, "PartNumber": n},
+                ExpiresIn=int(expires_s),
+            )
+            for n in range(1, max(1, -(-size // part_size)) + 1)
+        ]
+        return upload_id, part_size, urls
+
+    def complete_multipart(
+        self, bucket: str, key: str, upload_id: str, etags: Sequence[str]
+    ) -> ObjectInfo:
+        physical, key = self._names(bucket, key)
+        self.client.complete_multipart_upload(
+            Bucket=physical,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={
+                "Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, start=1)]
+            },
+        )
+        info = self.stat(bucket, key)
+        if info is None:  # pragma: no cover - S3 said it completed
+            raise ObjectNotFound(f"object not found after upload: {bucket}/{key}")
+        return info
+
+    def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        physical, key = self._names(bucket, key)
+        try:
+            self.client.abort_multipart_upload(Bucket=physical, Key=key, UploadId=upload_id)
+        except ClientError as err:
+            if not _is_not_found(err):
+                raise
 
     def ping(self) -> None:
         """A cheap signed call; AccessDenied still proves endpoint and credentials work."""

@@ -24,7 +24,14 @@ from typing import Any
 from conveyor import __version__
 from conveyor.backends import Backend
 from conveyor.config import Settings
-from conveyor.errors import LeaseLost, NotFound, ProcessorError, TaskCancelled
+from conveyor.errors import (
+    LeaseLost,
+    NotFound,
+    ProcessorError,
+    RemoteUnavailable,
+    TaskCancelled,
+    WorkerCredentialRejected,
+)
 from conveyor.logs import current_attempt, current_task, current_worker
 from conveyor.models import Lease, Progress, Task, WorkerInfo, utcnow
 from conveyor.processors import ProcessorContext, ProcessorRegistry
@@ -84,6 +91,9 @@ class Worker:
         self._stopping = threading.Event()  # stop claiming
         self._stopped = threading.Event()  # heartbeat may end
         self._slot_freed = threading.Event()
+        self._done = threading.Event()  # run_forever returns
+        # set when the API refused this worker's credential: it must stop, not retry
+        self.fatal: WorkerCredentialRejected | None = None
         self._threads: list[threading.Thread] = []
         self._last_reap = 0.0
         self.started_at = utcnow()
@@ -159,7 +169,7 @@ class Worker:
 
     def run_forever(self) -> None:
         """Blocking entry point for ``conveyor worker``; SIGTERM/SIGINT stop gracefully."""
-        done = threading.Event()
+        done = self._done
 
         def _on_signal(signum: int, _frame: object) -> None:
             log.info("Received %s", signal.Signals(signum).name)
@@ -193,6 +203,9 @@ class Worker:
                     self._launch(c.task, c.lease)
                 if not claimed:
                     self.backend.wait_for_work(self.settings.poll_interval)
+            except WorkerCredentialRejected as exc:
+                self._credential_rejected(exc)
+                break
             except Exception:
                 log.exception("claim loop error; retrying")
                 self._stopping.wait(min(5.0, self.settings.poll_interval))
@@ -210,6 +223,9 @@ class Worker:
         while not self._stopped.is_set():
             try:
                 self.heartbeat_once()
+            except WorkerCredentialRejected as exc:
+                self._credential_rejected(exc)
+                return
             except Exception:
                 log.exception("heartbeat failed; will retry")
             self._stopped.wait(self.settings.heartbeat_interval)
@@ -217,6 +233,19 @@ class Worker:
             self.heartbeat_once()
         except Exception:
             log.debug("final heartbeat failed", exc_info=True)
+
+    def _credential_rejected(self, exc: WorkerCredentialRejected) -> None:
+        """A revoked or expired credential: retrying cannot help, so the worker stops."""
+        if self.fatal is None:
+            self.fatal = exc
+            log.error(
+                "Worker %s stopping: %s. Enroll it again with "
+                "`conveyor worker --join URL --enroll TOKEN`.",
+                self.id,
+                exc.message,
+            )
+        self._stopping.set()
+        self._done.set()
 
     def heartbeat_once(self) -> None:
         with self._lock:
@@ -373,3 +402,5 @@ class Worker:
             call(*args, **kwargs)
         except LeaseLost:
             log.warning("lease lost before the outcome could be recorded")
+        except (WorkerCredentialRejected, RemoteUnavailable) as exc:  # remote workers
+            log.warning("the outcome could not be recorded: %s", exc.message)

@@ -1,0 +1,257 @@
+"""The worker protocol over HTTP: the backend contract's worker half, for remote hosts.
+
+A remote worker (``conveyor worker --backend https://API``) holds no
+database or queue credentials: it claims, heartbeats, reports progress and
+outcomes, and ships its log through these routes, which call the same
+backend the API uses.  Fencing is the backend's: a stale lease is refused
+with ``409 lease_lost``.
+
+Every route authenticates through the one dependency :func:`worker_principal`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from conveyor.auth.roles import Permission
+from conveyor.auth.service import OPEN_PRINCIPAL
+from conveyor.auth.service import Principal as AuthPrincipal
+from conveyor.errors import ConveyorError
+from conveyor.models import (
+    ClaimedTask,
+    HeartbeatResult,
+    Lease,
+    OutputFile,
+    Progress,
+    Task,
+    WorkerInfo,
+)
+from conveyor.service import ConveyorService
+
+from .deps import get_service
+from .security import require
+from .work_signal import WorkSignal
+
+router = APIRouter(prefix="/api/worker/v1", tags=["worker"])
+
+MAX_WAIT_S = 30.0
+MAX_LOG_LINES = 5000
+MAX_LOG_LINE = 64 * 1024
+
+
+class WorkerForbidden(ConveyorError):
+    code = "forbidden"
+    http_status = 403
+
+
+@dataclass(frozen=True)
+class WorkerPrincipal:
+    """Who is calling the worker protocol.
+
+    ``worker_id`` is the id the credential was issued to; ``None`` means any
+    id is accepted (the API runs without auth).
+    """
+
+    name: str
+    worker_id: str | None = None
+
+
+def worker_principal(
+    caller: Annotated[AuthPrincipal, require(Permission.WORKER_PROTOCOL)],
+) -> WorkerPrincipal:
+    """Authenticate ``Authorization: Bearer <credential>`` for the worker protocol.
+
+    The single seam between the worker protocol and the token store: only a
+    credential of role ``worker`` holds ``worker:protocol`` (an unknown,
+    revoked or expired one is a 401, another role a 403).  With auth off
+    every caller is accepted and may speak for any worker id.
+    """
+    if caller is OPEN_PRINCIPAL:
+        return WorkerPrincipal(name=caller.name)
+    return WorkerPrincipal(name=caller.name, worker_id=caller.worker_id or caller.name)
+
+
+Principal = Annotated[WorkerPrincipal, Depends(worker_principal)]
+Service = Annotated[ConveyorService, Depends(get_service)]
+
+
+def _own(principal: WorkerPrincipal, worker_id: str) -> None:
+    """A credential speaks for its own worker only."""
+    if principal.worker_id is not None and principal.worker_id != worker_id:
+        raise WorkerForbidden(
+            f"this credential belongs to worker {principal.worker_id!r}, not {worker_id!r}"
+        )
+
+
+def work_signal(request: Request, service: ConveyorService) -> WorkSignal:
+    """The app's one :class:`WorkSignal`, made on first use."""
+    signal: WorkSignal | None = getattr(request.app.state, "work_signal", None)
+    if signal is None:
+        signal = request.app.state.work_signal = WorkSignal(service.backend)
+    return signal
+
+
+def stop_work_signal(state: Any) -> None:
+    signal: WorkSignal | None = getattr(state, "work_signal", None)
+    if signal is not None:
+        signal.stop()
+
+
+# -- bodies ------------------------------------------------------------------------------
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Kind = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class ClaimBody(_Body):
+    worker_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    kinds: list[Kind] = Field(max_length=64)
+    capacity: int = Field(ge=1, le=256)
+    lease_s: float = Field(gt=0, le=86400)
+    wait_s: float = Field(
+        0.0, ge=0, le=MAX_WAIT_S, description="When nothing is ready, wait this long for work."
+    )
+
+
+class ClaimResponse(BaseModel):
+    claimed: list[ClaimedTask]
+    generation: int = Field(description="Pass as `since` to /wait after an empty claim.")
+
+
+class WaitBody(_Body):
+    timeout: float = Field(ge=0, le=MAX_WAIT_S)
+    since: int | None = None
+
+
+class WaitResponse(BaseModel):
+    generation: int
+
+
+class HeartbeatBody(_Body):
+    worker: WorkerInfo
+    leases: list[Lease] = Field(max_length=1024)
+    lease_s: float = Field(gt=0, le=86400)
+
+
+class ProgressBody(_Body):
+    lease: Lease
+    progress: Progress
+
+
+class CompleteBody(_Body):
+    lease: Lease
+    outputs: list[OutputFile] = Field(max_length=10_000)
+
+
+class FailBody(_Body):
+    lease: Lease
+    error: Annotated[str, StringConstraints(max_length=MAX_LOG_LINE)]
+    retryable: bool
+    code: str | None = None
+
+
+class ReleaseBody(_Body):
+    lease: Lease
+
+
+class LogEntry(_Body):
+    ts: datetime
+    stream: Annotated[str, StringConstraints(max_length=32)] = "worker"
+    line: Annotated[str, StringConstraints(max_length=MAX_LOG_LINE)]
+
+
+class LogsBody(_Body):
+    task_id: str
+    attempt: int = Field(ge=0)
+    worker_id: str
+    lines: list[LogEntry] = Field(max_length=MAX_LOG_LINES)
+
+
+# -- routes -----------------------------------------------------------------------------
+@router.post("/claim", summary="Lease up to `capacity` tasks (optionally waiting for work)")
+async def claim(
+    body: ClaimBody, request: Request, principal: Principal, service: Service
+) -> ClaimResponse:
+    _own(principal, body.worker_id)
+    signal = work_signal(request, service)
+    backend = service.backend
+    # read before the query: a submit after it bumps the generation (see WorkSignal)
+    generation = signal.generation
+    args = (body.worker_id, list(body.kinds), body.capacity, body.lease_s)
+    claimed = await run_in_threadpool(backend.claim, *args)
+    if not claimed and body.wait_s > 0:
+        generation = await signal.wait(generation, body.wait_s)
+        claimed = await run_in_threadpool(backend.claim, *args)
+    return ClaimResponse(claimed=claimed, generation=generation)
+
+
+@router.post("/wait", summary="Long-poll: return when new work may be available")
+async def wait(body: WaitBody, request: Request, _: Principal, service: Service) -> WaitResponse:
+    generation = await work_signal(request, service).wait(body.since, body.timeout)
+    return WaitResponse(generation=generation)
+
+
+@router.post("/heartbeat", summary="Renew every lease the worker holds, in one call")
+async def heartbeat(body: HeartbeatBody, principal: Principal, service: Service) -> HeartbeatResult:
+    _own(principal, body.worker.id)
+    for lease in body.leases:
+        _own(principal, lease.worker_id)
+    return await run_in_threadpool(
+        service.backend.heartbeat, body.worker, list(body.leases), body.lease_s
+    )
+
+
+@router.post("/progress", status_code=204, summary="Report a task's progress")
+async def progress(body: ProgressBody, principal: Principal, service: Service) -> Response:
+    _own(principal, body.lease.worker_id)
+    await run_in_threadpool(service.backend.progress, body.lease, body.progress)
+    return Response(status_code=204)
+
+
+@router.post("/complete", summary="Complete a task with its outputs")
+async def complete(body: CompleteBody, principal: Principal, service: Service) -> Task:
+    _own(principal, body.lease.worker_id)
+    return await run_in_threadpool(service.backend.complete, body.lease, list(body.outputs))
+
+
+@router.post("/fail", summary="Fail a task's attempt (retried when retryable)")
+async def fail(body: FailBody, principal: Principal, service: Service) -> Task:
+    _own(principal, body.lease.worker_id)
+
+    def call() -> Task:
+        return service.backend.fail(
+            body.lease, body.error, retryable=body.retryable, code=body.code
+        )
+
+    return await run_in_threadpool(call)
+
+
+@router.post("/release", summary="Hand a task back without counting the attempt")
+async def release(body: ReleaseBody, principal: Principal, service: Service) -> Task:
+    _own(principal, body.lease.worker_id)
+    return await run_in_threadpool(service.backend.release, body.lease)
+
+
+@router.post("/logs", status_code=204, summary="Append lines to a task attempt's log")
+async def logs(body: LogsBody, principal: Principal, service: Service) -> Response:
+    _own(principal, body.worker_id)
+    if principal.worker_id is not None:  # a credential writes only its own tasks' logs
+
+        def owner() -> str | None:
+            task = service.backend.get(body.task_id)
+            return task.worker_id if task else None
+
+        if await run_in_threadpool(owner) != principal.worker_id:
+            raise WorkerForbidden(f"task {body.task_id} is not run by this worker")
+    lines = [(e.ts, e.stream, e.line) for e in body.lines]
+    if lines:
+        await run_in_threadpool(service.backend.append_logs, body.task_id, body.attempt, lines)
+    return Response(status_code=204)

@@ -1,0 +1,226 @@
+"""Files for remote workers: streamed through the API, or presigned URLs on S3.
+
+A remote worker has no storage credentials.  With a local (``file://``)
+store the bytes stream through these routes; with a store that can presign
+(S3), a download answers ``307`` to a presigned GET and ``/uploads`` hands
+out a presigned PUT (presigned parts of a multipart upload above the store's
+multipart threshold), so large files go straight between the worker and the
+object store.  Keys are validated by the storage contract's own checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from pydantic import BaseModel, Field, StringConstraints
+
+from conveyor.errors import InvalidRequest, ObjectNotFound, PayloadTooLarge
+from conveyor.service import ConveyorService
+from conveyor.storage.base import ObjectInfo, validate_bucket
+
+from .deps import get_service
+from .routes_worker import Principal
+
+router = APIRouter(prefix="/api/worker/v1", tags=["worker"])
+Service = Annotated[ConveyorService, Depends(get_service)]
+
+CHUNK = 1 << 20
+PRESIGN_S = 3600
+# S3 takes at most 5 GiB in one PUT; above that the worker streams through the
+# API, whose S3 writer uploads in parts.
+MAX_PRESIGNED_PUT = 5 * 1024**3
+
+
+class ListResponse(BaseModel):
+    items: list[ObjectInfo]
+    next_start_after: str | None = None
+
+
+class MultipartTarget(BaseModel):
+    """A multipart upload the worker sends itself: part ``n`` (1-based) to ``urls[n-1]``."""
+
+    upload_id: str
+    part_size: int
+    urls: list[str]
+
+
+class UploadTarget(BaseModel):
+    """Where to PUT an object: a presigned URL, presigned parts, or neither (the API's route)."""
+
+    url: str | None = None
+    headers: dict[str, str] = {}
+    multipart: MultipartTarget | None = None
+
+
+class CompleteUpload(BaseModel):
+    upload_id: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    etags: list[Annotated[str, StringConstraints(max_length=200)]] = Field(max_length=10_000)
+
+
+class AbortUpload(BaseModel):
+    upload_id: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+@router.get("/files/{bucket}/{key:path}", summary="Download an object (or 307 to a presigned URL)")
+async def get_object(bucket: str, key: str, _: Principal, service: Service) -> Response:
+    bucket, key = service.check_object(bucket, key)
+    storage = service.storage
+    path = storage.local_path(bucket, key)
+    if path is not None:
+        if not path.is_file():
+            raise ObjectNotFound(f"object not found: {bucket}/{key}")
+        return FileResponse(path, media_type="application/octet-stream")
+    info = await run_in_threadpool(storage.stat, bucket, key)
+    if info is None:
+        raise ObjectNotFound(f"object not found: {bucket}/{key}")
+    url = await run_in_threadpool(storage.url, bucket, key, PRESIGN_S)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+
+    def chunks() -> Iterator[bytes]:
+        with storage.open(bucket, key) as fh:
+            while block := fh.read(CHUNK):
+                yield block
+
+    return StreamingResponse(
+        chunks(),
+        media_type="application/octet-stream",
+        headers={"content-length": str(info.size)},
+    )
+
+
+@router.get("/stat/{bucket}/{key:path}", summary="An object's size, etag and time")
+async def stat_object(bucket: str, key: str, _: Principal, service: Service) -> ObjectInfo:
+    bucket, key = service.check_object(bucket, key)
+    info = await run_in_threadpool(service.storage.stat, bucket, key)
+    if info is None:
+        raise ObjectNotFound(f"object not found: {bucket}/{key}")
+    return info
+
+
+@router.put("/files/{bucket}/{key:path}", summary="Upload an object (raw body, streamed)")
+async def put_object(
+    bucket: str, key: str, request: Request, _: Principal, service: Service
+) -> ObjectInfo:
+    bucket, key = service.check_object(bucket, key)
+    limit = service.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"upload of {declared} bytes exceeds the limit of {limit} bytes")
+    content_type = request.headers.get("content-type")
+    if content_type == "application/octet-stream":
+        content_type = None
+    writer = await run_in_threadpool(service.storage.writer, bucket, key, content_type)
+    try:
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+            if writer.written + len(buf) > limit:
+                raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
+            if len(buf) >= CHUNK:
+                await run_in_threadpool(writer.write, bytes(buf))
+                buf.clear()
+        if buf:
+            await run_in_threadpool(writer.write, bytes(buf))
+        info = await run_in_threadpool(writer.commit)
+    except BaseException:
+        await run_in_threadpool(writer.abort)
+        raise
+    return info
+
+
+@router.delete("/files/{bucket}/{key:path}", status_code=204, summary="Delete an object")
+async def delete_object(bucket: str, key: str, _: Principal, service: Service) -> Response:
+    bucket, key = service.check_object(bucket, key)
+    await run_in_threadpool(service.storage.delete, bucket, key)
+    return Response(status_code=204)
+
+
+@router.get("/list/{bucket}", summary="Objects under a prefix, in key order, one page")
+async def list_objects(
+    bucket: str,
+    _: Principal,
+    service: Service,
+    prefix: str = "",
+    start_after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> ListResponse:
+    validate_bucket(bucket)  # keys listed come from the engine, which never yields a bad one
+
+    def page() -> ListResponse:
+        items: list[ObjectInfo] = []
+        for info in service.storage.list(bucket, prefix, start_after):
+            items.append(info)
+            if len(items) == limit:
+                return ListResponse(items=items, next_start_after=info.key)
+        return ListResponse(items=items)
+
+    return await run_in_threadpool(page)
+
+
+@router.post("/uploads/{bucket}/{key:path}", summary="Where to PUT an object")
+async def upload_target(
+    bucket: str,
+    key: str,
+    _: Principal,
+    service: Service,
+    size: Annotated[int, Query(ge=0)] = 0,
+    content_type: str | None = None,
+) -> UploadTarget:
+    """A presigned PUT when the store can make one; presigned parts above its multipart threshold.
+
+    Stores that cannot presign (a local folder) answer with neither: the
+    worker then streams the object through ``PUT /files``.
+    """
+    bucket, key = service.check_object(bucket, key)
+    storage: Any = service.storage
+    multipart = getattr(storage, "presign_multipart", None)
+    if multipart is not None and size > storage.multipart_threshold:
+        upload_id, part_size, urls = await run_in_threadpool(
+            multipart, bucket, key, size, PRESIGN_S, content_type
+        )
+        return UploadTarget(
+            multipart=MultipartTarget(upload_id=upload_id, part_size=part_size, urls=list(urls))
+        )
+    presign = getattr(storage, "presign_put", None)
+    if presign is None or size > MAX_PRESIGNED_PUT:
+        return UploadTarget()
+    url, headers = await run_in_threadpool(presign, bucket, key, PRESIGN_S, content_type)
+    return UploadTarget(url=url, headers=headers)
+
+
+def _multipart_store(service: ConveyorService) -> Any:
+    storage = service.storage
+    if not hasattr(storage, "complete_multipart"):
+        raise InvalidRequest("this API's store takes no presigned multipart uploads")
+    return storage
+
+
+@router.post(
+    "/multipart/complete/{bucket}/{key:path}", summary="Finish a presigned multipart upload"
+)
+async def complete_upload(
+    bucket: str, key: str, body: CompleteUpload, _: Principal, service: Service
+) -> ObjectInfo:
+    bucket, key = service.check_object(bucket, key)
+    storage = _multipart_store(service)
+    info: ObjectInfo = await run_in_threadpool(
+        storage.complete_multipart, bucket, key, body.upload_id, list(body.etags)
+    )
+    return info
+
+
+@router.post(
+    "/multipart/abort/{bucket}/{key:path}", status_code=204, summary="Drop a multipart upload"
+)
+async def abort_upload(
+    bucket: str, key: str, body: AbortUpload, _: Principal, service: Service
+) -> Response:
+    bucket, key = service.check_object(bucket, key)
+    storage = _multipart_store(service)
+    await run_in_threadpool(storage.abort_multipart, bucket, key, body.upload_id)
+    return Response(status_code=204)

@@ -1,0 +1,217 @@
+"""A remote worker's one HTTP connection to the API: reuse, timeouts, retries, errors.
+
+Shared by the ``https://`` backend engine and the storage engine that
+streams through the API, so both use one connection pool and one
+credential (which the worker may rotate while it runs).  Errors come back
+as the same domain errors the local engines raise (``LeaseLost`` for a 409
+``lease_lost``, ``ObjectNotFound``, ``InvalidKey`` ...), so the worker loop
+and the processors cannot tell the engines apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from conveyor import __version__
+from conveyor.errors import (
+    Conflict,
+    ConveyorError,
+    InvalidKey,
+    InvalidRequest,
+    LeaseLost,
+    NotFound,
+    ObjectNotFound,
+    PayloadTooLarge,
+    RemoteUnavailable,
+    TaskNotFound,
+    WorkerCredentialRejected,
+)
+
+log = logging.getLogger("conveyor.remote")
+
+_BY_CODE: dict[str, type[ConveyorError]] = {
+    "lease_lost": LeaseLost,
+    "conflict": Conflict,
+    "task_not_found": TaskNotFound,
+    "object_not_found": ObjectNotFound,
+    "not_found": NotFound,
+    "invalid_key": InvalidKey,
+    "payload_too_large": PayloadTooLarge,
+}
+_RETRY_STATUS = (502, 503, 504)
+# never sent: safe to retry whatever the request was
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+Content = bytes | Callable[[], Any] | None
+
+
+def ssl_context(ca_cert: str | None = None) -> ssl.SSLContext:
+    """Trust ``ca_cert`` (``--ca-cert``), else ``SSL_CERT_FILE``/``SSL_CERT_DIR``, else the OS."""
+    cafile = ca_cert or os.environ.get("SSL_CERT_FILE") or None
+    capath = None if ca_cert else os.environ.get("SSL_CERT_DIR") or None
+    return ssl.create_default_context(cafile=cafile, capath=capath)
+
+
+def error_from(resp: httpx.Response) -> ConveyorError:
+    """The domain error an API error response stands for."""
+    try:
+        err = resp.json()["error"]
+        code, message = str(err.get("code", "error")), str(err.get("message", ""))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        code, message = "http_error", resp.text[:300]
+    status = resp.status_code
+    if status in (401, 403):
+        return WorkerCredentialRejected(
+            f"the API refused this worker's credential ({status} {code}): {message}"
+        )
+    if code in _BY_CODE:
+        return _BY_CODE[code](message)
+    if status in (400, 422):
+        return InvalidRequest(message)
+    if status == 404:
+        return NotFound(message)
+    if status == 409:
+        return Conflict(message)
+    if status >= 500:
+        return RemoteUnavailable(f"the API answered {status} {code}: {message}")
+    return ConveyorError(f"the API answered {status} {code}: {message}")
+
+
+def _retryable(exc: httpx.TransportError, idempotent: bool) -> bool:
+    """Unsent requests always, others when idempotent; never a refused certificate."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return idempotent or isinstance(exc, _NOT_SENT)
+
+
+def _store_error(resp: httpx.Response) -> ConveyorError:
+    """An error from a presigned object-store URL (S3 speaks XML, not our JSON)."""
+    what = f"the object store answered {resp.status_code}: {resp.text[:300]}"
+    if resp.status_code == 404:
+        return ObjectNotFound(what)
+    return RemoteUnavailable(what)
+
+
+class ApiConnection:
+    """``httpx.Client`` for one API base URL, with the worker's bearer credential.
+
+    ``credential`` is a string or a callable returning the current one (a
+    rotating credential file); ``None`` talks to an API running without auth.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        credential: str | Callable[[], str | None] | None = None,
+        ca_cert: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff_s: float = 0.2,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise InvalidRequest(f"the API URL must start with http:// or https://, not {url!r}")
+        self.url = url.rstrip("/")
+        self._credential = credential
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.verify = ssl_context(ca_cert)
+        self.http = httpx.Client(
+            base_url=self.url,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            verify=self.verify,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            headers={"user-agent": f"conveyor-worker/{__version__}"},
+            follow_redirects=False,
+        )
+        # presigned object-store URLs: no API credential may travel there
+        self.plain = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=10.0), verify=self.verify, follow_redirects=True
+        )
+
+    def credential(self) -> str | None:
+        c = self._credential
+        return c() if callable(c) else c
+
+    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
+        headers = dict(extra or {})
+        cred = self.credential()
+        if cred:
+            headers["authorization"] = f"Bearer {cred}"
+        return headers
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        json: Any = None,
+        content: Content = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        stream: bool = False,
+        client: httpx.Client | None = None,
+    ) -> httpx.Response:
+        """One request with retries; error statuses become domain errors.
+
+        Requests that never left (connection refused, connect timeout) are
+        retried with exponential back-off whatever they were; requests that
+        may have reached the API (read errors, 502/503/504 from a proxy) only
+        when ``idempotent``.  ``content`` may be a callable returning a fresh
+        body per attempt (a file being streamed).  With ``stream=True`` the
+        caller must close the returned response.
+        """
+        http = client or self.http
+        auth = client is None
+        for attempt in range(self.retries + 1):
+            body = content() if callable(content) else content
+            kw: dict[str, Any] = {"json": json, "params": params, "content": body}
+            if timeout is not None:
+                kw["timeout"] = httpx.Timeout(timeout, connect=10.0)
+            req_headers = self._headers(headers) if auth else dict(headers or {})
+            try:
+                req = http.build_request(method, path, headers=req_headers, **kw)
+                resp = http.send(req, stream=stream)
+            except httpx.TransportError as exc:
+                if attempt < self.retries and _retryable(exc, idempotent):
+                    self._pause(attempt, f"{method} {path}: {exc!r}")
+                    continue
+                where = self.url if auth else "the object store"
+                raise RemoteUnavailable(f"cannot reach {where}: {exc!r}") from None
+            if resp.status_code in _RETRY_STATUS and idempotent and attempt < self.retries:
+                resp.close()
+                self._pause(attempt, f"{method} {path}: HTTP {resp.status_code}")
+                continue
+            if resp.status_code >= 400:
+                if stream:
+                    resp.read()
+                    resp.close()
+                raise error_from(resp) if auth else _store_error(resp)
+            return resp
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pause(self, attempt: int, why: str) -> None:
+        delay = min(5.0, self.backoff_s * 2**attempt)
+        log.warning("API request failed (%s); retrying in %.1f s", why, delay)
+        time.sleep(delay)
+
+    def call(self, path: str, body: Any, *, idempotent: bool, timeout: float | None = None) -> Any:
+        """POST a JSON body, return the JSON answer (``None`` for 204)."""
+        resp = self.send("POST", path, json=body, idempotent=idempotent, timeout=timeout)
+        return None if resp.status_code == 204 else resp.json()
+
+    def close(self) -> None:
+        self.http.close()
+        self.plain.close()

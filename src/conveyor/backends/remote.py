@@ -1,0 +1,213 @@
+"""``https://API`` (and ``http://``): the worker's half of the backend contract, over the API.
+
+A remote worker holds only the API's URL and its own credential: no
+database or queue credentials, outbound connections only.  Each call of
+the worker loop (claim, heartbeat, progress, complete, fail, release, log
+chunks, waiting for work) is one request to ``/api/worker/v1``; the API
+runs it on its own engine, so fencing and every other rule stay the
+engine's.  Operator calls (submit, cancel, list ...) are not part of a
+worker's job and raise :class:`~conveyor.errors.NotSupportedRemotely`.
+
+``wait_for_work`` long-polls the API, which wakes it when work arrives, so
+an idle remote worker starts a new task one round trip and a half after a
+submit instead of at its next poll.  With ``claim_wait_s`` (what
+``conveyor worker`` uses) an empty claim itself waits on the API for up to
+that long and returns the task as soon as it is submitted: half a round
+trip, and one request per idle interval instead of two.  It is off by
+default because the contract's ``claim`` returns at once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import datetime
+from typing import Any, NoReturn
+
+from conveyor.api_connection import ApiConnection
+from conveyor.backends.base import Backend
+from conveyor.errors import NotSupportedRemotely
+from conveyor.models import (
+    ClaimedTask,
+    HeartbeatResult,
+    Lease,
+    LogLine,
+    OutputFile,
+    Page,
+    Progress,
+    QueueCounts,
+    Task,
+    TaskStatus,
+    WorkerInfo,
+)
+
+PREFIX = "/api/worker/v1"
+MAX_WAIT_S = 30.0
+LOG_CHUNK = 2000  # lines per request, under the API's limit
+
+
+class RemoteBackend(Backend):
+    def __init__(self, conn: ApiConnection, *, claim_wait_s: float = 0.0) -> None:
+        self.conn = conn
+        self.claim_wait_s = max(0.0, min(claim_wait_s, MAX_WAIT_S))
+        self._claim_waited = False  # the last claim came back empty after waiting
+        self._generation: int | None = None
+        self._worker_id = ""
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> RemoteBackend:
+        """``CONVEYOR_WORKER_CREDENTIAL`` and ``CONVEYOR_CA_CERT`` come from the environment."""
+        return cls(
+            ApiConnection(
+                url,
+                credential=os.environ.get("CONVEYOR_WORKER_CREDENTIAL") or None,
+                ca_cert=os.environ.get("CONVEYOR_CA_CERT") or None,
+            )
+        )
+
+    def _post(self, op: str, body: dict[str, Any], *, idempotent: bool, **kw: Any) -> Any:
+        return self.conn.call(f"{PREFIX}/{op}", body, idempotent=idempotent, **kw)
+
+    @staticmethod
+    def _dump(model: Any) -> Any:
+        return model.model_dump(mode="json")
+
+    # -- worker protocol -----------------------------------------------------------
+    def claim(
+        self, worker_id: str, kinds: list[str], capacity: int, lease_s: float
+    ) -> list[ClaimedTask]:
+        if capacity <= 0 or not kinds:
+            return []
+        self._worker_id = worker_id
+        body = {
+            "worker_id": worker_id,
+            "kinds": kinds,
+            "capacity": capacity,
+            "lease_s": lease_s,
+            "wait_s": self.claim_wait_s,
+        }
+        # not idempotent: a claim the API ran but whose answer was lost leases
+        # tasks nobody runs (until their lease expires), so retry unsent ones only
+        res = self._post("claim", body, idempotent=False, timeout=self.claim_wait_s + 30)
+        claimed = [ClaimedTask.model_validate(c) for c in res["claimed"]]
+        with self._lock:
+            self._generation = int(res["generation"])
+            self._claim_waited = not claimed and self.claim_wait_s > 0
+        return claimed
+
+    def wait_for_work(self, timeout: float) -> None:
+        timeout = max(0.0, min(float(timeout), MAX_WAIT_S))
+        with self._lock:
+            since = self._generation
+            if self._claim_waited:  # that claim has just waited for work on the API
+                self._claim_waited = False
+                return
+        if timeout == 0:
+            return
+        res = self._post(
+            "wait", {"timeout": timeout, "since": since}, idempotent=True, timeout=timeout + 15
+        )
+        with self._lock:
+            self._generation = int(res["generation"])
+
+    def heartbeat(self, worker: WorkerInfo, leases: list[Lease], lease_s: float) -> HeartbeatResult:
+        self._worker_id = worker.id
+        body = {
+            "worker": self._dump(worker),
+            "leases": [self._dump(le) for le in leases],
+            "lease_s": lease_s,
+        }
+        return HeartbeatResult.model_validate(self._post("heartbeat", body, idempotent=True))
+
+    def progress(self, lease: Lease, progress: Progress) -> None:
+        body = {"lease": self._dump(lease), "progress": self._dump(progress)}
+        self._post("progress", body, idempotent=True)
+
+    def complete(self, lease: Lease, outputs: list[OutputFile]) -> Task:
+        body = {"lease": self._dump(lease), "outputs": [self._dump(o) for o in outputs]}
+        return Task.model_validate(self._post("complete", body, idempotent=False))
+
+    def fail(self, lease: Lease, error: str, *, retryable: bool, code: str | None = None) -> Task:
+        body = {"lease": self._dump(lease), "error": error, "retryable": retryable, "code": code}
+        return Task.model_validate(self._post("fail", body, idempotent=False))
+
+    def release(self, lease: Lease) -> Task:
+        return Task.model_validate(
+            self._post("release", {"lease": self._dump(lease)}, idempotent=False)
+        )
+
+    def reap(self) -> int:
+        """Nothing to do here: the API process runs the reaper next to its engine."""
+        return 0
+
+    def append_logs(
+        self, task_id: str, attempt: int, lines: list[tuple[datetime, str, str]]
+    ) -> None:
+        for i in range(0, len(lines), LOG_CHUNK):
+            chunk = lines[i : i + LOG_CHUNK]
+            body = {
+                "task_id": task_id,
+                "attempt": attempt,
+                "worker_id": self._worker_id,
+                "lines": [
+                    {"ts": ts.isoformat(), "stream": stream, "line": line}
+                    for ts, stream, line in chunk
+                ],
+            }
+            # a resent chunk would be logged twice: retry only what never left
+            self._post("logs", body, idempotent=False)
+
+    def ping(self) -> None:
+        self.conn.send("GET", "/api/health", idempotent=True)
+
+    def check_ready(self) -> None:
+        self.ping()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- not a worker's business ----------------------------------------------------
+    def _operator_only(self, what: str) -> NoReturn:
+        raise NotSupportedRemotely(
+            f"{what} is an operator call; a remote worker's https:// backend only speaks the "
+            f"worker protocol: call the API ({self.conn.url}) instead"
+        )
+
+    def submit(self, task: Task) -> tuple[Task, bool]:
+        self._operator_only("submit")
+
+    def cancel(self, task_id: str) -> Task:
+        self._operator_only("cancel")
+
+    def retry(self, task_id: str) -> Task:
+        self._operator_only("retry")
+
+    def clear_pending(self) -> int:
+        self._operator_only("clear_pending")
+
+    def get(self, task_id: str) -> Task | None:
+        self._operator_only("get")
+
+    def counts(self, today: str | None = None) -> QueueCounts:
+        self._operator_only("counts")
+
+    def workers(self, active_within_s: float = 60.0) -> list[WorkerInfo]:
+        self._operator_only("workers")
+
+    def read_logs(
+        self, task_id: str, *, attempt: int | None = None, after_seq: int = 0, limit: int = 1000
+    ) -> list[LogLine]:
+        self._operator_only("read_logs")
+
+    def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        date: str | None = None,
+        kind: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        text: str | None = None,
+    ) -> Page:
+        self._operator_only("list")
