@@ -82,7 +82,8 @@ async def list_tasks(
 
 @router.get("/tasks/{task_id}", summary="One task")
 async def get_task(task_id: str, service: ConveyorService = Depends(get_service)) -> Task:
-    return await run_in_threadpool(service.get, task_id)
+    """A pending task that no live worker can take says why in ``waiting_reason``."""
+    return await run_in_threadpool(lambda: service.get(task_id, explain=True))
 
 
 @router.post("/tasks/{task_id}/cancel", summary="Cancel a task")

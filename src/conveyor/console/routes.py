@@ -367,7 +367,7 @@ def row_oob(request: Request, task: Task) -> str:
 async def task_page(
     request: Request, task_id: str, service: ConveyorService = Depends(get_service)
 ) -> Response:
-    task: Task = await call(service.get, task_id)
+    task, wait = await call(service.explain, await call(service.get, task_id))
     logs = await call(views.task_log, service, task_id)
     lines = logs["lines"]
     sse = live.stream_url(
@@ -377,7 +377,9 @@ async def task_page(
         attempt=lines[-1].attempt if lines else 0,
         fp=views.fingerprint(task),
     )
-    return await page(request, "task.html", section="tasks", sse_url=sse, task=task, **logs)
+    return await page(
+        request, "task.html", section="tasks", sse_url=sse, task=task, wait=wait, **logs
+    )
 
 
 async def _task_action(
