@@ -221,7 +221,16 @@ class Worker:
         claimed: list[ClaimedTask] = []
         free = self.gpus - self.gpus_in_use()
         while len(claimed) < slots and not self._stopping.is_set():
-            got = self.backend.claim(self.id, self.kinds, 1, self.lease_s, max_gpus=max(0, free))
+            try:
+                got = self.backend.claim(
+                    self.id, self.kinds, 1, self.lease_s, max_gpus=max(0, free)
+                )
+            except Exception:
+                if not claimed:
+                    raise
+                # the tasks already leased run now rather than wait out their lease
+                log.exception("claim failed; starting the %d task(s) claimed so far", len(claimed))
+                break
             if not got:
                 break
             claimed.extend(got)

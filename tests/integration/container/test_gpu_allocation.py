@@ -10,6 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
+
+import pytest
 
 from conveyor.models import Task, TaskStatus
 
@@ -94,6 +97,27 @@ def test_a_task_needing_2_gpus_is_never_claimed_by_a_worker_with_1(
     assert one.id in {t.worker_id for t in done}  # the 1-GPU worker did take its share
     for t in done:
         assert not any("Waiting for GPUs" in line for line in h.lines(t.id))
+
+
+def test_a_failed_claim_does_not_strand_the_tasks_claimed_before_it(
+    harness_factory: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness_factory(container_runner="local", gpus="0,1", max_concurrent_tasks=2)
+    tasks = [h.submit(command=["true"], gpus=1) for _ in range(2)]
+    backend = h.service.backend
+    real, calls = backend.claim, []
+
+    def flaky(*args: Any, **kw: Any) -> Any:  # the database drops the second claim
+        calls.append(1)
+        if len(calls) == 2:
+            raise ConnectionError("database went away")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(backend, "claim", flaky)
+    h.worker()
+    done = [h.wait(t.id, timeout=20) for t in tasks]
+    # the first was started at once, not left to expire its lease and count an attempt
+    assert [(t.status, t.attempts) for t in done] == [(TaskStatus.COMPLETED, 1)] * 2
 
 
 def wait_reason(h: Harness, task_id: str, text: str, timeout: float = 10.0) -> Task:
