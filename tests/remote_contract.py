@@ -87,9 +87,14 @@ class SplitBackend(Backend):
 
     # worker half: over HTTP
     def claim(
-        self, worker_id: str, kinds: list[str], capacity: int, lease_s: float
+        self,
+        worker_id: str,
+        kinds: list[str],
+        capacity: int,
+        lease_s: float,
+        max_gpus: int | None = None,
     ) -> list[ClaimedTask]:
-        return self.remote.claim(worker_id, kinds, capacity, lease_s)
+        return self.remote.claim(worker_id, kinds, capacity, lease_s, max_gpus)
 
     def heartbeat(self, worker: WorkerInfo, leases: list[Lease], lease_s: float) -> HeartbeatResult:
         return self.remote.heartbeat(worker, leases, lease_s)

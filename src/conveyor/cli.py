@@ -420,6 +420,8 @@ def _print_task(t: dict[str, Any]) -> None:
     )
     if t.get("input"):
         console.print(f"  input   {t['input']['bucket']}/{t['input']['key']}")
+    if t.get("waiting_reason"):
+        console.print(f"  waiting {t['waiting_reason']}", highlight=False)
     if t.get("error"):
         console.print(f"  error   [red]{t['error']}[/red]")
     for o in t.get("outputs", []):

@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -43,27 +42,6 @@ QUEUE_STATES = ("pending", "delayed", "processing")
 OUTCOMES = ("completed", "failed", "cancelled")
 SPEED_SAMPLE = 20  # recent completed tasks averaged into the speed gauges
 LOAD_FACTOR = 5.0  # a read that took t seconds is reused for at least 5 t seconds
-
-
-def _gpu_count(value: Any) -> int:
-    """A worker reports GPUs as a list of ids or a number (``capabilities``)."""
-    if isinstance(value, list | tuple):
-        return len(value)
-    if isinstance(value, int | float):
-        return int(value)
-    return 0
-
-
-def _gpus(worker: WorkerInfo) -> tuple[int, int]:
-    """GPUs a worker has and has in use, wherever its capabilities report them."""
-    caps = worker.capabilities or {}
-    total = _gpu_count(caps.get("gpus"))
-    in_use = _gpu_count(caps.get("gpus_in_use"))
-    for sub in caps.values():  # per-kind capabilities, e.g. {"container": {"gpus": [...]}}
-        if isinstance(sub, dict):
-            total = max(total, _gpu_count(sub.get("gpus")))
-            in_use = max(in_use, _gpu_count(sub.get("gpus_in_use")))
-    return total, in_use
 
 
 def _elapsed(task: Task) -> float:
@@ -230,7 +208,7 @@ class BackendCollector(Collector):
             "conveyor_worker_gpus_in_use", "GPUs assigned to running tasks", labels=["worker"]
         )
         for w in workers:
-            total, in_use = _gpus(w)
+            total, in_use = w.gpu_usage()
             gpus.add_metric([w.id], total)
             gpus_used.add_metric([w.id], in_use)
         return [active, slots, gpus, gpus_used]

@@ -75,11 +75,30 @@ class Attempt(BaseModel):
     error: str | None = None
 
 
+def gpus_in_params(kind: str, params: dict[str, Any]) -> int:
+    """GPUs a task asks for in its params: a count or a list of device ids (container).
+
+    The service derives ``Task.gpus`` through the kind's processor at submit;
+    this is the same rule for records written before ``gpus`` was a field
+    (the SQL migrations backfill with it, DynamoDB records read with it).
+    """
+    if kind != "container":
+        return 0
+    want = params.get("gpus")
+    if isinstance(want, list):
+        return len(want)
+    if isinstance(want, int) and not isinstance(want, bool):
+        return max(0, want)
+    return 0
+
+
 class Task(BaseModel):
     id: str = Field(default_factory=new_task_id)
     kind: str = "transcode"
     status: TaskStatus = TaskStatus.PENDING
     priority: int = 0
+    # GPUs the task needs on one worker; a claim passes over tasks needing more than are free
+    gpus: int = Field(0, ge=0)
     input: InputRef | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     outputs: list[OutputFile] = Field(default_factory=list)
@@ -100,6 +119,8 @@ class Task(BaseModel):
     trigger: Trigger = Trigger.API
     cancel_requested: bool = False
     history: list[Attempt] = Field(default_factory=list)
+    # read-time only, never stored: why no live worker can take this pending task
+    waiting_reason: str | None = None
 
     def model_post_init(self, __context: Any) -> None:
         if not self.date_partition:
@@ -142,6 +163,26 @@ class WorkerInfo(BaseModel):
     started_at: datetime = Field(default_factory=utcnow)
     last_seen: datetime = Field(default_factory=utcnow)
     version: str = ""
+    gpus: int = 0  # GPUs in the worker's inventory
+    gpus_in_use: int = 0  # GPUs its running tasks asked for (claimed, started or not)
+
+    def gpu_usage(self) -> tuple[int, int]:
+        """(GPUs, GPUs in use), also from ``capabilities`` as workers before these fields sent."""
+        total, in_use = self.gpus, self.gpus_in_use
+        for where in (self.capabilities, *self.capabilities.values()):
+            if isinstance(where, dict):
+                total = max(total, _gpu_count(where.get("gpus")))
+                in_use = max(in_use, _gpu_count(where.get("gpus_in_use")))
+        return total, in_use
+
+
+def _gpu_count(value: Any) -> int:
+    """Capabilities report GPUs as a list of ids or a number."""
+    if isinstance(value, list | tuple):
+        return len(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value)
+    return 0
 
 
 class HeartbeatResult(BaseModel):

@@ -39,6 +39,7 @@ from conveyor.models import (
 )
 from conveyor.processors import ProcessorRegistry
 from conveyor.storage import BlobStore, ObjectInfo, validate_bucket, validate_key
+from conveyor.waiting import WaitReason, why_waiting
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ class ConveyorService:
         task = Task(
             kind=req.kind,
             priority=req.priority,
+            gpus=processor.gpus_needed(params),
             input=input_ref,
             params=params,
             # a kind may carry its own retry limit in its params (container: max_attempts)
@@ -197,14 +199,28 @@ class ConveyorService:
         return AuthService(self.settings, self.backend.auth_store())
 
     # -- reading ---------------------------------------------------------------
-    def get(self, task_id: str, owner: str | None = None) -> Task:
-        """``owner``: the submitter whose tasks alone the caller may touch (None: any)."""
+    def get(self, task_id: str, owner: str | None = None, *, explain: bool = False) -> Task:
+        """``owner``: the submitter whose tasks alone the caller may touch (None: any);
+        with ``explain``, a pending task says why no worker takes it."""
         task = self.backend.get(task_id)
         if task is None:
             raise TaskNotFound(f"task {task_id} not found")
         if owner is not None and task.submitted_by != owner:
             raise Forbidden(f"task {task_id} was submitted by someone else")
-        return task
+        return self.explain(task)[0] if explain else task
+
+    def waiting(self, task: Task) -> WaitReason | None:
+        """Why no live worker can take ``task`` now (one read of the workers, if pending)."""
+        if task.status != TaskStatus.PENDING or task.delayed:
+            return None
+        return why_waiting(task, self.workers())
+
+    def explain(self, task: Task) -> tuple[Task, WaitReason | None]:
+        """``task`` with ``waiting_reason`` filled in, and the reason for faces that translate."""
+        reason = self.waiting(task)
+        if reason is None:
+            return task, None
+        return task.model_copy(update={"waiting_reason": reason.text()}), reason
 
     def counts(self) -> QueueCounts:
         return self.backend.counts()

@@ -173,6 +173,7 @@ def test_submit_and_get_round_trip(backend: Backend) -> None:
     task = Task(
         kind="transcode",
         priority=7,
+        gpus=3,
         input=InputRef(bucket="input", key="视频/会议 01.mp4"),
         params={"renditions": ["1080p", "720p"], "crf": 23, "nested": {"a": [1, 2.5, None]}},
         max_attempts=5,
@@ -189,6 +190,7 @@ def test_submit_and_get_round_trip(backend: Backend) -> None:
     assert got.kind == "transcode"
     assert got.status == TaskStatus.PENDING
     assert got.priority == 7
+    assert got.gpus == 3
     assert got.input == InputRef(bucket="input", key="视频/会议 01.mp4")
     assert got.params == task.params
     assert got.outputs == []
@@ -319,6 +321,28 @@ def test_claim_respects_capacity(backend: Backend) -> None:
     assert backend.claim("w1", [kind], 2, LONG_LEASE_S) == []
     claimed = [c.task.id for c in first + second + third]
     assert sorted(claimed) == sorted(t.id for t in tasks)
+
+
+def test_claim_with_max_gpus_takes_only_tasks_whose_gpus_fit(backend: Backend) -> None:
+    kind = unique_kind()
+    needs = {n: submit(backend, kind=kind, gpus=n) for n in (0, 4, 1, 2)}
+    top = submit(backend, kind=kind, gpus=2, priority=5)  # first in line, but needs 2
+
+    got = backend.claim("w1", [kind], 10, LONG_LEASE_S, max_gpus=1)
+    assert [c.task.id for c in got] == [needs[0].id, needs[1].id]  # in claim order
+    assert [c.task.gpus for c in got] == [0, 1]
+    for t in (needs[2], needs[4], top):  # passed over untouched: no attempt counted
+        left = get(backend, t.id)
+        assert (left.status, left.attempts, left.history) == (TaskStatus.PENDING, 0, [])
+    assert backend.claim("w1", [kind], 10, LONG_LEASE_S, max_gpus=0) == []
+    assert backend.claim("w1", [kind], 10, LONG_LEASE_S, max_gpus=1) == []
+
+    got = backend.claim("w2", [kind], 10, LONG_LEASE_S, max_gpus=2)
+    assert [c.task.id for c in got] == [top.id, needs[2].id]
+    assert all(c.lease.attempt == 1 for c in got)
+    got = backend.claim("w3", [kind], 10, LONG_LEASE_S)  # no limit given: any task
+    assert [c.task.id for c in got] == [needs[4].id]
+    assert get(backend, needs[4].id).gpus == 4
 
 
 def test_claim_sets_processing_attempt_worker_history_and_lease(backend: Backend) -> None:

@@ -25,7 +25,7 @@ from conveyor.config import ALL_TRANSCODE_TYPES, load_settings
 from conveyor.console.i18n import LANGS, Translator, catalogue, negotiate
 from conveyor.console.render import STATIC, TEMPLATES
 from conveyor.errors import ConveyorError, ProcessorError
-from conveyor.models import InputRef, Task, TaskStatus, Trigger
+from conveyor.models import InputRef, Task, TaskStatus, Trigger, WorkerInfo
 from conveyor.runtime import Runtime
 
 CONSOLE = TEMPLATES.parent
@@ -212,6 +212,31 @@ def test_every_page_renders_in_both_languages(app: TestClient, lang: str) -> Non
         assert 'sse-connect="/admin/events?view=' in r.text
     zh = app.get("/admin", headers={"accept-language": "zh-CN"}).text
     assert "仪表盘" in zh and "Dashboard" not in zh
+
+
+def test_a_pending_task_says_why_it_waits_in_the_api_and_on_its_page(app: TestClient) -> None:
+    r = app.post(
+        "/api/queue/add", json={"kind": "container", "params": {"command": ["true"], "gpus": 2}}
+    )
+    assert r.status_code == 201, r.text
+    task_id = r.json()["task_id"]
+    body = app.get(f"/api/tasks/{task_id}").json()
+    assert (body["gpus"], body["waiting_reason"]) == (2, "no live worker runs container tasks")
+
+    # what a worker reports on its heartbeat: 4 GPUs, 3 asked for by its running tasks
+    gpu_host = WorkerInfo(id="gpu-host", kinds=["container"], gpus=4, gpus_in_use=3)
+    service(app).backend.heartbeat(gpu_host, [], 60.0)
+    body = app.get(f"/api/tasks/{task_id}").json()
+    assert body["waiting_reason"] == "needs 2 GPUs; largest free worker has 1"
+    page = f"/admin/tasks/{task_id}"
+    en = app.get(page, headers={"accept-language": "en"}).text
+    assert "Waiting: needs 2 GPUs; the largest free worker has 1." in en
+    zh = app.get(page, headers={"accept-language": "zh-CN"}).text
+    assert "等待中：需要 2 块 GPU；空闲 GPU 最多的工作节点只有 1 块空闲。" in zh
+
+    service(app).backend.heartbeat(gpu_host.model_copy(update={"gpus_in_use": 1}), [], 60.0)
+    assert app.get(f"/api/tasks/{task_id}").json()["waiting_reason"] is None
+    assert 'id="waiting-reason"' not in app.get(page).text
 
 
 def test_errors_are_readable_pages_not_tracebacks(app: TestClient) -> None:

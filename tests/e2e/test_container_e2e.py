@@ -113,6 +113,27 @@ def test_cli_run_follow(srv: Server) -> None:
     assert "failed (job failed: exit code 5)" in bad.stdout
 
 
+def test_cli_show_says_why_a_task_waits(srv: Server) -> None:
+    env = {**os.environ, "CONVEYOR_URL": srv.url}
+    conveyor = [sys.executable, "-m", "conveyor"]
+    added = subprocess.run(
+        [*conveyor, "run", "--local", "--gpus", "2", "--", "true"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert added.returncode == 0, added.stdout + added.stderr
+    task_id = added.stdout.split()[1]
+    time.sleep(1.0)  # several claim loops of the worker, which has no GPU (CONVEYOR_GPUS=none)
+    shown = subprocess.run(
+        [*conveyor, "show", task_id], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "pending" in shown.stdout and "attempts 0/" in shown.stdout
+    assert "waiting needs 2 GPUs; no worker has GPUs" in shown.stdout
+
+
 def test_train_runs_the_example_and_resumes_after_a_crash(srv: Server) -> None:
     c = srv.client
     body = {

@@ -206,3 +206,37 @@ def test_claim_can_long_poll_an_empty_queue(url: str) -> None:
         assert time.monotonic() - start < 0.8
     finally:
         b.close()
+
+
+def test_a_task_needing_more_gpus_is_handed_back_at_once_and_its_record_left_alone(
+    backend: AWSBackend,
+) -> None:
+    big = backend.submit(Task(kind="container", gpus=4))[0]
+    item = backend._ddb.get_item(TableName=backend.table, Key={"task_id": {"S": big.id}})["Item"]
+    assert item["gpus"] == {"N": "4"}  # an attribute of its own, beside the document
+    for _ in range(3):  # each claim receives the message and hands it straight back
+        assert backend.claim("w1", ["container"], 1, LONG, max_gpus=2) == []
+    after = backend._ddb.get_item(TableName=backend.table, Key={"task_id": {"S": big.id}})
+    assert after["Item"]["ver"] == item["ver"]  # nothing written: no attempt counted
+    got = backend.claim("w2", ["container"], 1, LONG, max_gpus=4)  # visible again at once
+    assert [c.task.id for c in got] == [big.id] and got[0].lease.attempt == 1
+
+
+def test_a_record_written_before_gpus_was_a_field_reads_it_from_the_params(
+    backend: AWSBackend,
+) -> None:
+    task = backend.submit(Task(kind="container", params={"command": ["true"], "gpus": ["0", "2"]}))[
+        0
+    ]
+    key = {"task_id": {"S": task.id}}
+    doc = json.loads(backend._ddb.get_item(TableName=backend.table, Key=key)["Item"]["doc"]["S"])
+    del doc["gpus"]
+    backend._ddb.update_item(
+        TableName=backend.table,
+        Key=key,
+        UpdateExpression="SET doc = :d REMOVE gpus",
+        ExpressionAttributeValues={":d": {"S": json.dumps(doc)}},
+    )
+    assert backend.get(task.id).gpus == 2  # type: ignore[union-attr]
+    assert backend.claim("w1", ["container"], 1, LONG, max_gpus=1) == []
+    assert [c.task.id for c in backend.claim("w1", ["container"], 1, LONG, max_gpus=2)] == [task.id]

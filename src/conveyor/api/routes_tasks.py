@@ -112,7 +112,9 @@ async def get_task(
     service: ConveyorService = Depends(get_service),
     principal: Principal = require(Permission.TASKS_READ),
 ) -> Task:
-    return await run_in_threadpool(service.get, task_id, owner_filter(principal))
+    """A pending task that no live worker can take says why in ``waiting_reason``."""
+    owner = owner_filter(principal)
+    return await run_in_threadpool(lambda: service.get(task_id, owner, explain=True))
 
 
 @router.post("/tasks/{task_id}/cancel", summary="Cancel a task")

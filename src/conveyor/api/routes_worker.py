@@ -119,6 +119,9 @@ class ClaimBody(_Body):
     wait_s: float = Field(
         0.0, ge=0, le=MAX_WAIT_S, description="When nothing is ready, wait this long for work."
     )
+    max_gpus: int | None = Field(
+        None, ge=0, le=1024, description="Claim only tasks needing at most this many GPUs."
+    )
 
 
 class ClaimResponse(BaseModel):
@@ -185,7 +188,7 @@ async def claim(
     backend = service.backend
     # read before the query: a submit after it bumps the generation (see WorkSignal)
     generation = signal.generation
-    args = (body.worker_id, list(body.kinds), body.capacity, body.lease_s)
+    args = (body.worker_id, list(body.kinds), body.capacity, body.lease_s, body.max_gpus)
     claimed = await run_in_threadpool(backend.claim, *args)
     if not claimed and body.wait_s > 0:
         generation = await signal.wait(generation, body.wait_s)

@@ -42,8 +42,13 @@ Claim receives up to 10 messages (short poll, visibility = the lease rounded
 up to whole seconds), reads their records, takes the best ``capacity`` of the
 eligible ones with a conditional write and hands every other message back at
 once (visibility 0); a message whose retry back-off has not passed is hidden
-until it has.  Heartbeats extend the DynamoDB lease and the message's
-visibility (``ChangeMessageVisibility``); completion deletes the message.
+until it has.  SQS cannot filter what it delivers, so ``max_gpus`` is applied
+here too: a message whose task needs more GPUs than the worker has free
+(the record's ``gpus``, also a DynamoDB attribute) is handed back at once
+like one of another kind, nothing is written, so no attempt is counted; it
+costs an SQS receive, counted towards the dead-letter threshold (below).
+Heartbeats extend the DynamoDB lease and the message's visibility
+(``ChangeMessageVisibility``); completion deletes the message.
 
 Priority.  SQS has no priority: a claim picks the highest priority, then the
 oldest id, among the messages of one receive batch (up to 10, a few batches
@@ -118,6 +123,7 @@ from conveyor.models import (
     TaskStatus,
     WorkerInfo,
     date_partition,
+    gpus_in_params,
     utcnow,
 )
 
@@ -188,6 +194,8 @@ class _State:
 
     def __init__(self, item: Item) -> None:
         self.task = Task.model_validate_json(item["doc"]["S"])
+        if "gpus" not in self.task.model_fields_set:  # written before ``gpus`` was a field
+            self.task.gpus = gpus_in_params(self.task.kind, self.task.params)
         self.ver = int(_num(item, "ver") or 0)
         self.lease_token = _str(item, "lease_token")
         self.lease_expires = _num(item, "lease_expires")
@@ -285,7 +293,7 @@ class AWSBackend(Backend):
     ) -> Item:
         item: Item = {
             "task_id": _s(task.id),
-            "doc": _s(task.model_dump_json()),
+            "doc": _s(task.model_dump_json(exclude={"waiting_reason"})),
             "ver": _n(ver),
             "status": _s(task.status.value),
             "status_shard": _s(f"{task.status.value}#{self._shard(task.id)}"),
@@ -293,6 +301,7 @@ class AWSBackend(Backend):
             "created_key": _s(_created_key(task)),
             "kind": _s(task.kind),
             "priority": _n(task.priority),
+            "gpus": _n(task.gpus),
             "key_lc": _s(task.input.key.lower() if task.input else ""),
             "updated_at": _n(task.updated_at.timestamp()),
         }
@@ -505,7 +514,12 @@ class AWSBackend(Backend):
 
     # -- worker protocol ---------------------------------------------------------
     def claim(
-        self, worker_id: str, kinds: list[str], capacity: int, lease_s: float
+        self,
+        worker_id: str,
+        kinds: list[str],
+        capacity: int,
+        lease_s: float,
+        max_gpus: int | None = None,
     ) -> list[ClaimedTask]:
         if capacity <= 0 or not kinds:
             return []
@@ -550,7 +564,9 @@ class AWSBackend(Backend):
                     continue
                 seen_ids.add(tid)
                 nb = state.task.not_before
-                if state.task.kind not in wanted:
+                if state.task.kind not in wanted or (
+                    max_gpus is not None and state.task.gpus > max_gpus
+                ):
                     passed_over = True
                     give_back.append((receipt, 0))
                 elif nb is not None and nb.timestamp() > now:

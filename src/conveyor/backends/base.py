@@ -14,7 +14,10 @@ Semantics every engine implements:
   passed and whose kind is in ``kinds``: highest ``priority`` first, oldest
   first within a priority. Claiming sets ``processing``, increments
   ``attempts``, sets ``worker_id`` and ``started_at``, records an
-  ``Attempt`` in ``history`` and issues a fresh lease token.
+  ``Attempt`` in ``history`` and issues a fresh lease token. With
+  ``max_gpus`` set, only tasks whose ``gpus`` is at most ``max_gpus`` are
+  claimed (the worker passes the GPUs it has free); the others stay
+  ``pending``, untouched, for a worker that has them.
 * ``heartbeat`` renews, in one call, every lease the worker still holds
   (``renewed``), reports those it lost (``lost``: expired and reaped,
   cancelled, or owned by another attempt) and the tasks whose cancel was
@@ -229,7 +232,12 @@ class Backend(ABC):
     # -- worker protocol ----------------------------------------------------
     @abstractmethod
     def claim(
-        self, worker_id: str, kinds: list[str], capacity: int, lease_s: float
+        self,
+        worker_id: str,
+        kinds: list[str],
+        capacity: int,
+        lease_s: float,
+        max_gpus: int | None = None,
     ) -> list[ClaimedTask]: ...
 
     @abstractmethod

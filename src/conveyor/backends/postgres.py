@@ -107,7 +107,7 @@ _COLUMNS = (
     "id, kind, status, priority, input_bucket, input_key, params, outputs, progress, attempts, "
     "max_attempts, error, error_code, worker_id, lease_token, lease_expires, cancel_requested, "
     "created_at, updated_at, started_at, finished_at, not_before, date_partition, "
-    "idempotency_key, submitted_by, trigger, history"
+    "idempotency_key, submitted_by, trigger, history, gpus"
 )
 _T_COLUMNS = ", ".join(f"t.{c}" for c in _COLUMNS.split(", "))
 
@@ -156,21 +156,26 @@ def _fail_assignments(*, retryable: str, error: str, code: str, outcome: str, re
 
 
 _SUBMIT = (
-    f"WITH ins AS (INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join(['%s'] * 27)}) "
+    f"WITH ins AS (INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join(['%s'] * 28)}) "
     "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id) "
     f"SELECT ins.id, pg_notify('{CHANNEL}', '') FROM ins"
 )
 
 # One branch per kind, each reading the top of that kind from the partial index
-# tasks_ready (kind, priority DESC, id) and locking what it reads (SKIP LOCKED:
+# tasks_ready (kind, priority DESC, id, gpus) and locking what it reads (SKIP LOCKED:
 # rows other workers are claiming are passed over, never waited for); the merge
 # keeps the best ``capacity`` of them.  Each branch locks at most ``capacity``
 # rows, so a multi-kind claim may hold a few rows it does not take until its
 # statement ends (microseconds); a single full-queue scan instead would read
-# through every pending task of kinds this worker cannot run.
+# through every pending task of kinds this worker cannot run.  ``{gpus}`` is
+# ``AND gpus <= %(max_gpus)s`` when the worker says how many GPUs it has free:
+# gpus is a key column of tasks_ready, so it is an index condition checked on
+# each index entry, and tasks needing more GPUs cost no heap read (the test
+# reads the plan).
+_GPU_FILTER = " AND gpus <= %(max_gpus)s"
 _CLAIM_BRANCH = (
     "SELECT * FROM (SELECT id, priority FROM tasks"
-    " WHERE status = 'pending' AND kind = %(kind{i})s"
+    " WHERE status = 'pending' AND kind = %(kind{i})s{gpus}"
     " AND (not_before IS NULL OR not_before <= now())"
     " ORDER BY priority DESC, id LIMIT %(capacity)s FOR UPDATE SKIP LOCKED) AS k{i}"
 )
@@ -189,16 +194,17 @@ _CLAIM_MAX_BRANCHES = 16
 _CLAIM_SCAN = (
     "WITH picked AS ("
     " SELECT id FROM tasks"
-    " WHERE status = 'pending' AND kind = ANY(%(kinds)s::text[])"
+    " WHERE status = 'pending' AND kind = ANY(%(kinds)s::text[]){gpus}"
     " AND (not_before IS NULL OR not_before <= now())"
     " ORDER BY priority DESC, id LIMIT %(capacity)s FOR UPDATE SKIP LOCKED) " + _CLAIM_UPDATE
 )
 
 
-def _claim_sql(n_kinds: int) -> str:
+def _claim_sql(n_kinds: int, gpu_filter: bool = False) -> str:
+    gpus = _GPU_FILTER if gpu_filter else ""
     if n_kinds > _CLAIM_MAX_BRANCHES:
-        return _CLAIM_SCAN
-    branches = " UNION ALL ".join(_CLAIM_BRANCH.format(i=i) for i in range(n_kinds))
+        return _CLAIM_SCAN.format(gpus=gpus)
+    branches = " UNION ALL ".join(_CLAIM_BRANCH.format(i=i, gpus=gpus) for i in range(n_kinds))
     return (
         f"WITH picked AS (SELECT id FROM ({branches}) AS c "
         "ORDER BY priority DESC, id LIMIT %(capacity)s) " + _CLAIM_UPDATE
@@ -557,6 +563,7 @@ class PostgresBackend(Backend):
             kind=r["kind"],
             status=TaskStatus(r["status"]),
             priority=r["priority"],
+            gpus=r["gpus"],
             input=InputRef(bucket=r["input_bucket"], key=r["input_key"])
             if r["input_bucket"] is not None
             else None,
@@ -618,6 +625,7 @@ class PostgresBackend(Backend):
             task.submitted_by,
             task.trigger.value,
             Jsonb([]),
+            task.gpus,
         )
         with self._cursor() as cur:
             for _ in range(3):
@@ -640,12 +648,18 @@ class PostgresBackend(Backend):
 
     # -- worker protocol ---------------------------------------------------------------
     def claim(
-        self, worker_id: str, kinds: list[str], capacity: int, lease_s: float
+        self,
+        worker_id: str,
+        kinds: list[str],
+        capacity: int,
+        lease_s: float,
+        max_gpus: int | None = None,
     ) -> list[ClaimedTask]:
         if capacity <= 0 or not kinds:
             return []
         unique = list(dict.fromkeys(kinds))
         params: dict[str, Any] = {
+            "max_gpus": max_gpus,
             "kinds": unique,
             "capacity": capacity,
             "worker": worker_id,
@@ -654,7 +668,7 @@ class PostgresBackend(Backend):
         }
         params.update({f"kind{i}": k for i, k in enumerate(unique)})
         with self._cursor() as cur:
-            rows = cur.execute(_claim_sql(len(unique)), params).fetchall()
+            rows = cur.execute(_claim_sql(len(unique), max_gpus is not None), params).fetchall()
         rows.sort(key=lambda r: (-r["priority"], r["id"]))
         return [
             ClaimedTask(

@@ -75,7 +75,12 @@ class RemoteBackend(Backend):
 
     # -- worker protocol -----------------------------------------------------------
     def claim(
-        self, worker_id: str, kinds: list[str], capacity: int, lease_s: float
+        self,
+        worker_id: str,
+        kinds: list[str],
+        capacity: int,
+        lease_s: float,
+        max_gpus: int | None = None,
     ) -> list[ClaimedTask]:
         if capacity <= 0 or not kinds:
             return []
@@ -86,6 +91,7 @@ class RemoteBackend(Backend):
             "capacity": capacity,
             "lease_s": lease_s,
             "wait_s": self.claim_wait_s,
+            "max_gpus": max_gpus,
         }
         # not idempotent: a claim the API ran but whose answer was lost leases
         # tasks nobody runs (until their lease expires), so retry unsent ones only

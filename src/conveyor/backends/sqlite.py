@@ -81,7 +81,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     idempotency_key TEXT UNIQUE,
     submitted_by TEXT,
     trigger TEXT NOT NULL DEFAULT 'api',
-    history TEXT NOT NULL DEFAULT '[]'
+    history TEXT NOT NULL DEFAULT '[]',
+    gpus INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_date ON tasks (date_partition, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, created_at DESC, id DESC);
@@ -90,7 +91,7 @@ CREATE INDEX IF NOT EXISTS tasks_date_status
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (status, finished_at);
 CREATE INDEX IF NOT EXISTS tasks_kind ON tasks (kind, created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (priority DESC, id, not_before, kind)
+CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (priority DESC, id, not_before, kind, gpus)
     WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (lease_expires)
     WHERE status = 'processing';
@@ -111,13 +112,26 @@ CREATE TABLE IF NOT EXISTS workers (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+
+# Version 1 -> 2: ``gpus`` (GPUs a task needs) got its own column, backfilled
+# from container params (a count or a list of device ids, as
+# ``models.gpus_in_params``), and joined the pending-work index so that a claim
+# filters on it while reading the index.
+_UPGRADE_TO_2 = (
+    "ALTER TABLE tasks ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0",
+    "UPDATE tasks SET gpus = CASE json_type(params, '$.gpus') "
+    "WHEN 'integer' THEN max(json_extract(params, '$.gpus'), 0) "
+    "WHEN 'array' THEN json_array_length(params, '$.gpus') ELSE 0 END "
+    "WHERE kind = 'container' AND json_type(params, '$.gpus') IN ('integer', 'array')",
+    "DROP INDEX IF EXISTS tasks_ready",
+)
 
 _COLUMNS = (
     "id, kind, status, priority, input_bucket, input_key, params, outputs, progress, attempts, "
     "max_attempts, error, error_code, worker_id, lease_token, lease_expires, cancel_requested, "
     "created_at, updated_at, started_at, finished_at, not_before, date_partition, "
-    "idempotency_key, submitted_by, trigger, history"
+    "idempotency_key, submitted_by, trigger, history, gpus"
 )
 
 
@@ -162,11 +176,36 @@ class SQLiteBackend(Backend):
         self._generation = 0  # bumped on every notify; see wait_for_work
         self._closed = False
         self._writer = self._connect()
+        self._upgrade()
         self._writer.executescript(SCHEMA)
         self._writer.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
             (SCHEMA_VERSION,),
         )
+
+    def _upgrade(self) -> None:
+        """Bring a database made by an older Conveyor to this schema, in one transaction.
+
+        Runs before ``SCHEMA`` (whose ``IF NOT EXISTS`` would leave old tables
+        and indexes as they are); a second process opening the file at the
+        same time waits on the write lock and then finds nothing left to do.
+        """
+        with self._tx() as c:
+            if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks'").fetchone() is None:
+                return  # a new database: SCHEMA creates the current tables
+            columns = {r[1] for r in c.execute("PRAGMA table_info(tasks)").fetchall()}
+            if "gpus" not in columns:
+                for sql in _UPGRADE_TO_2:
+                    c.execute(sql)
+                c.execute(
+                    "CREATE INDEX tasks_ready ON tasks (priority DESC, id, not_before, kind, gpus) "
+                    "WHERE status = 'pending'"
+                )
+            c.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version' "
+                "AND CAST(value AS INTEGER) < CAST(? AS INTEGER)",
+                (SCHEMA_VERSION, SCHEMA_VERSION),
+            )
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteBackend:
@@ -221,6 +260,7 @@ class SQLiteBackend(Backend):
             kind=r["kind"],
             status=TaskStatus(r["status"]),
             priority=r["priority"],
+            gpus=r["gpus"],
             input=InputRef(bucket=r["input_bucket"], key=r["input_key"])
             if r["input_bucket"] is not None
             else None,
@@ -289,7 +329,7 @@ class SQLiteBackend(Backend):
                 if existing is not None:
                     return self._row_to_task(existing), False
             c.execute(
-                f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 27)})",
+                f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 28)})",
                 (
                     task.id,
                     task.kind,
@@ -318,6 +358,7 @@ class SQLiteBackend(Backend):
                     task.submitted_by,
                     task.trigger.value,
                     "[]",
+                    task.gpus,
                 ),
             )
         self._notify()
@@ -325,21 +366,23 @@ class SQLiteBackend(Backend):
 
     # -- worker protocol -----------------------------------------------------
     def claim(
-        self, worker_id: str, kinds: list[str], capacity: int, lease_s: float
+        self,
+        worker_id: str,
+        kinds: list[str],
+        capacity: int,
+        lease_s: float,
+        max_gpus: int | None = None,
     ) -> list[ClaimedTask]:
+        """Walk ``tasks_ready`` in claim order; ``not_before``, ``kind`` and ``gpus``
+        are columns of that index, so rows passed over are never read from the table
+        (``tests/contract`` checks the plan)."""
         if capacity <= 0 or not kinds:
             return []
+        sql, args = self._claim_query(kinds, capacity, max_gpus)
         now = time.time()
-        marks = ", ".join("?" * len(kinds))
         claimed: list[ClaimedTask] = []
         with self._tx() as c:
-            rows = c.execute(
-                f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_ready "
-                f"WHERE status = 'pending' AND kind IN ({marks}) "
-                "AND (not_before IS NULL OR not_before <= ?) "
-                "ORDER BY priority DESC, id LIMIT ?",
-                (*kinds, now, capacity),
-            ).fetchall()
+            rows = c.execute(sql, args).fetchall()
             for r in rows:
                 token = secrets.token_hex(16)
                 attempt = r["attempts"] + 1
@@ -379,6 +422,21 @@ class SQLiteBackend(Backend):
                     )
                 )
         return claimed
+
+    @staticmethod
+    def _claim_query(
+        kinds: list[str], capacity: int, max_gpus: int | None
+    ) -> tuple[str, tuple[Any, ...]]:
+        marks = ", ".join("?" * len(kinds))
+        gpus = "" if max_gpus is None else "AND gpus <= ? "
+        sql = (
+            f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_ready "
+            f"WHERE status = 'pending' AND kind IN ({marks}) "
+            f"AND (not_before IS NULL OR not_before <= ?) {gpus}"
+            "ORDER BY priority DESC, id LIMIT ?"
+        )
+        extra = () if max_gpus is None else (max_gpus,)
+        return sql, (*kinds, time.time(), *extra, capacity)
 
     def heartbeat(self, worker: WorkerInfo, leases: list[Lease], lease_s: float) -> HeartbeatResult:
         now = time.time()

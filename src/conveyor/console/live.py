@@ -113,9 +113,9 @@ class Stream:
             for task in self.service.get_many(self.watch):
                 out[f"row-{task.id}"] = self._row(task)
         if self.view == "task" and self.task_id:
-            task = self.service.get(self.task_id)
+            task, wait = self.service.explain(self.service.get(self.task_id))
             frags = {
-                "task-head": self._fragment("task_head", task=task),
+                "task-head": self._fragment("task_head", task=task, wait=wait),
                 "task-info": self._fragment("task_info", task=task),
                 "task-outputs": self._fragment("task_outputs", task=task),
             }

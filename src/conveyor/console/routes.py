@@ -414,7 +414,9 @@ async def task_page(
     service: ConveyorService = Depends(get_service),
     principal: Principal = require(Permission.TASKS_READ),
 ) -> Response:
-    task: Task = await call(service.get, task_id, owner_filter(principal))
+    task, wait = await call(
+        service.explain, await call(service.get, task_id, owner_filter(principal))
+    )
     logs = await call(views.task_log, service, task_id)
     lines = logs["lines"]
     sse = live.stream_url(
@@ -424,7 +426,9 @@ async def task_page(
         attempt=lines[-1].attempt if lines else 0,
         fp=views.fingerprint(task),
     )
-    return await page(request, "task.html", section="tasks", sse_url=sse, task=task, **logs)
+    return await page(
+        request, "task.html", section="tasks", sse_url=sse, task=task, wait=wait, **logs
+    )
 
 
 async def _task_action(

@@ -62,6 +62,14 @@ class Processor(ABC):
     def requires_input(self) -> bool:
         return True
 
+    def gpus_needed(self, params: dict[str, Any]) -> int:
+        """GPUs a task with these (validated) params needs on one worker: ``Task.gpus``."""
+        return 0
+
+    def gpu_devices(self) -> list[str]:
+        """The GPUs this host gives the kind's tasks; the worker claims by how many are free."""
+        return []
+
     def probe(self) -> dict[str, Any] | None:
         """What this host offers for the kind, or None when it cannot run it."""
         return {}

@@ -33,7 +33,7 @@ from conveyor.errors import (
     WorkerCredentialRejected,
 )
 from conveyor.logs import current_attempt, current_task, current_worker
-from conveyor.models import Lease, Progress, Task, WorkerInfo, utcnow
+from conveyor.models import ClaimedTask, Lease, Progress, Task, WorkerInfo, utcnow
 from conveyor.processors import ProcessorContext, ProcessorRegistry
 from conveyor.storage import BlobStore
 
@@ -86,6 +86,11 @@ class Worker:
         # its own mkdtemp below this root)
         self.capabilities: dict[str, object] = {}
         self.kinds = kinds or self._probe_kinds()
+        # the GPUs this worker hands out (container: CONVEYOR_GPUS or nvidia-smi)
+        self.gpus = max(
+            (len(proc.gpu_devices()) for kind, proc in registry.items() if kind in self.kinds),
+            default=0,
+        )
         self._running: dict[str, RunningTask] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # stop claiming
@@ -114,6 +119,11 @@ class Worker:
             kinds.append(kind)
         return kinds
 
+    def gpus_in_use(self) -> int:
+        """GPUs the tasks this worker holds asked for, whether they have them yet or not."""
+        with self._lock:
+            return sum(rt.task.gpus for rt in self._running.values())
+
     def info(self) -> WorkerInfo:
         with self._lock:
             running = list(self._running)
@@ -127,6 +137,8 @@ class Worker:
             capabilities=self.capabilities,
             started_at=self.started_at,
             version=__version__,
+            gpus=self.gpus,
+            gpus_in_use=self.gpus_in_use(),
         )
 
     # -- lifecycle ---------------------------------------------------------------
@@ -193,7 +205,7 @@ class Worker:
                     self._slot_freed.wait(self.settings.poll_interval)
                     self._slot_freed.clear()
                     continue
-                claimed = self.backend.claim(self.id, self.kinds, free, self.lease_s)
+                claimed = self._claim(free)
                 if self._stopping.is_set():  # stop() came while we were claiming
                     for c in claimed:
                         log.info("Releasing task %s: the worker is stopping", c.task.id)
@@ -209,6 +221,36 @@ class Worker:
             except Exception:
                 log.exception("claim loop error; retrying")
                 self._stopping.wait(min(5.0, self.settings.poll_interval))
+
+    def _claim(self, slots: int) -> list[ClaimedTask]:
+        """Claim only tasks whose GPU request this worker can meet now.
+
+        Without GPUs: one claim for tasks needing none.  With GPUs: one task
+        per claim, each asking for at most the GPUs still free, so tasks
+        claimed together never need more than the worker has; a task needing
+        more stays pending for a worker that has them (its ``waiting_reason``
+        says so).
+        """
+        if self.gpus == 0:
+            return self.backend.claim(self.id, self.kinds, slots, self.lease_s, max_gpus=0)
+        claimed: list[ClaimedTask] = []
+        free = self.gpus - self.gpus_in_use()
+        while len(claimed) < slots and not self._stopping.is_set():
+            try:
+                got = self.backend.claim(
+                    self.id, self.kinds, 1, self.lease_s, max_gpus=max(0, free)
+                )
+            except Exception:
+                if not claimed:
+                    raise
+                # the tasks already leased run now rather than wait out their lease
+                log.exception("claim failed; starting the %d task(s) claimed so far", len(claimed))
+                break
+            if not got:
+                break
+            claimed.extend(got)
+            free -= sum(c.task.gpus for c in got)
+        return claimed
 
     def _maybe_reap(self) -> None:
         now = time.monotonic()

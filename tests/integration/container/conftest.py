@@ -36,9 +36,13 @@ class Harness:
     service: ConveyorService
     workers: list[Worker] = field(default_factory=list)
 
-    def worker(self, **kw: Any) -> Worker:
-        registry = ProcessorRegistry({"container": ContainerProcessor(self.settings)})
-        w = Worker(self.settings, self.service.backend, self.service.storage, registry, **kw)
+    def worker(self, gpus: str | None = None, **kw: Any) -> Worker:
+        """A worker on this harness's queue; ``gpus`` gives it its own GPU inventory."""
+        settings = self.settings
+        if gpus is not None:
+            settings = settings.model_copy(update={"gpus": gpus})
+        registry = ProcessorRegistry({"container": ContainerProcessor(settings)})
+        w = Worker(settings, self.service.backend, self.service.storage, registry, **kw)
         w.start()
         self.workers.append(w)
         return w

@@ -149,6 +149,9 @@ class ContainerProcessor(Processor):
     def requires_input(self) -> bool:
         return False
 
+    def gpus_needed(self, params: dict[str, Any]) -> int:
+        return ContainerParams.model_validate(params).gpu_count
+
     # -- what this host offers ----------------------------------------------------------------
     def docker(self) -> Runner | None:
         with self._lock:
@@ -171,6 +174,9 @@ class ContainerProcessor(Processor):
             if self._gpus is None:
                 self._gpus = GpuAllocator(inventory(str(self._setting("gpus", "auto"))))
             return self._gpus
+
+    def gpu_devices(self) -> list[str]:
+        return self.gpus().devices
 
     def probe(self) -> dict[str, Any] | None:
         if self.mode == "off":

@@ -1,0 +1,61 @@
+"""Why a pending task is not being taken, from what the live workers report.
+
+Computed when a task is read (one read of the workers list, only for a
+pending task), never stored: workers report ``gpus`` and ``gpus_in_use``
+with every heartbeat, so the answer is as fresh as the last heartbeat and
+costs nothing while nobody looks.  Faces show :meth:`WaitReason.text`
+(API, English) or translate ``code`` with the numbers (console).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from conveyor.models import Task, TaskStatus, WorkerInfo
+
+
+@dataclass(frozen=True)
+class WaitReason:
+    # no_worker: no live worker runs the kind; no_gpus: none of them has GPUs;
+    # too_few_gpus: none has as many as the task needs; gpus_busy: one has,
+    # but not free now
+    code: str
+    kind: str
+    needs: int = 0
+    has: int = 0  # no_gpus: 0; too_few_gpus: the largest worker's GPUs; gpus_busy: most free
+
+    def text(self) -> str:
+        need = f"needs {self.needs} GPU{'' if self.needs == 1 else 's'}"
+        if self.code == "no_worker":
+            return f"no live worker runs {self.kind} tasks"
+        if self.code == "no_gpus":
+            return f"{need}; no worker has GPUs"
+        if self.code == "too_few_gpus":
+            return f"{need}; largest worker has {self.has}"
+        return f"{need}; largest free worker has {self.has}"
+
+
+def why_waiting(task: Task, workers: list[WorkerInfo]) -> WaitReason | None:
+    """Why no live worker can take ``task`` now, or None (not pending, or one can).
+
+    A task in its retry back-off is not explained here: ``not_before`` says
+    when it comes back.  A worker that could take the task but has no free
+    slot is not a reason either: the task is next in line.
+    """
+    if task.status != TaskStatus.PENDING or task.delayed:
+        return None
+    able = [w for w in workers if task.kind in w.kinds]
+    if not able:
+        return WaitReason("no_worker", task.kind)
+    if task.gpus == 0:
+        return None
+    usage = [w.gpu_usage() for w in able]
+    largest = max(total for total, _ in usage)
+    most_free = max(max(0, total - used) for total, used in usage)
+    if largest == 0:
+        return WaitReason("no_gpus", task.kind, task.gpus)
+    if largest < task.gpus:
+        return WaitReason("too_few_gpus", task.kind, task.gpus, largest)
+    if most_free < task.gpus:
+        return WaitReason("gpus_busy", task.kind, task.gpus, most_free)
+    return None
