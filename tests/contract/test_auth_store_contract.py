@@ -6,12 +6,22 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from conveyor.auth.models import AuditEvent, TokenRecord, hash_token, new_token
 from conveyor.auth.roles import Role
 from conveyor.auth.store import AuthStore
 from conveyor.backends.base import Backend
 
-from .conftest import BackendOpener
+from .conftest import BACKEND_ENGINES, BackendOpener
+
+
+@pytest.fixture(params=sorted(set(BACKEND_ENGINES) - {"remote"}))
+def backend_engine(request: pytest.FixtureRequest) -> str:
+    """The engines that keep an auth store: a remote worker's https:// engine has none
+    (tokens live with the API it talks to)."""
+    name: str = request.param
+    return name
 
 
 def _record(name: str, role: Role = Role.VIEWER, worker_id: str | None = None) -> TokenRecord:
