@@ -158,3 +158,36 @@ def make_scanned_copy(src: Path, dest: Path, *, dpi: int = 200) -> Path:
     images = [im.convert("L") for im in images]
     images[0].save(dest, format="PDF", save_all=True, append_images=images[1:], resolution=dpi)
     return dest
+
+
+def make_encrypted_pdf(path: Path, password: str = "secret") -> Path:
+    from reportlab.lib.pdfencrypt import StandardEncryption
+
+    c = canvas.Canvas(str(path), pagesize=A4, encrypt=StandardEncryption(password, canPrint=0))
+    c.setFont("Helvetica", 12)
+    c.drawString(60, 700, "A locked page.")
+    c.showPage()
+    c.save()
+    return path
+
+
+def make_zero_page_pdf(path: Path) -> Path:
+    """A well-formed PDF whose page tree is empty (reportlab always adds a page)."""
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [] /Count 0 >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    for off in offsets:
+        out += f"{off:010d} 00000 n \n".encode()
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    path.write_bytes(bytes(out))
+    return path

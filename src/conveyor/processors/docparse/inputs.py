@@ -6,6 +6,7 @@ what is wrong in words a user can act on.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,32 @@ def image_to_pdf(src: Path, dest: Path) -> int:
     return len(frames)
 
 
+_ZERO_PAGES = re.compile(rb"/Type\s*/Pages\b[^>]*?/Count\s+0\b|/Count\s+0\b[^>]*?/Type\s*/Pages\b")
+_A_PAGE = re.compile(rb"/Type\s*/Page\b(?!s)")
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """Why PDFium would not open a file, from the file itself.
+
+    PDFium's last-error code is not reset by every failure (a zero-page
+    document after an encrypted one still says "password"), so the words
+    come from what the file's head and tail contain.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(65536)
+        fh.seek(max(0, size - 65536))
+        tail = fh.read()
+    code = getattr(exc, "err_code", None)
+    if b"/Encrypt" in head + tail:
+        if code == pdfium_c.FPDF_ERR_SECURITY:
+            return f"the PDF uses an unsupported security handler ({exc})"
+        return "the PDF is encrypted and needs a password; remove the password and submit it again"
+    if size <= 2 * 65536 and _ZERO_PAGES.search(head) and not _A_PAGE.search(head):
+        return "the PDF has no pages"
+    return "the PDF is damaged and cannot be read (its structure is broken or it is cut short)"
+
+
 def open_input(path: Path, workdir: Path) -> DocInfo:
     kind = sniff(path)
     if kind != "pdf":
@@ -85,15 +112,7 @@ def open_input(path: Path, workdir: Path) -> DocInfo:
         try:
             pdf = pdfium.PdfDocument(path)
         except pdfium.PdfiumError as exc:
-            code = getattr(exc, "err_code", None)
-            if code == pdfium_c.FPDF_ERR_PASSWORD:
-                raise InputRejected(
-                    "the PDF is encrypted and needs a password; "
-                    "remove the password and submit it again"
-                ) from exc
-            if code == pdfium_c.FPDF_ERR_SECURITY:
-                raise InputRejected(f"the PDF uses an unsupported security handler: {exc}") from exc
-            raise InputRejected(f"the PDF is damaged and cannot be read ({exc})") from exc
+            raise InputRejected(_load_failure(path, exc)) from exc
         try:
             count = len(pdf)
         finally:
