@@ -205,7 +205,7 @@ class DocparseProcessor(Processor):
     ) -> MineruResult:
         first, last = pages[0], pages[-1]
         if len(pages) != last - first + 1:
-            ctx.log("MinerU takes one page span: parsing pages {first + 1}-{last + 1}")
+            ctx.log(f"MinerU takes one page span: parsing pages {first + 1}-{last + 1}")
         ctx.report_progress(5.0, "parse", "parsing with MinerU")
         timeout = ctx.timeout_s or 6 * 3600.0
         if mode == "http":

@@ -46,16 +46,17 @@ class MineruResult:
 
 
 def mineru_mode(api_url: str) -> str | None:
-    """``inprocess`` when the package is installed, ``http`` when a server is named, else None."""
-    if importlib.util.find_spec("mineru") is not None:
-        return "inprocess"
+    """``http`` when a server is named (an explicit choice wins), ``inprocess`` when the
+    package is installed, else None."""
     if api_url:
         return "http"
+    if importlib.util.find_spec("mineru") is not None:
+        return "inprocess"
     return None
 
 
 def mineru_lang(langs: list[str]) -> str:
-    """MinerU takes one OCR language per file; Chinese models also read Latin text."""
+    """MinerU takes one OCR language per file; its Chinese models also read Latin text."""
     for lang in langs:
         if lang.startswith("chi") and lang in _LANGS:
             return _LANGS[lang]
