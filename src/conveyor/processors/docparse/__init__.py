@@ -26,7 +26,7 @@ from conveyor.models import InputRef, OutputFile
 from conveyor.processors.base import Processor, ProcessorContext
 from conveyor.processors.docparse.assemble import assemble
 from conveyor.processors.docparse.inputs import DocInfo, open_input
-from conveyor.processors.docparse.lite import LiteSummary, run_pages
+from conveyor.processors.docparse.lite import LiteSummary, PagePoolBroken, run_pages
 from conveyor.processors.docparse.mineru import (
     MineruError,
     MineruResult,
@@ -275,6 +275,8 @@ class DocparseProcessor(Processor):
             raise ProcessorError(
                 f"this document has scanned pages but {exc}", retryable=True, code="ocr_unavailable"
             ) from exc
+        except PagePoolBroken as exc:
+            raise ProcessorError(str(exc), retryable=True) from exc
         if summary.failed_pages == summary.pages:
             raise InputRejected("no page of the document could be parsed (see the task log)")
         ctx.log(

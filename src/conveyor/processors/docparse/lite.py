@@ -2,10 +2,10 @@
 
 PDFium is not thread-safe and a worker may run several tasks at once in
 threads, so pages are parsed in separate processes (``spawn``: a fork of a
-threaded worker could inherit a held lock).  ``imap`` hands results back in
-page order as they finish, each is appended to a JSON-lines spool, and the
-pool's children are replaced every ``PAGES_PER_CHILD`` pages, so memory
-stays flat however long the document is.
+threaded worker could inherit a held lock).  Results are taken in page
+order from a bounded window of submitted pages and appended to a
+JSON-lines spool, and the pool's processes are replaced every
+``PAGES_PER_CHILD`` pages, so memory stays flat however long the document.
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ import json
 import logging
 import multiprocessing
 import threading
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,6 +245,84 @@ def _ocr_lines(words: list[Word]) -> list[Line]:
 
 
 # -- in the worker -----------------------------------------------------------------------
+IDLE_CLOSE_S = 120.0
+PAGE_WINDOW_PER_PROCESS = 2
+
+
+class PagePool:
+    """Warm page processes shared by every docparse task of this worker process.
+
+    Spawning a process and importing PDFium costs about a second on a busy
+    machine, more than parsing a dozen pages, so the processes outlive a
+    task; they are recycled every ``PAGES_PER_CHILD`` pages (bounding any
+    growth in a long run) and closed after ``IDLE_CLOSE_S`` without work.
+    A process that dies (the OOM killer) breaks the pool: the task fails,
+    retryably, and the next one gets a fresh pool.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+        self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._users = 0
+        self._idle_timer: threading.Timer | None = None
+
+    def acquire(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    max_tasks_per_child=PAGES_PER_CHILD,
+                )
+            self._users += 1
+            return self._executor
+
+    def release(self, broken: bool = False) -> None:
+        with self._lock:
+            self._users -= 1
+            if broken and self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+            if self._users == 0 and self._executor is not None:
+                self._idle_timer = threading.Timer(IDLE_CLOSE_S, self.close_if_idle)
+                self._idle_timer.daemon = True
+                self._idle_timer.start()
+
+    def close_if_idle(self) -> None:
+        with self._lock:
+            if self._users == 0 and self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = None
+
+
+_pools: dict[int, PagePool] = {}
+_pools_lock = threading.Lock()
+
+
+def shared_pool(workers: int) -> PagePool:
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = PagePool(workers)
+        return pool
+
+
+class PagePoolBroken(RuntimeError):
+    """A page process died mid-page."""
+
+
 @dataclass
 class LiteSummary:
     pages: int = 0
@@ -262,28 +344,62 @@ def run_pages(
     cancel: threading.Event,
     on_page: Callable[[int, int, dict[str, Any]], None],
 ) -> LiteSummary:
-    """Parse ``pages`` of ``path`` in parallel; each result goes to ``spool``, in page order."""
+    """Parse ``pages`` of ``path`` in parallel; each result goes to ``spool``, in page order.
+
+    At most ``PAGE_WINDOW_PER_PROCESS`` pages per process are in flight, so
+    neither queued work nor finished-but-unwritten results grow with the
+    document.
+    """
     summary = LiteSummary()
-    jobs: Iterator[PageJob] = (PageJob(str(path), p, str(images_dir), ocr, langs) for p in pages)
-    ctx = multiprocessing.get_context("spawn")
-    n = max(1, min(workers, len(pages)))
-    with (
-        ctx.Pool(n, maxtasksperchild=PAGES_PER_CHILD) as pool,
-        spool.open("w", encoding="utf-8") as out,
-    ):
-        for done, result in enumerate(pool.imap(parse_page, jobs, chunksize=1), start=1):
-            if cancel.is_set():
-                pool.terminate()
-                raise TaskCancelled("cancelled")
-            out.write(json.dumps(result, ensure_ascii=False) + "\n")
-            summary.pages += 1
-            if result.get("error"):
-                summary.failed_pages += 1
-            elif result["kind"] == "scanned":
-                summary.scanned_pages += 1
-            else:
-                summary.text_pages += 1
-            if result.get("method") == "ocr":
-                summary.ocr_pages += 1
-            on_page(done, len(pages), result)
+    pool = shared_pool(workers)
+    executor = pool.acquire()
+    broken = False
+    window = pool.workers * PAGE_WINDOW_PER_PROCESS
+    todo = iter(pages)
+    pending: deque[Future[dict[str, Any]]] = deque()
+
+    def fill() -> None:
+        while len(pending) < window:
+            p = next(todo, None)
+            if p is None:
+                return
+            job = PageJob(str(path), p, str(images_dir), ocr, langs)
+            pending.append(executor.submit(parse_page, job))
+
+    try:
+        with spool.open("w", encoding="utf-8") as out:
+            fill()
+            done = 0
+            while pending:
+                fut = pending[0]
+                while True:
+                    try:
+                        result = fut.result(timeout=0.5)
+                        break
+                    except FuturesTimeout:
+                        if cancel.is_set():
+                            raise TaskCancelled("cancelled") from None
+                pending.popleft()
+                fill()
+                done += 1
+                out.write(json.dumps(result, ensure_ascii=False) + "\n")
+                summary.pages += 1
+                if result.get("error"):
+                    summary.failed_pages += 1
+                elif result["kind"] == "scanned":
+                    summary.scanned_pages += 1
+                else:
+                    summary.text_pages += 1
+                if result.get("method") == "ocr":
+                    summary.ocr_pages += 1
+                on_page(done, len(pages), result)
+    except BrokenProcessPool as exc:
+        broken = True
+        raise PagePoolBroken(
+            "a page process died while parsing (out of memory?); the task will be retried"
+        ) from exc
+    finally:
+        for fut in pending:
+            fut.cancel()
+        pool.release(broken=broken)
     return summary

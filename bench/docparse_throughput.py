@@ -1,0 +1,236 @@
+"""How fast does docparse read pages, and how much memory does a long PDF take?
+
+    python bench/docparse_throughput.py [--text-pages 60] [--scanned-pages 12]
+                                        [--workers N] [--big 500] [--no-pymupdf]
+
+On PDFs generated with reportlab (tests/docparse_samples.py: headings, a
+two-column page, a ruled table, a figure, a line of Chinese), and an
+image-only copy of them rendered at 200 dpi (the "scanned" pages):
+
+(a) the lite engine, through ``DocparseProcessor.run`` as a worker runs it
+    (download from a local folder store, per-page pool, Markdown + content
+    list + images, upload), in pages per second, for text pages and for
+    scanned pages (tesseract eng+chi_sim, OMP_THREAD_LIMIT=1);
+(b) beside it, on the same text PDF: pypdfium2's bare text extraction (one
+    process, text only: the floor of what reading a text layer costs) and
+    pymupdf4llm's Markdown (one process);
+(c) ``--big N``: an N-page text PDF through the processor, with the peak
+    resident memory of the worker process plus its page processes, sampled
+    every 20 ms (the sum over the process tree, not one process's peak).
+
+pymupdf4llm is AGPL, so it is never a dependency of Conveyor: when it is
+missing, this script installs it with pip into a private folder under the
+temp dir (``pip install --target``) and runs it in a subprocess from there;
+the project's environment is left untouched.  ``--no-pymupdf`` skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.docparse_samples import make_sample_pdf, make_scanned_copy  # noqa: E402
+
+from conveyor.models import InputRef, Task  # noqa: E402
+from conveyor.processors.base import ProcessorContext  # noqa: E402
+from conveyor.processors.docparse import DocparseProcessor  # noqa: E402
+from conveyor.storage.local import LocalBlobStore  # noqa: E402
+
+PYMUPDF_DIR = Path(tempfile.gettempdir()) / "conveyor-bench-pymupdf4llm"
+
+
+@dataclass
+class Settings:
+    docparse_workers: int
+    mineru_api_url: str = ""
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class TreeRss:
+    """Peak of the summed RSS of this process and all its descendants."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak_kib = 0
+        self.peak_procs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            pids, todo = [], [me]
+            while todo:
+                pid = todo.pop()
+                pids.append(pid)
+                todo.extend(_children(pid))
+            total = sum(_rss_kib(p) for p in pids)
+            if total > self.peak_kib:
+                self.peak_kib, self.peak_procs = total, len(pids)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_processor(pdf: Path, workdir: Path, workers: int, **params: object) -> tuple[float, int]:
+    """Seconds for DocparseProcessor.run on ``pdf`` and the pages it reported."""
+    store = LocalBlobStore(workdir / "buckets")
+    key = f"bench/{pdf.name}"
+    store.put_file("input", key, pdf)
+    proc = DocparseProcessor(Settings(docparse_workers=workers))
+    task_dir = workdir / f"task-{uuid.uuid4().hex[:8]}"
+    task_dir.mkdir()
+    ctx = ProcessorContext(
+        task=Task(kind="docparse", input=InputRef(bucket="input", key=key), params=params),
+        workdir=task_dir,
+        storage=store,
+        output_bucket="output",
+        report_progress=lambda p, ph, m: None,
+        log=lambda line: None,
+    )
+    t0 = time.perf_counter()
+    outputs = proc.run(ctx)
+    elapsed = time.perf_counter() - t0
+    pages = max(int(o.meta.get("pages", 0)) for o in outputs)
+    shutil.rmtree(task_dir, ignore_errors=True)
+    return elapsed, pages
+
+
+def bare_pdfium(pdf: Path) -> tuple[float, int]:
+    import pypdfium2 as pdfium
+
+    t0 = time.perf_counter()
+    doc = pdfium.PdfDocument(pdf)
+    n = len(doc)
+    chars = 0
+    for i in range(n):
+        page = doc[i]
+        tp = page.get_textpage()
+        chars += len(tp.get_text_range())
+        tp.close()
+        page.close()
+    doc.close()
+    return time.perf_counter() - t0, n
+
+
+def pymupdf4llm_run(pdf: Path) -> tuple[float, int] | str:
+    """pymupdf4llm.to_markdown in a subprocess, from a private install (AGPL: bench only)."""
+    if not (PYMUPDF_DIR / "pymupdf4llm").is_dir():
+        print(f"installing pymupdf4llm (AGPL, for this benchmark only) into {PYMUPDF_DIR} ...")
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--target",
+                str(PYMUPDF_DIR),
+                "pymupdf4llm",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode != 0:
+            return "pip install failed: " + r.stderr.strip().splitlines()[-1]
+    code = (
+        "import sys, time, pymupdf, pymupdf4llm\n"
+        "t0 = time.perf_counter()\n"
+        "md = pymupdf4llm.to_markdown(sys.argv[1], show_progress=False)\n"
+        "n = pymupdf.open(sys.argv[1]).page_count\n"
+        "print(time.perf_counter() - t0, n, len(md))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PYMUPDF_DIR)}
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(pdf)], capture_output=True, text=True, env=env
+    )
+    if r.returncode != 0:
+        return "failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+    secs, pages, _ = r.stdout.split()[-3:]
+    return float(secs), int(pages)
+
+
+def rate(res: tuple[float, int]) -> str:
+    secs, pages = res
+    return f"{pages / secs:8.1f} pages/s  ({pages} pages in {secs:.2f} s)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--text-pages", type=int, default=60)
+    ap.add_argument("--scanned-pages", type=int, default=12)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--big", type=int, default=0, help="also parse an N-page PDF for peak RSS")
+    ap.add_argument("--only-big", action="store_true", help="skip (a) and (b)")
+    ap.add_argument("--no-pymupdf", action="store_true")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="docparse-bench-") as tmp:
+        work = Path(tmp)
+        print(f"CPU cores: {os.cpu_count()}, page processes: {args.workers}")
+        if not args.only_big:
+            text_pdf = make_sample_pdf(work / "text.pdf", repeat=max(1, args.text_pages // 3))
+            scan_src = make_sample_pdf(work / "src.pdf", repeat=max(1, args.scanned_pages // 3))
+            scanned_pdf = make_scanned_copy(scan_src, work / "scanned.pdf")
+            print("\n(a) lite engine through DocparseProcessor.run")
+            run_processor(text_pdf, work, args.workers, pages="1-3")  # warm the page cache
+            print("  text pages:    " + rate(run_processor(text_pdf, work, args.workers)))
+            print("  scanned pages: " + rate(run_processor(scanned_pdf, work, args.workers)))
+            print("\n(b) the same text PDF, other readers (one process each)")
+            print("  pypdfium2 bare text:  " + rate(bare_pdfium(text_pdf)))
+            if not args.no_pymupdf:
+                res = pymupdf4llm_run(text_pdf)
+                if isinstance(res, str):
+                    print(f"  pymupdf4llm Markdown: {res}")
+                else:
+                    print("  pymupdf4llm Markdown: " + rate(res))
+        if args.big:
+            big = make_sample_pdf(work / "big.pdf", repeat=(args.big + 2) // 3)
+            print(f"\n(c) {args.big}-page text PDF ({big.stat().st_size / 1e6:.1f} MB)")
+            with TreeRss() as rss:
+                res = run_processor(big, work, args.workers)
+            print("  lite engine:   " + rate(res))
+            print(
+                f"  peak RSS (worker + page processes): {rss.peak_kib / 1024:.0f} MiB "
+                f"over {rss.peak_procs} processes"
+            )
+
+
+if __name__ == "__main__":
+    main()
