@@ -32,7 +32,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.docparse_samples import make_sample_pdf, make_scanned_copy  # noqa: E402
+from tests.rss import TreeRss  # noqa: E402
 
 from conveyor.models import InputRef, Task  # noqa: E402
 from conveyor.processors.base import ProcessorContext  # noqa: E402
@@ -55,57 +55,6 @@ PYMUPDF_DIR = Path(tempfile.gettempdir()) / "conveyor-bench-pymupdf4llm"
 class Settings:
     docparse_workers: int
     mineru_api_url: str = ""
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(p) for p in fh.read().split()]
-    except OSError:
-        return []
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-class TreeRss:
-    """Peak of the summed RSS of this process and all its descendants."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval = interval
-        self.peak_kib = 0
-        self.peak_procs = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = os.getpid()
-        while not self._stop.is_set():
-            pids, todo = [], [me]
-            while todo:
-                pid = todo.pop()
-                pids.append(pid)
-                todo.extend(_children(pid))
-            total = sum(_rss_kib(p) for p in pids)
-            if total > self.peak_kib:
-                self.peak_kib, self.peak_procs = total, len(pids)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> TreeRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def run_processor(pdf: Path, workdir: Path, workers: int, **params: object) -> tuple[float, int]:
@@ -186,6 +135,23 @@ def pymupdf4llm_run(pdf: Path) -> tuple[float, int] | str:
     return float(secs), int(pages)
 
 
+def make_big_pdf(work: Path, pages: int, scanned: int) -> Path:
+    """``pages`` sample pages, the last ``scanned`` of them image-only."""
+    import pypdfium2 as pdfium
+
+    text = make_sample_pdf(work / "big-text.pdf", repeat=(pages - scanned + 2) // 3)
+    doc = pdfium.PdfDocument(text)
+    for i in range(len(doc) - 1, pages - scanned - 1, -1):
+        doc.del_page(i)
+    if scanned:
+        src = make_sample_pdf(work / "big-src.pdf", repeat=(scanned + 2) // 3)
+        scan = pdfium.PdfDocument(make_scanned_copy(src, work / "big-scan.pdf"))
+        doc.import_pages(scan, list(range(scanned)))
+    out = work / "big.pdf"
+    doc.save(out)
+    return out
+
+
 def rate(res: tuple[float, int]) -> str:
     secs, pages = res
     return f"{pages / secs:8.1f} pages/s  ({pages} pages in {secs:.2f} s)"
@@ -197,9 +163,12 @@ def main() -> None:
     ap.add_argument("--scanned-pages", type=int, default=12)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--big", type=int, default=0, help="also parse an N-page PDF for peak RSS")
+    ap.add_argument("--big-scanned", type=int, default=0, help="of which the last N scanned")
     ap.add_argument("--only-big", action="store_true", help="skip (a) and (b)")
+    ap.add_argument("--ocr-langs", default="eng,chi_sim", help="tesseract languages")
     ap.add_argument("--no-pymupdf", action="store_true")
     args = ap.parse_args()
+    langs = [x for x in args.ocr_langs.split(",") if x]
 
     with tempfile.TemporaryDirectory(prefix="docparse-bench-") as tmp:
         work = Path(tmp)
@@ -211,7 +180,8 @@ def main() -> None:
             print("\n(a) lite engine through DocparseProcessor.run")
             run_processor(text_pdf, work, args.workers, pages="1-3")  # warm the page cache
             print("  text pages:    " + rate(run_processor(text_pdf, work, args.workers)))
-            print("  scanned pages: " + rate(run_processor(scanned_pdf, work, args.workers)))
+            scanned = run_processor(scanned_pdf, work, args.workers, ocr_langs=langs)
+            print(f"  scanned pages: {rate(scanned)}  [OCR {'+'.join(langs)}]")
             print("\n(b) the same text PDF, other readers (one process each)")
             print("  pypdfium2 bare text:  " + rate(bare_pdfium(text_pdf)))
             if not args.no_pymupdf:
@@ -221,10 +191,13 @@ def main() -> None:
                 else:
                     print("  pymupdf4llm Markdown: " + rate(res))
         if args.big:
-            big = make_sample_pdf(work / "big.pdf", repeat=(args.big + 2) // 3)
-            print(f"\n(c) {args.big}-page text PDF ({big.stat().st_size / 1e6:.1f} MB)")
+            big = make_big_pdf(work, args.big, args.big_scanned)
+            print(
+                f"\n(c) {args.big}-page PDF, the last {args.big_scanned} scanned "
+                f"({big.stat().st_size / 1e6:.1f} MB)"
+            )
             with TreeRss() as rss:
-                res = run_processor(big, work, args.workers)
+                res = run_processor(big, work, args.workers, ocr_langs=langs)
             print("  lite engine:   " + rate(res))
             print(
                 f"  peak RSS (worker + page processes): {rss.peak_kib / 1024:.0f} MiB "
