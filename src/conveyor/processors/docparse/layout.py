@@ -170,33 +170,35 @@ def body_size(lines: Sequence[Line]) -> float:
 def find_gutter(lines: Sequence[Line], page_w: float) -> float | None:
     """The x of a gap between two columns, or None for a one-column page.
 
-    A gutter is an x in the middle band of the page that no narrow line
-    crosses, with at least three narrow lines on each side.
+    A gutter is the widest stretch of the page's middle band crossed by the
+    fewest lines; it counts if few lines cross it (titles and full-width
+    paragraphs may) and at least three lines sit wholly on each side.
     """
-    narrow = [ln for ln in lines if ln.x1 - ln.x0 < 0.55 * page_w]
-    if len(narrow) < 6:
+    if len(lines) < 6 or page_w <= 0:
         return None
     lo, hi = int(page_w * 0.25), int(page_w * 0.75)
-    covered = [False] * (hi - lo + 1)
-    for ln in narrow:
+    cover = [0] * (hi - lo + 1)
+    for ln in lines:
         a, b = max(lo, int(ln.x0)), min(hi, int(ln.x1 + 0.999))
         for x in range(a, b + 1):
-            covered[x - lo] = True
-    best: tuple[int, int] | None = None
-    start: int | None = None
-    for i, c in enumerate([*covered, True]):
-        if not c and start is None:
-            start = i
-        elif c and start is not None:
-            if best is None or i - start > best[1] - best[0]:
-                best = (start, i)
-            start = None
-    if best is None or best[1] - best[0] < 4:
-        return None
-    gutter = lo + (best[0] + best[1]) / 2
-    left = sum(1 for ln in narrow if ln.x1 <= gutter)
-    right = sum(1 for ln in narrow if ln.x0 >= gutter)
-    return gutter if left >= 3 and right >= 3 else None
+            cover[x - lo] += 1
+    limit = max(2, len(lines) // 5)
+    best: tuple[int, int, float] | None = None  # (crossing lines, -width, x)
+    start = 0
+    for i in range(1, len(cover) + 1):
+        if i < len(cover) and cover[i] == cover[start]:
+            continue
+        width, crossing = i - start, cover[start]
+        x = lo + (start + i) / 2
+        if crossing <= limit and width >= 4:
+            left = sum(1 for ln in lines if ln.x1 <= x)
+            right = sum(1 for ln in lines if ln.x0 >= x)
+            if left >= 3 and right >= 3:
+                key = (crossing, -width, x)
+                if best is None or key < best:
+                    best = key
+        start = i
+    return best[2] if best else None
 
 
 def reading_order(lines: Sequence[Line], page_w: float) -> list[Line]:
