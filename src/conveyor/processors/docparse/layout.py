@@ -189,12 +189,12 @@ def find_gutter(lines: Sequence[Line], page_w: float) -> float | None:
         if i < len(cover) and cover[i] == cover[start]:
             continue
         width, crossing = i - start, cover[start]
-        x = lo + (start + i) / 2
+        mid = lo + (start + i) / 2
         if crossing <= limit and width >= 4:
-            left = sum(1 for ln in lines if ln.x1 <= x)
-            right = sum(1 for ln in lines if ln.x0 >= x)
+            left = sum(1 for ln in lines if ln.x1 <= mid)
+            right = sum(1 for ln in lines if ln.x0 >= mid)
             if left >= 3 and right >= 3:
-                key = (crossing, -width, x)
+                key = (crossing, -width, mid)
                 if best is None or key < best:
                     best = key
         start = i
