@@ -122,3 +122,41 @@ def test_params_are_validated_at_submit() -> None:
     ok = proc.validate({"ocr_langs": ["en", "zh"], "pages": " 1-3,5 "}, None)
     assert ok["ocr_langs"] == ["eng", "chi_sim"] and ok["pages"] == "1-3,5"
     assert ok["engine"] == "auto" and ok["ocr"] == "auto"
+
+
+def test_a_scanned_image_is_a_one_page_document(
+    harness: Harness, scanned_pdf: Path, tmp_path: Path, with_tesseract: None
+) -> None:
+    import pypdfium2 as pdfium
+
+    doc = pdfium.PdfDocument(scanned_pdf)
+    png = tmp_path / "page.png"
+    doc[1].render(scale=200 / 72, grayscale=True).to_pil().save(png, dpi=(200, 200))
+    doc.close()
+    outputs = harness.run(png, ocr_langs=["eng"])
+    md = harness.markdown(outputs)
+    assert "elephants" in md and "apples" in md
+    assert harness.output(outputs, "markdown").meta["pages"] == 1
+    assert "docs/page/page.md" in harness.published()
+
+
+def test_cancel_mid_document_publishes_nothing(
+    harness: Harness, sample_pdf: Path, with_tesseract: None
+) -> None:
+    import threading
+
+    from conveyor.errors import TaskCancelled
+
+    cancel = threading.Event()
+
+    def on_progress(percent: float, phase: str, message: str) -> None:
+        if phase == "parse" and message.startswith("page 1/"):
+            cancel.set()
+
+    rec = Recorder(on_progress=on_progress)
+    with pytest.raises(TaskCancelled):
+        harness.run(sample_pdf, recorder=rec, cancel_event=cancel, ocr="force")
+    assert harness.published() == []
+    assert not any(m.startswith("page 3/") for _, _, m in rec.progress)
+    # the shared page processes are still good for the next task
+    assert harness.markdown(harness.run(sample_pdf, pages="1")).startswith("# ")
