@@ -30,14 +30,17 @@ def test_text_pdf_to_markdown_content_list_and_images(harness: Harness, sample_p
         assert "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" in tables[0]["table_body"]
     # the Chinese line, exactly
     assert CHINESE in md
-    # the embedded figure: a JPEG under images/, referenced from the Markdown
-    images = [o for o in outputs if o.name.startswith("images/")]
-    assert len(images) == 1
-    jpeg = harness.local(images[0])
-    assert jpeg.read_bytes()[:3] == b"\xff\xd8\xff" and jpeg.stat().st_size > 1000
+    # the embedded figure: a JPEG under images/, referenced from the Markdown;
+    # the table gets a picture of itself too, as MinerU's content list has
+    images = {o.name: o for o in outputs if o.name.startswith("images/")}
     img_items = [i for i in items if i["type"] == "image"]
-    assert [i["img_path"] for i in img_items] == [images[0].name]
-    assert f"![]({images[0].name})" in md
+    assert len(img_items) == 1
+    figure = img_items[0]["img_path"]
+    assert set(images) == {figure, tables[0]["img_path"]}
+    for out in images.values():
+        jpeg = harness.local(out)
+        assert jpeg.read_bytes()[:3] == b"\xff\xd8\xff" and jpeg.stat().st_size > 1000
+    assert f"![]({figure})" in md
 
     # content-list fields, MinerU's shape
     for item in items:
@@ -92,6 +95,7 @@ def test_scanned_copy_is_ocrd_with_high_recall(
     # the grid of the scanned table is found in the bitmap and its cells filled by OCR
     tables = [i for i in items if i["type"] == "table"]
     assert len(tables) == 1 and "<td>Alice</td>" in tables[0]["table_body"]
+    assert tables[0]["img_path"] in {o.name for o in outputs}
     assert md.startswith(f"# {TITLE}")
     assert all(i["page_idx"] in (0, 1, 2) for i in items)
 

@@ -47,6 +47,8 @@ from conveyor.processors.docparse.pdfpage import (
     read_page,
     render_gray,
     save_image,
+    save_pil,
+    save_region,
 )
 from conveyor.processors.docparse.tables import Grid, find_tables, to_html, to_markdown
 
@@ -114,7 +116,7 @@ def _parse_page(job: PageJob) -> dict[str, Any]:
                 for obj, box in images
                 if box[2] - box[0] >= MIN_FIGURE_PT and box[3] - box[1] >= MIN_FIGURE_PT
             ]
-            blocks = _text_blocks(content, figures, Path(job.images_dir))
+            blocks = _text_blocks(page, content, figures, Path(job.images_dir))
             if content.scanned:
                 result.method = "none"
         result.chars = content.printable
@@ -137,7 +139,9 @@ def _table_block(grid: Grid, cells: dict[tuple[int, int], str]) -> Block | None:
     return Block(type="table", bbox=grid.bbox, table_html=to_html(rows), table_md=to_markdown(rows))
 
 
-def _text_blocks(content: PageContent, figures: list[Any], images_dir: Path) -> list[Block]:
+def _text_blocks(
+    page: pdfium.PdfPage, content: PageContent, figures: list[Any], images_dir: Path
+) -> list[Block]:
     grids = _tables(find_tables(content.segments))
     free: list[Char] = []
     in_cells: dict[tuple[int, int, int], list[Char]] = {}
@@ -167,6 +171,7 @@ def _text_blocks(content: PageContent, figures: list[Any], images_dir: Path) -> 
                 cells[(r, c)] = text
         table = _table_block(grid, cells)
         if table is not None:
+            table.img_path = save_region(page, table.bbox, images_dir) or ""
             anchored.append(table)
     for obj, box in figures:
         if any(inside((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, t.bbox) for t in anchored):
@@ -182,8 +187,8 @@ def _ocr_blocks(
 ) -> tuple[list[Block], int]:
     gray = render_gray(page, job.dpi)
     words = tesseract_words(Image.fromarray(gray), job.langs, job.dpi)
-    grids = _tables(find_tables(bitmap_rules(gray, job.dpi / 72.0)))
-    del gray
+    scale = job.dpi / 72.0
+    grids = _tables(find_tables(bitmap_rules(gray, scale)))
     free: list[Word] = []
     in_cells: dict[tuple[int, int, int], list[Word]] = {}
     for w in words:
@@ -209,6 +214,9 @@ def _ocr_blocks(
                 cells[(r, c)] = text
         table = _table_block(grid, cells)
         if table is not None:
+            x0, y0, x1, y1 = (int(v * scale) for v in table.bbox)
+            crop = Image.fromarray(gray[max(0, y0 - 4) : y1 + 4, max(0, x0 - 4) : x1 + 4])
+            table.img_path = save_pil(crop, Path(job.images_dir))
             anchored.append(table)
     return order_blocks(blocks, anchored, content.width), len(words)
 

@@ -181,6 +181,24 @@ def read_page(page: pdfium.PdfPage) -> tuple[PageContent, list[tuple[Any, Box]]]
     return content, images
 
 
+def save_region(page: pdfium.PdfPage, box: Box, images_dir: Path, dpi: int = 144) -> str | None:
+    """Render part of a page (a table, as MinerU keeps one) to a JPEG under its hash."""
+    width, height = page.get_size()
+    pad = 2.0
+    x0, y0, x1, y1 = box
+    crop = (
+        max(0.0, x0 - pad),
+        max(0.0, height - y1 - pad),
+        max(0.0, width - x1 - pad),
+        max(0.0, y0 - pad),
+    )
+    try:
+        pil = page.render(scale=dpi / 72.0, crop=crop).to_pil()
+    except Exception:
+        return None
+    return save_pil(pil, images_dir)
+
+
 def save_image(obj: pdfium.PdfObject, images_dir: Path) -> str | None:
     """Write an embedded image as JPEG under its content hash; None if it cannot be decoded."""
     try:
@@ -188,6 +206,11 @@ def save_image(obj: pdfium.PdfObject, images_dir: Path) -> str | None:
         pil = bitmap.to_pil()
     except Exception:
         return None
+    return save_pil(pil, images_dir)
+
+
+def save_pil(pil: Any, images_dir: Path) -> str:
+    """JPEG under the hash of its pixels, written once (a repeated figure is stored once)."""
     if pil.mode not in ("RGB", "L"):
         pil = pil.convert("RGB")
     digest = hashlib.sha256(pil.tobytes()).hexdigest()
