@@ -164,3 +164,15 @@ def test_cancel_mid_document_publishes_nothing(
     assert not any(m.startswith("page 3/") for _, _, m in rec.progress)
     # the shared page processes are still good for the next task
     assert harness.markdown(harness.run(sample_pdf, pages="1")).startswith("# ")
+
+
+def test_ocr_language_missing_on_the_worker_fails_retryably(
+    harness: Harness, scanned_pdf: Path, with_tesseract: None
+) -> None:
+    from conveyor.errors import ProcessorError
+
+    with pytest.raises(ProcessorError) as err:
+        harness.run(scanned_pdf, pages="1", ocr_langs=["eng", "xyz"])
+    assert err.value.retryable is True and err.value.code == "ocr_unavailable"
+    assert "no xyz language data" in str(err.value)
+    assert harness.published() == []

@@ -39,7 +39,12 @@ from conveyor.processors.docparse.layout import (
     reading_order,
 )
 from conveyor.processors.docparse.model import Block, PageResult
-from conveyor.processors.docparse.ocr import OcrUnavailable, Word, tesseract_words
+from conveyor.processors.docparse.ocr import (
+    OcrUnavailable,
+    Word,
+    check_languages,
+    tesseract_words,
+)
 from conveyor.processors.docparse.pdfpage import (
     MIN_FIGURE_PT,
     PageContent,
@@ -185,6 +190,7 @@ def _text_blocks(
 def _ocr_blocks(
     page: pdfium.PdfPage, content: PageContent, job: PageJob
 ) -> tuple[list[Block], int]:
+    check_languages(job.langs)  # a missing language fails the task, not just this page
     gray = render_gray(page, job.dpi)
     words = tesseract_words(Image.fromarray(gray), job.langs, job.dpi)
     scale = job.dpi / 72.0
