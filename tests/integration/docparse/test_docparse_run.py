@@ -96,7 +96,10 @@ def test_scanned_copy_is_ocrd_with_high_recall(
     tables = [i for i in items if i["type"] == "table"]
     assert len(tables) == 1 and "<td>Alice</td>" in tables[0]["table_body"]
     assert tables[0]["img_path"] in {o.name for o in outputs}
-    assert md.startswith(f"# {TITLE}")
+    # headings from the bitmap: sizes estimated from cap heights, levels as on the text copy
+    assert md.startswith(f"# {TITLE}\n")
+    for h in HEADINGS:
+        assert f"\n## {h}\n" in md, h
     assert all(i["page_idx"] in (0, 1, 2) for i in items)
 
 

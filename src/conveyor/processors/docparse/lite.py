@@ -61,8 +61,8 @@ log = logging.getLogger(__name__)
 
 PAGES_PER_CHILD = 100
 OCR_DPI = 200
-# OCR word boxes are noisier than font sizes: ask more of a heading
-OCR_HEADING_RATIO = 1.45
+# sizes from OCR word boxes are estimates (cap height / 0.72): ask a little more
+OCR_HEADING_RATIO = 1.25
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,22 @@ def _ocr_blocks(
     return order_blocks(blocks, anchored, content.width), len(words)
 
 
+_ASCENDS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789bdfhiklt")
+_DESCENDS = set("gjpqyQ(),;[]{}|/@$")
+CAP_HEIGHT = 0.72  # of the font size, for the Latin faces documents mostly use
+
+
+def _cap_height_word(text: str) -> bool:
+    """A word whose box spans exactly the cap height: ascenders, no descenders."""
+    core = text.strip(".:!?'\"")
+    return (
+        bool(core)
+        and core.isascii()
+        and any(c in _ASCENDS for c in core)
+        and not any(c in _DESCENDS for c in core)
+    )
+
+
 def _ocr_lines(words: list[Word]) -> list[Line]:
     """Tesseract's own lines, in its reading order; a paragraph never spans two of its blocks."""
     grouped: dict[tuple[int, int, int], list[Word]] = {}
@@ -240,7 +256,8 @@ def _ocr_lines(words: list[Word]) -> list[Line]:
         text = ""
         for w in ws:
             text = join_words(text, w.text)
-        heights = sorted(w.y1 - w.y0 for w in ws)
+        caps = sorted((w.y1 - w.y0) / CAP_HEIGHT for w in ws if _cap_height_word(w.text))
+        heights = caps or sorted(w.y1 - w.y0 for w in ws)
         lines.append(
             Line(
                 text=text,

@@ -64,10 +64,20 @@ class PageResult:
         }
 
 
+# heading sizes this close (relative) are one level: OCR size estimates wobble
+SAME_LEVEL = 0.06
+
+
 def heading_levels(keys: Iterable[HeadingKey]) -> dict[HeadingKey, int]:
     """Biggest heading size is level 1; bold at the same size ranks below plain big text."""
     ordered = sorted(set(keys), key=lambda k: (-k[0], not k[1]))
-    return {k: min(i + 1, MAX_LEVEL) for i, k in enumerate(ordered)}
+    levels: dict[HeadingKey, int] = {}
+    level, lead = 0, None
+    for key in ordered:
+        if lead is None or key[1] != lead[1] or key[0] < lead[0] * (1 - SAME_LEVEL):
+            level, lead = level + 1, key
+        levels[key] = min(level, MAX_LEVEL)
+    return levels
 
 
 def heading_key(block: dict[str, Any]) -> HeadingKey:
