@@ -10,10 +10,13 @@ JSON-lines spool, and the pool's processes are replaced every
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -308,6 +311,8 @@ class PagePool:
                     self.workers,
                     mp_context=multiprocessing.get_context("spawn"),
                     max_tasks_per_child=PAGES_PER_CHILD,
+                    initializer=watch_parent,
+                    initargs=(os.getpid(),),
                 )
             self._users += 1
             return self._executor
@@ -340,6 +345,28 @@ class PagePool:
 
 _pools: dict[int, PagePool] = {}
 _pools_lock = threading.Lock()
+
+
+@atexit.register
+def close_pools() -> None:
+    """Idle page processes would otherwise outlive the worker: each holds its
+    queue's write end too, so it never sees the parent's end close."""
+    with _pools_lock:
+        pools = list(_pools.values())
+    for pool in pools:
+        pool.close()
+
+
+def watch_parent(parent: int) -> None:
+    """In each page process: exit when the worker is gone, even if it was SIGKILLed."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="conveyor-parent-watch", daemon=True).start()
 
 
 def shared_pool(workers: int) -> PagePool:
