@@ -276,6 +276,8 @@ def main() -> None:
                 f"  peak RSS (worker + page processes): {rss.peak_kib / 1024:.0f} MiB "
                 f"over {rss.peak_procs} processes"
             )
+            parts = ", ".join(f"{name} {kib / 1024:.0f}" for name, kib in rss.peak_parts)
+            print(f"  at the peak (MiB): {parts}")
 
 
 if __name__ == "__main__":

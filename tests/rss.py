@@ -33,6 +33,21 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def _name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except OSError:
+        return "?"
+    if pid == os.getpid():
+        return "worker"
+    if b"spawn_main" in b" ".join(argv):
+        return "page process"
+    if b"resource_tracker" in b" ".join(argv):
+        return "resource tracker"
+    return os.path.basename(argv[0].decode(errors="replace")) or "?"
+
+
 class TreeRss:
     """Peak of the summed RSS of this process and all its descendants."""
 
@@ -40,6 +55,7 @@ class TreeRss:
         self.interval = interval
         self.peak_kib = 0
         self.peak_procs = 0
+        self.peak_parts: list[tuple[str, int]] = []  # (process, KiB) at the peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -51,9 +67,13 @@ class TreeRss:
                 pid = todo.pop()
                 pids.append(pid)
                 todo.extend(_children(pid))
-            total = sum(_rss_kib(p) for p in pids)
+            sizes = {p: _rss_kib(p) for p in pids}
+            total = sum(sizes.values())
             if total > self.peak_kib:
                 self.peak_kib, self.peak_procs = total, len(pids)
+                self.peak_parts = sorted(
+                    ((_name(p), kib) for p, kib in sizes.items() if kib), key=lambda x: -x[1]
+                )
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreeRss:
