@@ -20,14 +20,19 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
-# System packages, installed with apt-get only when missing: ffmpeg for the
-# workers; for the test suite also PostgreSQL (throwaway clusters) and
+# System packages, installed with apt-get only when missing: ffmpeg and
+# tesseract (English + Simplified Chinese, for scanned pages) for the workers; for the test suite also PostgreSQL (throwaway clusters) and
 # Chromium (console browser tests, driven by playwright without a download),
 # dockerd and a static busybox (container tests: a private engine, an image
 # built offline).
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
+	command -v tesseract >/dev/null 2>&1 || missing="$$missing tesseract-ocr"; \
+	for lang in eng chi_sim; do \
+	  ls /usr/share/tesseract-ocr/*/tessdata/$$lang.traineddata >/dev/null 2>&1 || \
+	    missing="$$missing tesseract-ocr-$$(echo $$lang | tr _ -)"; \
+	done; \
 	$(call apt_install,$$missing)
 
 test-deps: system-deps

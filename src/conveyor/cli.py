@@ -339,14 +339,29 @@ def _split_types(types: list[str] | None) -> list[str] | None:
     return [t.strip() for raw in types for t in raw.split(",") if t.strip()]
 
 
+DOCUMENT_SUFFIXES = {".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+
+
+def _kind_for(key: str) -> str:
+    """A PDF or an image is parsed, anything else transcoded."""
+    return "docparse" if Path(key).suffix.lower() in DOCUMENT_SUFFIXES else "transcode"
+
+
 @app.command()
 def submit(
     target: str = typer.Argument(..., help="A local file, or BUCKET/KEY already stored."),
     types: list[str] = typer.Option(
         None, "--types", "-t", help="Transcode types (comma-separated or repeated)."
     ),
-    kind: str = typer.Option("transcode", help="Task kind."),
+    kind: str = typer.Option(
+        None, help="Task kind (default: docparse for a PDF or image, else transcode)."
+    ),
     params: str = typer.Option(None, help="Kind parameters as JSON."),
+    pages: str = typer.Option(None, help="docparse: pages to parse, e.g. 1-5,8,10-."),
+    ocr: str = typer.Option(None, help="docparse: OCR mode auto, force or off."),
+    langs: str = typer.Option(None, help="docparse: OCR languages, e.g. eng,chi_sim."),
+    engine: str = typer.Option(None, help="docparse: engine auto, lite or mineru."),
+    formats: str = typer.Option(None, help="docparse: outputs, e.g. markdown,content_list."),
     priority: int = typer.Option(0, help="Higher runs first."),
     bucket: str = typer.Option("input", help="Bucket a local file is uploaded to."),
     key: str = typer.Option(None, help="Key for an uploaded file (default: its name)."),
@@ -367,6 +382,7 @@ def submit(
         else:
             err.print(f"[red]error[/red]: {target!r} is neither a local file nor BUCKET/KEY")
             raise typer.Exit(2)
+        kind = kind or _kind_for(in_key)
         body: dict[str, Any] = {
             "kind": kind,
             "input_bucket": in_bucket,
@@ -379,6 +395,21 @@ def submit(
             body["transcode_types"] = _split_types(types)
         if params:
             body["params"] = json.loads(params)
+        doc_opts = {
+            "pages": pages,
+            "ocr": ocr,
+            "ocr_langs": _split_types([langs]) if langs else None,
+            "engine": engine,
+            "formats": _split_types([formats]) if formats else None,
+        }
+        given = {k: v for k, v in doc_opts.items() if v is not None}
+        if given:
+            if kind != "docparse":
+                err.print(
+                    "[red]error[/red]: --pages/--ocr/--langs/--engine/--formats are for docparse"
+                )
+                raise typer.Exit(2)
+            body["params"] = {**body.get("params", {}), **given}
         res = client.add(body)
     except ClientError as exc:
         _fail(exc)

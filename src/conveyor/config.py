@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     ffmpeg: str = _env("ffmpeg", "FFMPEG")
     ffprobe: str = _env("ffprobe", "FFPROBE")
     encoder: str = _env("auto", "ENCODER")
+    # docparse: page processes per task (0 = one per CPU core) and an optional
+    # mineru-api server (seed 000's GPU parser) the mineru engine sends work to
+    docparse_workers: int = _env(0, "DOCPARSE_WORKERS", ge=0, le=256)
+    mineru_api_url: str = _env("", "MINERU_API_URL", "MINERU_API_URL")
 
     trigger_enabled: bool = _env(True, "TRIGGER_ENABLED")
     trigger_interval: float = _env(2.0, "TRIGGER_INTERVAL")

@@ -289,16 +289,40 @@ async def tasks(
     )
 
 
+DOCPARSE_FORM_DEFAULTS: dict[str, Any] = {
+    "dp_engine": "auto",
+    "dp_ocr": "auto",
+    "dp_langs": ["eng", "chi_sim"],
+    "dp_pages": "",
+    "dp_formats": ["markdown", "content_list"],
+}
+
+
+def docparse_params(form: dict[str, Any]) -> dict[str, Any]:
+    """The docparse fieldset as task params; the processor validates them like the API's."""
+    params: dict[str, Any] = {
+        "engine": form["dp_engine"],
+        "ocr": form["dp_ocr"],
+        "ocr_langs": form["dp_langs"],
+        "formats": form["dp_formats"],
+    }
+    if form["dp_pages"]:
+        params["pages"] = form["dp_pages"]
+    return params
+
+
 @router.get("/tasks/new", dependencies=[require(Permission.TASKS_SUBMIT)])
 async def new_task(request: Request, service: ConveyorService = Depends(get_service)) -> Response:
     opts = await call(service.submit_options)
     form = {
+        "kind": "transcode",
         "source": "upload",
         "bucket": opts.input_bucket,
         "key": "",
         "types": opts.default_transcode_types,
         "priority": 0,
         "idempotency_key": "",
+        **DOCPARSE_FORM_DEFAULTS,
     }
     return await page(
         request, "new.html", section="new", sse_url=live.stream_url("nav"), opts=opts, form=form
@@ -313,13 +337,20 @@ async def submit_task(
 ) -> Response:
     data = await read_form(request)
     t = translator(request)
+    kind = first(data, "kind", "transcode") or "transcode"
     form: dict[str, Any] = {
+        "kind": kind,
         "source": first(data, "source", "existing"),
         "bucket": first(data, "bucket"),
         "key": first(data, "key"),
         "types": [v for v in data.get("transcode_types", []) if v],
         "priority": first(data, "priority", "0") or "0",
         "idempotency_key": first(data, "idempotency_key"),
+        "dp_engine": first(data, "dp_engine", "auto"),
+        "dp_ocr": first(data, "dp_ocr", "auto"),
+        "dp_langs": [v for v in data.get("dp_langs", []) if v],
+        "dp_pages": first(data, "dp_pages"),
+        "dp_formats": [v for v in data.get("dp_formats", []) if v],
     }
     try:
         try:
@@ -328,10 +359,11 @@ async def submit_task(
             raise InvalidRequest(t("new.bad_priority")) from None
         try:
             req = SubmitRequest(
-                kind=first(data, "kind", "transcode") or "transcode",
+                kind=kind,
                 input_bucket=form["bucket"] or None,
                 input_key=form["key"] or None,
-                transcode_types=form["types"],
+                transcode_types=form["types"] if kind == "transcode" else None,
+                params=docparse_params(form) if kind == "docparse" else {},
                 priority=priority,
                 idempotency_key=form["idempotency_key"] or None,
             )

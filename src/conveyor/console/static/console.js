@@ -232,12 +232,14 @@
       return r ? r.value : "existing";
     }
     function sync() {
+      var kind = form.querySelector("input[name=kind]:checked");
+      if (kind) form.setAttribute("data-kind", kind.value);
       form.setAttribute("data-mode", mode());
       file.required = mode() === "upload";
       key.required = mode() === "existing";
     }
     form.addEventListener("change", function (evt) {
-      if (evt.target.name === "source") sync();
+      if (evt.target.name === "source" || evt.target.name === "kind") sync();
       if (evt.target === file && file.files[0] && (!key.value || key.getAttribute("data-auto") === "1")) {
         key.value = file.files[0].name;
         key.setAttribute("data-auto", "1");

@@ -1,0 +1,378 @@
+"""The ``docparse`` kind: a PDF (or a scanned image) to Markdown, a content list and images.
+
+Seed 000 runs MinerU on GPU workers for this.  Here the default ``lite``
+engine does it on any CPU, offline, from permissive libraries (PDFium for
+text and images, tesseract for scanned pages); the ``mineru`` engine hands
+the document to MinerU where a worker has it.  Both write the same files:
+
+    <prefix>/<name>.md
+    <prefix>/<name>_content_list.json     (MinerU's content-list shape)
+    <prefix>/images/<sha256>.jpg
+
+The order of ``run`` mirrors transcode's: reject a bad input before any
+work, parse, and publish everything or nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from conveyor.errors import InputRejected, ObjectNotFound, ProcessorError, TaskCancelled
+from conveyor.models import InputRef, OutputFile
+from conveyor.processors.base import Processor, ProcessorContext
+from conveyor.processors.docparse.assemble import assemble
+from conveyor.processors.docparse.inputs import DocInfo, open_input
+from conveyor.processors.docparse.lite import LiteSummary, PagePoolBroken, run_pages
+from conveyor.processors.docparse.mineru import (
+    MineruError,
+    MineruResult,
+    mineru_mode,
+    parse_http,
+    parse_inprocess,
+)
+from conveyor.processors.docparse.ocr import OcrUnavailable, check_languages, tesseract_languages
+from conveyor.processors.docparse.pages import select_pages
+from conveyor.processors.docparse.params import DocparseParams
+from conveyor.storage.base import validate_key
+
+log = logging.getLogger(__name__)
+
+_CONTENT_TYPES = {".md": "text/markdown; charset=utf-8", ".json": "application/json"}
+
+
+class DocparseProcessor(Processor):
+    """Settings (all optional): ``docparse_workers`` (page processes, 0 = CPU count)
+    and ``mineru_api_url``; ``MINERU_API_URL`` in the environment works too.
+    """
+
+    kind = "docparse"
+    params_model = DocparseParams
+
+    def __init__(self, settings: Any = None) -> None:
+        super().__init__(settings)
+        self.workers = int(getattr(settings, "docparse_workers", 0) or 0) or (os.cpu_count() or 1)
+        self.mineru_api_url: str = getattr(settings, "mineru_api_url", "") or os.environ.get(
+            "MINERU_API_URL", ""
+        )
+
+    # -- submit time -----------------------------------------------------------------
+    def validate(self, params: dict[str, Any], input_ref: InputRef | None) -> dict[str, Any]:
+        normalised = super().validate(params, input_ref)
+        if normalised.get("output_prefix"):
+            validate_key(normalised["output_prefix"])
+        return normalised
+
+    # -- worker start ----------------------------------------------------------------
+    def probe(self) -> dict[str, Any] | None:
+        """Always runnable (text layers need nothing else); says what OCR and MinerU it has."""
+        mode = mineru_mode(self.mineru_api_url)
+        return {
+            "engines": ["lite", "mineru"] if mode else ["lite"],
+            "mineru": mode,
+            "ocr": "tesseract" if tesseract_languages() else None,
+            "ocr_langs": list(tesseract_languages()),
+            "page_workers": self.workers,
+        }
+
+    # -- one task --------------------------------------------------------------------
+    def run(self, ctx: ProcessorContext) -> list[OutputFile]:
+        started = time.monotonic()
+        params = self._params(ctx)
+        if ctx.task.input is None:
+            raise InputRejected("a docparse task needs an input document (bucket and key)")
+        ref = ctx.task.input
+        ctx.report_progress(0.0, "download", f"downloading {ref.bucket}/{ref.key}")
+        src = self._download(ctx, ref)
+        _check_cancel(ctx)
+        ctx.report_progress(3.0, "probe", "checking the document")
+        doc = open_input(src, ctx.workdir)
+        try:
+            pages = select_pages(params.pages, doc.page_count)
+        except ValueError as exc:
+            raise InputRejected(str(exc)) from exc
+        base = _base_name(ref.key)
+        outdir = ctx.workdir / "out"
+        (outdir / "images").mkdir(parents=True)
+        ctx.log(
+            f"Docparse started: {ref.bucket}/{ref.key} ({doc.kind}, {doc.page_count} page(s), "
+            f"{len(pages)} selected) engine={params.engine} ocr={params.ocr} "
+            f"langs={'+'.join(params.ocr_langs)}"
+        )
+        engine_used = self._parse(ctx, params, doc, pages, outdir, base)
+        elapsed = time.monotonic() - started
+        ctx.log(
+            f"Docparse completed: {len(pages)} page(s) in {elapsed:.2f} s "
+            f"({len(pages) / elapsed if elapsed else 0:.2f} pages/s) with {engine_used}"
+        )
+        prefix = params.output_prefix or _default_prefix(ref.key)
+        outputs = self._publish(ctx, outdir, prefix, params, len(pages), engine_used)
+        ctx.report_progress(100.0, "upload", f"{len(outputs)} output(s) published")
+        return outputs
+
+    def _params(self, ctx: ProcessorContext) -> DocparseParams:
+        try:
+            return DocparseParams.model_validate(ctx.task.params)
+        except ValueError as exc:
+            raise ProcessorError(
+                f"invalid docparse parameters: {exc}", retryable=False, code="invalid_params"
+            ) from exc
+
+    def _download(self, ctx: ProcessorContext, ref: InputRef) -> Path:
+        dest = ctx.workdir / "input.bin"
+        try:
+            ctx.storage.get_file(ref.bucket, ref.key, dest)
+        except ObjectNotFound as exc:
+            raise InputRejected(f"input object not found: {ref.bucket}/{ref.key}") from exc
+        except OSError as exc:
+            raise ProcessorError(f"could not download the input: {exc}", retryable=True) from exc
+        return dest
+
+    def _parse(
+        self,
+        ctx: ProcessorContext,
+        params: DocparseParams,
+        doc: DocInfo,
+        pages: list[int],
+        outdir: Path,
+        base: str,
+    ) -> str:
+        """Run the chosen engine; ``auto`` tries MinerU for scanned input and falls back."""
+        mode = mineru_mode(self.mineru_api_url)
+        if params.engine == "mineru" and mode is None:
+            raise ProcessorError(
+                "engine mineru was asked for, but this worker has neither the mineru package "
+                "nor MINERU_API_URL; use engine auto or lite",
+                retryable=False,
+                code="engine_unavailable",
+            )
+        want_mineru = params.engine == "mineru" or (
+            params.engine == "auto"
+            and mode is not None
+            and (params.ocr == "force" or doc.kind != "pdf" or self._has_scans(doc, pages))
+        )
+        if want_mineru and mode is not None:
+            try:
+                res = self._mineru(ctx, params, doc, pages, outdir, base, mode)
+                ctx.log(f"MinerU ({res.engine}) parsed the document: {res.images} image(s)")
+                return res.engine
+            except MineruError as exc:
+                if params.engine == "mineru":
+                    raise ProcessorError(str(exc), retryable=True, code="mineru_failed") from exc
+                ctx.log(f"MinerU failed ({exc}); falling back to the lite engine")
+                for p in outdir.glob("*"):
+                    if p.is_file():
+                        p.unlink()
+        self._lite(ctx, params, doc, pages, outdir, base)
+        return "lite"
+
+    def _has_scans(self, doc: DocInfo, pages: list[int]) -> bool:
+        """A quick look at the text layer: any selected page without one sends auto to MinerU."""
+        import pypdfium2 as pdfium
+
+        from conveyor.processors.docparse.inputs import PDFIUM_LOCK
+        from conveyor.processors.docparse.pdfpage import MIN_TEXT_CHARS
+
+        with PDFIUM_LOCK:
+            pdf = pdfium.PdfDocument(doc.path)
+            try:
+                for i in pages:
+                    page = pdf[i]
+                    try:
+                        tp = page.get_textpage()
+                        n = tp.count_chars()
+                        tp.close()
+                    finally:
+                        page.close()
+                    if n < MIN_TEXT_CHARS:
+                        return True
+            finally:
+                pdf.close()
+        return False
+
+    def _mineru(
+        self,
+        ctx: ProcessorContext,
+        params: DocparseParams,
+        doc: DocInfo,
+        pages: list[int],
+        outdir: Path,
+        base: str,
+        mode: str,
+    ) -> MineruResult:
+        first, last = pages[0], pages[-1]
+        if len(pages) != last - first + 1:
+            ctx.log(f"MinerU takes one page span: parsing pages {first + 1}-{last + 1}")
+        ctx.report_progress(5.0, "parse", "parsing with MinerU")
+        timeout = ctx.timeout_s or 6 * 3600.0
+        if mode == "http":
+            res = parse_http(
+                self.mineru_api_url,
+                doc.path,
+                outdir,
+                base,
+                first_page=first,
+                last_page=last,
+                langs=params.ocr_langs,
+                ocr=params.ocr,
+                cancel=ctx.cancel_event,
+                timeout_s=timeout,
+            )
+        else:
+            res = parse_inprocess(
+                doc.path,
+                outdir,
+                base,
+                first_page=first,
+                last_page=last,
+                langs=params.ocr_langs,
+                ocr=params.ocr,
+                workdir=ctx.workdir,
+            )
+        if not res.pages:
+            res.pages = len(pages)
+        return res
+
+    def _lite(
+        self,
+        ctx: ProcessorContext,
+        params: DocparseParams,
+        doc: DocInfo,
+        pages: list[int],
+        outdir: Path,
+        base: str,
+    ) -> LiteSummary:
+        if params.ocr == "force" or doc.kind != "pdf":
+            self._need_ocr(params)
+        langs = tuple(params.ocr_langs)
+        total = len(pages)
+        ctx.report_progress(5.0, "parse", f"parsing {total} page(s)")
+
+        def on_page(done: int, total: int, result: dict[str, Any]) -> None:
+            if result.get("error"):
+                ctx.log(f"page {result['page_idx'] + 1}: could not be parsed: {result['error']}")
+            ctx.report_progress(
+                5.0 + 85.0 * done / total, "parse", f"page {done}/{total} ({result['kind']})"
+            )
+
+        spool = ctx.workdir / "pages.jsonl"
+        try:
+            summary = run_pages(
+                doc.path,
+                pages,
+                images_dir=outdir / "images",
+                spool=spool,
+                ocr=params.ocr,
+                langs=langs,
+                workers=self.workers,
+                cancel=ctx.cancel_event,
+                on_page=on_page,
+            )
+        except OcrUnavailable as exc:
+            raise ProcessorError(
+                f"this document has scanned pages but {exc}", retryable=True, code="ocr_unavailable"
+            ) from exc
+        except PagePoolBroken as exc:
+            raise ProcessorError(str(exc), retryable=True) from exc
+        if summary.failed_pages == summary.pages:
+            raise InputRejected("no page of the document could be parsed (see the task log)")
+        ctx.log(
+            f"Pages: {summary.text_pages} with a text layer, {summary.scanned_pages} scanned, "
+            f"{summary.ocr_pages} OCR'd, {summary.failed_pages} failed"
+        )
+        if summary.scanned_pages and params.ocr == "off":
+            ctx.log("ocr is off: scanned pages are kept as images only")
+        ctx.report_progress(91.0, "assemble", "writing Markdown and the content list")
+        made = assemble(
+            spool,
+            outdir / f"{base}.md" if "markdown" in params.formats else None,
+            outdir / f"{base}_content_list.json" if "content_list" in params.formats else None,
+        )
+        # drop images that no block kept (e.g. inside a table)
+        for img in (outdir / "images").iterdir():
+            if f"images/{img.name}" not in made.images:
+                img.unlink()
+        ctx.log(
+            "Blocks: " + ", ".join(f"{n} {k}" for k, n in sorted(made.blocks.items()))
+            or "Blocks: none"
+        )
+        return summary
+
+    def _need_ocr(self, params: DocparseParams) -> None:
+        try:
+            check_languages(params.ocr_langs)
+        except OcrUnavailable as exc:
+            raise ProcessorError(str(exc), retryable=True, code="ocr_unavailable") from exc
+
+    def _publish(
+        self,
+        ctx: ProcessorContext,
+        outdir: Path,
+        prefix: str,
+        params: DocparseParams,
+        pages: int,
+        engine: str,
+    ) -> list[OutputFile]:
+        """Upload every file or none: a failure or cancel part-way removes what went up."""
+        files = sorted(p for p in outdir.rglob("*") if p.is_file())
+        published: list[OutputFile] = []
+        try:
+            for i, path in enumerate(files):
+                _check_cancel(ctx)
+                rel = path.relative_to(outdir).as_posix()
+                key = validate_key(f"{prefix}/{rel}")
+                ctx.report_progress(95.0 + 5.0 * i / len(files), "upload", f"uploading {rel}")
+                ctype = _CONTENT_TYPES.get(path.suffix, "image/jpeg")
+                obj = ctx.storage.put_file(ctx.output_bucket, key, path, ctype)
+                if rel.endswith("_content_list.json"):
+                    name = "content_list"
+                elif rel.endswith(".md"):
+                    name = "markdown"
+                else:
+                    name = rel
+                meta: dict[str, Any] = {"engine": engine}
+                if name in ("markdown", "content_list"):
+                    meta["pages"] = pages  # feeds conveyor_docparse_pages_per_second
+                published.append(
+                    OutputFile(
+                        name=name,
+                        bucket=ctx.output_bucket,
+                        key=key,
+                        size=obj.size or path.stat().st_size,
+                        content_type=ctype,
+                        meta=meta,
+                    )
+                )
+        except BaseException as exc:
+            for o in published:
+                try:
+                    ctx.storage.delete(o.bucket, o.key)
+                except Exception:
+                    log.exception("could not remove partly published output %s", o.key)
+            if isinstance(exc, OSError):
+                raise ProcessorError(f"upload failed: {exc}", retryable=True) from exc
+            raise
+        return published
+
+
+def _base_name(key: str) -> str:
+    """``docs/report.pdf`` -> ``report``: MinerU names its files after the input."""
+    stem = PurePosixPath(key).stem or "document"
+    return stem
+
+
+def _default_prefix(key: str) -> str:
+    """``docs/report.pdf`` -> ``docs/report``: each input gets a folder of outputs."""
+    path = PurePosixPath(key)
+    return str(path.with_suffix("")) if path.suffix else str(path)
+
+
+def _check_cancel(ctx: ProcessorContext) -> None:
+    if ctx.cancel_event.is_set():
+        raise TaskCancelled("cancelled")
+
+
+__all__ = ["DocparseParams", "DocparseProcessor"]

@@ -1,0 +1,317 @@
+"""Characters to lines to blocks: headings, columns and reading order.
+
+Pure geometry, no PDF library: the text reader hands in characters with
+their boxes and font size/weight, OCR hands in words; both come out as
+blocks in reading order.  Coordinates are points, origin top-left.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from conveyor.processors.docparse.model import Block
+
+# A line at least this much bigger than the page's body text is a heading.
+HEADING_RATIO = 1.18
+# A bold line no longer than this (and not ending a sentence) is a heading too.
+BOLD_HEADING_MAX_CHARS = 90
+
+
+@dataclass
+class Char:
+    text: str
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    size: float = 0.0
+    bold: bool = False
+
+
+@dataclass
+class Line:
+    text: str
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    size: float
+    bold: bool
+    column: int = 0
+    chars: int = 0
+    # the only line of its paragraph (OCR knows paragraphs; a text layer does not)
+    solo: bool = False
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+
+@dataclass
+class _Builder:
+    parts: list[str] = field(default_factory=list)
+    x0: float = 0.0
+    y0: float = 0.0
+    x1: float = 0.0
+    y1: float = 0.0
+    sizes: list[float] = field(default_factory=list)
+    bold: int = 0
+    n: int = 0
+
+    def add(self, ch: Char) -> None:
+        if self.n == 0:
+            self.x0, self.y0, self.x1, self.y1 = ch.x0, ch.y0, ch.x1, ch.y1
+        else:
+            self.x0, self.y0 = min(self.x0, ch.x0), min(self.y0, ch.y0)
+            self.x1, self.y1 = max(self.x1, ch.x1), max(self.y1, ch.y1)
+        self.parts.append(ch.text)
+        self.sizes.append(ch.size)
+        self.bold += ch.bold
+        self.n += 1
+
+    def line(self) -> Line | None:
+        text = "".join(self.parts).strip()
+        if not text or self.n == 0:
+            return None
+        size = Counter(round(s, 1) for s in self.sizes).most_common(1)[0][0]
+        return Line(
+            text=text,
+            x0=self.x0,
+            y0=self.y0,
+            x1=self.x1,
+            y1=self.y1,
+            size=size,
+            bold=self.bold >= 0.8 * self.n,
+            chars=self.n,
+        )
+
+
+def is_cjk(ch: str) -> bool:
+    if not ch:
+        return False
+    o = ord(ch)
+    return (
+        0x4E00 <= o <= 0x9FFF
+        or 0x3400 <= o <= 0x4DBF
+        or 0x3000 <= o <= 0x303F
+        or 0xFF00 <= o <= 0xFFEF
+        or 0x20000 <= o <= 0x2A6DF
+    )
+
+
+def join_words(a: str, b: str) -> str:
+    """Join two runs of text: no space between CJK characters, one otherwise."""
+    if not a:
+        return b
+    if not b:
+        return a
+    if is_cjk(a[-1]) and is_cjk(b[0]):
+        return a + b
+    if a.endswith("-") and len(a) > 1 and a[-2].isalpha() and b[0].islower():
+        return a[:-1] + b  # a word hyphenated at the end of a line
+    return a + " " + b
+
+
+def chars_to_lines(chars: Iterable[Char]) -> list[Line]:
+    """Group characters (in content order) into lines of text.
+
+    A line ends at a line break, a jump in height, a step backwards, or a
+    horizontal gap wide enough to be a column gutter.
+    """
+    lines: list[Line] = []
+    cur = _Builder()
+    pending_space = False
+
+    def flush() -> None:
+        nonlocal cur, pending_space
+        line = cur.line()
+        if line is not None:
+            lines.append(line)
+        cur = _Builder()
+        pending_space = False
+
+    for ch in chars:
+        if ch.text in ("\r", "\n"):
+            flush()
+            continue
+        if ch.text.isspace() or ch.x1 <= ch.x0:
+            if ch.text.isspace() and cur.n:
+                pending_space = True
+            continue
+        if cur.n:
+            size = max(ch.size, 1.0)
+            mid_ch, mid_cur = (ch.y0 + ch.y1) / 2, (cur.y0 + cur.y1) / 2
+            line_h = max(cur.y1 - cur.y0, ch.y1 - ch.y0, size * 0.5)
+            gap = ch.x0 - cur.x1
+            if abs(mid_ch - mid_cur) > 0.6 * line_h or gap < -size or gap > 1.5 * size:
+                flush()
+            elif not pending_space and gap > 0.25 * size:
+                pending_space = True
+        if pending_space and cur.n:
+            last = cur.parts[-1][-1:] if cur.parts else ""
+            if not (is_cjk(last) and is_cjk(ch.text[:1])) and last != " ":
+                cur.parts.append(" ")
+        pending_space = False
+        cur.add(ch)
+    flush()
+    return lines
+
+
+def body_size(lines: Sequence[Line]) -> float:
+    """The size most characters are set in."""
+    counts: Counter[float] = Counter()
+    for ln in lines:
+        counts[round(ln.size * 2) / 2] += ln.chars
+    return counts.most_common(1)[0][0] if counts else 0.0
+
+
+def find_gutter(lines: Sequence[Line], page_w: float) -> float | None:
+    """The x of a gap between two columns, or None for a one-column page.
+
+    A gutter is the widest stretch of the page's middle band crossed by the
+    fewest lines; it counts if few lines cross it (titles and full-width
+    paragraphs may) and at least three lines sit wholly on each side.
+    """
+    if len(lines) < 6 or page_w <= 0:
+        return None
+    lo, hi = int(page_w * 0.25), int(page_w * 0.75)
+    cover = [0] * (hi - lo + 1)
+    for ln in lines:
+        a, b = max(lo, int(ln.x0)), min(hi, int(ln.x1 + 0.999))
+        for x in range(a, b + 1):
+            cover[x - lo] += 1
+    limit = max(2, len(lines) // 5)
+    best: tuple[int, int, float] | None = None  # (crossing lines, -width, x)
+    start = 0
+    for i in range(1, len(cover) + 1):
+        if i < len(cover) and cover[i] == cover[start]:
+            continue
+        width, crossing = i - start, cover[start]
+        mid = lo + (start + i) / 2
+        if crossing <= limit and width >= 4:
+            left = sum(1 for ln in lines if ln.x1 <= mid)
+            right = sum(1 for ln in lines if ln.x0 >= mid)
+            if left >= 3 and right >= 3:
+                key = (crossing, -width, mid)
+                if best is None or key < best:
+                    best = key
+        start = i
+    return best[2] if best else None
+
+
+def reading_order(lines: Sequence[Line], page_w: float) -> list[Line]:
+    """Top to bottom; on a two-column page, left column then right between full-width lines."""
+    by_y = sorted(lines, key=lambda ln: (round(ln.y0 / 2), ln.x0))
+    gutter = find_gutter(by_y, page_w)
+    if gutter is None:
+        for ln in by_y:
+            ln.column = 0
+        return by_y
+    out: list[Line] = []
+    left: list[Line] = []
+    right: list[Line] = []
+    for ln in by_y:
+        if ln.x1 <= gutter:
+            ln.column = 1
+            left.append(ln)
+        elif ln.x0 >= gutter:
+            ln.column = 2
+            right.append(ln)
+        else:  # spans the gutter: a title or a full-width paragraph ends the band
+            out.extend(left)
+            out.extend(right)
+            left, right = [], []
+            ln.column = 0
+            out.append(ln)
+    out.extend(left)
+    out.extend(right)
+    return out
+
+
+def _is_heading(ln: Line, body: float, ratio: float, bold_headings: bool) -> bool:
+    if body <= 0:
+        return False
+    if ln.size >= body * ratio:
+        return len(ln.text) <= 200
+    if ln.solo and _looks_like_title(ln.text) and ln.size >= 0.9 * body:
+        return True
+    return (
+        bold_headings
+        and ln.bold
+        and ln.size >= body * 0.95
+        and len(ln.text) <= BOLD_HEADING_MAX_CHARS
+        and not ln.text.endswith((".", "。", ":", "："))
+    )
+
+
+def _looks_like_title(text: str) -> bool:
+    """A short line that starts like a heading and does not end like a sentence."""
+    words = text.split()
+    return (
+        0 < len(words) <= 8
+        and (text[0].isupper() or text[0].isdigit())
+        and not text.endswith((".", ",", ":", ";", "。", "，", "：", "；"))
+        and any(c.isalpha() for c in text)
+    )
+
+
+def lines_to_blocks(
+    lines: Sequence[Line],
+    body: float,
+    *,
+    heading_ratio: float = HEADING_RATIO,
+    bold_headings: bool = True,
+) -> list[Block]:
+    """Merge ordered lines into paragraphs and headings."""
+    blocks: list[Block] = []
+    cur: Block | None = None
+    prev: Line | None = None
+    for ln in lines:
+        heading = _is_heading(ln, body, heading_ratio, bold_headings)
+        kind = "title" if heading else "text"
+        joinable = (
+            cur is not None
+            and prev is not None
+            and cur.type == kind
+            and prev.column == ln.column
+            and abs(prev.size - ln.size) < 0.6
+            and 0 - 0.5 * ln.size <= ln.y0 - prev.y1 <= 0.9 * max(ln.size, prev.size)
+            and (kind == "text" or len(cur.text) + len(ln.text) < 200)
+        )
+        if joinable and cur is not None:
+            cur.text = join_words(cur.text, ln.text)
+            x0, y0, x1, y1 = cur.bbox
+            cur.bbox = (min(x0, ln.x0), min(y0, ln.y0), max(x1, ln.x1), max(y1, ln.y1))
+        else:
+            cur = Block(
+                type=kind,
+                bbox=(ln.x0, ln.y0, ln.x1, ln.y1),
+                text=ln.text,
+                size=ln.size,
+                bold=ln.bold,
+            )
+            blocks.append(cur)
+        prev = ln
+    return blocks
+
+
+def inside(x: float, y: float, box: tuple[float, float, float, float], pad: float = 0.0) -> bool:
+    return box[0] - pad <= x <= box[2] + pad and box[1] - pad <= y <= box[3] + pad
+
+
+def order_blocks(blocks: list[Block], anchored: list[Block], page_w: float) -> list[Block]:
+    """Insert tables and images among the text blocks by their top edge, within their column."""
+    if not anchored:
+        return blocks
+    out = list(blocks)
+    for extra in sorted(anchored, key=lambda b: b.bbox[1]):
+        pos = len(out)
+        for i, b in enumerate(out):
+            same_column = b.bbox[0] < extra.bbox[2] and extra.bbox[0] < b.bbox[2]
+            if b.bbox[1] > extra.bbox[1] and (same_column or b.bbox[2] - b.bbox[0] > page_w / 2):
+                pos = i
+                break
+        out.insert(pos, extra)
+    return out

@@ -1,0 +1,113 @@
+"""OCR of a rendered page: tesseract from the distribution, one thread per page.
+
+Pages already run in parallel, one per core, so tesseract's own OpenMP
+threads would only fight them: ``OMP_THREAD_LIMIT=1`` (tesseract's advice
+for running several at once).  The image goes in on stdin and the TSV comes
+back on stdout, so no temp files are left behind by a killed page.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+TESSERACT = os.environ.get("CONVEYOR_TESSERACT", "tesseract")
+OCR_TIMEOUT_S = 300.0
+
+
+class OcrUnavailable(RuntimeError):
+    """This host cannot OCR in the languages asked for."""
+
+
+@dataclass
+class Word:
+    text: str
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    conf: float
+    block: int
+    par: int
+    line: int
+
+
+@functools.cache
+def tesseract_languages() -> tuple[str, ...]:
+    """The traineddata this host has, or () without tesseract."""
+    if shutil.which(TESSERACT) is None:
+        return ()
+    try:
+        out = subprocess.run(
+            [TESSERACT, "--list-langs"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(
+        ln.strip() for ln in out.splitlines()[1:] if ln.strip() and not ln.startswith("List")
+    )
+
+
+def check_languages(langs: Sequence[str]) -> None:
+    have = tesseract_languages()
+    if not have:
+        raise OcrUnavailable("tesseract is not installed on this worker")
+    missing = [lang for lang in langs if lang not in have]
+    if missing:
+        raise OcrUnavailable(
+            f"tesseract on this worker has no {', '.join(missing)} language data "
+            f"(it has {', '.join(have)})"
+        )
+
+
+def parse_tsv(tsv: str, scale: float) -> list[Word]:
+    """Tesseract's TSV (level 5 rows are words) to words in points."""
+    words: list[Word] = []
+    for row in tsv.splitlines()[1:]:
+        cols = row.split("\t")
+        if len(cols) < 12 or cols[0] != "5":
+            continue
+        text = cols[11].strip()
+        if not text:
+            continue
+        left, top, width, height = (int(c) for c in cols[6:10])
+        words.append(
+            Word(
+                text=text,
+                x0=left / scale,
+                y0=top / scale,
+                x1=(left + width) / scale,
+                y1=(top + height) / scale,
+                conf=float(cols[10]),
+                block=int(cols[2]),
+                par=int(cols[3]),
+                line=int(cols[4]),
+            )
+        )
+    return words
+
+
+def tesseract_words(image: Image.Image, langs: Sequence[str], dpi: int) -> list[Word]:
+    """OCR one page image rendered at ``dpi``; word boxes come back in points."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    argv = [TESSERACT, "stdin", "stdout", "-l", "+".join(langs), "--dpi", str(dpi)]
+    argv += ["--psm", "3", "tsv"]
+    try:
+        proc = subprocess.run(
+            argv, input=buf.getvalue(), capture_output=True, timeout=OCR_TIMEOUT_S, env=env
+        )
+    except FileNotFoundError as exc:
+        raise OcrUnavailable("tesseract is not installed on this worker") from exc
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"tesseract failed ({proc.returncode}): {' '.join(tail)}")
+    return parse_tsv(proc.stdout.decode("utf-8", errors="replace"), dpi / 72.0)

@@ -1,0 +1,255 @@
+"""One PDF page read with pypdfium2: characters, rules, images, and the text/scanned call.
+
+This module runs inside the page pool's processes.  Everything it returns
+is plain data; images are written straight into the task's ``images/``
+folder under a content hash, so a figure repeated on many pages is stored
+once, as MinerU does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
+
+from conveyor.processors.docparse.layout import Char
+from conveyor.processors.docparse.tables import Segment
+
+Box = tuple[float, float, float, float]
+
+# fewer printable characters than this on a page means its text layer is missing
+MIN_TEXT_CHARS = 20
+# an image covering this share of the page is the page itself (a scan)
+SCAN_COVERAGE = 0.5
+# images smaller than this (points, either side) are bullets and rules, not figures
+MIN_FIGURE_PT = 24.0
+
+
+@dataclass
+class PageImage:
+    bbox: tuple[float, float, float, float]
+    path: str  # relative to the output folder: images/<sha256>.jpg
+
+
+@dataclass
+class PageContent:
+    width: float
+    height: float
+    chars: list[Char]
+    segments: list[Segment]
+    image_boxes: list[tuple[float, float, float, float]]
+    printable: int
+
+    @property
+    def image_coverage(self) -> float:
+        area = self.width * self.height
+        if area <= 0:
+            return 0.0
+        covered = sum(max(0.0, x1 - x0) * max(0.0, y1 - y0) for x0, y0, x1, y1 in self.image_boxes)
+        return min(1.0, covered / area)
+
+    @property
+    def scanned(self) -> bool:
+        """As MinerU's classifier asks: is there a usable text layer, or only a picture?"""
+        if self.printable >= MIN_TEXT_CHARS:
+            return False
+        return self.image_coverage >= SCAN_COVERAGE or self.printable == 0
+
+
+def _font_info(textpage: pdfium.PdfTextPage, index: int, cache: dict[int, bool]) -> bool:
+    """Bold from the font's weight, or its name when the weight is not recorded."""
+    obj = pdfium_c.FPDFText_GetTextObject(textpage.raw, index)
+    key = ctypes.cast(obj, ctypes.c_void_p).value or 0
+    if key in cache:
+        return cache[key]
+    bold = False
+    weight = pdfium_c.FPDFText_GetFontWeight(textpage.raw, index)
+    if weight >= 600:
+        bold = True
+    else:
+        buf = ctypes.create_string_buffer(256)
+        flags = ctypes.c_int(0)
+        n = pdfium_c.FPDFText_GetFontInfo(textpage.raw, index, buf, 256, ctypes.byref(flags))
+        name = buf.raw[: max(0, n - 1)].decode("utf-8", errors="replace").lower()
+        bold = "bold" in name or "black" in name or "heavy" in name or bool(flags.value & 0x40000)
+    cache[key] = bold
+    return bold
+
+
+def read_chars(page: pdfium.PdfPage, height: float) -> tuple[list[Char], int]:
+    textpage = page.get_textpage()
+    try:
+        n = textpage.count_chars()
+        chars: list[Char] = []
+        bold_cache: dict[int, bool] = {}
+        printable = 0
+        left, right = ctypes.c_double(), ctypes.c_double()
+        bottom, top = ctypes.c_double(), ctypes.c_double()
+        for i in range(n):
+            code = pdfium_c.FPDFText_GetUnicode(textpage.raw, i)
+            if code == 0:
+                continue
+            text = chr(code) if code < 0x110000 else "\ufffd"
+            if text in ("\r", "\n") or text.isspace():
+                chars.append(Char(text, 0, 0, 0, 0))
+                continue
+            pdfium_c.FPDFText_GetCharBox(
+                textpage.raw,
+                i,
+                ctypes.byref(left),
+                ctypes.byref(right),
+                ctypes.byref(bottom),
+                ctypes.byref(top),
+            )
+            size = pdfium_c.FPDFText_GetFontSize(textpage.raw, i)
+            printable += text.isprintable() and text != "\ufffd"
+            chars.append(
+                Char(
+                    text,
+                    left.value,
+                    height - top.value,
+                    right.value,
+                    height - bottom.value,
+                    size=float(size),
+                    bold=_font_info(textpage, i, bold_cache),
+                )
+            )
+        return chars, printable
+    finally:
+        textpage.close()
+
+
+def read_segments(page: pdfium.PdfPage, height: float) -> list[Segment]:
+    """Straight strokes and thin boxes from the page's paths, in page space."""
+    segments: list[Segment] = []
+    x, y = ctypes.c_float(), ctypes.c_float()
+    for obj in page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_PATH,), max_depth=4):
+        m = obj.get_matrix()
+        count = pdfium_c.FPDFPath_CountSegments(obj.raw)
+        if count <= 0 or count > 20000:
+            continue
+        points: list[tuple[float, float, int, bool]] = []
+        for k in range(count):
+            seg = pdfium_c.FPDFPath_GetPathSegment(obj.raw, k)
+            pdfium_c.FPDFPathSegment_GetPoint(seg, ctypes.byref(x), ctypes.byref(y))
+            px = m.a * x.value + m.c * y.value + m.e
+            py = m.b * x.value + m.d * y.value + m.f
+            kind = pdfium_c.FPDFPathSegment_GetType(seg)
+            close = bool(pdfium_c.FPDFPathSegment_GetClose(seg))
+            points.append((px, height - py, kind, close))
+        start: tuple[float, float] | None = None
+        prev: tuple[float, float] | None = None
+        for px, py, kind, close in points:
+            if kind == pdfium_c.FPDF_SEGMENT_MOVETO:
+                start = prev = (px, py)
+                continue
+            if prev is not None and kind == pdfium_c.FPDF_SEGMENT_LINETO:
+                segments.append((prev[0], prev[1], px, py))
+            prev = (px, py)
+            if close and start is not None:
+                segments.append((px, py, start[0], start[1]))
+                prev = start
+    return segments
+
+
+def image_boxes(page: pdfium.PdfPage, height: float) -> list[tuple[Any, Box]]:
+    found = []
+    for obj in page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=4):
+        left, bottom, right, top = obj.get_bounds()
+        found.append((obj, (left, height - top, right, height - bottom)))
+    return found
+
+
+def read_page(page: pdfium.PdfPage) -> tuple[PageContent, list[tuple[Any, Box]]]:
+    width, height = page.get_size()
+    chars, printable = read_chars(page, height)
+    images = image_boxes(page, height)
+    content = PageContent(
+        width=width,
+        height=height,
+        chars=chars,
+        segments=read_segments(page, height),
+        image_boxes=[box for _, box in images],
+        printable=printable,
+    )
+    return content, images
+
+
+def save_region(page: pdfium.PdfPage, box: Box, images_dir: Path, dpi: int = 144) -> str | None:
+    """Render part of a page (a table, as MinerU keeps one) to a JPEG under its hash."""
+    width, height = page.get_size()
+    pad = 2.0
+    x0, y0, x1, y1 = box
+    crop = (
+        max(0.0, x0 - pad),
+        max(0.0, height - y1 - pad),
+        max(0.0, width - x1 - pad),
+        max(0.0, y0 - pad),
+    )
+    try:
+        pil = page.render(scale=dpi / 72.0, crop=crop).to_pil()
+    except Exception:
+        return None
+    return save_pil(pil, images_dir)
+
+
+def save_image(obj: pdfium.PdfObject, images_dir: Path) -> str | None:
+    """Write an embedded image as JPEG under its content hash; None if it cannot be decoded."""
+    try:
+        bitmap = obj.get_bitmap(render=True)
+        pil = bitmap.to_pil()
+    except Exception:
+        return None
+    return save_pil(pil, images_dir)
+
+
+def save_pil(pil: Any, images_dir: Path) -> str:
+    """JPEG under the hash of its pixels, written once (a repeated figure is stored once)."""
+    if pil.mode not in ("RGB", "L"):
+        pil = pil.convert("RGB")
+    digest = hashlib.sha256(pil.tobytes()).hexdigest()
+    name = f"{digest}.jpg"
+    dest = images_dir / name
+    if not dest.exists():
+        tmp = dest.with_suffix(f".{digest[:8]}.part")
+        pil.save(tmp, format="JPEG", quality=90)
+        tmp.replace(dest)
+    return f"images/{name}"
+
+
+def render_gray(page: pdfium.PdfPage, dpi: int) -> np.ndarray:
+    bitmap = page.render(scale=dpi / 72.0, grayscale=True)
+    arr = np.array(bitmap.to_pil().convert("L"))
+    return arr
+
+
+def bitmap_rules(gray: np.ndarray, scale: float) -> list[Segment]:
+    """Long dark horizontal and vertical runs in a page bitmap, as segments in points.
+
+    Letters break into short runs; rules of a table do not.  Runs shorter
+    than about an inch (at the render scale) are ignored.
+    """
+    dark = gray < 140
+    min_len = max(20, int(72 * scale * 0.6))
+    segments: list[Segment] = []
+    for axis in (0, 1):
+        a = dark if axis == 0 else dark.T
+        padded = np.zeros((a.shape[0], a.shape[1] + 2), dtype=np.int8)
+        padded[:, 1:-1] = a
+        diff = np.diff(padded, axis=1)
+        rows_s, cols_s = np.nonzero(diff == 1)
+        _rows_e, cols_e = np.nonzero(diff == -1)
+        lengths = cols_e - cols_s
+        keep = lengths >= min_len
+        for r, s, e in zip(rows_s[keep], cols_s[keep], cols_e[keep], strict=True):
+            if axis == 0:
+                segments.append((s / scale, r / scale, e / scale, r / scale))
+            else:
+                segments.append((r / scale, s / scale, r / scale, e / scale))
+    return segments

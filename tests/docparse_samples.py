@@ -1,0 +1,193 @@
+"""PDFs for the docparse tests and bench, made with reportlab: nothing is checked in.
+
+``make_sample_pdf`` writes a three-page document whose content the tests
+know word for word: a title and numbered headings, body paragraphs, a
+two-column page, a ruled table, an embedded figure and a line of Chinese.
+``make_scanned_copy`` renders it to bitmaps and wraps them in an image-only
+PDF, the way a scanner would.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfgen import canvas
+from reportlab.platypus import Table, TableStyle
+
+CJK_FONT_FILES = [
+    Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"),
+    Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"),
+]
+
+TITLE = "Quarterly Report on Document Parsing"
+HEADINGS = ["1. Introduction", "2. Two Columns", "3. Results", "4. Figure"]
+CHINESE = "文档解析测试：你好世界，欢迎使用。"
+INTRO = [
+    "This report describes how the parser reads text pages directly from the file.",
+    "Every paragraph keeps its words in order and its headings keep their levels.",
+    "Scanned pages are rendered and read by optical character recognition instead.",
+]
+LEFT = [
+    "The left column starts here with apples.",
+    "Bananas follow the apples in this column.",
+    "Cherries close the left column neatly.",
+    "Dates appear before the column ends.",
+]
+RIGHT = [
+    "The right column begins with elephants.",
+    "Giraffes walk after elephants here.",
+    "Hippos swim near the right margin.",
+    "Iguanas finish the right column.",
+]
+TABLE = [["Name", "Score", "City"], ["Alice", "91", "Paris"], ["Bob", "78", "Berlin"]]
+FIGURE_CAPTION = "The figure below shows a colour gradient."
+
+
+def cjk_font() -> str:
+    """Register a CJK font: an embedded TrueType one when installed, else a CID font."""
+    for path in CJK_FONT_FILES:
+        if path.is_file():
+            if "WQY" not in pdfmetrics.getRegisteredFontNames():
+                pdfmetrics.registerFont(TTFont("WQY", str(path), subfontIndex=0))
+            return "WQY"
+    if "STSong-Light" not in pdfmetrics.getRegisteredFontNames():
+        pdfmetrics.registerFont(UnicodeCIDFont("STSong-Light"))
+    return "STSong-Light"
+
+
+def known_words() -> list[str]:
+    """Every English word the sample's pages carry, for OCR recall."""
+    text = " ".join([TITLE, *HEADINGS, *INTRO, *LEFT, *RIGHT, FIGURE_CAPTION])
+    text += " " + " ".join(c for row in TABLE for c in row)
+    words = [w.strip(".,:;") for w in text.split()]
+    return [w for w in words if w.isalpha()]
+
+
+def _figure() -> Image.Image:
+    img = Image.new("RGB", (240, 160))
+    draw = ImageDraw.Draw(img)
+    for x in range(240):
+        draw.line([(x, 0), (x, 159)], fill=(x, 100, 255 - x))
+    draw.ellipse([80, 40, 160, 120], fill=(250, 220, 40))
+    return img
+
+
+def draw_sample_page(c: canvas.Canvas, page: int, *, number: int | None = None) -> None:
+    """One of the three sample pages; ``number`` adds a footer (for long documents)."""
+    w, h = A4
+    if page == 0:
+        c.setFont("Helvetica-Bold", 22)
+        c.drawString(60, h - 80, TITLE)
+        c.setFont("Helvetica-Bold", 15)
+        c.drawString(60, h - 125, HEADINGS[0])
+        c.setFont("Helvetica", 11)
+        y = h - 150
+        for line in INTRO:
+            c.drawString(60, y, line)
+            y -= 15
+        c.setFont(cjk_font(), 12)
+        c.drawString(60, y - 12, CHINESE)
+    elif page == 1:
+        c.setFont("Helvetica-Bold", 15)
+        c.drawString(60, h - 80, HEADINGS[1])
+        c.setFont("Helvetica", 11)
+        for col, lines in ((60, LEFT), (315, RIGHT)):
+            y = h - 110
+            for line in lines:
+                c.drawString(col, y, line)
+                y -= 15
+    else:
+        c.setFont("Helvetica-Bold", 15)
+        c.drawString(60, h - 80, HEADINGS[2])
+        table = Table(TABLE, colWidths=[120, 80, 120], rowHeights=24)
+        table.setStyle(
+            TableStyle(
+                [
+                    ("GRID", (0, 0), (-1, -1), 1, colors.black),
+                    ("FONT", (0, 0), (-1, -1), "Helvetica", 11),
+                    ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+                ]
+            )
+        )
+        _tw, th = table.wrapOn(c, w, h)
+        table.drawOn(c, 60, h - 110 - th)
+        c.setFont("Helvetica-Bold", 15)
+        c.drawString(60, h - 230, HEADINGS[3])
+        c.setFont("Helvetica", 11)
+        c.drawString(60, h - 252, FIGURE_CAPTION)
+        buf = io.BytesIO()
+        _figure().save(buf, format="PNG")
+        buf.seek(0)
+        from reportlab.lib.utils import ImageReader
+
+        c.drawImage(ImageReader(buf), 60, h - 440, width=240, height=160)
+    if number is not None:
+        c.setFont("Helvetica", 9)
+        c.drawString(w / 2 - 20, 30, f"Page {number}")
+    c.showPage()
+
+
+def make_sample_pdf(path: Path, *, repeat: int = 1) -> Path:
+    """The three sample pages, ``repeat`` times over (3 x repeat pages)."""
+    c = canvas.Canvas(str(path), pagesize=A4)
+    n = 0
+    for _ in range(repeat):
+        for page in range(3):
+            n += 1
+            draw_sample_page(c, page, number=n if repeat > 1 else None)
+    c.save()
+    return path
+
+
+def make_scanned_copy(src: Path, dest: Path, *, dpi: int = 200) -> Path:
+    """Render every page to a grey bitmap and keep only the bitmaps: an image-only PDF."""
+    import pypdfium2 as pdfium
+
+    pdf = pdfium.PdfDocument(src)
+    try:
+        images = [pdf[i].render(scale=dpi / 72, grayscale=True).to_pil() for i in range(len(pdf))]
+    finally:
+        pdf.close()
+    images = [im.convert("L") for im in images]
+    images[0].save(dest, format="PDF", save_all=True, append_images=images[1:], resolution=dpi)
+    return dest
+
+
+def make_encrypted_pdf(path: Path, password: str = "secret") -> Path:
+    from reportlab.lib.pdfencrypt import StandardEncryption
+
+    c = canvas.Canvas(str(path), pagesize=A4, encrypt=StandardEncryption(password, canPrint=0))
+    c.setFont("Helvetica", 12)
+    c.drawString(60, 700, "A locked page.")
+    c.showPage()
+    c.save()
+    return path
+
+
+def make_zero_page_pdf(path: Path) -> Path:
+    """A well-formed PDF whose page tree is empty (reportlab always adds a page)."""
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [] /Count 0 >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    for off in offsets:
+        out += f"{off:010d} 00000 n \n".encode()
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    path.write_bytes(bytes(out))
+    return path

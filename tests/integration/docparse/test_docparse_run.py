@@ -1,0 +1,181 @@
+"""The lite engine end to end on generated PDFs: text layer, scanned copy, images."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conveyor.processors.docparse import DocparseProcessor
+from tests.docparse_samples import CHINESE, HEADINGS, LEFT, RIGHT, TABLE, TITLE, known_words
+from tests.integration.docparse.conftest import Harness, Recorder, Settings
+
+
+def test_text_pdf_to_markdown_content_list_and_images(harness: Harness, sample_pdf: Path) -> None:
+    rec = Recorder()
+    outputs = harness.run(sample_pdf, recorder=rec)
+    md = harness.markdown(outputs)
+    items = harness.content_list(outputs)
+
+    # headings: the title is level 1, the numbered sections level 2
+    assert f"# {TITLE}\n" in md
+    for h in HEADINGS:
+        assert f"\n## {h}\n" in md, h
+    # the ruled table, cell by cell, in Markdown and as HTML in the content list
+    assert "| Name | Score | City |" in md and "| Bob | 78 | Berlin |" in md
+    tables = [i for i in items if i["type"] == "table"]
+    assert len(tables) == 1
+    for row in TABLE:
+        assert "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" in tables[0]["table_body"]
+    # the Chinese line, exactly
+    assert CHINESE in md
+    # the embedded figure: a JPEG under images/, referenced from the Markdown;
+    # the table gets a picture of itself too, as MinerU's content list has
+    images = {o.name: o for o in outputs if o.name.startswith("images/")}
+    img_items = [i for i in items if i["type"] == "image"]
+    assert len(img_items) == 1
+    figure = img_items[0]["img_path"]
+    assert set(images) == {figure, tables[0]["img_path"]}
+    for out in images.values():
+        jpeg = harness.local(out)
+        assert jpeg.read_bytes()[:3] == b"\xff\xd8\xff" and jpeg.stat().st_size > 1000
+    assert f"![]({figure})" in md
+
+    # content-list fields, MinerU's shape
+    for item in items:
+        assert item["type"] in ("text", "table", "image")
+        assert isinstance(item["page_idx"], int) and 0 <= item["page_idx"] < 3
+        assert len(item["bbox"]) == 4 and all(0 <= v <= 1000 for v in item["bbox"])
+        assert item["bbox"][0] < item["bbox"][2] and item["bbox"][1] < item["bbox"][3]
+    titles = [(i["text"], i["text_level"]) for i in items if "text_level" in i]
+    assert titles == [(TITLE, 1)] + [(h, 2) for h in HEADINGS]
+    assert {i["page_idx"] for i in items if i["type"] == "table"} == {2}
+
+    # reading order: the left column's lines all come before the right column's
+    texts = [i.get("text", "") for i in items]
+    joined = "\n".join(texts)
+    positions = [joined.index(line) for line in [HEADINGS[1], *LEFT, *RIGHT]]
+    assert positions == sorted(positions), "two-column page read column by column"
+    order = [texts.index(t) for t in (TITLE, HEADINGS[0], HEADINGS[1], HEADINGS[2], HEADINGS[3])]
+    assert order == sorted(order)
+    assert texts.index(HEADINGS[2]) < items.index(tables[0]) < texts.index(HEADINGS[3])
+
+    # outputs record the page count for the pages/s gauge; progress went page by page
+    assert {o.name: o.meta.get("pages") for o in outputs if "pages" in o.meta} == {
+        "markdown": 3,
+        "content_list": 3,
+    }
+    pages = [m for _, phase, m in rec.progress if phase == "parse" and m.startswith("page ")]
+    assert [m.split()[1] for m in pages] == ["1/3", "2/3", "3/3"]
+    assert rec.progress[-1][0] == 100.0
+    keys = harness.published()
+    assert "docs/report/report.md" in keys and "docs/report/report_content_list.json" in keys
+
+
+def _words(text: str) -> set[str]:
+    return {w.lower() for w in re.findall(r"[A-Za-z]+|\d+", text)}
+
+
+def test_scanned_copy_is_ocrd_with_high_recall(
+    harness: Harness, scanned_pdf: Path, with_tesseract: None
+) -> None:
+    rec = Recorder()
+    outputs = harness.run(scanned_pdf, recorder=rec)
+    md = harness.markdown(outputs)
+    items = harness.content_list(outputs)
+    found = _words(md)
+    expected = [w.lower() for w in known_words()]
+    hits = sum(1 for w in expected if w in found)
+    recall = hits / len(expected)
+    print(f"OCR recall on the scanned copy: {hits}/{len(expected)} = {recall:.3f}")
+    assert recall > 0.95, sorted(set(expected) - found)
+    assert "你好世界" in md.replace(" ", "")
+    assert any("Pages: 0 with a text layer, 3 scanned, 3 OCR'd" in line for line in rec.logs)
+    # the grid of the scanned table is found in the bitmap and its cells filled by OCR
+    tables = [i for i in items if i["type"] == "table"]
+    assert len(tables) == 1 and "<td>Alice</td>" in tables[0]["table_body"]
+    assert tables[0]["img_path"] in {o.name for o in outputs}
+    # headings from the bitmap: sizes estimated from cap heights, levels as on the text copy
+    assert md.startswith(f"# {TITLE}\n")
+    for h in HEADINGS:
+        assert f"\n## {h}\n" in md, h
+    assert all(i["page_idx"] in (0, 1, 2) for i in items)
+
+
+def test_ocr_off_keeps_scans_as_images(harness: Harness, scanned_pdf: Path) -> None:
+    outputs = harness.run(scanned_pdf, ocr="off", pages="2")
+    items = harness.content_list(outputs)
+    assert [i["type"] for i in items] == ["image"]
+    assert items[0]["page_idx"] == 1
+    assert items[0]["bbox"] == [0, 0, 1000, 1000]
+
+
+def test_page_range_and_formats(harness: Harness, sample_pdf: Path) -> None:
+    outputs = harness.run(sample_pdf, pages="3", formats=["content_list"])
+    assert [o.name for o in outputs if not o.name.startswith("images/")] == ["content_list"]
+    items = harness.content_list(outputs)
+    assert {i["page_idx"] for i in items} == {2}
+    assert items[0] == {**items[0], "type": "text", "text": HEADINGS[2], "text_level": 1}
+
+
+def test_params_are_validated_at_submit() -> None:
+    proc = DocparseProcessor(Settings())
+    from conveyor.errors import InvalidParams
+
+    for bad in ({"ocr": "maybe"}, {"engine": "gpu"}, {"pages": "5-2"}, {"formats": []}):
+        with pytest.raises(InvalidParams):
+            proc.validate(bad, None)
+    ok = proc.validate({"ocr_langs": ["en", "zh"], "pages": " 1-3,5 "}, None)
+    assert ok["ocr_langs"] == ["eng", "chi_sim"] and ok["pages"] == "1-3,5"
+    assert ok["engine"] == "auto" and ok["ocr"] == "auto"
+
+
+def test_a_scanned_image_is_a_one_page_document(
+    harness: Harness, scanned_pdf: Path, tmp_path: Path, with_tesseract: None
+) -> None:
+    import pypdfium2 as pdfium
+
+    doc = pdfium.PdfDocument(scanned_pdf)
+    png = tmp_path / "page.png"
+    doc[1].render(scale=200 / 72, grayscale=True).to_pil().save(png, dpi=(200, 200))
+    doc.close()
+    outputs = harness.run(png, ocr_langs=["eng"])
+    md = harness.markdown(outputs)
+    assert "elephants" in md and "apples" in md
+    assert harness.output(outputs, "markdown").meta["pages"] == 1
+    assert "docs/page/page.md" in harness.published()
+
+
+def test_cancel_mid_document_publishes_nothing(
+    harness: Harness, sample_pdf: Path, with_tesseract: None
+) -> None:
+    import threading
+
+    from conveyor.errors import TaskCancelled
+
+    cancel = threading.Event()
+
+    def on_progress(percent: float, phase: str, message: str) -> None:
+        if phase == "parse" and message.startswith("page 1/"):
+            cancel.set()
+
+    rec = Recorder(on_progress=on_progress)
+    with pytest.raises(TaskCancelled):
+        harness.run(sample_pdf, recorder=rec, cancel_event=cancel, ocr="force")
+    assert harness.published() == []
+    assert not any(m.startswith("page 3/") for _, _, m in rec.progress)
+    # the shared page processes are still good for the next task
+    assert harness.markdown(harness.run(sample_pdf, pages="1")).startswith("# ")
+
+
+def test_ocr_language_missing_on_the_worker_fails_retryably(
+    harness: Harness, scanned_pdf: Path, with_tesseract: None
+) -> None:
+    from conveyor.errors import ProcessorError
+
+    with pytest.raises(ProcessorError) as err:
+        harness.run(scanned_pdf, pages="1", ocr_langs=["eng", "xyz"])
+    assert err.value.retryable is True and err.value.code == "ocr_unavailable"
+    assert "no xyz language data" in str(err.value)
+    assert harness.published() == []
