@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -175,6 +176,7 @@ class ApiConnection:
         """
         http = client or self.http
         auth = client is None
+        shown = urlsplit(path)._replace(query="", fragment="").geturl()  # no presigned query
         for attempt in range(self.retries + 1):
             body = content() if callable(content) else content
             kw: dict[str, Any] = {"json": json, "params": params, "content": body}
@@ -186,13 +188,23 @@ class ApiConnection:
                 resp = http.send(req, stream=stream)
             except httpx.TransportError as exc:
                 if attempt < self.retries and _retryable(exc, idempotent):
-                    self._pause(attempt, f"{method} {path}: {exc!r}")
+                    self._pause(attempt, f"{method} {shown}: {type(exc).__name__}")
                     continue
                 where = self.url if auth else "the object store"
                 raise RemoteUnavailable(f"cannot reach {where}: {exc!r}") from None
+            if (
+                resp.status_code == 401
+                and auth
+                and attempt < self.retries
+                and self._headers(headers).get("authorization") != req_headers.get("authorization")
+            ):
+                # rotated while this request was in flight: the server revoked the old
+                # credential as it issued the new one; send again with the new one
+                resp.close()
+                continue
             if resp.status_code in _RETRY_STATUS and idempotent and attempt < self.retries:
                 resp.close()
-                self._pause(attempt, f"{method} {path}: HTTP {resp.status_code}")
+                self._pause(attempt, f"{method} {shown}: HTTP {resp.status_code}")
                 continue
             if resp.status_code >= 400:
                 if stream:

@@ -307,6 +307,10 @@ def _remote_worker(
         else:
             token = os.environ.get("CONVEYOR_WORKER_CREDENTIAL") or None
             conn = ApiConnection(api, credential=token, ca_cert=ca)
+            if token and not worker_id:  # a credential speaks for one worker id: use it
+                worker_id = conn.send("GET", "/api/worker/v1/whoami", idempotent=True).json()[
+                    "worker_id"
+                ]
         # an empty claim waits on the API for work: an idle worker starts a new
         # task half a round trip after its submit
         backend = RemoteBackend(conn, claim_wait_s=settings.poll_interval)

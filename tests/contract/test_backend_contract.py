@@ -1183,6 +1183,17 @@ def test_wait_for_work_returns_promptly_after_a_submit_from_another_thread(
     assert [c.task.kind for c in backend.claim("w1", [kind], 1, LONG_LEASE_S)] == [kind]
 
 
+def test_a_burst_of_long_log_lines_is_kept_whole_and_once(backend: Backend) -> None:
+    """200 lines of 3,000 CJK characters: 1.8 MB as UTF-8 JSON, over the API's
+    1 MiB body limit in one request, so the https:// engine must split by size."""
+    task = submit(backend)
+    ts = utcnow()
+    lines = [(ts, "stdout", f"{i:03d} " + "日志" * 1500) for i in range(200)]
+    backend.append_logs(task.id, 1, lines)
+    got = backend.read_logs(task.id, limit=1000)
+    assert [ln.line for ln in got] == [line for _, _, line in lines]
+
+
 def test_wait_for_work_returns_by_its_timeout(backend: Backend) -> None:
     start = time.monotonic()
     backend.wait_for_work(0.3)

@@ -31,6 +31,7 @@ from conveyor.worker.credential import (
     CredentialKeeper,
     enroll,
     read_credential_file,
+    rotate,
     write_credential_file,
 )
 from tests.apiserver import ApiServer, start_api
@@ -201,3 +202,50 @@ def test_rotation_rewrites_the_credential_file_atomically(tmp_path: Path) -> Non
             )
     finally:
         api.stop()
+
+
+def test_a_call_in_flight_during_rotation_is_sent_again_with_the_new_credential(
+    auth_api: ApiServer,
+) -> None:
+    """The server revokes the old credential as it issues the new one; a heartbeat
+    built with the old one and answered 401 after the keeper switched is resent
+    with the new one instead of stopping the worker."""
+    old = enroll(ApiConnection(auth_api.url), enrollment_token(admin_client(auth_api)), "flight")
+    new = rotate(ApiConnection(auth_api.url, credential=old.credential))
+    handed: list[str] = []
+
+    def credential() -> str:  # the first request goes out with the old one
+        cred = old.credential if not handed else new.credential
+        handed.append(cred)
+        return cred
+
+    conn = ApiConnection(auth_api.url, credential=credential)
+    assert RemoteBackend(conn).heartbeat(WorkerInfo(id="flight"), [], 30).lost == []
+    assert handed[0] == old.credential and handed[-1] == new.credential
+    with pytest.raises(WorkerCredentialRejected):  # and the old one alone is refused
+        RemoteBackend(ApiConnection(auth_api.url, credential=old.credential)).heartbeat(
+            WorkerInfo(id="flight"), [], 30
+        )
+
+
+def test_a_worker_given_its_credential_in_the_environment_works_under_its_own_id(
+    auth_api: ApiServer, tmp_path: Path
+) -> None:
+    """``CONVEYOR_WORKER_CREDENTIAL`` (e.g. from a secret store) without --join: the
+    worker asks the API which id the credential speaks for instead of making one up
+    (which the API would refuse, stopping the worker)."""
+    cred = auth_api.service.auth.create_token("env-worker", "worker", worker_id="env-worker")
+    data = tmp_path / "env-host"
+    data.mkdir()
+    log = tmp_path / "worker-env.log"
+    env = {**WORKER_ENV, "CONVEYOR_WORKER_CREDENTIAL": cred.token}
+    t0 = datetime.now(UTC)
+    proc = start_process(
+        ["worker", "--data-dir", str(data), "--backend", auth_api.url], data, log, env
+    )
+    try:
+        wait_heartbeat(auth_api, "env-worker", t0, proc, log)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0, log.read_text(errors="replace")
+    assert cred.token not in log.read_text(errors="replace")

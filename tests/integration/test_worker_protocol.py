@@ -116,6 +116,25 @@ def test_fencing_and_bad_input_get_clear_errors(api: ApiServer) -> None:
     assert http.get(f"{V1}/stat/input/a/b").json()["size"] == 1
 
 
+def test_a_big_output_list_completes(api: ApiServer) -> None:
+    """A parsed document lists every extracted figure: 6,000 outputs (about 1.5 MB of
+    JSON, over the 1 MiB limit of the public API) still complete over the worker
+    protocol, whose bodies may be 16 times larger; past that a clear 413."""
+    task = submit(api)
+    http = httpx.Client(base_url=api.url, timeout=30)
+    lease = http.post(f"{V1}/claim", json=claim_body()).json()["claimed"][0]["lease"]
+    outputs = [
+        {"name": "image", "bucket": "output", "key": f"doc/images/p{i:05d}_fig.jpg", "size": i}
+        for i in range(6000)
+    ]
+    r = http.post(f"{V1}/complete", json={"lease": lease, "outputs": outputs})
+    assert r.status_code == 200, r.text
+    done = api.service.backend.get(task.id)
+    assert done is not None and len(done.outputs) == 6000
+    huge = http.post(f"{V1}/logs", content=b"{" + b" " * (17 * 1024 * 1024) + b"}")
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
+
+
 def test_a_credential_speaks_for_its_own_worker_only(tmp_path: Path) -> None:
     api = start_api(tmp_path / "api", auth=True)
     auth = api.service.auth

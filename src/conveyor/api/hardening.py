@@ -36,6 +36,11 @@ STREAMED_PREFIXES = (
     "/api/files/",
     "/api/worker/v1/files/",
 )  # raw uploads: limited by max_upload_bytes instead
+# The worker protocol's JSON bodies carry a task's whole output list (a parsed
+# document: one entry per extracted figure) or a log batch: a larger cap, for
+# callers that already hold a worker credential.
+WORKER_PROTOCOL_PREFIX = "/api/worker/v1/"
+WORKER_PROTOCOL_FACTOR = 16
 
 
 def json_depth(raw: bytes) -> int:
@@ -101,14 +106,17 @@ class HardeningMiddleware:
         if path.startswith(STREAMED_PREFIXES) or scope.get("method") in ("GET", "HEAD"):
             await self.app(scope, receive, send_with_headers)
             return
+        limit = self.max_bytes
+        if path.startswith(WORKER_PROTOCOL_PREFIX):
+            limit *= WORKER_PROTOCOL_FACTOR
         headers = dict(scope.get("headers", []))
         declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
+        if declared.isdigit() and int(declared) > limit:
             await _error(
                 send,
                 413,
                 "payload_too_large",
-                f"request body of {int(declared)} bytes exceeds the limit of {self.max_bytes}",
+                f"request body of {int(declared)} bytes exceeds the limit of {limit}",
             )
             return
         # read the body here (bounded), check it, then hand it to the app as one chunk
@@ -121,12 +129,12 @@ class HardeningMiddleware:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
+            if size > limit:
                 await _error(
                     send,
                     413,
                     "payload_too_large",
-                    f"request body exceeds the limit of {self.max_bytes} bytes",
+                    f"request body exceeds the limit of {limit} bytes",
                 )
                 return
             chunks.append(chunk)

@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict
 
+from conveyor.errors import Conflict
 from conveyor.models import LogLine, Task, Trigger
 from conveyor.service import ConveyorService, QueueStatus, SubmitRequest
 
@@ -52,6 +53,12 @@ async def add_task(
     )
     if res.created:
         await audit(request, "submit", target=res.task.id)
+    else:
+        owner = owner_filter(principal)
+        if owner is not None and res.task.submitted_by != owner:  # keys are global
+            raise Conflict(
+                "another submitter's task already holds this idempotency_key: use another key"
+            )
     return {
         "task_id": res.task.id,
         "status": res.task.status.value,

@@ -151,7 +151,7 @@ class ProgressBody(_Body):
 
 class CompleteBody(_Body):
     lease: Lease
-    outputs: list[OutputFile] = Field(max_length=10_000)
+    outputs: list[OutputFile] = Field(max_length=50_000)
 
 
 class FailBody(_Body):
@@ -194,6 +194,17 @@ async def claim(
         generation = await signal.wait(generation, body.wait_s)
         claimed = await run_in_threadpool(backend.claim, *args)
     return ClaimResponse(claimed=claimed, generation=generation)
+
+
+class WhoAmI(BaseModel):
+    worker_id: str | None = Field(
+        description="The worker id this credential speaks for (null: any, auth off)."
+    )
+
+
+@router.get("/whoami", summary="The worker id a credential speaks for")
+async def whoami(principal: Principal) -> WhoAmI:
+    return WhoAmI(worker_id=principal.worker_id)
 
 
 @router.post("/wait", summary="Long-poll: return when new work may be available")

@@ -19,6 +19,7 @@ default because the contract's ``claim`` returns at once.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from datetime import datetime
@@ -43,7 +44,16 @@ from conveyor.models import (
 
 PREFIX = "/api/worker/v1"
 MAX_WAIT_S = 30.0
-LOG_CHUNK = 2000  # lines per request, under the API's limit
+LOG_CHUNK = 2000  # lines per request at most ...
+LOG_CHUNK_BYTES = 512 * 1024  # ... and half the API's default JSON body limit (1 MiB)
+
+
+class LogsPartlyShipped(Exception):
+    """Shipping stopped after ``sent`` lines: the caller keeps only the rest."""
+
+    def __init__(self, sent: int, cause: BaseException) -> None:
+        super().__init__(f"{sent} log lines shipped, then: {cause}")
+        self.sent = sent
 
 
 class RemoteBackend(Backend):
@@ -150,19 +160,36 @@ class RemoteBackend(Backend):
     def append_logs(
         self, task_id: str, attempt: int, lines: list[tuple[datetime, str, str]]
     ) -> None:
-        for i in range(0, len(lines), LOG_CHUNK):
-            chunk = lines[i : i + LOG_CHUNK]
+        """Ship in requests bounded by lines and by bytes, so a burst of long lines
+        never meets the API's body limit; a failure says how many lines went out,
+        so they are not sent (and logged) twice."""
+        entries = [
+            {"ts": ts.isoformat(), "stream": stream, "line": line} for ts, stream, line in lines
+        ]
+        sent = 0
+        while sent < len(entries):
+            chunk: list[dict[str, str]] = []
+            size = 0
+            for entry in entries[sent : sent + LOG_CHUNK]:
+                n = len(json.dumps(entry["line"])) + 96  # escaped as sent at worst; keys, ts
+                if chunk and size + n > LOG_CHUNK_BYTES:
+                    break
+                chunk.append(entry)
+                size += n
             body = {
                 "task_id": task_id,
                 "attempt": attempt,
                 "worker_id": self._worker_id,
-                "lines": [
-                    {"ts": ts.isoformat(), "stream": stream, "line": line}
-                    for ts, stream, line in chunk
-                ],
+                "lines": chunk,
             }
-            # a resent chunk would be logged twice: retry only what never left
-            self._post("logs", body, idempotent=False)
+            try:
+                # a resent chunk would be logged twice: retry only what never left
+                self._post("logs", body, idempotent=False)
+            except Exception as exc:
+                if sent == 0:
+                    raise
+                raise LogsPartlyShipped(sent, exc) from exc
+            sent += len(chunk)
 
     def ping(self) -> None:
         self.conn.send("GET", "/api/health", idempotent=True)

@@ -102,7 +102,7 @@ class Stream:
             out["chart-summary"] = self._fragment("chart_summary", **data)
             qs = data["qs"]
         elif self.view == "queue":
-            data = views.queue(self.service, self.cache)
+            data = views.queue(self.service, self.cache, self.viewer.get("owner"))
             out["queue-counts"] = self._fragment("queue_counts", **data)
             out["queue"] = self._fragment("queue_panel", **data)
             qs = data["qs"]

@@ -503,9 +503,13 @@ async def retry_task(
     return await _task_action(request, task_id, service.retry, "flash.retried", principal, "retry")
 
 
-@router.get("/queue", dependencies=[require(Permission.TASKS_READ)])
-async def queue(request: Request, service: ConveyorService = Depends(get_service)) -> Response:
-    data = await call(views.queue, service)
+@router.get("/queue")
+async def queue(
+    request: Request,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_READ),
+) -> Response:
+    data = await call(views.queue, service, None, owner_filter(principal))
     return await page(
         request,
         "queue.html",

@@ -56,6 +56,11 @@ def running(service: ConveyorService) -> list[Task]:
     return service.list(status=TaskStatus.PROCESSING.value, limit=RUNNING_SHOWN).items
 
 
+def mine(tasks: list[Task], owner: str | None) -> list[Task]:
+    """A submitter (``owner``) sees its own tasks on shared panels; counts stay global."""
+    return tasks if owner is None else [t for t in tasks if t.submitted_by == owner]
+
+
 def workers(service: ConveyorService, tasks: list[Task]) -> tuple[list[WorkerView], list[Task]]:
     """Active workers with the tasks each is running; tasks of workers no longer seen."""
     views = [WorkerView(info=w) for w in service.workers()]
@@ -95,10 +100,10 @@ def chart(service: ConveyorService) -> dict[str, Any]:
 def dashboard(
     service: ConveyorService, cache: TTLCache | None = None, owner: str | None = None
 ) -> dict[str, Any]:
-    """``owner``: a submitter, who sees its own recent tasks only (counts stay global)."""
+    """``owner``: a submitter, who sees its own tasks only (counts stay global)."""
     c = cache or TTLCache()
     qs = c.get("qs", 0.5, service.queue_status)
-    tasks = c.get("running", 0.5, lambda: running(service))
+    tasks = mine(c.get("running", 0.5, lambda: running(service)), owner)
     views, orphans = workers(service, tasks)
     if owner is None:
         recent = c.get("recent", 0.5, lambda: service.list(limit=RECENT).items)
@@ -113,16 +118,24 @@ def dashboard(
     }
 
 
-def queue(service: ConveyorService, cache: TTLCache | None = None) -> dict[str, Any]:
+def queue(
+    service: ConveyorService, cache: TTLCache | None = None, owner: str | None = None
+) -> dict[str, Any]:
+    """``owner``: a submitter, who sees its own running and waiting tasks only."""
     c = cache or TTLCache()
-    return {
-        "qs": c.get("qs", 0.5, service.queue_status),
-        "running": c.get("running", 0.5, lambda: running(service)),
-        "waiting": c.get(
+    waiting = (
+        c.get(
             "waiting",
             0.5,
             lambda: service.list(status=TaskStatus.PENDING.value, limit=WAITING_SHOWN).items,
-        ),
+        )
+        if owner is None
+        else service.list(status=TaskStatus.PENDING.value, limit=WAITING_SHOWN, owner=owner).items
+    )
+    return {
+        "qs": c.get("qs", 0.5, service.queue_status),
+        "running": mine(c.get("running", 0.5, lambda: running(service)), owner),
+        "waiting": waiting,
     }
 
 

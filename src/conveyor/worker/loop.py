@@ -325,10 +325,11 @@ class Worker:
         if batch:
             try:
                 self.backend.append_logs(rt.task.id, rt.lease.attempt, batch)
-            except Exception:
-                log.exception("could not ship %d log lines; keeping them", len(batch))
+            except Exception as exc:
+                unsent = batch[getattr(exc, "sent", 0) :]  # LogsPartlyShipped: keep the rest
+                log.exception("could not ship %d log lines; keeping them", len(unsent))
                 with rt.logs_lock:
-                    rt.logs[:0] = batch
+                    rt.logs[:0] = unsent
 
     def _report_progress(self, rt: RunningTask, percent: float, phase: str, message: str) -> None:
         now = time.monotonic()

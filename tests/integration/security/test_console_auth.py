@@ -154,7 +154,13 @@ def test_submitter_console_shows_its_own_tasks_only(secured: SecuredApi) -> None
     theirs = _submit(secured, Role.OPERATOR)
     mine = _submit(secured, Role.SUBMITTER)
     _login(secured, Role.SUBMITTER)
-    for path in ("/admin", "/admin/tasks", "/admin/events?view=dashboard&once=1"):
+    for path in (
+        "/admin",
+        "/admin/tasks",
+        "/admin/queue",
+        "/admin/events?view=dashboard&once=1",
+        "/admin/events?view=queue&once=1",
+    ):
         text = c.get(path).text
         assert mine in text, path
         assert theirs not in text, path

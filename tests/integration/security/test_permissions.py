@@ -146,6 +146,16 @@ def test_submitter_sees_and_acts_on_its_own_tasks_only(secured: SecuredApi) -> N
         if not cursor:
             break
     assert len(seen) == len(set(seen)) == 4
+    # an idempotency key another submitter's task holds returns nothing of that task
+    keyed = {**body, "idempotency_key": "shared-key"}
+    first = c.post("/api/queue/add", json=keyed, headers=secured.headers(Role.OPERATOR))
+    assert first.status_code == 201
+    again = c.post("/api/queue/add", json=keyed, headers=sub)
+    assert again.status_code == 409 and "idempotency_key" in again.json()["error"]["message"]
+    assert first.json()["task_id"] not in again.text
+    own = {**body, "idempotency_key": "own-key"}
+    made = c.post("/api/queue/add", json=own, headers=sub).json()
+    assert c.post("/api/queue/add", json=own, headers=sub).json()["task_id"] == made["task_id"]
 
 
 def admin_of(secured: SecuredApi) -> dict[str, str]:
