@@ -54,6 +54,20 @@ def enrollment_token(admin: httpx.Client, **body: Any) -> str:
     return token
 
 
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    """A failed assertion must not leave a worker process running."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 @pytest.fixture
 def auth_api(tmp_path: Path) -> Iterator[ApiServer]:
     api = start_api(tmp_path / "api", auth=True)
@@ -66,6 +80,7 @@ def start_worker(tmp_path: Path, tag: str, *args: str) -> tuple[subprocess.Popen
     data.mkdir(exist_ok=True)
     log = tmp_path / f"worker-{tag}.log"
     proc = start_process(["worker", "--data-dir", str(data), *args], data, log, WORKER_ENV)
+    _started.append(proc)
     return proc, log
 
 
@@ -243,6 +258,7 @@ def test_a_worker_given_its_credential_in_the_environment_works_under_its_own_id
     proc = start_process(
         ["worker", "--data-dir", str(data), "--backend", auth_api.url], data, log, env
     )
+    _started.append(proc)
     try:
         wait_heartbeat(auth_api, "env-worker", t0, proc, log)
     finally:
