@@ -48,8 +48,22 @@ def _name(pid: int) -> str:
     return os.path.basename(argv[0].decode(errors="replace")) or "?"
 
 
+def _tree(root: int) -> list[int]:
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo.extend(_children(pid))
+    return pids
+
+
 class TreeRss:
-    """Peak of the summed RSS of this process and all its descendants."""
+    """Peak of the summed RSS of this process and all its descendants.
+
+    Descendants that were already running when the measure started and are not
+    page processes (servers a test session's fixtures started: PostgreSQL, an S3
+    server, moto, dockerd) are left out: they are not part of a worker.
+    """
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval = interval
@@ -57,16 +71,13 @@ class TreeRss:
         self.peak_procs = 0
         self.peak_parts: list[tuple[str, int]] = []  # (process, KiB) at the peak
         self._stop = threading.Event()
+        self._unrelated: set[int] = set()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = os.getpid()
         while not self._stop.is_set():
-            pids, todo = [], [me]
-            while todo:
-                pid = todo.pop()
-                pids.append(pid)
-                todo.extend(_children(pid))
+            pids = [p for p in _tree(me) if p not in self._unrelated]
             sizes = {p: _rss_kib(p) for p in pids}
             total = sum(sizes.values())
             if total > self.peak_kib:
@@ -77,6 +88,10 @@ class TreeRss:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreeRss:
+        me = os.getpid()
+        self._unrelated = {
+            p for p in _tree(me) if p != me and _name(p) not in ("page process", "resource tracker")
+        }
         self._thread.start()
         return self
 
