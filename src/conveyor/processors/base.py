@@ -8,15 +8,18 @@ temp dir, storage, progress and log callbacks, and a cancellation event.
 
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from conveyor.errors import ProcessorError
 from conveyor.models import InputRef, OutputFile, Task
 from conveyor.storage.base import BlobStore
 
@@ -77,3 +80,23 @@ class Processor(ABC):
     @abstractmethod
     def run(self, ctx: ProcessorContext) -> list[OutputFile]:
         """Do the work; raise ``ProcessorError`` (or a subclass) on failure."""
+
+
+@contextmanager
+def publishing(ctx: ProcessorContext, published: list[OutputFile]) -> Iterator[None]:
+    """Publish outputs all or nothing: when an upload fails part way (or the task is
+    cancelled), what was already published is removed so a retry starts clean and
+    no half set is left in the bucket; an OSError is a retryable upload failure."""
+    try:
+        yield
+    except BaseException as exc:
+        for o in published:
+            try:
+                ctx.storage.delete(o.bucket, o.key)
+            except Exception:
+                logging.getLogger(__name__).exception(
+                    "could not remove partly published output %s", o.key
+                )
+        if isinstance(exc, OSError):
+            raise ProcessorError(f"upload failed: {exc}", retryable=True) from exc
+        raise

@@ -23,7 +23,7 @@ from typing import Any
 
 from conveyor.errors import InputRejected, ObjectNotFound, ProcessorError, TaskCancelled
 from conveyor.models import InputRef, OutputFile
-from conveyor.processors.base import Processor, ProcessorContext
+from conveyor.processors.base import Processor, ProcessorContext, publishing
 from conveyor.processors.docparse.assemble import assemble
 from conveyor.processors.docparse.inputs import DocInfo, open_input
 from conveyor.processors.docparse.lite import LiteSummary, PagePoolBroken, run_pages
@@ -319,7 +319,7 @@ class DocparseProcessor(Processor):
         """Upload every file or none: a failure or cancel part-way removes what went up."""
         files = sorted(p for p in outdir.rglob("*") if p.is_file())
         published: list[OutputFile] = []
-        try:
+        with publishing(ctx, published):
             for i, path in enumerate(files):
                 _check_cancel(ctx)
                 rel = path.relative_to(outdir).as_posix()
@@ -346,15 +346,6 @@ class DocparseProcessor(Processor):
                         meta=meta,
                     )
                 )
-        except BaseException as exc:
-            for o in published:
-                try:
-                    ctx.storage.delete(o.bucket, o.key)
-                except Exception:
-                    log.exception("could not remove partly published output %s", o.key)
-            if isinstance(exc, OSError):
-                raise ProcessorError(f"upload failed: {exc}", retryable=True) from exc
-            raise
         return published
 
 

@@ -23,7 +23,7 @@ from conveyor.errors import (
     TaskCancelled,
 )
 from conveyor.models import InputRef, OutputFile
-from conveyor.processors.base import Processor, ProcessorContext
+from conveyor.processors.base import Processor, ProcessorContext, publishing
 from conveyor.processors.transcode.command import OutputPlan, build_command, plan_outputs
 from conveyor.processors.transcode.encoders import (
     EncoderMode,
@@ -283,7 +283,7 @@ class TranscodeProcessor(Processor):
     ) -> list[OutputFile]:
         """Upload all outputs or none: a failure or cancel part-way removes what went up."""
         published: list[OutputFile] = []
-        try:
+        with publishing(ctx, published):
             for i, (plan, out) in enumerate(checked):
                 _check_cancel(ctx)
                 p = plan.profile
@@ -311,15 +311,6 @@ class TranscodeProcessor(Processor):
                         meta=meta,
                     )
                 )
-        except BaseException as exc:
-            for o in published:
-                try:
-                    ctx.storage.delete(o.bucket, o.key)
-                except Exception:
-                    log.exception("could not remove partly published output %s", o.key)
-            if isinstance(exc, OSError):
-                raise ProcessorError(f"upload failed: {exc}", retryable=True) from exc
-            raise
         return published
 
 
