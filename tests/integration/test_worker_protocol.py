@@ -160,6 +160,21 @@ def test_a_credential_speaks_for_its_own_worker_only(tmp_path: Path) -> None:
         assert httpx.post(f"{api.url}{V1}/heartbeat", json=hb).status_code == 401
         assert b.post(f"{V1}/complete", json={"lease": lease, "outputs": []}).status_code == 403
         assert a.post(f"{V1}/complete", json={"lease": lease, "outputs": []}).status_code == 200
+        # files: an enrolled worker reads any bucket its tasks name, writes only the output
+        w = api.service.storage.writer("input", "clip.mp4")
+        w.write(b"in")
+        w.commit()
+        assert a.get(f"{V1}/files/input/clip.mp4").content == b"in"
+        assert a.put(f"{V1}/files/output/done.txt", content=b"ok").status_code == 200
+        for r in (
+            a.put(f"{V1}/files/input/clip.mp4", content=b"overwrite"),
+            a.delete(f"{V1}/files/input/clip.mp4"),
+            a.post(f"{V1}/uploads/input/new.bin", params={"size": 3}),
+        ):
+            assert r.status_code == 403, r.text
+            assert "output bucket" in r.json()["error"]["message"]
+        with api.service.storage.open("input", "clip.mp4") as fh:
+            assert fh.read() == b"in"
     finally:
         api.stop()
 

@@ -23,7 +23,7 @@ from conveyor.service import ConveyorService
 from conveyor.storage.base import ObjectInfo, validate_bucket
 
 from .deps import get_service
-from .routes_worker import Principal
+from .routes_worker import Principal, WorkerForbidden, WorkerPrincipal
 
 router = APIRouter(prefix="/api/worker/v1", tags=["worker"])
 Service = Annotated[ConveyorService, Depends(get_service)]
@@ -102,11 +102,21 @@ async def stat_object(bucket: str, key: str, _: Principal, service: Service) -> 
     return info
 
 
+def _writable(principal: WorkerPrincipal, bucket: str, service: ConveyorService) -> None:
+    """An enrolled worker writes (and deletes) only in the output bucket, where every
+    processor publishes; it reads inputs wherever their tasks name them.  With auth
+    off (no credential: ``worker_id`` None) any bucket is open, as for a local worker."""
+    out = service.settings.output_bucket
+    if principal.worker_id is not None and bucket != out:
+        raise WorkerForbidden(f"a worker writes only to the output bucket {out!r}, not {bucket!r}")
+
+
 @router.put("/files/{bucket}/{key:path}", summary="Upload an object (raw body, streamed)")
 async def put_object(
-    bucket: str, key: str, request: Request, _: Principal, service: Service
+    bucket: str, key: str, request: Request, principal: Principal, service: Service
 ) -> ObjectInfo:
     bucket, key = service.check_object(bucket, key)
+    _writable(principal, bucket, service)
     limit = service.settings.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -134,8 +144,9 @@ async def put_object(
 
 
 @router.delete("/files/{bucket}/{key:path}", status_code=204, summary="Delete an object")
-async def delete_object(bucket: str, key: str, _: Principal, service: Service) -> Response:
+async def delete_object(bucket: str, key: str, principal: Principal, service: Service) -> Response:
     bucket, key = service.check_object(bucket, key)
+    _writable(principal, bucket, service)
     await run_in_threadpool(service.storage.delete, bucket, key)
     return Response(status_code=204)
 
@@ -166,7 +177,7 @@ async def list_objects(
 async def upload_target(
     bucket: str,
     key: str,
-    _: Principal,
+    principal: Principal,
     service: Service,
     size: Annotated[int, Query(ge=0)] = 0,
     content_type: str | None = None,
@@ -177,6 +188,7 @@ async def upload_target(
     worker then streams the object through ``PUT /files``.
     """
     bucket, key = service.check_object(bucket, key)
+    _writable(principal, bucket, service)
     storage: Any = service.storage
     multipart = getattr(storage, "presign_multipart", None)
     if multipart is not None and size > storage.multipart_threshold:
@@ -204,9 +216,10 @@ def _multipart_store(service: ConveyorService) -> Any:
     "/multipart/complete/{bucket}/{key:path}", summary="Finish a presigned multipart upload"
 )
 async def complete_upload(
-    bucket: str, key: str, body: CompleteUpload, _: Principal, service: Service
+    bucket: str, key: str, body: CompleteUpload, principal: Principal, service: Service
 ) -> ObjectInfo:
     bucket, key = service.check_object(bucket, key)
+    _writable(principal, bucket, service)
     storage = _multipart_store(service)
     info: ObjectInfo = await run_in_threadpool(
         storage.complete_multipart, bucket, key, body.upload_id, list(body.etags)
@@ -218,9 +231,10 @@ async def complete_upload(
     "/multipart/abort/{bucket}/{key:path}", status_code=204, summary="Drop a multipart upload"
 )
 async def abort_upload(
-    bucket: str, key: str, body: AbortUpload, _: Principal, service: Service
+    bucket: str, key: str, body: AbortUpload, principal: Principal, service: Service
 ) -> Response:
     bucket, key = service.check_object(bucket, key)
+    _writable(principal, bucket, service)
     storage = _multipart_store(service)
     await run_in_threadpool(storage.abort_multipart, bucket, key, body.upload_id)
     return Response(status_code=204)
