@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from conveyor.processors.docparse.assemble import assemble
 from conveyor.processors.docparse.layout import (
     Char,
     Line,
@@ -131,3 +135,35 @@ def test_tesseract_tsv_to_words_in_points() -> None:
     [word] = parse_tsv(tsv, scale=2.0)
     assert (word.text, word.x0, word.y0, word.x1, word.y1) == ("Hello", 50.0, 50.0, 150.0, 70.0)
     assert (word.block, word.par, word.line, word.conf) == (1, 1, 1, 96.5)
+
+
+def test_running_headers_and_footers_are_left_out(tmp_path: Path) -> None:
+    """A page number at the foot of every page goes, as MinerU discards it; the same
+    words in the body, or a footer on too few pages, stay."""
+
+    def page(i: int, footer: str) -> dict[str, object]:
+        return {
+            "page_idx": i,
+            "width": 600.0,
+            "height": 800.0,
+            "blocks": [
+                {"type": "text", "bbox": [60, 100, 500, 140], "text": f"Body {i}. Page {i} ok"},
+                {"type": "text", "bbox": [280, 760, 320, 775], "text": footer},
+            ],
+        }
+
+    pages = [page(i, f"Page {i + 1}") for i in range(3)] + [page(3, "Signed: A. Lee")]
+    spool = tmp_path / "spool.jsonl"
+    spool.write_text("".join(json.dumps(p) + "\n" for p in pages))
+    made = assemble(spool, tmp_path / "a.md", tmp_path / "a.json")
+    paragraphs = (tmp_path / "a.md").read_text().strip().split("\n\n")
+    assert paragraphs == [
+        "Body 0. Page 0 ok",
+        "Body 1. Page 1 ok",
+        "Body 2. Page 2 ok",
+        "Body 3. Page 3 ok",
+        "Signed: A. Lee",
+    ]
+    assert made.discarded == 3
+    items = json.loads((tmp_path / "a.json").read_text())
+    assert [i["text"] for i in items if i["page_idx"] == 0] == ["Body 0. Page 0 ok"]

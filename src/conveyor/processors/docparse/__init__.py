@@ -299,6 +299,8 @@ class DocparseProcessor(Processor):
             "Blocks: " + ", ".join(f"{n} {k}" for k, n in sorted(made.blocks.items()))
             or "Blocks: none"
         )
+        if made.discarded:
+            ctx.log(f"Running headers and footers left out: {made.discarded}")
         return summary
 
     def _need_ocr(self, params: DocparseParams) -> None:

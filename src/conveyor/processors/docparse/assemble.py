@@ -1,13 +1,21 @@
 """The spool of page results to ``<name>.md`` and ``<name>_content_list.json``.
 
 Two passes over the spool: the first learns the document's heading sizes
-(a heading's level depends on every other heading), the second streams the
-outputs, so neither the document nor its outputs are ever held in memory.
+(a heading's level depends on every other heading) and its running headers
+and footers, the second streams the outputs, so neither the document nor its
+outputs are ever held in memory.
+
+Running headers and footers (a page number, a report title repeated at the
+top of every page) are left out of both outputs, as MinerU discards them: a
+short text block in the top or bottom tenth of a page whose text, digits
+aside, recurs there on at least half the pages of a document of three pages
+or more.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +34,37 @@ from conveyor.processors.docparse.model import (
 class Assembled:
     pages: int = 0
     blocks: dict[str, int] = field(default_factory=dict)
+    discarded: int = 0  # running headers and footers left out
     images: set[str] = field(default_factory=set)
+
+
+MARGIN = 0.1  # the top and bottom tenth of a page hold running headers and footers
+RUNNING_MAX_CHARS = 120
+RunningKey = tuple[str, str]
+
+
+def running_key(block: dict[str, Any], page: dict[str, Any]) -> RunningKey | None:
+    """Where and what a block would be as a running header/footer, or None."""
+    height = float(page.get("height") or 0)
+    if block["type"] != "text" or height <= 0:
+        return None
+    y0, y1 = float(block["bbox"][1]), float(block["bbox"][3])
+    if y1 <= height * MARGIN:
+        zone = "top"
+    elif y0 >= height * (1 - MARGIN):
+        zone = "bottom"
+    else:
+        return None
+    text = " ".join(str(block.get("text", "")).split()).lower()
+    if not text or len(text) > RUNNING_MAX_CHARS:
+        return None
+    return zone, re.sub(r"\d+", "#", text)
+
+
+def running_keys(counts: dict[RunningKey, int], pages: int) -> set[RunningKey]:
+    if pages < 3:
+        return set()
+    return {k for k, n in counts.items() if n >= max(3, (pages + 1) // 2)}
 
 
 def read_spool(spool: Path) -> Iterator[dict[str, Any]]:
@@ -38,9 +76,15 @@ def read_spool(spool: Path) -> Iterator[dict[str, Any]]:
 
 def assemble(spool: Path, markdown: Path | None, content_list: Path | None) -> Assembled:
     keys: set[HeadingKey] = set()
+    seen: dict[RunningKey, int] = {}
+    n_pages = 0
     for page in read_spool(spool):
+        n_pages += 1
         keys.update(heading_key(b) for b in page["blocks"] if b["type"] == "title")
+        for rk in {k for b in page["blocks"] if (k := running_key(b, page)) is not None}:
+            seen[rk] = seen.get(rk, 0) + 1
     levels = heading_levels(keys)
+    running = running_keys(seen, n_pages)
     out = Assembled()
     md = markdown.open("w", encoding="utf-8") if markdown else None
     cl = content_list.open("w", encoding="utf-8") if content_list else None
@@ -51,6 +95,9 @@ def assemble(spool: Path, markdown: Path | None, content_list: Path | None) -> A
         for page in read_spool(spool):
             out.pages += 1
             for block in page["blocks"]:
+                if running and running_key(block, page) in running:
+                    out.discarded += 1
+                    continue
                 out.blocks[block["type"]] = out.blocks.get(block["type"], 0) + 1
                 if block.get("img_path"):
                     out.images.add(block["img_path"])
