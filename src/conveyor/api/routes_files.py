@@ -12,11 +12,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from conveyor.errors import InvalidRequest, ObjectNotFound, PayloadTooLarge
+from conveyor.errors import ObjectNotFound
 from conveyor.service import ConveyorService, upload_dedup_key
 
 from .deps import get_service
 from .security import Permission, require
+from .uploads import stream_into_store
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 
@@ -31,30 +32,14 @@ async def put_file(
     bucket: str, key: str, request: Request, service: ConveyorService = Depends(get_service)
 ) -> dict[str, Any]:
     bucket, key = service.check_object(bucket, key)
-    limit = service.settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"upload of {declared} bytes exceeds the limit of {limit} bytes")
-    writer = await run_in_threadpool(
-        service.storage.writer, bucket, key, request.headers.get("content-type")
+    info = await stream_into_store(
+        request,
+        service,
+        bucket,
+        key,
+        request.headers.get("content-type"),
+        allow_empty=False,
     )
-    try:
-        buf = bytearray()
-        async for chunk in request.stream():
-            buf += chunk
-            if writer.written + len(buf) > limit:
-                raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
-            if len(buf) >= 1 << 20:
-                await run_in_threadpool(writer.write, bytes(buf))
-                buf.clear()
-        if buf:
-            await run_in_threadpool(writer.write, bytes(buf))
-        if writer.written == 0:
-            raise InvalidRequest("upload body is empty: send the file's bytes as the request body")
-        info = await run_in_threadpool(writer.commit)
-    except BaseException:
-        await run_in_threadpool(writer.abort)
-        raise
     return {
         "bucket": info.bucket,
         "key": info.key,

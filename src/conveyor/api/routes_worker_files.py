@@ -18,17 +18,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints
 
-from conveyor.errors import InvalidRequest, ObjectNotFound, PayloadTooLarge
+from conveyor.errors import InvalidRequest, ObjectNotFound
 from conveyor.service import ConveyorService
 from conveyor.storage.base import ObjectInfo, validate_bucket
 
 from .deps import get_service
 from .routes_worker import Principal, WorkerForbidden, WorkerPrincipal
+from .uploads import CHUNK, stream_into_store
 
 router = APIRouter(prefix="/api/worker/v1", tags=["worker"])
 Service = Annotated[ConveyorService, Depends(get_service)]
 
-CHUNK = 1 << 20
 PRESIGN_S = 3600
 # S3 takes at most 5 GiB in one PUT; above that the worker streams through the
 # API, whose S3 writer uploads in parts.
@@ -117,29 +117,10 @@ async def put_object(
 ) -> ObjectInfo:
     bucket, key = service.check_object(bucket, key)
     _writable(principal, bucket, service)
-    limit = service.settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"upload of {declared} bytes exceeds the limit of {limit} bytes")
     content_type = request.headers.get("content-type")
     if content_type == "application/octet-stream":
         content_type = None
-    writer = await run_in_threadpool(service.storage.writer, bucket, key, content_type)
-    try:
-        buf = bytearray()
-        async for chunk in request.stream():
-            buf += chunk
-            if writer.written + len(buf) > limit:
-                raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
-            if len(buf) >= CHUNK:
-                await run_in_threadpool(writer.write, bytes(buf))
-                buf.clear()
-        if buf:
-            await run_in_threadpool(writer.write, bytes(buf))
-        info = await run_in_threadpool(writer.commit)
-    except BaseException:
-        await run_in_threadpool(writer.abort)
-        raise
+    info = await stream_into_store(request, service, bucket, key, content_type, allow_empty=True)
     return info
 
 

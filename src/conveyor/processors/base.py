@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from conveyor.errors import ProcessorError
+from conveyor.errors import InputRejected, ObjectNotFound, ProcessorError
 from conveyor.models import InputRef, OutputFile, Task
 from conveyor.storage.base import BlobStore
 
@@ -100,3 +100,15 @@ def publishing(ctx: ProcessorContext, published: list[OutputFile]) -> Iterator[N
         if isinstance(exc, OSError):
             raise ProcessorError(f"upload failed: {exc}", retryable=True) from exc
         raise
+
+
+def download_input(ctx: ProcessorContext, ref: InputRef, dest: Path) -> Path:
+    """The task's input into ``dest``: a missing object is the submitter's mistake (not
+    retried), a storage error may pass (retried)."""
+    try:
+        ctx.storage.get_file(ref.bucket, ref.key, dest)
+    except ObjectNotFound as exc:
+        raise InputRejected(f"input object not found: {ref.bucket}/{ref.key}") from exc
+    except OSError as exc:
+        raise ProcessorError(f"could not download the input: {exc}", retryable=True) from exc
+    return dest

@@ -21,9 +21,9 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from conveyor.errors import InputRejected, ObjectNotFound, ProcessorError, TaskCancelled
+from conveyor.errors import InputRejected, ProcessorError, TaskCancelled
 from conveyor.models import InputRef, OutputFile
-from conveyor.processors.base import Processor, ProcessorContext, publishing
+from conveyor.processors.base import Processor, ProcessorContext, download_input, publishing
 from conveyor.processors.docparse.assemble import assemble
 from conveyor.processors.docparse.inputs import DocInfo, open_input
 from conveyor.processors.docparse.lite import LiteSummary, PagePoolBroken, run_pages
@@ -123,13 +123,7 @@ class DocparseProcessor(Processor):
 
     def _download(self, ctx: ProcessorContext, ref: InputRef) -> Path:
         dest = ctx.workdir / "input.bin"
-        try:
-            ctx.storage.get_file(ref.bucket, ref.key, dest)
-        except ObjectNotFound as exc:
-            raise InputRejected(f"input object not found: {ref.bucket}/{ref.key}") from exc
-        except OSError as exc:
-            raise ProcessorError(f"could not download the input: {exc}", retryable=True) from exc
-        return dest
+        return download_input(ctx, ref, dest)
 
     def _parse(
         self,

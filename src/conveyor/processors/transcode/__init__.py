@@ -18,12 +18,11 @@ from typing import Any, cast, get_args
 from conveyor.errors import (
     InputRejected,
     InvalidParams,
-    ObjectNotFound,
     ProcessorError,
     TaskCancelled,
 )
 from conveyor.models import InputRef, OutputFile
-from conveyor.processors.base import Processor, ProcessorContext, publishing
+from conveyor.processors.base import Processor, ProcessorContext, download_input, publishing
 from conveyor.processors.transcode.command import OutputPlan, build_command, plan_outputs
 from conveyor.processors.transcode.encoders import (
     EncoderMode,
@@ -177,13 +176,7 @@ class TranscodeProcessor(Processor):
     def _download(self, ctx: ProcessorContext, ref: InputRef) -> Path:
         suffix = PurePosixPath(ref.key).suffix
         dest = ctx.workdir / f"input{suffix if _SAFE_SUFFIX.match(suffix) else ''}"
-        try:
-            ctx.storage.get_file(ref.bucket, ref.key, dest)
-        except ObjectNotFound as exc:
-            raise InputRejected(f"input object not found: {ref.bucket}/{ref.key}") from exc
-        except OSError as exc:
-            raise ProcessorError(f"could not download the input: {exc}", retryable=True) from exc
-        return dest
+        return download_input(ctx, ref, dest)
 
     def _encode(
         self,
