@@ -179,3 +179,29 @@ def test_ocr_language_missing_on_the_worker_fails_retryably(
     assert err.value.retryable is True and err.value.code == "ocr_unavailable"
     assert "no xyz language data" in str(err.value)
     assert harness.published() == []
+
+
+NARROW_LINES = [
+    "Page 11 of 111, printed 2011-11-11",
+    "Illinois filled 1,111 little jars in mid-July.",
+    "Sum 1 + 1 = 2; the price was 11.11 and the id l1I1.",
+]
+
+
+def test_narrow_glyphs_are_not_split_into_words(harness: Harness, tmp_path: Path) -> None:
+    """Ink boxes of "1", "l" and "i" leave wide gaps; only real spaces become spaces."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+
+    path = tmp_path / "narrow.pdf"
+    c = canvas.Canvas(str(path), pagesize=A4)
+    for size, font in ((9, "Helvetica"), (11, "Times-Roman"), (14, "Courier")):
+        c.setFont(font, size)
+        for i, line in enumerate(NARROW_LINES):
+            c.drawString(60, 760 - (size * 20) - i * size * 2, line)
+    c.showPage()
+    c.save()
+    md = harness.markdown(harness.run(path))
+    lines = [ln.lstrip("#").strip() for ln in md.splitlines() if ln.strip()]  # sizes make headings
+    for line in NARROW_LINES:
+        assert lines.count(line) == 3, (line, lines)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,7 @@ def read_chars(page: pdfium.PdfPage, height: float) -> tuple[list[Char], int]:
         printable = 0
         left, right = ctypes.c_double(), ctypes.c_double()
         bottom, top = ctypes.c_double(), ctypes.c_double()
+        loose = pdfium_c.FS_RECTF()
         for i in range(n):
             code = pdfium_c.FPDFText_GetUnicode(textpage.raw, i)
             if code == 0:
@@ -107,14 +110,19 @@ def read_chars(page: pdfium.PdfPage, height: float) -> tuple[list[Char], int]:
                 ctypes.byref(bottom),
                 ctypes.byref(top),
             )
+            x0, x1 = left.value, right.value
+            # Across, the advance (the loose box), not the ink: the ink of a narrow
+            # glyph leaves a gap that reads as a space ("11" came out "1 1").
+            if x1 > x0 and pdfium_c.FPDFText_GetLooseCharBox(textpage.raw, i, loose):
+                x0, x1 = min(x0, loose.left), max(x1, loose.right)
             size = pdfium_c.FPDFText_GetFontSize(textpage.raw, i)
             printable += text.isprintable() and text != "\ufffd"
             chars.append(
                 Char(
                     text,
-                    left.value,
+                    x0,
                     height - top.value,
-                    right.value,
+                    x1,
                     height - bottom.value,
                     size=float(size),
                     bold=_font_info(textpage, i, bold_cache),
@@ -210,16 +218,27 @@ def save_image(obj: pdfium.PdfObject, images_dir: Path) -> str | None:
 
 
 def save_pil(pil: Any, images_dir: Path) -> str:
-    """JPEG under the hash of its pixels, written once (a repeated figure is stored once)."""
+    """JPEG under the hash of its pixels, written once (a repeated figure is stored once).
+
+    Pages holding the same figure are parsed in parallel processes, so several
+    may write it at once: each writes its own temporary file and renames it
+    over the name, and whichever rename lands last leaves identical bytes.
+    """
     if pil.mode not in ("RGB", "L"):
         pil = pil.convert("RGB")
     digest = hashlib.sha256(pil.tobytes()).hexdigest()
     name = f"{digest}.jpg"
     dest = images_dir / name
     if not dest.exists():
-        tmp = dest.with_suffix(f".{digest[:8]}.part")
-        pil.save(tmp, format="JPEG", quality=90)
-        tmp.replace(dest)
+        fd, tmp = tempfile.mkstemp(prefix=f".{digest[:8]}-", suffix=".part", dir=images_dir)
+        try:
+            os.fchmod(fd, 0o644)  # mkstemp's 0600 would follow the image into the bucket
+            with os.fdopen(fd, "wb") as fh:
+                pil.save(fh, format="JPEG", quality=90)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return f"images/{name}"
 
 
