@@ -137,5 +137,11 @@ class Forbidden(ConveyorError):
 
 
 class RateLimited(ConveyorError):
+    """Too many attempts; ``retry_after`` seconds is when the next one is let through."""
+
     code = "rate_limited"
     http_status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -153,7 +153,9 @@ class RateLimiter:
             hits.popleft()
         if len(hits) >= self.limit:
             retry = int(hits[0] + self.window_s - now) + 1
-            raise RateLimited(f"too many attempts from this address: try again in {retry} s")
+            raise RateLimited(
+                f"too many attempts from this address: try again in {retry} s", retry_after=retry
+            )
         hits.append(now)
         if len(self._hits) > 10_000:  # forget idle addresses
             for k in [k for k, v in self._hits.items() if not v]:

@@ -137,6 +137,13 @@ def test_rotate_and_revoke(secured: SecuredApi) -> None:
 
 def test_enroll_is_rate_limited(secured: SecuredApi) -> None:
     secured.client.app.state.rate_limiters["enroll"] = RateLimiter(5)  # type: ignore[attr-defined]
-    codes = [_enroll(secured, "cve1.x.y")[0] for _ in range(7)]
-    assert codes[:5] == [401] * 5
-    assert codes[5:] == [429, 429]
+    answers = [
+        secured.client.post("/api/workers/enroll", json={"token": "cve1.x.y", "name": "gpu-1"})
+        for _ in range(7)
+    ]
+    assert [r.status_code for r in answers] == [401] * 5 + [429, 429]
+    assert all("Retry-After" not in r.headers for r in answers[:5])
+    for r in answers[5:]:  # the header agrees with the message, within the minute
+        wait = int(r.headers["Retry-After"])
+        assert 1 <= wait <= 61, wait
+        assert f"try again in {wait} s" in r.json()["error"]["message"]
