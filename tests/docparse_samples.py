@@ -146,6 +146,72 @@ def make_sample_pdf(path: Path, *, repeat: int = 1) -> Path:
     return path
 
 
+CAPTIONS = {
+    "table": ["Table 1: Scores by city", "表 2：城市得分"],
+    "image": ["Figure 2. A colour gradient with a sun.", "Figure 3: The sun again"],
+}
+REFERENCE = "Figure 2 shows the gradient and Table 1 lists the scores."
+
+
+def _ruled_table(c: canvas.Canvas, top: float, font: str = "Helvetica") -> float:
+    table = Table(TABLE, colWidths=[120, 80, 120], rowHeights=24)
+    table.setStyle(
+        TableStyle(
+            [
+                ("GRID", (0, 0), (-1, -1), 1, colors.black),
+                ("FONT", (0, 0), (-1, -1), font, 11),
+            ]
+        )
+    )
+    _tw, th = table.wrapOn(c, *A4)
+    table.drawOn(c, 60, top - th)
+    return top - th
+
+
+def _draw_figure(c: canvas.Canvas, top: float) -> float:
+    from reportlab.lib.utils import ImageReader
+
+    buf = io.BytesIO()
+    _figure().save(buf, format="PNG")
+    buf.seek(0)
+    c.drawImage(ImageReader(buf), 60, top - 160, width=240, height=160)
+    return top - 160
+
+
+def make_captioned_pdf(path: Path) -> Path:
+    """Two pages of tables and figures with captions (one Chinese, one bold), and a
+    paragraph that names a figure without being its caption."""
+    c = canvas.Canvas(str(path), pagesize=A4)
+    _w, h = A4
+    c.setFont("Helvetica-Bold", 18)
+    c.drawString(60, h - 80, "Captions")
+    c.setFont("Helvetica", 11)
+    c.drawString(60, h - 120, REFERENCE)
+    c.drawString(60, h - 136, "The paragraph above names them; the captions label them.")
+    c.setFont("Helvetica-Oblique", 10)
+    c.drawString(60, h - 200, CAPTIONS["table"][0])
+    bottom = _ruled_table(c, h - 208)
+    c.setFont("Helvetica", 11)
+    c.drawString(60, bottom - 40, "Body text continues after the table.")
+    bottom = _draw_figure(c, bottom - 70)
+    c.setFont("Helvetica-Oblique", 10)
+    c.drawString(60, bottom - 16, CAPTIONS["image"][0])
+    c.setFont("Helvetica", 11)
+    c.drawString(60, bottom - 60, "And the page ends with a last plain line.")
+    c.showPage()
+    c.setFont(cjk_font(), 11)
+    c.drawString(60, h - 80, CAPTIONS["table"][1])
+    bottom = _ruled_table(c, h - 88)
+    c.setFont("Helvetica", 11)
+    c.drawString(60, bottom - 40, "A second figure follows, with a bold caption.")
+    bottom = _draw_figure(c, bottom - 70)
+    c.setFont("Helvetica-Bold", 11)
+    c.drawString(60, bottom - 16, CAPTIONS["image"][1])
+    c.showPage()
+    c.save()
+    return path
+
+
 def make_scanned_copy(src: Path, dest: Path, *, dpi: int = 200) -> Path:
     """Render every page to a grey bitmap and keep only the bitmaps: an image-only PDF."""
     import pypdfium2 as pdfium

@@ -8,7 +8,19 @@ from pathlib import Path
 import pytest
 
 from conveyor.processors.docparse import DocparseProcessor
-from tests.docparse_samples import CHINESE, HEADINGS, LEFT, RIGHT, TABLE, TITLE, known_words
+from tests.docparse_samples import (
+    CAPTIONS,
+    CHINESE,
+    HEADINGS,
+    LEFT,
+    REFERENCE,
+    RIGHT,
+    TABLE,
+    TITLE,
+    known_words,
+    make_captioned_pdf,
+    make_scanned_copy,
+)
 from tests.integration.docparse.conftest import Harness, Recorder, Settings
 
 
@@ -205,3 +217,36 @@ def test_narrow_glyphs_are_not_split_into_words(harness: Harness, tmp_path: Path
     lines = [ln.lstrip("#").strip() for ln in md.splitlines() if ln.strip()]  # sizes make headings
     for line in NARROW_LINES:
         assert lines.count(line) == 3, (line, lines)
+
+
+def test_captions_belong_to_their_table_or_figure(harness: Harness, tmp_path: Path) -> None:
+    """As MinerU: in the item's *_caption, beside it in the Markdown, not loose as text."""
+    outputs = harness.run(make_captioned_pdf(tmp_path / "captions.pdf"))
+    items = harness.content_list(outputs)
+    md = harness.markdown(outputs)
+    assert [i["table_caption"] for i in items if i["type"] == "table"] == [
+        [c] for c in CAPTIONS["table"]
+    ]
+    assert [i["image_caption"] for i in items if i["type"] == "image"] == [
+        [c] for c in CAPTIONS["image"]
+    ]
+    texts = [i["text"] for i in items if i["type"] == "text"]
+    assert not set(texts) & {*CAPTIONS["table"], *CAPTIONS["image"]}, texts
+    assert any(t.startswith(REFERENCE) for t in texts), texts  # names a figure: a paragraph
+    assert [i["text"] for i in items if "text_level" in i] == ["Captions"]  # bold caption too
+    # Markdown: a table's caption above it, a figure's below it
+    assert f"{CAPTIONS['table'][0]}\n\n| Name | Score | City |" in md
+    assert f"{CAPTIONS['table'][1]}\n\n| Name | Score | City |" in md
+    for caption in CAPTIONS["image"]:
+        assert re.search(r"!\[\]\(images/[0-9a-f]{64}\.jpg\)\n\n" + re.escape(caption), md), md
+
+
+def test_captions_of_tables_on_a_scanned_page(
+    harness: Harness, tmp_path: Path, with_tesseract: None
+) -> None:
+    scan = make_scanned_copy(make_captioned_pdf(tmp_path / "c.pdf"), tmp_path / "scan.pdf")
+    items = harness.content_list(harness.run(scan, ocr_langs=["eng", "chi_sim"]))
+    captions = [i["table_caption"] for i in items if i["type"] == "table"]
+    assert captions[0] == [CAPTIONS["table"][0]], captions
+    (chinese,) = captions[1]  # tesseract may read the full-width colon as ":"
+    assert chinese.startswith("表 2") and "城市得分" in chinese, chinese

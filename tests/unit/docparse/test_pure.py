@@ -167,3 +167,34 @@ def test_running_headers_and_footers_are_left_out(tmp_path: Path) -> None:
     assert made.discarded == 3
     items = json.loads((tmp_path / "a.json").read_text())
     assert [i["text"] for i in items if i["page_idx"] == 0] == ["Body 0. Page 0 ok"]
+
+
+def test_captions_attach_to_the_neighbour_they_label() -> None:
+    from conveyor.processors.docparse.captions import attach_captions
+    from conveyor.processors.docparse.model import Block
+
+    def text(s: str, y: float, x0: float = 60, kind: str = "text") -> Block:
+        return Block(type=kind, bbox=(x0, y, x0 + 200, y + 10), text=s, size=10)
+
+    table = Block(type="table", bbox=(60, 100, 380, 200))
+    figure = Block(type="image", bbox=(60, 300, 300, 460))
+    blocks = [
+        text("Fig. 9 is referenced far above.", 20),
+        text("Table IV: Yields", 86),
+        table,
+        text("Tablet 1 is not a label.", 205),
+        figure,
+        text("图 3 渐变", 466, kind="title"),
+        text("Figure 4 sits in the other column.", 470, x0=320),
+    ]
+    out = attach_captions(blocks)
+    assert table.caption == "Table IV: Yields" and figure.caption == "图 3 渐变"
+    assert [b.text for b in out if b.type != "table" and b.type != "image"] == [
+        "Fig. 9 is referenced far above.",
+        "Tablet 1 is not a label.",
+        "Figure 4 sits in the other column.",
+    ]
+    # a caption-like line too far away stays text
+    lone = Block(type="image", bbox=(60, 300, 300, 460))
+    far = text("Figure 5. Too far below.", 520)
+    assert attach_captions([lone, far]) == [lone, far] and lone.caption == ""

@@ -30,6 +30,7 @@ import pypdfium2 as pdfium
 from PIL import Image
 
 from conveyor.errors import TaskCancelled
+from conveyor.processors.docparse.captions import attach_captions
 from conveyor.processors.docparse.layout import (
     Char,
     Line,
@@ -187,7 +188,7 @@ def _text_blocks(
         rel = save_image(obj, images_dir)
         if rel:
             anchored.append(Block(type="image", bbox=box, img_path=rel))
-    return order_blocks(blocks, anchored, content.width)
+    return attach_captions(order_blocks(blocks, anchored, content.width))
 
 
 def _ocr_blocks(
@@ -227,7 +228,7 @@ def _ocr_blocks(
             crop = Image.fromarray(gray[max(0, y0 - 4) : y1 + 4, max(0, x0 - 4) : x1 + 4])
             table.img_path = save_pil(crop, Path(job.images_dir))
             anchored.append(table)
-    return order_blocks(blocks, anchored, content.width), len(words)
+    return attach_captions(order_blocks(blocks, anchored, content.width)), len(words)
 
 
 _ASCENDS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789bdfhiklt")

@@ -27,10 +27,11 @@ class Block:
     img_path: str = ""
     table_html: str = ""
     table_md: str = ""
+    caption: str = ""  # of a table or image
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type, "bbox": [round(v, 2) for v in self.bbox]}
-        for name in ("text", "img_path", "table_html", "table_md"):
+        for name in ("text", "img_path", "table_html", "table_md", "caption"):
             value = getattr(self, name)
             if value:
                 d[name] = value
@@ -105,7 +106,7 @@ def content_item(
         return {
             "type": "image",
             "img_path": block.get("img_path", ""),
-            "image_caption": [],
+            "image_caption": _captions(block),
             "image_footnote": [],
             "page_idx": page["page_idx"],
             "bbox": bbox,
@@ -114,7 +115,7 @@ def content_item(
         return {
             "type": "table",
             "img_path": block.get("img_path", ""),
-            "table_caption": [],
+            "table_caption": _captions(block),
             "table_footnote": [],
             "table_body": block.get("table_html", ""),
             "page_idx": page["page_idx"],
@@ -129,12 +130,21 @@ def content_item(
     return item
 
 
+def _captions(block: dict[str, Any]) -> list[str]:
+    caption = str(block.get("caption", ""))
+    return [caption] if caption else []
+
+
 def markdown_piece(block: dict[str, Any], levels: dict[HeadingKey, int]) -> str:
+    """As MinerU writes them: a figure's caption below it, a table's above it."""
     kind = block["type"]
+    caption = str(block.get("caption", ""))
     if kind == "title":
         return "#" * levels.get(heading_key(block), 1) + " " + str(block.get("text", ""))
     if kind == "image":
-        return f"![]({block.get('img_path', '')})"
+        image = f"![]({block.get('img_path', '')})"
+        return f"{image}\n\n{caption}" if caption else image
     if kind == "table":
-        return str(block.get("table_md") or block.get("table_html", ""))
+        table = str(block.get("table_md") or block.get("table_html", ""))
+        return f"{caption}\n\n{table}" if caption else table
     return str(block.get("text", ""))
