@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conveyor.processors.docparse import DocparseProcessor
+from conveyor.processors.docparse.lite import LiteSummary
 from tests.docparse_samples import (
     CAPTIONS,
     CHINESE,
@@ -250,3 +252,28 @@ def test_captions_of_tables_on_a_scanned_page(
     assert captions[0] == [CAPTIONS["table"][0]], captions
     (chinese,) = captions[1]  # tesseract may read the full-width colon as ":"
     assert chinese.startswith("表 2") and "城市得分" in chinese, chinese
+
+
+def test_a_page_that_cannot_be_parsed_is_named_and_the_rest_published(
+    harness: Harness, sample_pdf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One bad page must not lose the others, nor pass unnoticed by a pipeline."""
+    import conveyor.processors.docparse as docparse
+
+    real = docparse.run_pages
+
+    def with_a_missing_page(path: Path, pages: list[int], **kw: Any) -> LiteSummary:
+        # the fault: PDFium is asked for a page the file does not have, in a page process
+        return real(path, [*pages[:-1], 41], **kw)
+
+    monkeypatch.setattr(docparse, "run_pages", with_a_missing_page)
+    rec = Recorder()
+    outputs = harness.run(sample_pdf, recorder=rec)
+    assert any(ln.startswith("page 42: could not be parsed: ") for ln in rec.logs), rec.logs
+    assert "Pages: 2 with a text layer, 0 scanned, 0 OCR'd, 1 failed" in rec.logs
+    for name in ("markdown", "content_list"):
+        assert harness.output(outputs, name).meta["failed_pages"] == [42]
+    assert CHINESE in harness.markdown(outputs)  # page 1 is still there
+    monkeypatch.undo()
+    clean = harness.run(sample_pdf)
+    assert "failed_pages" not in harness.output(clean, "markdown").meta

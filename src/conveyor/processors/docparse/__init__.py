@@ -102,14 +102,14 @@ class DocparseProcessor(Processor):
             f"{len(pages)} selected) engine={params.engine} ocr={params.ocr} "
             f"langs={'+'.join(params.ocr_langs)}"
         )
-        engine_used = self._parse(ctx, params, doc, pages, outdir, base)
+        engine_used, failed = self._parse(ctx, params, doc, pages, outdir, base)
         elapsed = time.monotonic() - started
         ctx.log(
             f"Docparse completed: {len(pages)} page(s) in {elapsed:.2f} s "
             f"({len(pages) / elapsed if elapsed else 0:.2f} pages/s) with {engine_used}"
         )
         prefix = params.output_prefix or _default_prefix(ref.key)
-        outputs = self._publish(ctx, outdir, prefix, params, len(pages), engine_used)
+        outputs = self._publish(ctx, outdir, prefix, params, len(pages), engine_used, failed)
         ctx.report_progress(100.0, "upload", f"{len(outputs)} output(s) published")
         return outputs
 
@@ -133,8 +133,9 @@ class DocparseProcessor(Processor):
         pages: list[int],
         outdir: Path,
         base: str,
-    ) -> str:
-        """Run the chosen engine; ``auto`` tries MinerU for scanned input and falls back."""
+    ) -> tuple[str, list[int]]:
+        """Run the chosen engine (``auto`` tries MinerU for scanned input and falls back);
+        the engine that ran, and the pages it could not parse (1-based)."""
         mode = mineru_mode(self.mineru_api_url)
         if params.engine == "mineru" and mode is None:
             raise ProcessorError(
@@ -152,7 +153,7 @@ class DocparseProcessor(Processor):
             try:
                 res = self._mineru(ctx, params, doc, pages, outdir, base, mode)
                 ctx.log(f"MinerU ({res.engine}) parsed the document: {res.images} image(s)")
-                return res.engine
+                return res.engine, []
             except MineruError as exc:
                 if params.engine == "mineru":
                     raise ProcessorError(str(exc), retryable=True, code="mineru_failed") from exc
@@ -160,8 +161,8 @@ class DocparseProcessor(Processor):
                 for p in outdir.glob("*"):
                     if p.is_file():
                         p.unlink()
-        self._lite(ctx, params, doc, pages, outdir, base)
-        return "lite"
+        summary = self._lite(ctx, params, doc, pages, outdir, base)
+        return "lite", summary.failed
 
     def _has_scans(self, doc: DocInfo, pages: list[int]) -> bool:
         """A quick look at the text layer: any selected page without one sends auto to MinerU."""
@@ -311,8 +312,12 @@ class DocparseProcessor(Processor):
         params: DocparseParams,
         pages: int,
         engine: str,
+        failed: list[int],
     ) -> list[OutputFile]:
-        """Upload every file or none: a failure or cancel part-way removes what went up."""
+        """Upload every file or none: a failure or cancel part-way removes what went up.
+
+        The two documents' ``meta`` names the pages that could not be parsed, so a
+        pipeline sees a partial result without reading the task log."""
         files = sorted(p for p in outdir.rglob("*") if p.is_file())
         published: list[OutputFile] = []
         with publishing(ctx, published):
@@ -332,6 +337,8 @@ class DocparseProcessor(Processor):
                 meta: dict[str, Any] = {"engine": engine}
                 if name in ("markdown", "content_list"):
                     meta["pages"] = pages  # feeds conveyor_docparse_pages_per_second
+                    if failed:
+                        meta["failed_pages"] = failed
                 published.append(
                     OutputFile(
                         name=name,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -389,6 +389,7 @@ class LiteSummary:
     scanned_pages: int = 0
     ocr_pages: int = 0
     failed_pages: int = 0
+    failed: list[int] = field(default_factory=list)  # 1-based numbers of the failed pages
 
 
 def run_pages(
@@ -445,6 +446,7 @@ def run_pages(
                 summary.pages += 1
                 if result.get("error"):
                     summary.failed_pages += 1
+                    summary.failed.append(int(result["page_idx"]) + 1)
                 elif result["kind"] == "scanned":
                     summary.scanned_pages += 1
                 else:
