@@ -168,13 +168,13 @@ def _ruled_table(c: canvas.Canvas, top: float, font: str = "Helvetica") -> float
     return top - th
 
 
-def _draw_figure(c: canvas.Canvas, top: float) -> float:
+def _draw_figure(c: canvas.Canvas, top: float, left: float = 60) -> float:
     from reportlab.lib.utils import ImageReader
 
     buf = io.BytesIO()
     _figure().save(buf, format="PNG")
     buf.seek(0)
-    c.drawImage(ImageReader(buf), 60, top - 160, width=240, height=160)
+    c.drawImage(ImageReader(buf), left, top - 160, width=240, height=160)
     return top - 160
 
 
@@ -209,6 +209,37 @@ def make_captioned_pdf(path: Path) -> Path:
     c.drawString(60, bottom - 16, CAPTIONS["image"][1])
     c.showPage()
     c.save()
+    return path
+
+
+def make_landscape_pdf(path: Path) -> Path:
+    """A landscape page as LaTeX's pdflscape makes one: a portrait page whose content is
+    drawn turned a quarter anticlockwise and shown upright by ``/Rotate 90``."""
+    import pypdfium2 as pdfium
+
+    drawn = path.with_suffix(".drawn.pdf")
+    c = canvas.Canvas(str(drawn), pagesize=A4)
+    w = A4[0]
+    c.translate(w, 0)
+    c.rotate(90)  # from here on, a landscape sheet A4[1] wide and w high
+    c.setFont("Helvetica-Bold", 20)
+    c.drawString(60, w - 70, TITLE)
+    c.setFont("Helvetica-Bold", 15)
+    c.drawString(60, w - 110, HEADINGS[2])
+    c.setFont("Helvetica", 11)
+    for i, line in enumerate(INTRO):
+        c.drawString(60, w - 135 - i * 15, line)
+    _ruled_table(c, w - 200)
+    _draw_figure(c, w - 200, left=460)
+    c.showPage()
+    c.save()
+    pdf = pdfium.PdfDocument(drawn)
+    try:
+        pdf[0].set_rotation(90)
+        pdf.save(path)
+    finally:
+        pdf.close()
+    drawn.unlink()
     return path
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from conveyor.processors.docparse import DocparseProcessor
 from conveyor.processors.docparse.lite import LiteSummary
@@ -14,6 +15,7 @@ from tests.docparse_samples import (
     CAPTIONS,
     CHINESE,
     HEADINGS,
+    INTRO,
     LEFT,
     REFERENCE,
     RIGHT,
@@ -21,6 +23,8 @@ from tests.docparse_samples import (
     TITLE,
     known_words,
     make_captioned_pdf,
+    make_landscape_pdf,
+    make_sample_pdf,
     make_scanned_copy,
 )
 from tests.integration.docparse.conftest import Harness, Recorder, Settings
@@ -277,3 +281,44 @@ def test_a_page_that_cannot_be_parsed_is_named_and_the_rest_published(
     monkeypatch.undo()
     clean = harness.run(sample_pdf)
     assert "failed_pages" not in harness.output(clean, "markdown").meta
+
+
+def test_a_landscape_page_reads_left_to_right_with_boxes_as_shown(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Content drawn turned and shown upright by /Rotate (pdflscape): lines, headings, the
+    table and an upright figure; boxes on the page as shown (landscape, title top-left)."""
+    outputs = harness.run(make_landscape_pdf(tmp_path / "landscape.pdf"))
+    md = harness.markdown(outputs)
+    items = harness.content_list(outputs)
+    assert f"# {TITLE}\n" in md and f"\n## {HEADINGS[2]}\n" in md
+    assert " ".join(INTRO) in md  # three lines, one paragraph, words in order
+    assert "| Name | Score | City |" in md and "| Bob | 78 | Berlin |" in md
+    title = next(i for i in items if i.get("text") == TITLE)
+    assert title["bbox"][0] < 100 and title["bbox"][1] < 150, title["bbox"]  # top-left
+    (table,) = [i for i in items if i["type"] == "table"]
+    (figure,) = [i for i in items if i["type"] == "image"]
+    assert table["bbox"][2] < figure["bbox"][0], (table["bbox"], figure["bbox"])  # side by side
+    with Image.open(harness.local(harness.output(outputs, figure["img_path"]))) as im:
+        assert im.width > im.height, im.size  # 240 x 160 as drawn, not turned
+
+
+def test_a_page_turned_the_wrong_way_still_reads(harness: Harness, tmp_path: Path) -> None:
+    """A text page given /Rotate 90 or 180 by mistake: text in order, boxes as shown."""
+    import pypdfium2 as pdfium
+
+    src = make_sample_pdf(tmp_path / "s.pdf")
+    for turn in (90, 180, 270):
+        pdf = pdfium.PdfDocument(src)
+        pdf[0].set_rotation(turn)
+        pdf.save(tmp_path / f"turned{turn}.pdf")
+        pdf.close()
+        items = harness.content_list(harness.run(tmp_path / f"turned{turn}.pdf", pages="1"))
+        title = next(i for i in items if i.get("text") == TITLE)
+        assert [i["text"] for i in items if i.get("text_level") == 2] == [HEADINGS[0]], turn
+        assert CHINESE in [i.get("text") for i in items], turn
+        x0, y0, x1, _y1 = title["bbox"]
+        # the title line sits at the top of the unturned page: turned, it is on the right
+        # (90), at the bottom (180) or on the left (270) of the page as shown
+        expected = {90: x0 > 800, 180: y0 > 800, 270: x1 < 200}[turn]
+        assert expected, (turn, title["bbox"])

@@ -198,3 +198,24 @@ def test_captions_attach_to_the_neighbour_they_label() -> None:
     lone = Block(type="image", bbox=(60, 300, 300, 460))
     far = text("Figure 5. Too far below.", 520)
     assert attach_captions([lone, far]) == [lone, far] and lone.caption == ""
+
+
+def test_page_frame_turns_and_back() -> None:
+    from conveyor.processors.docparse.pdfpage import PageFrame
+
+    page = PageFrame(left=10, bottom=20, width=600, height=800, rotation=0)
+    # corners of the box as shown, top-left origin: bottom-left of user space goes
+    # to the top-left when turned 90 clockwise, the top-right at 180, the bottom-right at 270
+    assert page.point(10, 20) == (0, 800)
+    assert page.turned(90).point(10, 20) == (0, 0)
+    assert page.turned(180).point(10, 20) == (600, 0)
+    assert page.turned(270).point(10, 20) == (800, 600)
+    assert page.turned(90).size == (800, 600) and page.size == (600, 800)
+    box = (100.0, 50.0, 250.0, 90.0)
+    for a in (0, 90, 180, 270):
+        for b in (0, 90, 180, 270):
+            fa, fb = page.turned(a), page.turned(b)
+            there = fa.to(fb, box)
+            assert fb.to(fa, there) == pytest.approx(box), (a, b)
+            u, v = fa.point(123.0, 456.0)
+            assert fa.unpoint(u, v) == pytest.approx((123.0, 456.0)), a

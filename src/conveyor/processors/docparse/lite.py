@@ -113,9 +113,8 @@ def _parse_page(job: PageJob) -> dict[str, Any]:
         content, images = read_page(page)
         kind = "scanned" if content.scanned else "text"
         use_ocr = job.ocr == "force" or (job.ocr == "auto" and content.scanned)
-        result = PageResult(
-            job.page_idx, content.width, content.height, kind, "ocr" if use_ocr else "text"
-        )
+        width, height = content.shown_size
+        result = PageResult(job.page_idx, width, height, kind, "ocr" if use_ocr else "text")
         if use_ocr:
             blocks, words = _ocr_blocks(page, content, job)
             result.ocr_words = words
@@ -126,6 +125,8 @@ def _parse_page(job: PageJob) -> dict[str, Any]:
                 if box[2] - box[0] >= MIN_FIGURE_PT and box[3] - box[1] >= MIN_FIGURE_PT
             ]
             blocks = _text_blocks(page, content, figures, Path(job.images_dir))
+            for block in blocks:  # read where the text runs left to right, kept as shown
+                block.bbox = content.to_shown(block.bbox)
             if content.scanned:
                 result.method = "none"
         result.chars = content.printable
@@ -180,12 +181,12 @@ def _text_blocks(
                 cells[(r, c)] = text
         table = _table_block(grid, cells)
         if table is not None:
-            table.img_path = save_region(page, table.bbox, images_dir) or ""
+            table.img_path = save_region(page, content.to_shown(table.bbox), images_dir) or ""
             anchored.append(table)
     for obj, box in figures:
         if any(inside((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, t.bbox) for t in anchored):
             continue
-        rel = save_image(obj, images_dir)
+        rel = save_image(obj, images_dir, content.frame.rotation if content.frame else 0)
         if rel:
             anchored.append(Block(type="image", bbox=box, img_path=rel))
     return attach_captions(order_blocks(blocks, anchored, content.width))
@@ -228,7 +229,8 @@ def _ocr_blocks(
             crop = Image.fromarray(gray[max(0, y0 - 4) : y1 + 4, max(0, x0 - 4) : x1 + 4])
             table.img_path = save_pil(crop, Path(job.images_dir))
             anchored.append(table)
-    return attach_captions(order_blocks(blocks, anchored, content.width)), len(words)
+    shown_width = content.shown_size[0]  # the bitmap is the page as shown
+    return attach_captions(order_blocks(blocks, anchored, shown_width)), len(words)
 
 
 _ASCENDS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789bdfhiklt")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +34,68 @@ SCAN_COVERAGE = 0.5
 MIN_FIGURE_PT = 24.0
 
 
+@dataclass(frozen=True)
+class PageFrame:
+    """From PDF user space (points, y up, before the page's ``/Rotate``) to the page as
+    it is shown: origin at the top-left of its box, y down, turned by ``/Rotate``.
+
+    A landscape page is often a portrait page whose content is drawn turned and
+    shown upright by ``/Rotate``: only in the shown frame do its lines run left
+    to right, and only there do boxes match the rendered page (and MinerU's).
+    """
+
+    left: float
+    bottom: float
+    width: float  # of the box, before rotation
+    height: float
+    rotation: int  # clockwise: 0, 90, 180 or 270
+
+    @classmethod
+    def of(cls, page: pdfium.PdfPage) -> PageFrame:
+        left, bottom, right, top = page.get_bbox()
+        return cls(left, bottom, right - left, top - bottom, page.get_rotation() % 360)
+
+    @property
+    def size(self) -> tuple[float, float]:
+        """Width and height as shown."""
+        if self.rotation in (90, 270):
+            return self.height, self.width
+        return self.width, self.height
+
+    def point(self, x: float, y: float) -> tuple[float, float]:
+        x, y = x - self.left, y - self.bottom
+        if self.rotation == 90:
+            return y, x
+        if self.rotation == 180:
+            return self.width - x, y
+        if self.rotation == 270:
+            return self.height - y, self.width - x
+        return x, self.height - y
+
+    def unpoint(self, u: float, v: float) -> tuple[float, float]:
+        if self.rotation == 90:
+            x, y = v, u
+        elif self.rotation == 180:
+            x, y = self.width - u, v
+        elif self.rotation == 270:
+            x, y = self.width - v, self.height - u
+        else:
+            x, y = u, self.height - v
+        return x + self.left, y + self.bottom
+
+    def box(self, left: float, bottom: float, right: float, top: float) -> Box:
+        (ax, ay), (bx, by) = self.point(left, bottom), self.point(right, top)
+        return min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)
+
+    def turned(self, rotation: int) -> PageFrame:
+        return PageFrame(self.left, self.bottom, self.width, self.height, rotation % 360)
+
+    def to(self, other: PageFrame, box: Box) -> Box:
+        """A box of this frame in ``other`` (the same page under another turn)."""
+        (ax, ay), (bx, by) = self.unpoint(box[0], box[1]), self.unpoint(box[2], box[3])
+        return other.box(min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))
+
+
 @dataclass
 class PageImage:
     bbox: tuple[float, float, float, float]
@@ -47,6 +110,17 @@ class PageContent:
     segments: list[Segment]
     image_boxes: list[tuple[float, float, float, float]]
     printable: int
+    frame: PageFrame | None = None  # the frame everything above is in
+    shown: PageFrame | None = None  # the page as shown, which outputs use
+
+    def to_shown(self, box: Box) -> Box:
+        if self.frame is None or self.shown is None or self.frame == self.shown:
+            return box
+        return self.frame.to(self.shown, box)
+
+    @property
+    def shown_size(self) -> tuple[float, float]:
+        return self.shown.size if self.shown is not None else (self.width, self.height)
 
     @property
     def image_coverage(self) -> float:
@@ -84,23 +158,33 @@ def _font_info(textpage: pdfium.PdfTextPage, index: int, cache: dict[int, bool])
     return bold
 
 
-def read_chars(page: pdfium.PdfPage, height: float) -> tuple[list[Char], int]:
+@dataclass
+class _RawChar:
+    text: str
+    ink: Box  # user space: left, bottom, right, top
+    advance: Box | None
+    size: float
+    bold: bool
+    angle: int  # clockwise degrees of its baseline in user space, to the nearest 90
+
+
+def _raw_chars(page: pdfium.PdfPage) -> tuple[list[_RawChar | str], int]:
+    """The text layer in user space; line breaks and spaces as plain strings."""
     textpage = page.get_textpage()
     try:
-        n = textpage.count_chars()
-        chars: list[Char] = []
+        out: list[_RawChar | str] = []
         bold_cache: dict[int, bool] = {}
         printable = 0
         left, right = ctypes.c_double(), ctypes.c_double()
         bottom, top = ctypes.c_double(), ctypes.c_double()
         loose = pdfium_c.FS_RECTF()
-        for i in range(n):
+        for i in range(textpage.count_chars()):
             code = pdfium_c.FPDFText_GetUnicode(textpage.raw, i)
             if code == 0:
                 continue
             text = chr(code) if code < 0x110000 else "\ufffd"
             if text in ("\r", "\n") or text.isspace():
-                chars.append(Char(text, 0, 0, 0, 0))
+                out.append(text)
                 continue
             pdfium_c.FPDFText_GetCharBox(
                 textpage.raw,
@@ -110,30 +194,61 @@ def read_chars(page: pdfium.PdfPage, height: float) -> tuple[list[Char], int]:
                 ctypes.byref(bottom),
                 ctypes.byref(top),
             )
-            x0, x1 = left.value, right.value
-            # Across, the advance (the loose box), not the ink: the ink of a narrow
-            # glyph leaves a gap that reads as a space ("11" came out "1 1").
-            if x1 > x0 and pdfium_c.FPDFText_GetLooseCharBox(textpage.raw, i, loose):
-                x0, x1 = min(x0, loose.left), max(x1, loose.right)
-            size = pdfium_c.FPDFText_GetFontSize(textpage.raw, i)
+            advance = None
+            if pdfium_c.FPDFText_GetLooseCharBox(textpage.raw, i, loose):
+                advance = (loose.left, loose.bottom, loose.right, loose.top)
+            angle = pdfium_c.FPDFText_GetCharAngle(textpage.raw, i)
             printable += text.isprintable() and text != "\ufffd"
-            chars.append(
-                Char(
+            out.append(
+                _RawChar(
                     text,
-                    x0,
-                    height - top.value,
-                    x1,
-                    height - bottom.value,
-                    size=float(size),
-                    bold=_font_info(textpage, i, bold_cache),
+                    (left.value, bottom.value, right.value, top.value),
+                    advance,
+                    float(pdfium_c.FPDFText_GetFontSize(textpage.raw, i)),
+                    _font_info(textpage, i, bold_cache),
+                    round(math.degrees(angle) / 90) * 90 % 360 if angle >= 0 else 0,
                 )
             )
-        return chars, printable
+        return out, printable
     finally:
         textpage.close()
 
 
-def read_segments(page: pdfium.PdfPage, height: float) -> list[Segment]:
+def reading_rotation(raw: list[_RawChar | str], shown: int) -> int:
+    """The turn of the page under which most of its text runs left to right.
+
+    Usually the page's own ``/Rotate``; a page whose content was turned the
+    other way (a scan fed sideways, then OCR'd into a text layer) is read in
+    the turn its text needs, and its boxes are mapped back afterwards.
+    """
+    votes: dict[int, int] = {}
+    for ch in raw:
+        if isinstance(ch, _RawChar):
+            turn = (360 - ch.angle) % 360
+            votes[turn] = votes.get(turn, 0) + 1
+    if not votes:
+        return shown
+    best = max(votes.values())
+    return shown if votes.get(shown, 0) == best else max(votes, key=lambda k: votes[k])
+
+
+def chars_in(raw: list[_RawChar | str], frame: PageFrame) -> list[Char]:
+    chars: list[Char] = []
+    for ch in raw:
+        if isinstance(ch, str):
+            chars.append(Char(ch, 0, 0, 0, 0))
+            continue
+        x0, y0, x1, y1 = frame.box(*ch.ink)
+        # Across, the advance (the loose box), not the ink: the ink of a narrow
+        # glyph leaves a gap that reads as a space ("11" came out "1 1").
+        if x1 > x0 and ch.advance is not None:
+            adv = frame.box(*ch.advance)
+            x0, x1 = min(x0, adv[0]), max(x1, adv[2])
+        chars.append(Char(ch.text, x0, y0, x1, y1, size=ch.size, bold=ch.bold))
+    return chars
+
+
+def read_segments(page: pdfium.PdfPage, frame: PageFrame) -> list[Segment]:
     """Straight strokes and thin boxes from the page's paths, in page space."""
     segments: list[Segment] = []
     x, y = ctypes.c_float(), ctypes.c_float()
@@ -150,7 +265,7 @@ def read_segments(page: pdfium.PdfPage, height: float) -> list[Segment]:
             py = m.b * x.value + m.d * y.value + m.f
             kind = pdfium_c.FPDFPathSegment_GetType(seg)
             close = bool(pdfium_c.FPDFPathSegment_GetClose(seg))
-            points.append((px, height - py, kind, close))
+            points.append((*frame.point(px, py), kind, close))
         start: tuple[float, float] | None = None
         prev: tuple[float, float] | None = None
         for px, py, kind, close in points:
@@ -166,25 +281,30 @@ def read_segments(page: pdfium.PdfPage, height: float) -> list[Segment]:
     return segments
 
 
-def image_boxes(page: pdfium.PdfPage, height: float) -> list[tuple[Any, Box]]:
-    found = []
-    for obj in page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=4):
-        left, bottom, right, top = obj.get_bounds()
-        found.append((obj, (left, height - top, right, height - bottom)))
-    return found
+def image_boxes(page: pdfium.PdfPage, frame: PageFrame) -> list[tuple[Any, Box]]:
+    return [
+        (obj, frame.box(*obj.get_bounds()))
+        for obj in page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=4)
+    ]
 
 
 def read_page(page: pdfium.PdfPage) -> tuple[PageContent, list[tuple[Any, Box]]]:
-    width, height = page.get_size()
-    chars, printable = read_chars(page, height)
-    images = image_boxes(page, height)
+    """Everything in the frame the page's text reads in (see :class:`PageFrame`);
+    ``content.shown`` maps boxes back to the page as it is shown."""
+    shown = PageFrame.of(page)
+    raw, printable = _raw_chars(page)
+    frame = shown.turned(reading_rotation(raw, shown.rotation))
+    width, height = frame.size
+    images = image_boxes(page, frame)
     content = PageContent(
         width=width,
         height=height,
-        chars=chars,
-        segments=read_segments(page, height),
+        chars=chars_in(raw, frame),
+        segments=read_segments(page, frame),
         image_boxes=[box for _, box in images],
         printable=printable,
+        frame=frame,
+        shown=shown,
     )
     return content, images
 
@@ -207,13 +327,18 @@ def save_region(page: pdfium.PdfPage, box: Box, images_dir: Path, dpi: int = 144
     return save_pil(pil, images_dir)
 
 
-def save_image(obj: pdfium.PdfObject, images_dir: Path) -> str | None:
-    """Write an embedded image as JPEG under its content hash; None if it cannot be decoded."""
+def save_image(obj: pdfium.PdfObject, images_dir: Path, turn: int = 0) -> str | None:
+    """Write an embedded image as JPEG under its content hash; None if it cannot be decoded.
+
+    ``turn`` is the clockwise rotation of the frame the page reads in, so a figure
+    on a landscape page comes out upright like its text."""
     try:
         bitmap = obj.get_bitmap(render=True)
         pil = bitmap.to_pil()
     except Exception:
         return None
+    if turn:
+        pil = pil.rotate(-turn, expand=True)
     return save_pil(pil, images_dir)
 
 
