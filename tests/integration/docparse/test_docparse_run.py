@@ -322,3 +322,39 @@ def test_a_page_turned_the_wrong_way_still_reads(harness: Harness, tmp_path: Pat
         # (90), at the bottom (180) or on the left (270) of the page as shown
         expected = {90: x0 > 800, 180: y0 > 800, 270: x1 < 200}[turn]
         assert expected, (turn, title["bbox"])
+
+
+def test_a_scan_lying_on_its_side_is_stood_upright(
+    harness: Harness, tmp_path: Path, with_tesseract: None
+) -> None:
+    """Pages fed into the scanner sideways or upside down: OCR'd upright (tesseract's
+    orientation detection when the first reading is poor), boxes on the page as shown."""
+    import pypdfium2 as pdfium
+
+    pdf = pdfium.PdfDocument(make_sample_pdf(tmp_path / "s.pdf"))
+    page = pdf[0].render(scale=200 / 72, grayscale=True).to_pil().convert("L")
+    pdf.close()
+    turns = [90, 180]  # anticlockwise, as a page can lie on the scanner
+    pages = [page.rotate(t, expand=True) for t in turns]
+    pages[0].save(
+        tmp_path / "sideways.pdf",
+        format="PDF",
+        save_all=True,
+        append_images=pages[1:],
+        resolution=200,
+    )
+    items = harness.content_list(harness.run(tmp_path / "sideways.pdf", ocr_langs=["eng"]))
+    first_page = _words(" ".join([TITLE, HEADINGS[0], *INTRO]))
+    for idx, turn in enumerate(turns):
+        text = " ".join(i.get("text", "") for i in items if i["page_idx"] == idx)
+        found = _words(text) & first_page
+        assert len(found) / len(first_page) > 0.95, (turn, sorted(first_page - found))
+        title = next(i for i in items if i["page_idx"] == idx and i.get("text") == TITLE)
+        _x0, y0, x1, _y1 = title["bbox"]
+        # the title, at the top of the upright page, is on the left (page turned a
+        # quarter anticlockwise) or at the bottom (upside down) of the page as shown
+        assert {90: x1 < 200 and y0 > 200, 180: y0 > 800}[turn], (turn, title["bbox"])
+        assert [i["text"] for i in items if i["page_idx"] == idx and i.get("text_level")][:2] == [
+            TITLE,
+            HEADINGS[0],
+        ], turn

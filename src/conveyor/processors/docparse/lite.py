@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pypdfium2 as pdfium
 from PIL import Image
 
@@ -44,14 +45,18 @@ from conveyor.processors.docparse.layout import (
 )
 from conveyor.processors.docparse.model import Block, PageResult
 from conveyor.processors.docparse.ocr import (
+    TURNED_BELOW_CONF,
     OcrUnavailable,
     Word,
     check_languages,
+    mean_confidence,
+    tesseract_rotation,
     tesseract_words,
 )
 from conveyor.processors.docparse.pdfpage import (
     MIN_FIGURE_PT,
     PageContent,
+    PageFrame,
     bitmap_rules,
     read_page,
     render_gray,
@@ -198,6 +203,18 @@ def _ocr_blocks(
     check_languages(job.langs)  # a missing language fails the task, not just this page
     gray = render_gray(page, job.dpi)
     words = tesseract_words(Image.fromarray(gray), job.langs, job.dpi)
+    turn = 0
+    if mean_confidence(words) < TURNED_BELOW_CONF:  # read poorly: is it lying on its side?
+        turn = tesseract_rotation(Image.fromarray(gray), job.dpi)
+        if turn:
+            upright = np.ascontiguousarray(np.rot90(gray, k=-turn // 90))
+            again = tesseract_words(Image.fromarray(upright), job.langs, job.dpi)
+            if mean_confidence(again) > mean_confidence(words):
+                gray, words = upright, again
+            else:
+                turn = 0
+    shown = content.shown or PageFrame.of(page)
+    frame = shown.turned(shown.rotation + turn)  # the bitmap's frame, in points
     scale = job.dpi / 72.0
     grids = _tables(find_tables(bitmap_rules(gray, scale)))
     free: list[Word] = []
@@ -229,8 +246,10 @@ def _ocr_blocks(
             crop = Image.fromarray(gray[max(0, y0 - 4) : y1 + 4, max(0, x0 - 4) : x1 + 4])
             table.img_path = save_pil(crop, Path(job.images_dir))
             anchored.append(table)
-    shown_width = content.shown_size[0]  # the bitmap is the page as shown
-    return attach_captions(order_blocks(blocks, anchored, shown_width)), len(words)
+    ordered = attach_captions(order_blocks(blocks, anchored, frame.size[0]))
+    for block in ordered:
+        block.bbox = frame.to(shown, block.bbox)
+    return ordered, len(words)
 
 
 _ASCENDS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789bdfhiklt")

@@ -111,3 +111,41 @@ def tesseract_words(image: Image.Image, langs: Sequence[str], dpi: int) -> list[
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"tesseract failed ({proc.returncode}): {' '.join(tail)}")
     return parse_tsv(proc.stdout.decode("utf-8", errors="replace"), dpi / 72.0)
+
+
+# below this mean confidence (words of 3+ letters) a page may be lying on its side
+TURNED_BELOW_CONF = 70.0
+# tesseract's own advice: trust an orientation guess above about 2
+MIN_ORIENTATION_CONF = 2.0
+
+
+def mean_confidence(words: Sequence[Word]) -> float:
+    confs = [w.conf for w in words if len(w.text) >= 3 and w.conf >= 0]
+    return sum(confs) / len(confs) if confs else 0.0
+
+
+def tesseract_rotation(image: Image.Image, dpi: int) -> int:
+    """The clockwise quarter turn that stands a page upright, by tesseract's
+    orientation detection; 0 when upright, unsure or unavailable."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    argv = [TESSERACT, "stdin", "stdout", "--dpi", str(dpi), "--psm", "0"]
+    try:
+        proc = subprocess.run(
+            argv, input=buf.getvalue(), capture_output=True, timeout=OCR_TIMEOUT_S, env=env
+        )
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    if proc.returncode != 0:  # no osd data, or too little text to tell
+        return 0
+    found: dict[str, str] = {}
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        found[key.strip()] = value.strip()
+    try:
+        rotate = int(found["Rotate"]) % 360
+        confidence = float(found["Orientation confidence"])
+    except (KeyError, ValueError):
+        return 0
+    return rotate if rotate in (90, 180, 270) and confidence >= MIN_ORIENTATION_CONF else 0
