@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 
 # System packages, installed with apt-get only when missing: ffmpeg and
-# tesseract (English + Simplified Chinese, for scanned pages) for the workers; for the test suite also PostgreSQL (throwaway clusters) and
+# tesseract (English + Simplified Chinese + orientation data, for scanned pages) for the workers; for the test suite also PostgreSQL (throwaway clusters) and
 # Chromium (console browser tests, driven by playwright without a download),
 # dockerd and a static busybox (container tests: a private engine, an image
 # built offline).
@@ -29,7 +29,7 @@ system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
 	command -v tesseract >/dev/null 2>&1 || missing="$$missing tesseract-ocr"; \
-	for lang in eng chi_sim; do \
+	for lang in eng chi_sim osd; do \
 	  ls /usr/share/tesseract-ocr/*/tessdata/$$lang.traineddata >/dev/null 2>&1 || \
 	    missing="$$missing tesseract-ocr-$$(echo $$lang | tr _ -)"; \
 	done; \
