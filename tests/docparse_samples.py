@@ -243,6 +243,97 @@ def make_landscape_pdf(path: Path) -> Path:
     return path
 
 
+BORDERLESS = {
+    "money": [
+        ["Region", "2024", "2025", "Change"],
+        ["North", "1,204", "1,350", "+12%"],
+        ["South", "980", "1,015", "+4%"],
+        ["East", "2,311", "2,096", "-9%"],
+        ["West", "745", "802", "+8%"],
+    ],
+    "booktabs": [
+        ["Model", "Params", "Accuracy"],
+        ["Tiny", "5M", "71.2"],
+        ["Base", "86M", "80.4"],
+        ["Large", "307M", "84.9"],
+    ],
+    "chinese": [["城市", "人口", "面积"], ["北京", "2189万", "16410"], ["上海", "2487万", "6340"]],
+    "numbers": [["12", "3", "0"], ["2", "15", "1"], ["0", "4", "18"]],
+}
+CODE = ["r       INTEGER,", "s       INTEGER,", "other   OtherStruct,", "z       INTEGER OPTIONAL"]
+PROSE = [
+    "This paragraph sits above the first table and runs across the",
+    "whole width of the page so that its words never line up with the",
+    "columns of the table that follows it below.",
+]
+BULLETS = ["First item of the list", "Second item, a little longer", "Third and last item"]
+
+
+def make_borderless_pdf(path: Path) -> Path:
+    """Tables with no vertical rules: one with no rules at all (numbers set flush
+    right), one with booktabs' three horizontal rules, one in Chinese; around them a
+    paragraph, a bulleted and a numbered list, which must stay text."""
+    c = canvas.Canvas(str(path), pagesize=A4)
+    _w, h = A4
+    c.setFont("Helvetica", 11)
+    y = h - 70
+    for line in PROSE:
+        c.drawString(60, y, line)
+        y -= 15
+    y -= 20
+    for r, row in enumerate(BORDERLESS["money"]):
+        c.setFont("Helvetica-Bold" if r == 0 else "Helvetica", 11)
+        c.drawString(60, y, row[0])
+        for x, cell in zip((220, 300, 380), row[1:], strict=True):
+            c.drawRightString(x, y, cell)
+        y -= 16
+    y -= 24
+    c.setFont("Helvetica", 11)
+    for item in BULLETS:
+        c.drawString(60, y, "•")
+        c.drawString(78, y, item)
+        y -= 15
+    y -= 10
+    for i, item in enumerate(BULLETS):
+        c.drawString(60, y, f"{i + 1}.")
+        c.drawString(80, y, item)
+        y -= 15
+    y -= 24
+    c.setLineWidth(1)
+    c.line(60, y + 14, 330, y + 14)
+    for r, row in enumerate(BORDERLESS["booktabs"]):
+        for x, cell in zip((60, 170, 260), row, strict=True):
+            c.drawString(x, y, cell)
+        if r == 0:
+            c.line(60, y - 5, 330, y - 5)
+        y -= 18
+    c.line(60, y + 12, 330, y + 12)
+    y -= 30
+    c.setFont(cjk_font(), 11)
+    for row in BORDERLESS["chinese"]:
+        for x, cell in zip((60, 160, 260), row, strict=True):
+            c.drawString(x, y, cell)
+        y -= 17
+    y -= 20
+    c.setFont("Helvetica", 11)
+    c.drawString(60, y, "A closing sentence ends the page.")
+    c.showPage()
+    c.setFont("Courier", 10)  # code lined up with spaces: not a table
+    y = h - 80
+    for line in CODE:
+        c.drawString(60, y, line)
+        y -= 13
+    y -= 40
+    c.setFont("Helvetica", 11)  # only digits: a table all the same
+    for row in BORDERLESS["numbers"]:
+        for x, cell in zip((100, 160, 220), row, strict=True):
+            c.drawRightString(x, y, cell)
+        y -= 16
+    c.showPage()
+    c.save()
+    return path
+
+
 def make_scanned_copy(src: Path, dest: Path, *, dpi: int = 200) -> Path:
     """Render every page to a grey bitmap and keep only the bitmaps: an image-only PDF."""
     import pypdfium2 as pdfium

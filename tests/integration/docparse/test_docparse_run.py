@@ -12,16 +12,20 @@ from PIL import Image
 from conveyor.processors.docparse import DocparseProcessor
 from conveyor.processors.docparse.lite import LiteSummary
 from tests.docparse_samples import (
+    BORDERLESS,
+    BULLETS,
     CAPTIONS,
     CHINESE,
     HEADINGS,
     INTRO,
     LEFT,
+    PROSE,
     REFERENCE,
     RIGHT,
     TABLE,
     TITLE,
     known_words,
+    make_borderless_pdf,
     make_captioned_pdf,
     make_landscape_pdf,
     make_sample_pdf,
@@ -358,3 +362,31 @@ def test_a_scan_lying_on_its_side_is_stood_upright(
             TITLE,
             HEADINGS[0],
         ], turn
+
+
+def test_tables_without_vertical_rules(harness: Harness, tmp_path: Path) -> None:
+    """No rules, booktabs rules, Chinese cells: found by their columns; prose and
+    lists around them stay text."""
+    outputs = harness.run(make_borderless_pdf(tmp_path / "borderless.pdf"))
+    items = harness.content_list(outputs)
+    md = harness.markdown(outputs)
+    tables = [i["table_body"] for i in items if i["type"] == "table"]
+    expected = [BORDERLESS[k] for k in ("money", "booktabs", "chinese", "numbers")]
+    assert len(tables) == 4, md
+    for body, rows in zip(tables, expected, strict=True):
+        for row in rows:
+            assert "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" in body, (row, body)
+    assert "| Region | 2024 | 2025 | Change |" in md and "| East | 2,311 | 2,096 | -9% |" in md
+    texts = [i["text"] for i in items if i["type"] == "text"]
+    assert " ".join(PROSE) in texts
+    for item in BULLETS:
+        assert any(f"• {item}" in t for t in texts), (item, texts)
+        assert any(f". {item}" in t for t in texts), (item, texts)
+    page1 = [i for i in items if i["page_idx"] == 0]
+    assert page1[-1]["text"] == "A closing sentence ends the page."
+    # reading order: prose, the first table, the lists, the other two tables
+    kinds = [i["type"] for i in page1]
+    assert kinds[0] == "text" and kinds[1] == "table" and kinds[-2] == "table", kinds
+    # code lined up with spaces in a fixed-pitch font stays text
+    code = " ".join(i.get("text", "") for i in items if i["page_idx"] == 1)
+    assert "OtherStruct" in code and not any("OtherStruct" in t for t in tables)

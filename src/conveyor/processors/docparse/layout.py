@@ -28,6 +28,7 @@ class Char:
     y1: float
     size: float = 0.0
     bold: bool = False
+    mono: bool = False  # a fixed-pitch font: code, aligned by spaces
 
 
 @dataclass

@@ -31,6 +31,7 @@ import pypdfium2 as pdfium
 from PIL import Image
 
 from conveyor.errors import TaskCancelled
+from conveyor.processors.docparse.borderless import find_borderless
 from conveyor.processors.docparse.captions import attach_captions
 from conveyor.processors.docparse.layout import (
     Char,
@@ -172,10 +173,22 @@ def _text_blocks(
                     break
         if not placed:
             free.append(ch)
+    anchored: list[Block] = []
+    for found in find_borderless(free):
+        taken = {id(c) for c in found.chars}
+        free = [c for c in free if id(c) not in taken]
+        anchored.append(
+            Block(
+                type="table",
+                bbox=found.bbox,
+                table_html=to_html(found.cells),
+                table_md=to_markdown(found.cells),
+                img_path=save_region(page, content.to_shown(found.bbox), images_dir) or "",
+            )
+        )
     lines = chars_to_lines(free)
     body = body_size(lines)
     blocks = lines_to_blocks(reading_order(lines, content.width), body)
-    anchored: list[Block] = []
     for gi, grid in enumerate(grids):
         cells: dict[tuple[int, int], str] = {}
         for (g, r, c), chars in in_cells.items():

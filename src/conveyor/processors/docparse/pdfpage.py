@@ -138,24 +138,30 @@ class PageContent:
         return self.image_coverage >= SCAN_COVERAGE or self.printable == 0
 
 
-def _font_info(textpage: pdfium.PdfTextPage, index: int, cache: dict[int, bool]) -> bool:
-    """Bold from the font's weight, or its name when the weight is not recorded."""
+FIXED_PITCH = 0x1  # PDF font descriptor flags
+FORCE_BOLD = 0x40000
+MONO_NAMES = ("mono", "courier", "consol", "menlo", "typewriter", "fixed", "nimbusmon", "cmtt")
+
+
+def _font_info(
+    textpage: pdfium.PdfTextPage, index: int, cache: dict[int, tuple[bool, bool]]
+) -> tuple[bool, bool]:
+    """Bold (from the weight, or the name when no weight is recorded) and fixed pitch."""
     obj = pdfium_c.FPDFText_GetTextObject(textpage.raw, index)
     key = ctypes.cast(obj, ctypes.c_void_p).value or 0
     if key in cache:
         return cache[key]
-    bold = False
+    buf = ctypes.create_string_buffer(256)
+    flags = ctypes.c_int(0)
+    n = pdfium_c.FPDFText_GetFontInfo(textpage.raw, index, buf, 256, ctypes.byref(flags))
+    name = buf.raw[: max(0, n - 1)].decode("utf-8", errors="replace").lower()
     weight = pdfium_c.FPDFText_GetFontWeight(textpage.raw, index)
-    if weight >= 600:
-        bold = True
-    else:
-        buf = ctypes.create_string_buffer(256)
-        flags = ctypes.c_int(0)
-        n = pdfium_c.FPDFText_GetFontInfo(textpage.raw, index, buf, 256, ctypes.byref(flags))
-        name = buf.raw[: max(0, n - 1)].decode("utf-8", errors="replace").lower()
-        bold = "bold" in name or "black" in name or "heavy" in name or bool(flags.value & 0x40000)
-    cache[key] = bold
-    return bold
+    bold = weight >= 600 or (
+        "bold" in name or "black" in name or "heavy" in name or bool(flags.value & FORCE_BOLD)
+    )
+    mono = bool(flags.value & FIXED_PITCH) or any(m in name for m in MONO_NAMES)
+    cache[key] = (bold, mono)
+    return bold, mono
 
 
 @dataclass
@@ -165,6 +171,7 @@ class _RawChar:
     advance: Box | None
     size: float
     bold: bool
+    mono: bool
     angle: int  # clockwise degrees of its baseline in user space, to the nearest 90
 
 
@@ -173,7 +180,7 @@ def _raw_chars(page: pdfium.PdfPage) -> tuple[list[_RawChar | str], int]:
     textpage = page.get_textpage()
     try:
         out: list[_RawChar | str] = []
-        bold_cache: dict[int, bool] = {}
+        font_cache: dict[int, tuple[bool, bool]] = {}
         printable = 0
         left, right = ctypes.c_double(), ctypes.c_double()
         bottom, top = ctypes.c_double(), ctypes.c_double()
@@ -205,7 +212,7 @@ def _raw_chars(page: pdfium.PdfPage) -> tuple[list[_RawChar | str], int]:
                     (left.value, bottom.value, right.value, top.value),
                     advance,
                     float(pdfium_c.FPDFText_GetFontSize(textpage.raw, i)),
-                    _font_info(textpage, i, bold_cache),
+                    *_font_info(textpage, i, font_cache),
                     round(math.degrees(angle) / 90) * 90 % 360 if angle >= 0 else 0,
                 )
             )
@@ -244,7 +251,7 @@ def chars_in(raw: list[_RawChar | str], frame: PageFrame) -> list[Char]:
         if x1 > x0 and ch.advance is not None:
             adv = frame.box(*ch.advance)
             x0, x1 = min(x0, adv[0]), max(x1, adv[2])
-        chars.append(Char(ch.text, x0, y0, x1, y1, size=ch.size, bold=ch.bold))
+        chars.append(Char(ch.text, x0, y0, x1, y1, size=ch.size, bold=ch.bold, mono=ch.mono))
     return chars
 
 

@@ -1,0 +1,218 @@
+"""Tables without vertical rules: columns found by the white space they leave.
+
+Financial statements, and the booktabs tables of most papers, draw no
+vertical rules (often no rules at all), so :mod:`tables` finds no grid.
+Their columns still show: down a run of consecutive rows, some stretches of
+the page are never inked.  Word gaps inside a paragraph do not line up from
+one line to the next, so a paragraph of three lines or more leaves no such
+stretch; a table does.  Two text columns do too, which is why cells must be
+short; a column of list markers does not count, nor does code set in a
+fixed-pitch font and lined up with spaces.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from conveyor.processors.docparse.layout import Char, is_cjk, join_words
+
+MIN_ROWS = 3
+MIN_GAP_EM = 1.0  # a column gap is at least this wide (word spaces are ~0.3 em)
+ROW_GAP_LINES = 1.3  # rows further apart than this many line heights end a table
+MAX_MEDIAN_CELL = 25  # characters: longer is running text in columns
+MAX_CELL = 80
+MIN_FULL_ROWS = 0.75  # share of rows with at least two filled cells
+MONO_SHARE = 0.8  # of a run's characters in a fixed-pitch font: code, not a table
+LIST_MARKER = re.compile(r"^(?:[•·▪◦‣∙*\-–—]|\(?\d{1,3}[.)]|\(?[a-zA-Z][.)]|[ivxIVX]+[.)])$")
+
+
+@dataclass
+class Word:
+    text: str
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    chars: list[Char]
+
+
+@dataclass
+class Row:
+    words: list[Word]
+
+    @property
+    def y0(self) -> float:
+        return min(w.y0 for w in self.words)
+
+    @property
+    def y1(self) -> float:
+        return max(w.y1 for w in self.words)
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+
+@dataclass
+class BorderlessTable:
+    bbox: tuple[float, float, float, float]
+    cells: list[list[str]]  # rows of cells, left to right
+    chars: list[Char]  # every character the table took
+
+
+def _rows(chars: Sequence[Char]) -> list[Row]:
+    """Characters into rows (a shared band across the page) of words (split at spaces)."""
+    inked = sorted(
+        (c for c in chars if c.x1 > c.x0 and not c.text.isspace()),
+        key=lambda c: ((c.y0 + c.y1) / 2, c.x0),
+    )
+    bands: list[list[Char]] = []
+    for ch in inked:
+        mid = (ch.y0 + ch.y1) / 2
+        if bands:
+            band = bands[-1]
+            top = min(c.y0 for c in band)
+            bottom = max(c.y1 for c in band)
+            slack = 0.25 * max(ch.size, 1.0)  # a comma's ink hangs below the digits'
+            if top - slack <= mid <= bottom + slack:
+                band.append(ch)
+                continue
+        bands.append([ch])
+    rows = []
+    for band in bands:
+        band.sort(key=lambda c: c.x0)
+        words: list[Word] = []
+        for ch in band:
+            size = max(ch.size, 1.0)
+            if words and ch.x0 - words[-1].x1 <= 0.25 * size:
+                w = words[-1]
+                w.text += ch.text
+                w.x1, w.y0, w.y1 = max(w.x1, ch.x1), min(w.y0, ch.y0), max(w.y1, ch.y1)
+                w.chars.append(ch)
+            else:
+                words.append(Word(ch.text, ch.x0, ch.y0, ch.x1, ch.y1, [ch]))
+        rows.append(Row(words))
+    return rows
+
+
+Span = tuple[float, float]
+
+
+def _merge(merged: list[Span], row: Row, min_gap: float) -> list[Span]:
+    """The inked stretches of the rows so far plus ``row``; closer than ``min_gap``
+    they count as one, so only column gaps stay between them."""
+    spans = sorted([*merged, *((w.x0, w.x1) for w in row.words)])
+    out: list[Span] = [spans[0]]
+    for x0, x1 in spans[1:]:
+        last = out[-1]
+        if x0 - last[1] < min_gap:
+            out[-1] = (last[0], max(last[1], x1))
+        else:
+            out.append((x0, x1))
+    return out
+
+
+def _gaps(merged: Sequence[Span]) -> list[Span]:
+    return [(a[1], b[0]) for a, b in itertools.pairwise(merged)]
+
+
+def _cells(row: Row, gaps: Sequence[tuple[float, float]]) -> list[str]:
+    cells = [""] * (len(gaps) + 1)
+    for w in row.words:
+        col = sum(1 for g in gaps if w.x0 >= g[1])
+        cells[col] = _join(cells[col], w.text)
+    return cells
+
+
+def _join(a: str, b: str) -> str:
+    if a and b and is_cjk(a[-1]) and is_cjk(b[0]):
+        return a + b
+    return join_words(a, b)
+
+
+def _table(rows: Sequence[Row], gaps: Sequence[Span]) -> BorderlessTable | None:
+    if len(rows) < MIN_ROWS or not gaps:
+        return None
+    cells = [_cells(r, gaps) for r in rows]
+    if sum(1 for row in cells if sum(1 for c in row if c) >= 2) < MIN_FULL_ROWS * len(rows):
+        return None
+    filled = [c for row in cells for c in row if c]
+    if max(len(c) for c in filled) > MAX_CELL or statistics.median(map(len, filled)) > (
+        MAX_MEDIAN_CELL
+    ):
+        return None
+    for col in range(len(gaps) + 1):
+        column = [row[col] for row in cells if row[col]]
+        if not column or all(LIST_MARKER.match(c) for c in column):
+            return None  # an empty column, or a list's markers
+    words = [w for r in rows for w in r.words]
+    chars = [c for w in words for c in w.chars]
+    if sum(c.mono for c in chars) >= MONO_SHARE * len(chars) or _fixed_pitch(chars):
+        return None  # a code listing or a dump lined up with spaces
+    bbox = (
+        min(w.x0 for w in words),
+        min(w.y0 for w in words),
+        max(w.x1 for w in words),
+        max(w.y1 for w in words),
+    )
+    return BorderlessTable(bbox, cells, chars)
+
+
+def _fixed_pitch(chars: Sequence[Char]) -> bool:
+    """Every letter as wide as the next: a fixed-pitch font the PDF does not name.
+    (Digits are left out: most fonts set them all one width, for tables.)"""
+    widths = [
+        (c.x1 - c.x0) / c.size
+        for c in chars
+        if c.text.isalpha() and not is_cjk(c.text) and c.size > 0 and c.x1 > c.x0
+    ]
+    if len(widths) < 12:
+        return False
+    mid = statistics.median(widths)
+    near = sum(1 for w in widths if abs(w - mid) <= 0.04 * mid)
+    return near >= 0.95 * len(widths)
+
+
+def find_borderless(chars: Sequence[Char]) -> list[BorderlessTable]:
+    """The longest run of rows that splits into aligned columns, again and again."""
+    rows = _rows(chars)
+    sizes = [c.size for c in chars if c.size > 0]
+    em = statistics.median(sizes) if sizes else 10.0
+    min_gap = MIN_GAP_EM * em
+    found: list[BorderlessTable] = []
+    if sum(1 for r in rows if len(_merge([], r, min_gap)) >= 2) < 2:
+        return found  # prose: hardly a row has a column gap, so no run can be a table
+    i = 0
+    while i < len(rows):
+        best: tuple[int, BorderlessTable, list[Span]] | None = None
+        merged = _merge([], rows[i], min_gap)
+        for j in range(i + 1, len(rows)):
+            prev, nxt = rows[j - 1], rows[j]
+            if nxt.y0 - prev.y1 > ROW_GAP_LINES * max(prev.height, nxt.height, em):
+                break
+            merged = _merge(merged, nxt, min_gap)
+            gaps = _gaps(merged)
+            if not gaps:
+                break
+            table = _table(rows[i : j + 1], gaps)
+            if table is not None:
+                best = (j, table, gaps)
+        if best is None:
+            i += 1
+            continue
+        end, table, gaps = best
+        start = i
+        # a paragraph's short last line just above (or a lone line below) is not a row
+        while start < end and sum(1 for c in table.cells[start - i] if c) < 2:
+            start += 1
+        while end > start and sum(1 for c in table.cells[end - i] if c) < 2:
+            end -= 1
+        trimmed = _table(rows[start : end + 1], gaps)
+        if trimmed is not None:
+            found.append(trimmed)
+        i = max(end, i) + 1
+    return found
