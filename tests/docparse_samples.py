@@ -334,6 +334,45 @@ def make_borderless_pdf(path: Path) -> Path:
     return path
 
 
+MERGED = [
+    ["Region", "Sales", ""],
+    ["", "2024", "2025"],
+    ["North", "120", "135"],
+    ["South", "98", "101"],
+]
+MERGED_HTML = (
+    '<table><tr><td rowspan="2">Region</td><td colspan="2">Sales</td></tr>'
+    "<tr><td>2024</td><td>2025</td></tr>"
+    "<tr><td>North</td><td>120</td><td>135</td></tr>"
+    "<tr><td>South</td><td>98</td><td>101</td></tr></table>"
+)
+
+
+def make_merged_table_pdf(path: Path) -> Path:
+    """A ruled table whose header merges two rows and two columns."""
+    c = canvas.Canvas(str(path), pagesize=A4)
+    _w, h = A4
+    c.setFont("Helvetica", 11)
+    c.drawString(60, h - 70, "Sales by region, with a two-level header.")
+    table = Table(MERGED, colWidths=[120, 80, 80], rowHeights=24)
+    table.setStyle(
+        TableStyle(
+            [
+                ("GRID", (0, 0), (-1, -1), 1, colors.black),
+                ("FONT", (0, 0), (-1, -1), "Helvetica", 11),
+                ("SPAN", (1, 0), (2, 0)),
+                ("SPAN", (0, 0), (0, 1)),
+                ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+            ]
+        )
+    )
+    _tw, th = table.wrapOn(c, *A4)
+    table.drawOn(c, 60, h - 100 - th)
+    c.showPage()
+    c.save()
+    return path
+
+
 def make_scanned_copy(src: Path, dest: Path, *, dpi: int = 200) -> Path:
     """Render every page to a grey bitmap and keep only the bitmaps: an image-only PDF."""
     import pypdfium2 as pdfium

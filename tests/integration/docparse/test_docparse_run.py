@@ -19,6 +19,7 @@ from tests.docparse_samples import (
     HEADINGS,
     INTRO,
     LEFT,
+    MERGED_HTML,
     PROSE,
     REFERENCE,
     RIGHT,
@@ -28,6 +29,7 @@ from tests.docparse_samples import (
     make_borderless_pdf,
     make_captioned_pdf,
     make_landscape_pdf,
+    make_merged_table_pdf,
     make_sample_pdf,
     make_scanned_copy,
 )
@@ -390,3 +392,22 @@ def test_tables_without_vertical_rules(harness: Harness, tmp_path: Path) -> None
     # code lined up with spaces in a fixed-pitch font stays text
     code = " ".join(i.get("text", "") for i in items if i["page_idx"] == 1)
     assert "OtherStruct" in code and not any("OtherStruct" in t for t in tables)
+
+
+def test_merged_cells_keep_their_spans(
+    harness: Harness, tmp_path: Path, with_tesseract: None
+) -> None:
+    """A header cell over two columns and one over two rows: rowspan/colspan in the
+    HTML, the HTML in the Markdown (pipes cannot span), on the text page and its scan."""
+    pdf = make_merged_table_pdf(tmp_path / "merged.pdf")
+    outputs = harness.run(pdf)
+    (table,) = [i for i in harness.content_list(outputs) if i["type"] == "table"]
+    assert table["table_body"] == MERGED_HTML
+    assert MERGED_HTML in harness.markdown(outputs)
+    scan = make_scanned_copy(pdf, tmp_path / "merged-scan.pdf")
+    (table,) = [
+        i
+        for i in harness.content_list(harness.run(scan, ocr_langs=["eng"]))
+        if i["type"] == "table"
+    ]
+    assert table["table_body"] == MERGED_HTML

@@ -219,3 +219,28 @@ def test_page_frame_turns_and_back() -> None:
             assert fb.to(fa, there) == pytest.approx(box), (a, b)
             u, v = fa.point(123.0, 456.0)
             assert fa.unpoint(u, v) == pytest.approx((123.0, 456.0)), a
+
+
+def test_a_missing_rule_merges_two_cells() -> None:
+    from conveyor.processors.docparse.tables import Grid
+
+    hs = [(0.0, 0.0, 30.0, 0.0), (0.0, 10.0, 30.0, 10.0), (0.0, 20.0, 30.0, 20.0)]
+    vs = [(0.0, 0.0, 0.0, 20.0), (10.0, 0.0, 10.0, 20.0), (30.0, 0.0, 30.0, 20.0)]
+    vs.append((20.0, 10.0, 20.0, 20.0))  # only in the second row
+    grid = find_tables([*hs, *vs])[0]
+    assert grid.shape == (2, 3)
+    assert grid.merged() == {(0, 1): (0, 1, 1, 2), (0, 2): (0, 1, 1, 2)}
+    assert grid.cell_of(25.0, 5.0) == (0, 1)  # text in the merge goes to its first cell
+    assert grid.cell_of(25.0, 15.0) == (1, 2)
+    assert to_html([["a", "b", ""], ["c", "d", "e"]], grid.merged()) == (
+        '<table><tr><td>a</td><td colspan="2">b</td></tr>'
+        "<tr><td>c</td><td>d</td><td>e</td></tr></table>"
+    )
+    # an L-shaped gap is not a rectangle: no merge
+    lshape = Grid(
+        xs=[0, 10, 20],
+        ys=[0, 10, 20],
+        hrules=[(0, 0, 20, 0), (10, 10, 20, 10), (0, 20, 20, 20)],
+        vrules=[(0, 0, 0, 20), (10, 0, 10, 10), (20, 0, 20, 20)],
+    )
+    assert lshape.merged() == {}

@@ -148,11 +148,19 @@ def _tables(grids: list[Grid]) -> list[Grid]:
 
 
 def _table_block(grid: Grid, cells: dict[tuple[int, int], str]) -> Block | None:
+    """A pipe table in the Markdown, or the HTML where cells are merged (pipes cannot
+    span; MinerU writes every table as HTML)."""
     rows_n, cols_n = grid.shape
     rows = [[cells.get((r, c), "") for c in range(cols_n)] for r in range(rows_n)]
     if sum(1 for row in rows for c in row if c) < 2:
         return None
-    return Block(type="table", bbox=grid.bbox, table_html=to_html(rows), table_md=to_markdown(rows))
+    spans = grid.merged()
+    return Block(
+        type="table",
+        bbox=grid.bbox,
+        table_html=to_html(rows, spans),
+        table_md="" if spans else to_markdown(rows),
+    )
 
 
 def _text_blocks(

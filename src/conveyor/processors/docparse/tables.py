@@ -3,15 +3,15 @@
 The segments come from the PDF's drawn paths (text pages) or from long dark
 runs in the rendered bitmap (scanned pages); either way a table is a set of
 horizontal and vertical rules that touch, with at least two of each.
-Merged cells are not reconstructed: a cell is the space between adjacent
-rules, and a merged cell's text lands in its top-left part.
+A cell is the space between adjacent rules; where the rule between two
+cells is missing they are one merged cell (rowspan/colspan in the HTML).
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Segment = tuple[float, float, float, float]  # x0, y0, x1, y1; points, origin top-left
 
@@ -23,6 +23,12 @@ TOL = 2.5
 class Grid:
     xs: list[float]  # column boundaries, left to right
     ys: list[float]  # row boundaries, top to bottom
+    # the rules themselves: where one is missing between two cells, they are one
+    hrules: list[Segment] = field(default_factory=list)
+    vrules: list[Segment] = field(default_factory=list)
+    _merges: dict[tuple[int, int], tuple[int, int, int, int]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
@@ -39,7 +45,62 @@ class Grid:
         row = next((i for i in range(len(self.ys) - 1) if y <= self.ys[i + 1]), None)
         if col is None or row is None:
             return None
-        return row, col
+        merge = self.merged().get((row, col))
+        return (merge[0], merge[1]) if merge else (row, col)  # a merged cell by its first
+
+    def _ruled_v(self, x: float, y: float) -> bool:
+        if not self.vrules:
+            return True
+        return any(abs(v[0] - x) <= 2 * TOL and v[1] - TOL <= y <= v[3] + TOL for v in self.vrules)
+
+    def _ruled_h(self, x: float, y: float) -> bool:
+        if not self.hrules:
+            return True
+        return any(abs(h[1] - y) <= 2 * TOL and h[0] - TOL <= x <= h[2] + TOL for h in self.hrules)
+
+    def merged(self) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+        """Merged cells: each cell of a merge -> (row, col, rowspan, colspan) of the merge.
+
+        Two neighbouring cells are one where no rule runs between them at the
+        middle of their shared side.  A merge that is not a rectangle is left
+        as separate cells.
+        """
+        if self._merges is None:
+            self._merges = self._find_merges()
+        return self._merges
+
+    def _find_merges(self) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+        rows_n, cols_n = self.shape
+        parent = {(r, c): (r, c) for r in range(rows_n) for c in range(cols_n)}
+
+        def find(cell: tuple[int, int]) -> tuple[int, int]:
+            while parent[cell] != cell:
+                parent[cell] = parent[parent[cell]]
+                cell = parent[cell]
+            return cell
+
+        for r in range(rows_n):
+            mid_y = (self.ys[r] + self.ys[r + 1]) / 2
+            for c in range(cols_n):
+                mid_x = (self.xs[c] + self.xs[c + 1]) / 2
+                if c + 1 < cols_n and not self._ruled_v(self.xs[c + 1], mid_y):
+                    parent[find((r, c))] = find((r, c + 1))
+                if r + 1 < rows_n and not self._ruled_h(mid_x, self.ys[r + 1]):
+                    parent[find((r, c))] = find((r + 1, c))
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for cell in parent:
+            groups.setdefault(find(cell), []).append(cell)
+        out: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+        for cells in groups.values():
+            if len(cells) < 2:
+                continue
+            r0, c0 = min(r for r, _ in cells), min(c for _, c in cells)
+            r1, c1 = max(r for r, _ in cells), max(c for _, c in cells)
+            if (r1 - r0 + 1) * (c1 - c0 + 1) != len(cells):
+                continue
+            for cell in cells:
+                out[cell] = (r0, c0, r1 - r0 + 1, c1 - c0 + 1)
+        return out
 
 
 def _cluster(values: Sequence[float], tol: float = TOL) -> list[float]:
@@ -94,16 +155,39 @@ def find_tables(segments: Sequence[Segment]) -> list[Grid]:
         ys = _cluster([hs[i][1] for i in members if i < len(hs)])
         xs = _cluster([vs[i - len(hs)][0] for i in members if i >= len(hs)])
         if len(ys) >= 2 and len(xs) >= 2:
-            grids.append(Grid(xs=xs, ys=ys))
+            grids.append(
+                Grid(
+                    xs=xs,
+                    ys=ys,
+                    hrules=[hs[i] for i in members if i < len(hs)],
+                    vrules=[vs[i - len(hs)] for i in members if i >= len(hs)],
+                )
+            )
     grids.sort(key=lambda g: (g.ys[0], g.xs[0]))
     return grids
 
 
-def to_html(rows: Sequence[Sequence[str]]) -> str:
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f"<table>{body}</table>"
+Spans = dict[tuple[int, int], tuple[int, int, int, int]]  # as Grid.merged() gives them
+
+
+def to_html(rows: Sequence[Sequence[str]], spans: Spans | None = None) -> str:
+    """HTML as MinerU's ``table_body``: a merged cell once, with rowspan/colspan."""
+    spans = spans or {}
+    body = []
+    for r, row in enumerate(rows):
+        cells = []
+        for c, text in enumerate(row):
+            span = spans.get((r, c))
+            if span is not None and (span[0], span[1]) != (r, c):
+                continue  # covered by the merge that starts up and to the left
+            attrs = ""
+            if span is not None and span[2] > 1:
+                attrs += f' rowspan="{span[2]}"'
+            if span is not None and span[3] > 1:
+                attrs += f' colspan="{span[3]}"'
+            cells.append(f"<td{attrs}>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table>{''.join(body)}</table>"
 
 
 def to_markdown(rows: Sequence[Sequence[str]]) -> str:
