@@ -127,6 +127,26 @@ def test_scanned_copy_is_ocrd_with_high_recall(
     assert all(i["page_idx"] in (0, 1, 2) for i in items)
 
 
+def test_a_figure_on_a_scanned_page_is_cut_out(
+    harness: Harness, sample_pdf: Path, scanned_pdf: Path, with_tesseract: None
+) -> None:
+    """The picture inside the page bitmap, where the text copy has an image object:
+    the same place (within 1 % of the page), cropped to a JPEG, nothing else taken."""
+    text_items = harness.content_list(harness.run(sample_pdf))
+    outputs = harness.run(scanned_pdf, ocr_langs=["eng"])
+    items = harness.content_list(outputs)
+    (on_text,) = [i for i in text_items if i["type"] == "image"]
+    (on_scan,) = [i for i in items if i["type"] == "image"]  # none on the text-only pages
+    assert on_scan["page_idx"] == on_text["page_idx"] == 2
+    assert all(abs(a - b) <= 10 for a, b in zip(on_scan["bbox"], on_text["bbox"], strict=True)), (
+        on_scan["bbox"],
+        on_text["bbox"],
+    )
+    with Image.open(harness.local(harness.output(outputs, on_scan["img_path"]))) as im:
+        assert im.format == "JPEG" and 1.3 < im.width / im.height < 1.7, im.size  # 240 x 160
+    assert f"![]({on_scan['img_path']})" in harness.markdown(outputs)
+
+
 def test_ocr_off_keeps_scans_as_images(harness: Harness, scanned_pdf: Path) -> None:
     outputs = harness.run(scanned_pdf, ocr="off", pages="2")
     items = harness.content_list(outputs)

@@ -65,6 +65,7 @@ from conveyor.processors.docparse.pdfpage import (
     save_pil,
     save_region,
 )
+from conveyor.processors.docparse.scanfigures import find_figures
 from conveyor.processors.docparse.tables import Grid, find_tables, to_html, to_markdown
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,14 @@ def _parse_page(job: PageJob) -> dict[str, Any]:
 def _tables(grids: list[Grid]) -> list[Grid]:
     """A single box is a frame, not a table."""
     return [g for g in grids if g.shape[0] * g.shape[1] >= 2]
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """How much of ``a`` lies inside ``b``."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    area = (a[2] - a[0]) * (a[3] - a[1])
+    return max(0.0, w) * max(0.0, h) / area if area > 0 else 0.0
 
 
 def _table_block(grid: Grid, cells: dict[tuple[int, int], str]) -> Block | None:
@@ -237,7 +246,20 @@ def _ocr_blocks(
     shown = content.shown or PageFrame.of(page)
     frame = shown.turned(shown.rotation + turn)  # the bitmap's frame, in points
     scale = job.dpi / 72.0
-    grids = _tables(find_tables(bitmap_rules(gray, scale)))
+    figures = find_figures(gray, scale, words)
+    ruled = gray
+    if figures:  # a picture's long dark runs are not a table's rules
+        ruled = gray.copy()
+        for x0, y0, x1, y1 in figures:
+            ruled[int(y0 * scale) : int(y1 * scale), int(x0 * scale) : int(x1 * scale)] = 255
+    grids = _tables(find_tables(bitmap_rules(ruled, scale)))
+    figures = [f for f in figures if not any(_overlap(f, g.bbox) > 0.5 for g in grids)]
+    # what OCR read inside a picture is its labels or noise, not the page's text
+    words = [
+        w
+        for w in words
+        if not any(inside((w.x0 + w.x1) / 2, (w.y0 + w.y1) / 2, f) for f in figures)
+    ]
     free: list[Word] = []
     in_cells: dict[tuple[int, int, int], list[Word]] = {}
     for w in words:
@@ -267,6 +289,10 @@ def _ocr_blocks(
             crop = Image.fromarray(gray[max(0, y0 - 4) : y1 + 4, max(0, x0 - 4) : x1 + 4])
             table.img_path = save_pil(crop, Path(job.images_dir))
             anchored.append(table)
+    for box in figures:
+        rel = save_region(page, frame.to(shown, box), Path(job.images_dir))
+        if rel:
+            anchored.append(Block(type="image", bbox=box, img_path=rel))
     ordered = attach_captions(order_blocks(blocks, anchored, frame.size[0]))
     for block in ordered:
         block.bbox = frame.to(shown, block.bbox)
@@ -473,6 +499,8 @@ def run_pages(
             fill()
             done = 0
             while pending:
+                if cancel.is_set():  # pages already finished must not be taken either
+                    raise TaskCancelled("cancelled")
                 fut = pending[0]
                 while True:
                     try:
