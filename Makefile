@@ -22,7 +22,8 @@ venv: $(VENV)/.installed
 
 # System packages, installed with apt-get only when missing: ffmpeg and
 # tesseract (English + Simplified Chinese + orientation data, for scanned pages) for the workers; for the test suite also PostgreSQL (throwaway clusters) and
-# Chromium (console browser tests, driven by playwright without a download),
+# Chromium (console browser tests, driven by playwright without a download), fonts
+# with CJK and math symbols (generated test PDFs),
 # dockerd and a static busybox (container tests: a private engine, an image
 # built offline).
 system-deps:
@@ -40,6 +41,7 @@ test-deps: system-deps
 	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	fc-list 2>/dev/null | grep -qi "wqy\|noto.*cjk" || missing="$$missing fonts-wqy-microhei"; \
+	test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || missing="$$missing fonts-dejavu-core"; \
 	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
 	command -v busybox >/dev/null 2>&1 || missing="$$missing busybox-static"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \

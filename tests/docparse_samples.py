@@ -373,6 +373,40 @@ def make_merged_table_pdf(path: Path) -> Path:
     return path
 
 
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+EQUATIONS = ["α + β = γ − δ", "∇ ⋅ E = ρ / ε₀"]
+MATH_PROSE = [
+    "The two results below follow from the definitions in the previous",
+    "section and hold for every state we consider in this report.",
+]
+INLINE_MATH = "Let α be small and x ≥ 0 hold for every case we study here."
+
+
+def make_equations_pdf(path: Path) -> Path:
+    """Two displayed formulas between paragraphs, and a sentence with a little inline
+    mathematics that must stay text (DejaVu Sans has the symbols)."""
+    if "DejaVu" not in pdfmetrics.getRegisteredFontNames():
+        pdfmetrics.registerFont(TTFont("DejaVu", str(DEJAVU)))
+    c = canvas.Canvas(str(path), pagesize=A4)
+    w, h = A4
+    c.setFont("DejaVu", 11)
+    y = h - 80
+    for line in MATH_PROSE:
+        c.drawString(60, y, line)
+        y -= 15
+    for eq in EQUATIONS:
+        y -= 22
+        c.setFont("DejaVu", 13)
+        c.drawCentredString(w / 2, y, eq)
+        y -= 10
+    y -= 30
+    c.setFont("DejaVu", 11)
+    c.drawString(60, y, INLINE_MATH)
+    c.showPage()
+    c.save()
+    return path
+
+
 def make_scanned_copy(src: Path, dest: Path, *, dpi: int = 200) -> Path:
     """Render every page to a grey bitmap and keep only the bitmaps: an image-only PDF."""
     import pypdfium2 as pdfium

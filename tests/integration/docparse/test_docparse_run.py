@@ -16,9 +16,12 @@ from tests.docparse_samples import (
     BULLETS,
     CAPTIONS,
     CHINESE,
+    EQUATIONS,
     HEADINGS,
+    INLINE_MATH,
     INTRO,
     LEFT,
+    MATH_PROSE,
     MERGED_HTML,
     PROSE,
     REFERENCE,
@@ -28,6 +31,7 @@ from tests.docparse_samples import (
     known_words,
     make_borderless_pdf,
     make_captioned_pdf,
+    make_equations_pdf,
     make_landscape_pdf,
     make_merged_table_pdf,
     make_sample_pdf,
@@ -431,3 +435,19 @@ def test_merged_cells_keep_their_spans(
         if i["type"] == "table"
     ]
     assert table["table_body"] == MERGED_HTML
+
+
+def test_displayed_formulas_are_equations(harness: Harness, tmp_path: Path) -> None:
+    """Lines mostly made of mathematics become equation items (their characters, and a
+    picture); a sentence with a little inline mathematics stays text."""
+    outputs = harness.run(make_equations_pdf(tmp_path / "eq.pdf"))
+    items = harness.content_list(outputs)
+    md = harness.markdown(outputs)
+    equations = [i for i in items if i["type"] == "equation"]
+    assert [e["text"] for e in equations] == [f"$$\n{eq}\n$$" for eq in EQUATIONS], items
+    for eq in equations:
+        assert eq["text_format"] == "unicode" and eq["img_path"].startswith("images/")
+        assert eq["img_path"] in {o.name for o in outputs}
+    texts = [i["text"] for i in items if i["type"] == "text"]
+    assert texts == [" ".join(MATH_PROSE), INLINE_MATH], texts
+    assert f"$$\n{EQUATIONS[0]}\n$$" in md

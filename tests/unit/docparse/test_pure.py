@@ -244,3 +244,14 @@ def test_a_missing_rule_merges_two_cells() -> None:
         vrules=[(0, 0, 0, 20), (10, 0, 10, 10), (20, 0, 20, 20)],
     )
     assert lshape.merged() == {}
+
+
+def test_what_counts_as_mathematics() -> None:
+    from conveyor.processors.docparse.layout import is_math
+
+    def ch(text: str, **kw: bool) -> Char:
+        return Char(text, 0, 0, 1, 1, size=10, **kw)
+
+    assert is_math(ch("x", math=True)) and is_math(ch("∑")) and is_math(ch("α"))
+    assert not is_math(ch(".", math=True))  # TeX's dot leaders use the math font's period
+    assert not is_math(ch("x")) and not is_math(ch("=", mono=True))  # code, not a formula

@@ -7,6 +7,7 @@ blocks in reading order.  Coordinates are points, origin top-left.
 
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class Char:
     size: float = 0.0
     bold: bool = False
     mono: bool = False  # a fixed-pitch font: code, aligned by spaces
+    math: bool = False  # set in a math font (TeX's cmmi/cmsy/cmex, Cambria Math, STIX...)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Line:
     chars: int = 0
     # the only line of its paragraph (OCR knows paragraphs; a text layer does not)
     solo: bool = False
+    math: int = 0  # characters that are mathematics (font or symbol)
 
     @property
     def height(self) -> float:
@@ -60,6 +63,7 @@ class _Builder:
     sizes: list[float] = field(default_factory=list)
     bold: int = 0
     n: int = 0
+    math: int = 0
 
     def add(self, ch: Char) -> None:
         if self.n == 0:
@@ -70,6 +74,7 @@ class _Builder:
         self.parts.append(ch.text)
         self.sizes.append(ch.size)
         self.bold += ch.bold
+        self.math += is_math(ch)
         self.n += 1
 
     def line(self) -> Line | None:
@@ -86,7 +91,25 @@ class _Builder:
             size=size,
             bold=self.bold >= 0.8 * self.n,
             chars=self.n,
+            math=self.math,
         )
+
+
+def is_math(ch: Char) -> bool:
+    """A letter or digit set in a math font, or a mathematical symbol, Greek letter,
+    arrow or math letter.  (TeX sets dot leaders with its math font's period.)"""
+    if len(ch.text) != 1 or ch.mono:
+        return False
+    if ch.math and ch.text.isalnum():
+        return True
+    o = ord(ch.text)
+    return (
+        unicodedata.category(ch.text) == "Sm"
+        or 0x0391 <= o <= 0x03C9  # Greek
+        or 0x2190 <= o <= 0x22FF  # arrows, mathematical operators
+        or 0x1D400 <= o <= 0x1D7FF  # mathematical alphanumerics
+        or ch.text in "∂∇∞ℝℕℤℚℂ"
+    )
 
 
 def is_cjk(ch: str) -> bool:
@@ -247,6 +270,19 @@ def _is_heading(ln: Line, body: float, ratio: float, bold_headings: bool) -> boo
     )
 
 
+# a line this much mathematics (and at least this many symbols) is a displayed formula
+EQUATION_SHARE = 0.4
+EQUATION_MIN_MATH = 3
+
+
+def _is_equation(ln: Line) -> bool:
+    return (
+        ln.math >= EQUATION_MIN_MATH
+        and ln.math >= EQUATION_SHARE * max(1, len(ln.text.replace(" ", "")))
+        and len(ln.text) <= 200
+    )
+
+
 def _looks_like_title(text: str) -> bool:
     """A short line that starts like a heading and does not end like a sentence."""
     words = text.split()
@@ -270,8 +306,10 @@ def lines_to_blocks(
     cur: Block | None = None
     prev: Line | None = None
     for ln in lines:
-        heading = _is_heading(ln, body, heading_ratio, bold_headings)
-        kind = "title" if heading else "text"
+        if _is_equation(ln):
+            kind = "equation"
+        else:
+            kind = "title" if _is_heading(ln, body, heading_ratio, bold_headings) else "text"
         joinable = (
             cur is not None
             and prev is not None

@@ -206,6 +206,9 @@ def _text_blocks(
     lines = chars_to_lines(free)
     body = body_size(lines)
     blocks = lines_to_blocks(reading_order(lines, content.width), body)
+    for block in blocks:
+        if block.type == "equation":  # its picture too, as the text cannot hold its layout
+            block.img_path = save_region(page, content.to_shown(block.bbox), images_dir) or ""
     for gi, grid in enumerate(grids):
         cells: dict[tuple[int, int], str] = {}
         for (g, r, c), chars in in_cells.items():

@@ -19,7 +19,7 @@ MAX_LEVEL = 6
 
 @dataclass
 class Block:
-    type: str  # text | title | table | image
+    type: str  # text | title | table | image | equation
     bbox: tuple[float, float, float, float]
     text: str = ""
     size: float = 0.0
@@ -121,6 +121,17 @@ def content_item(
             "page_idx": page["page_idx"],
             "bbox": bbox,
         }
+    if kind == "equation":
+        # MinerU writes LaTeX from a formula model; the text layer gives the formula's
+        # characters in reading order, so the format says so, and the picture is kept
+        return {
+            "type": "equation",
+            "img_path": block.get("img_path", ""),
+            "text": f"$$\n{block.get('text', '')}\n$$",
+            "text_format": "unicode",
+            "page_idx": page["page_idx"],
+            "bbox": bbox,
+        }
     item: dict[str, Any] = {"type": "text", "text": block.get("text", "")}
     if kind == "title":
         # MinerU writes a heading as a text item with its level
@@ -147,4 +158,6 @@ def markdown_piece(block: dict[str, Any], levels: dict[HeadingKey, int]) -> str:
     if kind == "table":
         table = str(block.get("table_md") or block.get("table_html", ""))
         return f"{caption}\n\n{table}" if caption else table
+    if kind == "equation":
+        return f"$$\n{block.get('text', '')}\n$$"
     return str(block.get("text", ""))

@@ -140,13 +140,16 @@ class PageContent:
 
 FIXED_PITCH = 0x1  # PDF font descriptor flags
 FORCE_BOLD = 0x40000
+# math fonts: TeX's italic/symbol/extension/AMS ones, Word's Cambria Math, STIX, Symbol
+MATH_NAMES = ("cmmi", "cmsy", "cmex", "msam", "msbm", "math", "stix", "symbol", "mtextra", "esint")
 MONO_NAMES = ("mono", "courier", "consol", "menlo", "typewriter", "fixed", "nimbusmon", "cmtt")
 
 
-def _font_info(
-    textpage: pdfium.PdfTextPage, index: int, cache: dict[int, tuple[bool, bool]]
-) -> tuple[bool, bool]:
-    """Bold (from the weight, or the name when no weight is recorded) and fixed pitch."""
+FontInfo = tuple[bool, bool, bool]  # bold, fixed pitch, math
+
+
+def _font_info(textpage: pdfium.PdfTextPage, index: int, cache: dict[int, FontInfo]) -> FontInfo:
+    """Bold (from the weight, or the name when no weight is recorded), fixed pitch, math."""
     obj = pdfium_c.FPDFText_GetTextObject(textpage.raw, index)
     key = ctypes.cast(obj, ctypes.c_void_p).value or 0
     if key in cache:
@@ -160,8 +163,9 @@ def _font_info(
         "bold" in name or "black" in name or "heavy" in name or bool(flags.value & FORCE_BOLD)
     )
     mono = bool(flags.value & FIXED_PITCH) or any(m in name for m in MONO_NAMES)
-    cache[key] = (bold, mono)
-    return bold, mono
+    math = any(m in name for m in MATH_NAMES)
+    cache[key] = (bold, mono, math)
+    return bold, mono, math
 
 
 @dataclass
@@ -172,6 +176,7 @@ class _RawChar:
     size: float
     bold: bool
     mono: bool
+    math: bool
     angle: int  # clockwise degrees of its baseline in user space, to the nearest 90
 
 
@@ -180,7 +185,7 @@ def _raw_chars(page: pdfium.PdfPage) -> tuple[list[_RawChar | str], int]:
     textpage = page.get_textpage()
     try:
         out: list[_RawChar | str] = []
-        font_cache: dict[int, tuple[bool, bool]] = {}
+        font_cache: dict[int, FontInfo] = {}
         printable = 0
         left, right = ctypes.c_double(), ctypes.c_double()
         bottom, top = ctypes.c_double(), ctypes.c_double()
@@ -251,7 +256,9 @@ def chars_in(raw: list[_RawChar | str], frame: PageFrame) -> list[Char]:
         if x1 > x0 and ch.advance is not None:
             adv = frame.box(*ch.advance)
             x0, x1 = min(x0, adv[0]), max(x1, adv[2])
-        chars.append(Char(ch.text, x0, y0, x1, y1, size=ch.size, bold=ch.bold, mono=ch.mono))
+        chars.append(
+            Char(ch.text, x0, y0, x1, y1, size=ch.size, bold=ch.bold, mono=ch.mono, math=ch.math)
+        )
     return chars
 
 
