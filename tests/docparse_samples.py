@@ -407,8 +407,33 @@ def make_equations_pdf(path: Path) -> Path:
     return path
 
 
-def make_scanned_copy(src: Path, dest: Path, *, dpi: int = 200) -> Path:
-    """Render every page to a grey bitmap and keep only the bitmaps: an image-only PDF."""
+WARNING_BOX = [
+    "WARNING: Disconnect the power cable before opening the cover.",
+    "Never operate the machine with the safety guard removed.",
+    "Wear protective gloves when handling the cutting blades.",
+]
+
+
+def make_shaded_box_pdf(path: Path, *, shade: float = 0.78) -> Path:
+    """Paragraphs around a box of text on a light grey background."""
+    c = canvas.Canvas(str(path), pagesize=A4)
+    _w, h = A4
+    c.setFont("Helvetica", 11)
+    c.drawString(60, h - 80, "Read these instructions before using the machine.")
+    c.setFillGray(shade)
+    c.rect(55, h - 200, 480, 90, fill=1, stroke=0)
+    c.setFillGray(0)
+    for i, line in enumerate(WARNING_BOX):
+        c.drawString(70, h - 135 - i * 20, line)
+    c.drawString(60, h - 240, "The rest of this chapter explains the set-up.")
+    c.showPage()
+    c.save()
+    return path
+
+
+def make_scanned_copy(src: Path, dest: Path, *, dpi: int = 200, paper: int = 255) -> Path:
+    """Render every page to a grey bitmap and keep only the bitmaps: an image-only PDF
+    (``paper`` below 255 darkens the whole page, as aged paper or a grey copy does)."""
     import pypdfium2 as pdfium
 
     pdf = pdfium.PdfDocument(src)
@@ -417,6 +442,8 @@ def make_scanned_copy(src: Path, dest: Path, *, dpi: int = 200) -> Path:
     finally:
         pdf.close()
     images = [im.convert("L") for im in images]
+    if paper < 255:
+        images = [im.point(lambda v: v * paper // 255) for im in images]
     images[0].save(dest, format="PDF", save_all=True, append_images=images[1:], resolution=dpi)
     return dest
 

@@ -28,6 +28,7 @@ from tests.docparse_samples import (
     RIGHT,
     TABLE,
     TITLE,
+    WARNING_BOX,
     known_words,
     make_borderless_pdf,
     make_captioned_pdf,
@@ -36,6 +37,7 @@ from tests.docparse_samples import (
     make_merged_table_pdf,
     make_sample_pdf,
     make_scanned_copy,
+    make_shaded_box_pdf,
 )
 from tests.integration.docparse.conftest import Harness, Recorder, Settings
 
@@ -451,3 +453,18 @@ def test_displayed_formulas_are_equations(harness: Harness, tmp_path: Path) -> N
     texts = [i["text"] for i in items if i["type"] == "text"]
     assert texts == [" ".join(MATH_PROSE), INLINE_MATH], texts
     assert f"$$\n{EQUATIONS[0]}\n$$" in md
+
+
+def test_tinted_paper_and_shaded_boxes_stay_text(
+    harness: Harness, tmp_path: Path, with_tesseract: None
+) -> None:
+    """Neither a grey page (aged paper, a grey photocopy) nor a light grey box of text
+    is a picture: their words stay in the text."""
+    pdf = make_shaded_box_pdf(tmp_path / "box.pdf")
+    for paper in (255, 195):
+        scan = make_scanned_copy(pdf, tmp_path / f"box-{paper}.pdf", paper=paper)
+        items = harness.content_list(harness.run(scan, ocr_langs=["eng"]))
+        assert [i for i in items if i["type"] == "image"] == [], (paper, items)
+        text = " ".join(i.get("text", "") for i in items)
+        for line in WARNING_BOX:
+            assert line in text, (paper, line, text)

@@ -26,8 +26,13 @@ ROW_GAP_LINES = 1.3  # rows further apart than this many line heights end a tabl
 MAX_MEDIAN_CELL = 25  # characters: longer is running text in columns
 MAX_CELL = 80
 MIN_FULL_ROWS = 0.75  # share of rows with at least two filled cells
+MAX_MISSES = 4  # rows added without making a table before the run is given up
 MONO_SHARE = 0.8  # of a run's characters in a fixed-pitch font: code, not a table
-LIST_MARKER = re.compile(r"^(?:[•·▪◦‣∙*\-–—]|\(?\d{1,3}[.)]|\(?[a-zA-Z][.)]|[ivxIVX]+[.)])$")
+LIST_MARKER = re.compile(
+    # bullets (Word's second level is a plain "o", Wingdings' sit in the private use
+    # area), numbers, letters and Roman numerals with their dot or bracket
+    r"^(?:[•·▪◦‣∙*\-–—o➢►✓✔\uf000-\uf0ff]|\(?\d{1,3}[.)]|\(?[a-zA-Z][.)]|[ivxIVX]+[.)])$"
+)
 
 
 @dataclass
@@ -64,31 +69,50 @@ class BorderlessTable:
     chars: list[Char]  # every character the table took
 
 
+def _spaced(chars: Sequence[Char]) -> set[int]:
+    """The characters followed by a space in the text layer (PDFium's own word breaks)."""
+    out: set[int] = set()
+    last: Char | None = None
+    for ch in chars:
+        if ch.text.isspace():
+            if last is not None:
+                out.add(id(last))
+        elif ch.x1 > ch.x0:
+            last = ch
+    return out
+
+
 def _rows(chars: Sequence[Char]) -> list[Row]:
     """Characters into rows (a shared band across the page) of words (split at spaces)."""
+    spaced = _spaced(chars)
     inked = sorted(
         (c for c in chars if c.x1 > c.x0 and not c.text.isspace()),
         key=lambda c: ((c.y0 + c.y1) / 2, c.x0),
     )
     bands: list[list[Char]] = []
+    top = bottom = 0.0  # of the last band
     for ch in inked:
         mid = (ch.y0 + ch.y1) / 2
-        if bands:
-            band = bands[-1]
-            top = min(c.y0 for c in band)
-            bottom = max(c.y1 for c in band)
-            slack = 0.25 * max(ch.size, 1.0)  # a comma's ink hangs below the digits'
-            if top - slack <= mid <= bottom + slack:
-                band.append(ch)
-                continue
+        slack = 0.25 * max(ch.size, 1.0)  # a comma's ink hangs below the digits'
+        if bands and top - slack <= mid <= bottom + slack:
+            bands[-1].append(ch)
+            top, bottom = min(top, ch.y0), max(bottom, ch.y1)
+            continue
         bands.append([ch])
+        top, bottom = ch.y0, ch.y1
     rows = []
     for band in bands:
         band.sort(key=lambda c: c.x0)
         words: list[Word] = []
         for ch in band:
             size = max(ch.size, 1.0)
-            if words and ch.x0 - words[-1].x1 <= 0.25 * size:
+            # a word goes on up to a space in the text layer, or a gap a space wide
+            # (Times' space is only 0.25 em)
+            if (
+                words
+                and id(words[-1].chars[-1]) not in spaced
+                and ch.x0 - words[-1].x1 <= 0.15 * size
+            ):
                 w = words[-1]
                 w.text += ch.text
                 w.x1, w.y0, w.y1 = max(w.x1, ch.x1), min(w.y0, ch.y0), max(w.y1, ch.y1)
@@ -184,12 +208,17 @@ def find_borderless(chars: Sequence[Char]) -> list[BorderlessTable]:
     em = statistics.median(sizes) if sizes else 10.0
     min_gap = MIN_GAP_EM * em
     found: list[BorderlessTable] = []
-    if sum(1 for r in rows if len(_merge([], r, min_gap)) >= 2) < 2:
+    split = [len(_merge([], r, min_gap)) >= 2 for r in rows]
+    if sum(split) < 2:
         return found  # prose: hardly a row has a column gap, so no run can be a table
     i = 0
     while i < len(rows):
+        if not split[i]:  # a table's first row fills two cells (else it is trimmed)
+            i += 1
+            continue
         best: tuple[int, BorderlessTable, list[Span]] | None = None
         merged = _merge([], rows[i], min_gap)
+        misses = 0
         for j in range(i + 1, len(rows)):
             prev, nxt = rows[j - 1], rows[j]
             if nxt.y0 - prev.y1 > ROW_GAP_LINES * max(prev.height, nxt.height, em):
@@ -200,7 +229,14 @@ def find_borderless(chars: Sequence[Char]) -> list[BorderlessTable]:
                 break
             table = _table(rows[i : j + 1], gaps)
             if table is not None:
-                best = (j, table, gaps)
+                best, misses = (j, table, gaps), 0
+                continue
+            # Gaps only close as rows are added, so cells only grow: a run that has
+            # not made a table for a few rows (two columns of prose) is given up,
+            # which keeps the search linear in the page's rows.
+            misses += 1
+            if misses > MAX_MISSES:
+                break
         if best is None:
             i += 1
             continue

@@ -59,6 +59,7 @@ from conveyor.processors.docparse.pdfpage import (
     PageContent,
     PageFrame,
     bitmap_rules,
+    flatten_paper,
     read_page,
     render_gray,
     save_image,
@@ -235,13 +236,14 @@ def _ocr_blocks(
 ) -> tuple[list[Block], int]:
     check_languages(job.langs)  # a missing language fails the task, not just this page
     gray = render_gray(page, job.dpi)
-    words = tesseract_words(Image.fromarray(gray), job.langs, job.dpi)
+    flat = Image.fromarray(flatten_paper(gray))
+    words = tesseract_words(flat, job.langs, job.dpi)
     turn = 0
     if mean_confidence(words) < TURNED_BELOW_CONF:  # read poorly: is it lying on its side?
-        turn = tesseract_rotation(Image.fromarray(gray), job.dpi)
+        turn = tesseract_rotation(flat, job.dpi)
         if turn:
             upright = np.ascontiguousarray(np.rot90(gray, k=-turn // 90))
-            again = tesseract_words(Image.fromarray(upright), job.langs, job.dpi)
+            again = tesseract_words(Image.fromarray(flatten_paper(upright)), job.langs, job.dpi)
             if mean_confidence(again) > mean_confidence(words):
                 gray, words = upright, again
             else:

@@ -387,6 +387,29 @@ def render_gray(page: pdfium.PdfPage, dpi: int) -> np.ndarray:
     return arr
 
 
+def flatten_paper(gray: np.ndarray, block: int = 16) -> np.ndarray:
+    """The page with its paper made white: each pixel divided by the local paper tone.
+
+    Tesseract treats a grey box (a shaded warning, a table's header row) or a
+    grey page (aged paper, a photocopy) as a picture and reads nothing in it.
+    The paper's tone is the brightest pixel around (text strokes are thinner
+    than the 3 x 3 blocks looked at), so ink keeps its contrast.
+    """
+    h, w = gray.shape
+    rows, cols = -(-h // block), -(-w // block)
+    padded = np.pad(gray, ((0, rows * block - h), (0, cols * block - w)), mode="edge")
+    local = padded.reshape(rows, block, cols, block).max(axis=(1, 3))
+    paper = local.copy()
+    paper[1:, :] = np.maximum(paper[1:, :], local[:-1, :])
+    paper[:-1, :] = np.maximum(paper[:-1, :], local[1:, :])
+    wide = paper.copy()
+    wide[:, 1:] = np.maximum(wide[:, 1:], paper[:, :-1])
+    wide[:, :-1] = np.maximum(wide[:, :-1], paper[:, 1:])
+    tone = np.repeat(np.repeat(wide, block, axis=0), block, axis=1)[:h, :w].astype(np.float32)
+    out = gray.astype(np.float32) * 255.0 / np.maximum(tone, 1.0)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 def bitmap_rules(gray: np.ndarray, scale: float) -> list[Segment]:
     """Long dark horizontal and vertical runs in a page bitmap, as segments in points.
 

@@ -19,20 +19,26 @@ from conveyor.processors.docparse.ocr import Word
 Box = tuple[float, float, float, float]
 
 CELL_PX = 8  # the bitmap is judged in cells this many pixels square
-NON_WHITE = 200  # grey level below which a pixel is ink
+INK_BELOW_PAPER = 55  # grey levels darker than the paper that count as ink
 BUSY = 0.45  # share of inked pixels that makes a cell part of a picture
 MIN_SIDE_PT = 48.0  # smaller regions are stains, stamps and bullets
 MIN_FILL = 0.4  # share of busy cells in the region's box
 WORD_CONF = 40.0  # words read at least this surely are text, not picture
+MAX_TEXT_SHARE = 0.15  # of a region's area under sure words: a shaded box of text
 
 
 def find_figures(gray: np.ndarray, scale: float, words: Sequence[Word]) -> list[Box]:
-    """Boxes (points, the bitmap's frame) of the pictures on a rendered page."""
-    ink = gray < NON_WHITE
-    for w in words:
-        if w.conf >= WORD_CONF and w.text.strip():
-            x0, y0 = max(0, int(w.x0 * scale) - 2), max(0, int(w.y0 * scale) - 2)
-            ink[y0 : int(w.y1 * scale) + 3, x0 : int(w.x1 * scale) + 3] = False
+    """Boxes (points, the bitmap's frame) of the pictures on a rendered page.
+
+    Ink is measured against the page's own paper (aged or tinted scans are not
+    pictures), and a region mostly covered by words read surely is a shaded
+    box of text, which stays text."""
+    paper = float(np.percentile(gray, 90))
+    ink = gray < paper - INK_BELOW_PAPER
+    sure = [w for w in words if w.conf >= WORD_CONF and w.text.strip()]
+    for w in sure:
+        x0, y0 = max(0, int(w.x0 * scale) - 2), max(0, int(w.y0 * scale) - 2)
+        ink[y0 : int(w.y1 * scale) + 3, x0 : int(w.x1 * scale) + 3] = False
     rows, cols = ink.shape[0] // CELL_PX, ink.shape[1] // CELL_PX
     if rows < 2 or cols < 2:
         return []
@@ -68,5 +74,18 @@ def find_figures(gray: np.ndarray, scale: float, words: Sequence[Word]) -> list[
         if busy[top : bottom + 1, left : right + 1].mean() < MIN_FILL:
             continue
         x0, y0 = left * cell_pt, top * cell_pt
-        figures.append((x0, y0, x0 + width * cell_pt, y0 + height * cell_pt))
+        box = (x0, y0, x0 + width * cell_pt, y0 + height * cell_pt)
+        if _text_share(box, sure) <= MAX_TEXT_SHARE:
+            figures.append(box)
     return figures
+
+
+def _text_share(box: Box, words: Sequence[Word]) -> float:
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    covered = 0.0
+    for w in words:
+        ix = min(box[2], w.x1) - max(box[0], w.x0)
+        iy = min(box[3], w.y1) - max(box[1], w.y0)
+        if ix > 0 and iy > 0:
+            covered += ix * iy
+    return covered / area if area > 0 else 1.0
