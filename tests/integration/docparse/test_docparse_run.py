@@ -364,10 +364,12 @@ def test_a_scan_lying_on_its_side_is_stood_upright(
     import pypdfium2 as pdfium
 
     pdf = pdfium.PdfDocument(make_sample_pdf(tmp_path / "s.pdf"))
-    page = pdf[0].render(scale=200 / 72, grayscale=True).to_pil().convert("L")
+    page, table_page = (
+        pdf[i].render(scale=200 / 72, grayscale=True).to_pil().convert("L") for i in (0, 2)
+    )
     pdf.close()
-    turns = [90, 180]  # anticlockwise, as a page can lie on the scanner
-    pages = [page.rotate(t, expand=True) for t in turns]
+    turns = [90, 180, 270]  # anticlockwise, as a page can lie on the scanner
+    pages = [page.rotate(t, expand=True) for t in turns] + [table_page.rotate(270, expand=True)]
     pages[0].save(
         tmp_path / "sideways.pdf",
         format="PDF",
@@ -382,14 +384,24 @@ def test_a_scan_lying_on_its_side_is_stood_upright(
         found = _words(text) & first_page
         assert len(found) / len(first_page) > 0.95, (turn, sorted(first_page - found))
         title = next(i for i in items if i["page_idx"] == idx and i.get("text") == TITLE)
-        _x0, y0, x1, _y1 = title["bbox"]
+        x0, y0, x1, _y1 = title["bbox"]
         # the title, at the top of the upright page, is on the left (page turned a
-        # quarter anticlockwise) or at the bottom (upside down) of the page as shown
-        assert {90: x1 < 200 and y0 > 200, 180: y0 > 800}[turn], (turn, title["bbox"])
+        # quarter anticlockwise), at the bottom (upside down) or on the right (a
+        # quarter clockwise, which tesseract reads fluently with boxes on end)
+        expected = {90: x1 < 200 and y0 > 200, 180: y0 > 800, 270: x0 > 800}[turn]
+        assert expected, (turn, title["bbox"])
         assert [i["text"] for i in items if i["page_idx"] == idx and i.get("text_level")][:2] == [
             TITLE,
             HEADINGS[0],
         ], turn
+    # a quarter clockwise: the table reads row by row, not transposed
+    (table,) = [i for i in items if i["page_idx"] == 3 and i["type"] == "table"]
+    for row in TABLE:
+        assert "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" in table["table_body"]
+    assert [i["text"] for i in items if i["page_idx"] == 3 and i.get("text_level")] == [
+        HEADINGS[2],
+        HEADINGS[3],
+    ]
 
 
 def test_tables_without_vertical_rules(harness: Harness, tmp_path: Path) -> None:

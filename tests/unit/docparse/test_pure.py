@@ -255,3 +255,21 @@ def test_what_counts_as_mathematics() -> None:
     assert is_math(ch("x", math=True)) and is_math(ch("∑")) and is_math(ch("α"))
     assert not is_math(ch(".", math=True))  # TeX's dot leaders use the math font's period
     assert not is_math(ch("x")) and not is_math(ch("=", mono=True))  # code, not a formula
+
+
+def test_a_sentence_about_a_figure_is_not_its_caption() -> None:
+    from conveyor.processors.docparse.captions import attach_captions
+    from conveyor.processors.docparse.model import Block
+
+    figure = Block(type="image", bbox=(60, 100, 300, 260))
+    for text, caption in (
+        ("Figure 1 shows that the gradient runs left to right.", ""),
+        ("Figure 1.2 shows the same.", ""),
+        ("Figure 1 The gradient", "Figure 1 The gradient"),
+        ("Fig. 12: gradient", "Fig. 12: gradient"),
+        ("图 1 渐变", "图 1 渐变"),
+    ):
+        figure.caption = ""
+        below = Block(type="text", bbox=(60, 266, 300, 276), text=text, size=10)
+        attach_captions([figure, below])
+        assert figure.caption == caption, text

@@ -44,7 +44,11 @@ def attach_captions(blocks: list[Block]) -> list[Block]:
 def is_caption_of(text: Block, target: Block) -> bool:
     if text.type not in ("text", "title") or len(text.text) > MAX_CAPTION_CHARS:
         return False
-    if not CAPTION_START.match(text.text):
+    label = CAPTION_START.match(text.text)
+    if not label:
+        return False
+    rest = text.text[label.end() :].lstrip("0123456789.-–ivxIVX一二三四五六七八九十 ")
+    if rest[:1].islower():  # "Figure 1 shows that...": a sentence about it, not its label
         return False
     tx0, ty0, tx1, ty1 = text.bbox
     x0, y0, x1, y1 = target.bbox

@@ -50,7 +50,9 @@ from conveyor.processors.docparse.ocr import (
     OcrUnavailable,
     Word,
     check_languages,
+    looks_turned,
     mean_confidence,
+    standing_share,
     tesseract_rotation,
     tesseract_words,
 )
@@ -239,12 +241,14 @@ def _ocr_blocks(
     flat = Image.fromarray(flatten_paper(gray))
     words = tesseract_words(flat, job.langs, job.dpi)
     turn = 0
-    if mean_confidence(words) < TURNED_BELOW_CONF:  # read poorly: is it lying on its side?
+    if looks_turned(words):  # is the page lying on its side?
         turn = tesseract_rotation(flat, job.dpi)
         if turn:
             upright = np.ascontiguousarray(np.rot90(gray, k=-turn // 90))
             again = tesseract_words(Image.fromarray(flatten_paper(upright)), job.langs, job.dpi)
-            if mean_confidence(again) > mean_confidence(words):
+            # keep it if it reads as upright text at least as surely as the page needs
+            bar = min(mean_confidence(words), TURNED_BELOW_CONF)
+            if standing_share(again) <= 0.5 and mean_confidence(again) >= bar:
                 gray, words = upright, again
             else:
                 turn = 0

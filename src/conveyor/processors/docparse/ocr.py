@@ -119,6 +119,20 @@ TURNED_BELOW_CONF = 70.0
 MIN_ORIENTATION_CONF = 2.0
 
 
+def looks_turned(words: Sequence[Word]) -> bool:
+    """Read poorly, or read well but with words taller than wide: tesseract reads a
+    page turned a quarter clockwise fluently, word boxes standing on end."""
+    return mean_confidence(words) < TURNED_BELOW_CONF or standing_share(words) > 0.5
+
+
+def standing_share(words: Sequence[Word]) -> float:
+    """Of the words of four letters or more, the share whose box is taller than wide."""
+    long = [w for w in words if len(w.text) >= 4]
+    if not long:
+        return 0.0
+    return sum(1 for w in long if (w.y1 - w.y0) > (w.x1 - w.x0)) / len(long)
+
+
 def mean_confidence(words: Sequence[Word]) -> float:
     confs = [w.conf for w in words if len(w.text) >= 3 and w.conf >= 0]
     return sum(confs) / len(confs) if confs else 0.0

@@ -9,6 +9,7 @@ cells is missing they are one merged cell (rowspan/colspan in the HTML).
 
 from __future__ import annotations
 
+import bisect
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,15 +49,18 @@ class Grid:
         merge = self.merged().get((row, col))
         return (merge[0], merge[1]) if merge else (row, col)  # a merged cell by its first
 
-    def _ruled_v(self, x: float, y: float) -> bool:
-        if not self.vrules:
-            return True
-        return any(abs(v[0] - x) <= 2 * TOL and v[1] - TOL <= y <= v[3] + TOL for v in self.vrules)
-
-    def _ruled_h(self, x: float, y: float) -> bool:
-        if not self.hrules:
-            return True
-        return any(abs(h[1] - y) <= 2 * TOL and h[0] - TOL <= x <= h[2] + TOL for h in self.hrules)
+    @staticmethod
+    def _by_line(
+        lines: Sequence[float], rules: Sequence[tuple[float, float, float]]
+    ) -> list[list[tuple[float, float]]]:
+        """For each grid line, the stretches of rule along it (from (at, start, end))."""
+        out: list[list[tuple[float, float]]] = [[] for _ in lines]
+        for at, start, end in rules:
+            k = bisect.bisect_left(lines, at - 2 * TOL)
+            while k < len(lines) and lines[k] <= at + 2 * TOL:
+                out[k].append((start - TOL, end + TOL))
+                k += 1
+        return out
 
     def merged(self) -> dict[tuple[int, int], tuple[int, int, int, int]]:
         """Merged cells: each cell of a merge -> (row, col, rowspan, colspan) of the merge.
@@ -71,6 +75,16 @@ class Grid:
 
     def _find_merges(self) -> dict[tuple[int, int], tuple[int, int, int, int]]:
         rows_n, cols_n = self.shape
+        if not self.vrules or not self.hrules:
+            return {}  # a grid made without its rules: every cell stands alone
+        # the rules indexed by the grid line they lie on: a table drawn cell by
+        # cell has thousands of them
+        down = self._by_line(self.xs, [(v[0], v[1], v[3]) for v in self.vrules])
+        across = self._by_line(self.ys, [(h[1], h[0], h[2]) for h in self.hrules])
+
+        def ruled(stretches: list[tuple[float, float]], at: float) -> bool:
+            return any(a <= at <= b for a, b in stretches)
+
         parent = {(r, c): (r, c) for r in range(rows_n) for c in range(cols_n)}
 
         def find(cell: tuple[int, int]) -> tuple[int, int]:
@@ -83,9 +97,9 @@ class Grid:
             mid_y = (self.ys[r] + self.ys[r + 1]) / 2
             for c in range(cols_n):
                 mid_x = (self.xs[c] + self.xs[c + 1]) / 2
-                if c + 1 < cols_n and not self._ruled_v(self.xs[c + 1], mid_y):
+                if c + 1 < cols_n and not ruled(down[c + 1], mid_y):
                     parent[find((r, c))] = find((r, c + 1))
-                if r + 1 < rows_n and not self._ruled_h(mid_x, self.ys[r + 1]):
+                if r + 1 < rows_n and not ruled(across[r + 1], mid_x):
                     parent[find((r, c))] = find((r + 1, c))
         groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for cell in parent:
