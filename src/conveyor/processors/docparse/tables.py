@@ -157,9 +157,16 @@ def find_tables(segments: Sequence[Segment]) -> list[Grid]:
             i = parent[i]
         return i
 
+    # verticals sorted by x: each horizontal meets only those within its own span
+    # (a table exported cell by cell draws thousands of short rules)
+    order = sorted(range(len(vs)), key=lambda j: vs[j][0])
+    xs_sorted = [vs[j][0] for j in order]
     for i, h in enumerate(hs):
-        for j, v in enumerate(vs):
-            if h[0] - TOL <= v[0] <= h[2] + TOL and v[1] - TOL <= h[1] <= v[3] + TOL:
+        lo = bisect.bisect_left(xs_sorted, h[0] - TOL)
+        hi = bisect.bisect_right(xs_sorted, h[2] + TOL)
+        for j in order[lo:hi]:
+            v = vs[j]
+            if v[1] - TOL <= h[1] <= v[3] + TOL:
                 parent[find(i)] = find(len(hs) + j)
     groups: dict[int, list[int]] = {}
     for i in range(n):
