@@ -106,28 +106,12 @@ def draw_sample_page(c: canvas.Canvas, page: int, *, number: int | None = None) 
     else:
         c.setFont("Helvetica-Bold", 15)
         c.drawString(60, h - 80, HEADINGS[2])
-        table = Table(TABLE, colWidths=[120, 80, 120], rowHeights=24)
-        table.setStyle(
-            TableStyle(
-                [
-                    ("GRID", (0, 0), (-1, -1), 1, colors.black),
-                    ("FONT", (0, 0), (-1, -1), "Helvetica", 11),
-                    ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
-                ]
-            )
-        )
-        _tw, th = table.wrapOn(c, w, h)
-        table.drawOn(c, 60, h - 110 - th)
+        _ruled_table(c, h - 110)
         c.setFont("Helvetica-Bold", 15)
         c.drawString(60, h - 230, HEADINGS[3])
         c.setFont("Helvetica", 11)
         c.drawString(60, h - 252, FIGURE_CAPTION)
-        buf = io.BytesIO()
-        _figure().save(buf, format="PNG")
-        buf.seek(0)
-        from reportlab.lib.utils import ImageReader
-
-        c.drawImage(ImageReader(buf), 60, h - 440, width=240, height=160)
+        _draw_figure(c, h - 280)
     if number is not None:
         c.setFont("Helvetica", 9)
         c.drawString(w / 2 - 20, 30, f"Page {number}")
@@ -153,13 +137,15 @@ CAPTIONS = {
 REFERENCE = "Figure 2 shows the gradient and Table 1 lists the scores."
 
 
-def _ruled_table(c: canvas.Canvas, top: float, font: str = "Helvetica") -> float:
+def _ruled_table(c: canvas.Canvas, top: float) -> float:
+    """The sample's ruled table with its top edge at ``top``; returns its bottom edge."""
     table = Table(TABLE, colWidths=[120, 80, 120], rowHeights=24)
     table.setStyle(
         TableStyle(
             [
                 ("GRID", (0, 0), (-1, -1), 1, colors.black),
-                ("FONT", (0, 0), (-1, -1), font, 11),
+                ("FONT", (0, 0), (-1, -1), "Helvetica", 11),
+                ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
             ]
         )
     )

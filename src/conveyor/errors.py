@@ -18,6 +18,11 @@ class ConveyorError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def http_headers(self) -> dict[str, str]:
+        """Headers a face answering with this error should send (none by default)."""
+        return {}
+
 
 class InvalidRequest(ConveyorError):
     code = "invalid_request"
@@ -145,3 +150,7 @@ class RateLimited(ConveyorError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+    @property
+    def http_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}  # clients and proxies back off by it

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from conveyor.errors import ConveyorError, RateLimited
+from conveyor.errors import ConveyorError
 
 _EXAMPLE = (
     '{"input_bucket": "input", "input_key": "video.mp4", "transcode_types": ["mp4_standard"]}'
@@ -44,8 +44,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ConveyorError)
     async def _conveyor(_: Request, exc: ConveyorError) -> JSONResponse:
         response = error_response(exc.http_status, exc.code, exc.message)
-        if isinstance(exc, RateLimited):  # clients and proxies back off by the header
-            response.headers["Retry-After"] = str(exc.retry_after)
+        response.headers.update(exc.http_headers)
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -76,16 +76,17 @@ def error_flash(t: Translator, exc: ConveyorError | None) -> dict[str, Any]:
 
 async def error_response(request: Request, exc: ConveyorError | None) -> Response:
     status = exc.http_status if exc is not None else 500
+    headers = exc.http_headers if exc is not None else {}
     t = Translator(request_lang(request))
     item = error_flash(t, exc)
     if is_htmx(request):
         html = render_string("fragments/flash.html", context(request, flash=[item]))
-        return HTMLResponse(html, status_code=status, headers={"HX-Retarget": "#flash"})
+        return HTMLResponse(html, status_code=status, headers={"HX-Retarget": "#flash", **headers})
     try:
         qs: QueueStatus | None = await run_in_threadpool(request.app.state.service.queue_status)
     except Exception:  # the page must still say what went wrong
         qs = None
-    return render(
+    response = render(
         request,
         "error.html",
         status=status,
@@ -96,6 +97,8 @@ async def error_response(request: Request, exc: ConveyorError | None) -> Respons
         sse_url=live.stream_url("nav"),
         flash=[],
     )
+    response.headers.update(headers)
+    return response
 
 
 class ConsoleRoute(APIRoute):

@@ -128,8 +128,9 @@ def test_bad_login_is_refused_audited_and_rate_limited(secured: SecuredApi) -> N
     from conveyor.api.security import RateLimiter
 
     c.app.state.rate_limiters["login"] = RateLimiter(2)  # type: ignore[attr-defined]
-    codes = [c.post("/admin/login", data={"token": "x"}).status_code for _ in range(3)]
-    assert codes == [401, 401, 429]
+    answers = [c.post("/admin/login", data={"token": "x"}) for _ in range(3)]
+    assert [r.status_code for r in answers] == [401, 401, 429]
+    assert 1 <= int(answers[2].headers["Retry-After"]) <= 61  # the console page says it too
 
 
 def test_security_headers(secured: SecuredApi) -> None:

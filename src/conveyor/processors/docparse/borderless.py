@@ -36,7 +36,9 @@ LIST_MARKER = re.compile(
 
 
 @dataclass
-class Word:
+class InkWord:
+    """Characters set close together on one row (OCR's words are :class:`ocr.Word`)."""
+
     text: str
     x0: float
     y0: float
@@ -47,7 +49,7 @@ class Word:
 
 @dataclass
 class Row:
-    words: list[Word]
+    words: list[InkWord]
 
     @property
     def y0(self) -> float:
@@ -103,7 +105,7 @@ def _rows(chars: Sequence[Char]) -> list[Row]:
     rows = []
     for band in bands:
         band.sort(key=lambda c: c.x0)
-        words: list[Word] = []
+        words: list[InkWord] = []
         for ch in band:
             size = max(ch.size, 1.0)
             # a word goes on up to a space in the text layer, or a gap a space wide
@@ -118,7 +120,7 @@ def _rows(chars: Sequence[Char]) -> list[Row]:
                 w.x1, w.y0, w.y1 = max(w.x1, ch.x1), min(w.y0, ch.y0), max(w.y1, ch.y1)
                 w.chars.append(ch)
             else:
-                words.append(Word(ch.text, ch.x0, ch.y0, ch.x1, ch.y1, [ch]))
+                words.append(InkWord(ch.text, ch.x0, ch.y0, ch.x1, ch.y1, [ch]))
         rows.append(Row(words))
     return rows
 
@@ -148,14 +150,8 @@ def _cells(row: Row, gaps: Sequence[tuple[float, float]]) -> list[str]:
     cells = [""] * (len(gaps) + 1)
     for w in row.words:
         col = sum(1 for g in gaps if w.x0 >= g[1])
-        cells[col] = _join(cells[col], w.text)
+        cells[col] = join_words(cells[col], w.text)
     return cells
-
-
-def _join(a: str, b: str) -> str:
-    if a and b and is_cjk(a[-1]) and is_cjk(b[0]):
-        return a + b
-    return join_words(a, b)
 
 
 def _table(rows: Sequence[Row], gaps: Sequence[Span]) -> BorderlessTable | None:

@@ -340,6 +340,15 @@ def inside(x: float, y: float, box: tuple[float, float, float, float], pad: floa
     return box[0] - pad <= x <= box[2] + pad and box[1] - pad <= y <= box[3] + pad
 
 
+def shared_area(
+    a: tuple[float, float, float, float], b: tuple[float, float, float, float]
+) -> float:
+    """The area two boxes have in common."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
 def order_blocks(blocks: list[Block], anchored: list[Block], page_w: float) -> list[Block]:
     """Insert tables and images among the text blocks by their top edge, within their column."""
     if not anchored:

@@ -43,6 +43,7 @@ from conveyor.processors.docparse.layout import (
     lines_to_blocks,
     order_blocks,
     reading_order,
+    shared_area,
 )
 from conveyor.processors.docparse.model import Block, PageResult
 from conveyor.processors.docparse.ocr import (
@@ -59,7 +60,6 @@ from conveyor.processors.docparse.ocr import (
 from conveyor.processors.docparse.pdfpage import (
     MIN_FIGURE_PT,
     PageContent,
-    PageFrame,
     bitmap_rules,
     flatten_paper,
     read_page,
@@ -123,7 +123,7 @@ def _parse_page(job: PageJob) -> dict[str, Any]:
         content, images = read_page(page)
         kind = "scanned" if content.scanned else "text"
         use_ocr = job.ocr == "force" or (job.ocr == "auto" and content.scanned)
-        width, height = content.shown_size
+        width, height = content.shown.size
         result = PageResult(job.page_idx, width, height, kind, "ocr" if use_ocr else "text")
         if use_ocr:
             blocks, words = _ocr_blocks(page, content, job)
@@ -153,10 +153,8 @@ def _tables(grids: list[Grid]) -> list[Grid]:
 
 def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
     """How much of ``a`` lies inside ``b``."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
     area = (a[2] - a[0]) * (a[3] - a[1])
-    return max(0.0, w) * max(0.0, h) / area if area > 0 else 0.0
+    return shared_area(a, b) / area if area > 0 else 0.0
 
 
 def _table_block(grid: Grid, cells: dict[tuple[int, int], str]) -> Block | None:
@@ -227,7 +225,7 @@ def _text_blocks(
     for obj, box in figures:
         if any(inside((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, t.bbox) for t in anchored):
             continue
-        rel = save_image(obj, images_dir, content.frame.rotation if content.frame else 0)
+        rel = save_image(obj, images_dir, content.frame.rotation)
         if rel:
             anchored.append(Block(type="image", bbox=box, img_path=rel))
     return attach_captions(order_blocks(blocks, anchored, content.width))
@@ -252,7 +250,7 @@ def _ocr_blocks(
                 gray, words = upright, again
             else:
                 turn = 0
-    shown = content.shown or PageFrame.of(page)
+    shown = content.shown
     frame = shown.turned(shown.rotation + turn)  # the bitmap's frame, in points
     scale = job.dpi / 72.0
     figures = find_figures(gray, scale, words)

@@ -94,17 +94,21 @@ def parse_tsv(tsv: str, scale: float) -> list[Word]:
     return words
 
 
-def tesseract_words(image: Image.Image, langs: Sequence[str], dpi: int) -> list[Word]:
-    """OCR one page image rendered at ``dpi``; word boxes come back in points."""
+def _tesseract(image: Image.Image, dpi: int, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """One tesseract run on ``image`` (PNG on stdin, result on stdout), one thread."""
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
-    argv = [TESSERACT, "stdin", "stdout", "-l", "+".join(langs), "--dpi", str(dpi)]
-    argv += ["--psm", "3", "tsv"]
+    argv = [TESSERACT, "stdin", "stdout", "--dpi", str(dpi), *args]
+    return subprocess.run(
+        argv, input=buf.getvalue(), capture_output=True, timeout=OCR_TIMEOUT_S, env=env
+    )
+
+
+def tesseract_words(image: Image.Image, langs: Sequence[str], dpi: int) -> list[Word]:
+    """OCR one page image rendered at ``dpi``; word boxes come back in points."""
     try:
-        proc = subprocess.run(
-            argv, input=buf.getvalue(), capture_output=True, timeout=OCR_TIMEOUT_S, env=env
-        )
+        proc = _tesseract(image, dpi, "-l", "+".join(langs), "--psm", "3", "tsv")
     except FileNotFoundError as exc:
         raise OcrUnavailable("tesseract is not installed on this worker") from exc
     if proc.returncode != 0:
@@ -141,14 +145,8 @@ def mean_confidence(words: Sequence[Word]) -> float:
 def tesseract_rotation(image: Image.Image, dpi: int) -> int:
     """The clockwise quarter turn that stands a page upright, by tesseract's
     orientation detection; 0 when upright, unsure or unavailable."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
-    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
-    argv = [TESSERACT, "stdin", "stdout", "--dpi", str(dpi), "--psm", "0"]
     try:
-        proc = subprocess.run(
-            argv, input=buf.getvalue(), capture_output=True, timeout=OCR_TIMEOUT_S, env=env
-        )
+        proc = _tesseract(image, dpi, "--psm", "0")
     except (OSError, subprocess.SubprocessError):
         return 0
     if proc.returncode != 0:  # no osd data, or too little text to tell

@@ -97,30 +97,24 @@ class PageFrame:
 
 
 @dataclass
-class PageImage:
-    bbox: tuple[float, float, float, float]
-    path: str  # relative to the output folder: images/<sha256>.jpg
-
-
-@dataclass
 class PageContent:
-    width: float
-    height: float
     chars: list[Char]
     segments: list[Segment]
     image_boxes: list[tuple[float, float, float, float]]
     printable: int
-    frame: PageFrame | None = None  # the frame everything above is in
-    shown: PageFrame | None = None  # the page as shown, which outputs use
-
-    def to_shown(self, box: Box) -> Box:
-        if self.frame is None or self.shown is None or self.frame == self.shown:
-            return box
-        return self.frame.to(self.shown, box)
+    frame: PageFrame  # the frame everything above is in
+    shown: PageFrame  # the page as shown, which outputs use
 
     @property
-    def shown_size(self) -> tuple[float, float]:
-        return self.shown.size if self.shown is not None else (self.width, self.height)
+    def width(self) -> float:
+        return self.frame.size[0]
+
+    @property
+    def height(self) -> float:
+        return self.frame.size[1]
+
+    def to_shown(self, box: Box) -> Box:
+        return box if self.frame == self.shown else self.frame.to(self.shown, box)
 
     @property
     def image_coverage(self) -> float:
@@ -308,11 +302,8 @@ def read_page(page: pdfium.PdfPage) -> tuple[PageContent, list[tuple[Any, Box]]]
     shown = PageFrame.of(page)
     raw, printable = _raw_chars(page)
     frame = shown.turned(reading_rotation(raw, shown.rotation))
-    width, height = frame.size
     images = image_boxes(page, frame)
     content = PageContent(
-        width=width,
-        height=height,
         chars=chars_in(raw, frame),
         segments=read_segments(page, frame),
         image_boxes=[box for _, box in images],

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from conveyor.processors.docparse.layout import shared_area
 from conveyor.processors.docparse.ocr import Word
 
 Box = tuple[float, float, float, float]
@@ -82,10 +83,5 @@ def find_figures(gray: np.ndarray, scale: float, words: Sequence[Word]) -> list[
 
 def _text_share(box: Box, words: Sequence[Word]) -> float:
     area = (box[2] - box[0]) * (box[3] - box[1])
-    covered = 0.0
-    for w in words:
-        ix = min(box[2], w.x1) - max(box[0], w.x0)
-        iy = min(box[3], w.y1) - max(box[1], w.y0)
-        if ix > 0 and iy > 0:
-            covered += ix * iy
+    covered = sum(shared_area(box, (w.x0, w.y0, w.x1, w.y1)) for w in words)
     return covered / area if area > 0 else 1.0
