@@ -91,6 +91,27 @@ class RemoteUnavailable(ConveyorError):
     http_status = 503
 
 
+class ServiceUnavailable(ConveyorError):
+    """A store the service depends on (database, object storage) is down or refusing.
+
+    Not the caller's fault and not permanent: the API answers 503 with
+    ``Retry-After`` (``retry_after`` seconds), and a client should try again.
+    ``conveyor.infra_errors.is_infrastructure_error`` tells which driver
+    exceptions mean this.
+    """
+
+    code = "unavailable"
+    http_status = 503
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def http_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class NotSupportedRemotely(ConveyorError):
     """An operator call on the worker's HTTP engine: workers never make it."""
 
