@@ -100,3 +100,31 @@ def test_missing_input_object(harness: Harness) -> None:
 
     with pytest.raises(InputRejected, match=r"input object not found: input/nope/missing\.mp4"):
         TranscodeProcessor(None).run(ctx)
+
+
+@pytest.mark.parametrize("form", ["file://{path}", "{path}", "concat:{path}|{path}"])
+def test_playlist_naming_a_worker_file_is_refused(
+    harness: Harness, qvga_clip: Path, tmp_path: Path, form: str
+) -> None:
+    """An .m3u8 listing a file on the worker's disk is not read (issue 13, finding 6)."""
+    host = tmp_path / "host-only.ts"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-i", str(qvga_clip), "-c", "copy", "-f", "mpegts", host],
+        check=True,
+    )
+    playlist = tmp_path / "list.m3u8"
+    playlist.write_text(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:3\n#EXTINF:2.0,\n"
+        f"{form.format(path=host)}\n#EXT-X-ENDLIST\n"
+    )
+    err = rejected(harness, playlist, ["thumbnail"])
+    assert "playlist or file list (hls)" in str(err), err
+    assert str(host) not in str(err)
+
+
+def test_ffconcat_list_is_refused(harness: Harness, qvga_clip: Path, tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"ffconcat version 1.0\nfile '{qvga_clip}'\n")
+    err = rejected(harness, listing, ["thumbnail"])
+    # ffprobe does not take ffconcat for a format on its own: not a readable video
+    assert "not a readable video" in str(err) or "file list" in str(err), err

@@ -222,3 +222,18 @@ def test_cpu_fallback_and_gpu_error_detection() -> None:
     assert CPU.cpu_only() == CPU
     assert gpu_failure(["[hevc_nvenc @ 0x5] OpenEncodeSessionEx failed: out of memory (10)"])
     assert not gpu_failure(["stream 0, offset 0x2690bb: partial file"])
+
+
+def test_the_input_is_read_as_a_file_with_the_probed_demuxer_only() -> None:
+    """No playlist can reach the worker's disk: file protocol, one container demuxer, forced."""
+    info = media()
+    plans = plan_outputs(info, ALL, OUT, 10.0)
+    argv = build_command("ffmpeg", Path("/work/in.mp4"), info, plans, CPU)
+    before = argv[: argv.index("-i") + 2]
+    assert before[-1] == "file:/work/in.mp4"
+    assert before[before.index("-protocol_whitelist") + 1] == "file"
+    assert before[before.index("-format_whitelist") + 1] == "mov"
+    assert before[before.index("-f") + 1] == "mov"
+    mkv = replace(info, format_name="matroska,webm")
+    argv = build_command("ffmpeg", Path("/work/in.webm"), mkv, plans, CPU)
+    assert argv[argv.index("-f") + 1] == "matroska"

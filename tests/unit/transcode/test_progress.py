@@ -150,6 +150,9 @@ def test_rotation_and_non_square_pixels_give_display_size() -> None:
         (probe_json({**VIDEO, "codec_name": "mjpeg"}, fmt="image2"), "still image"),
         (probe_json({**VIDEO, "codec_name": "png"}, fmt="png_pipe"), "still image"),
         (probe_json({**VIDEO, "width": 0}), "picture size"),
+        (probe_json(VIDEO, fmt="hls"), "playlist or file list (hls)"),
+        (probe_json(VIDEO, fmt="concat"), "playlist or file list (concat)"),
+        (probe_json(VIDEO, fmt="rawvideo"), "not an accepted video container"),
     ],
 )
 def test_unusable_inputs(data: dict[str, Any], needle: str) -> None:

@@ -15,7 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from conveyor.processors.transcode.encoders import NVDEC_CODECS, Encoders
-from conveyor.processors.transcode.probe import MediaInfo
+from conveyor.processors.transcode.probe import MediaInfo, input_args
 from conveyor.processors.transcode.profiles import Profile
 
 # Quiet except for errors (kept for the failure message); progress as key=value on stdout.
@@ -175,7 +175,9 @@ def build_command(
     argv = [ffmpeg, *_GLOBAL_ARGS]
     if encoders.nvdec and info.video_codec in NVDEC_CODECS:
         argv += ["-hwaccel", "cuda"]  # frames come back to system memory for our filters
-    argv += ["-i", str(input_path), "-filter_complex", filter_graph(info, plans)]
+    # the file alone, read only with the container demuxer the probe found (no playlists)
+    argv += input_args(input_path, info.demuxer)
+    argv += ["-filter_complex", filter_graph(info, plans)]
     for i, plan in enumerate(plans):
         p = plan.profile
         argv += ["-map", f"[v{i}]"]

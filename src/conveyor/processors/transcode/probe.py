@@ -5,11 +5,20 @@ Inputs are probed before any encoder starts so that a text file named
 burning retries.  Outputs are probed before anything is published, so a task
 never completes with a rendition that is missing, the wrong codec, the wrong
 size, or cut short by a damaged input.
+
+Only real media containers are opened, and only the task's own file: ffprobe
+and ffmpeg run with ``-protocol_whitelist file`` and a ``-format_whitelist``
+of container demuxers, and ffmpeg is told the demuxer ffprobe found (``-f``).
+A playlist (``hls``, ``concat``, ``dash``), an image sequence or any other
+format that names further files is refused before it is read, so an uploaded
+``.m3u8`` listing ``file:///etc/...`` or a host path cannot reach the
+worker's disk.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,6 +30,33 @@ from conveyor.processors.transcode.profiles import Profile
 from conveyor.processors.transcode.runner import tidy_lines
 
 PROBE_TIMEOUT_S = 60.0
+# The demuxers an input may be read with: containers of audio/video that hold their
+# own data.  Each name is ffmpeg's (its first name where it has several: ``mov`` is
+# mov,mp4,m4a,3gp,3g2,mj2 and ``matroska`` is matroska,webm).  Nothing that opens
+# other files or URLs is here: hls, dash, concat, image2 sequences, tee, lavfi.
+MEDIA_DEMUXERS: tuple[str, ...] = (
+    "mov",
+    "matroska",
+    "avi",
+    "asf",
+    "flv",
+    "mpegts",
+    "mpeg",
+    "mpegvideo",
+    "m4v",
+    "h264",
+    "hevc",
+    "ogg",
+    "mxf",
+    "dv",
+    "nut",
+    "ivf",
+    "yuv4mpegpipe",
+    "gif",
+)
+# Demuxers whose input names other files: refused with words saying so.
+_PLAYLIST_DEMUXERS = ("hls", "dash", "concat", "webm_dash_manifest")
+_NOT_ALLOWED = re.compile(r"\[([\w,]+) @ 0x[0-9a-f]+\] Format not on whitelist")
 # Demuxers that read single still images: a renamed JPEG "plays" for one frame.
 _STILL_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "gif_pipe", "bmp_pipe")
 _STILL_CODECS = ("mjpeg", "png", "bmp", "webp", "tiff", "gif")
@@ -51,6 +87,11 @@ class MediaInfo:
     def has_audio(self) -> bool:
         return self.audio_index is not None
 
+    @property
+    def demuxer(self) -> str:
+        """The demuxer ffmpeg must read the input with (``-f``), from the allow-list."""
+        return allowed_demuxer(self.format_name)
+
 
 @dataclass(frozen=True)
 class OutputInfo:
@@ -62,9 +103,51 @@ class OutputInfo:
     size: int
 
 
-def run_ffprobe(ffprobe: str, path: Path) -> dict[str, Any]:
-    """Raw ffprobe JSON; ffprobe's own error line is kept for the message."""
-    argv = [ffprobe, "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)]
+def allowed_demuxer(format_name: str) -> str:
+    """``format_name`` as ffprobe reports it (``mov,mp4,m4a,3gp,3g2,mj2``) to the demuxer
+    name to force, or InputRejected when it is not a media container on the allow-list."""
+    name = format_name.split(",")[0].strip()
+    if name not in MEDIA_DEMUXERS:
+        raise InputRejected(_refusal(name))
+    return name
+
+
+def _refusal(name: str) -> str:
+    if name in _PLAYLIST_DEMUXERS:
+        return (
+            f"input is a playlist or file list ({name}), not a video file: inputs that name "
+            "other files or URLs are refused; upload the media file itself"
+        )
+    if name.endswith("_pipe") or name in _STILL_FORMATS:
+        return f"input is a still image ({name}), not a video"
+    return (
+        f"input format {name or 'unknown'} is not an accepted video container "
+        f"(accepted: {', '.join(MEDIA_DEMUXERS)})"
+    )
+
+
+def input_args(path: Path, demuxer: str | None = None) -> list[str]:
+    """How ffprobe and ffmpeg are pointed at an input: the file protocol only, the
+    container demuxers only (or exactly ``demuxer``), and a ``file:`` URL so no part
+    of the name is read as a protocol."""
+    formats = demuxer or ",".join(MEDIA_DEMUXERS)
+    args = ["-protocol_whitelist", "file", "-format_whitelist", formats]
+    if demuxer:
+        args += ["-f", demuxer]
+    return [*args, "-i", f"file:{path}"]
+
+
+def run_ffprobe(ffprobe: str, path: Path, *, trusted: bool = False) -> dict[str, Any]:
+    """Raw ffprobe JSON; ffprobe's own error line is kept for the message.
+
+    An input (``trusted=False``) is opened only as one of ``MEDIA_DEMUXERS``; our own
+    outputs (a JPEG thumbnail too) with any demuxer, but still through the file
+    protocol alone."""
+    argv = [ffprobe, "-v", "error", "-show_format", "-show_streams", "-of", "json"]
+    if trusted:
+        argv += ["-protocol_whitelist", "file", f"file:{path}"]
+    else:
+        argv += input_args(path)
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     except FileNotFoundError as exc:
@@ -74,7 +157,11 @@ def run_ffprobe(ffprobe: str, path: Path) -> dict[str, Any]:
             f"ffprobe timed out after {PROBE_TIMEOUT_S:g} s", retryable=True
         ) from exc
     if proc.returncode != 0:
-        reason = tidy_lines(proc.stderr.splitlines(), str(path)) or "ffprobe could not read it"
+        refused = _NOT_ALLOWED.search(proc.stderr)
+        if refused:
+            raise InputRejected(_refusal(refused.group(1).split(",")[0]))
+        lines = [ln.replace(f"file:{path}", str(path)) for ln in proc.stderr.splitlines()]
+        reason = tidy_lines(lines, str(path)) or "ffprobe could not read it"
         raise InputRejected(f"input is not a readable video: {reason}")
     try:
         data = json.loads(proc.stdout or "{}")
@@ -143,6 +230,7 @@ def parse_media_info(data: dict[str, Any]) -> MediaInfo:
         video.get("codec_name") in _STILL_CODECS and format_name.endswith("_pipe")
     ):
         raise InputRejected(f"input is a still image ({format_name}), not a video")
+    allowed_demuxer(format_name)
     width, height = display_size(video)
     if width <= 0 or height <= 0:
         raise InputRejected("input video stream has no picture size (damaged header?)")
@@ -177,7 +265,7 @@ def probe_output(ffprobe: str, path: Path) -> OutputInfo:
     if not path.is_file() or path.stat().st_size == 0:
         raise ProcessorError(f"ffmpeg produced no {path.name}", retryable=True)
     try:
-        data = run_ffprobe(ffprobe, path)
+        data = run_ffprobe(ffprobe, path, trusted=True)
     except InputRejected as exc:
         raise ProcessorError(f"{path.name} is unreadable: {exc.message}", retryable=True) from exc
     streams = list(data.get("streams") or [])
