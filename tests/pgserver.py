@@ -107,6 +107,7 @@ class PgCluster:
         self.template = TEMPLATE_DB
         self._stopped = False
         self._rolling: list[str] = []
+        self.start_options: str | None = None  # pg_ctl -o of a local cluster (for resume)
 
     # -- databases -------------------------------------------------------------
     def url(self, dbname: str) -> str:
@@ -177,6 +178,36 @@ class PgCluster:
         if self.as_user:
             cmd = ["runuser", "-u", self.as_user, "--", *cmd]
         return subprocess.run(cmd, capture_output=True, text=True, cwd=self.base, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    # -- faults (a local cluster only: chaos and outage tests) ------------------------
+    @property
+    def data_dir(self) -> Path:
+        if self.base is None:
+            raise RuntimeError("an external PostgreSQL cannot be restarted by the tests")
+        return self.base / "data"
+
+    def _ctl(self, *args: str, timeout: float = 90) -> None:
+        res = self._run(
+            ["pg_ctl", *args, "-D", str(self.data_dir), "-w", "-t", "60"], timeout=timeout
+        )
+        if res.returncode != 0:
+            log = (self.data_dir.parent / "server.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"pg_ctl {args[0]} failed:\n{res.stdout}\n{res.stderr}\n{log}")
+
+    def restart(self, mode: str = "fast") -> None:
+        """``pg_ctl restart -m MODE``: open connections are cut; the server is back on return."""
+        self._ctl("restart", "-m", mode, "-l", str(self.data_dir.parent / "server.log"))
+
+    def halt(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m MODE``, keeping the data: the server is down until :meth:`resume`."""
+        self._ctl("stop", "-m", mode)
+
+    def resume(self) -> None:
+        """Start a halted cluster again, on the same port."""
+        args = ["start", "-l", str(self.data_dir.parent / "server.log")]
+        if self.start_options:
+            args += ["-o", self.start_options]
+        self._ctl(*args)
 
     def stop(self) -> None:
         if self._stopped:
@@ -265,6 +296,7 @@ def start_cluster(*, durable: bool = False) -> PgCluster:
         )
         if res.returncode == 0:
             cluster.admin_url = f"postgresql://{USER}@127.0.0.1:{port}/postgres"
+            cluster.start_options = opts
             atexit.register(cluster.stop)
             return cluster
         last_error = f"{res.stdout}\n{res.stderr}\n{log.read_text(errors='replace')[-3000:]}"

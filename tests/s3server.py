@@ -144,6 +144,7 @@ class S3Server:
         self._client: S3Client | None = None
         self.grpc_ports: list[int] = []  # weed leaves /tmp/seaweedfs-*-grpc-<port>.sock
         self._stopped = False
+        self.command: list[str] = []  # weed's argv (our own server), for resume()
 
     @property
     def pid(self) -> int | None:
@@ -244,6 +245,48 @@ class S3Server:
             with contextlib.suppress(Exception):
                 self.empty_bucket(bucket, c)
                 c.delete_bucket(Bucket=bucket)
+
+    # -- faults (our own server only: chaos and outage tests) -------------------------
+    def halt(self) -> None:
+        """Stop weed (SIGTERM, SIGKILL if it lingers) but keep its data dir: S3 is down."""
+        if self.proc is None or not self.command:
+            raise RuntimeError("only a server started by start_weed() can be halted")
+        _stop_process(self.proc)
+        _remove_sockets(self.grpc_ports)
+
+    def resume(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start weed again on the same data dir and ports; return once S3 writes work."""
+        if self.base is None or not self.command:
+            raise RuntimeError("only a server started by start_weed() can be resumed")
+        deadline = time.monotonic() + timeout
+        error = ""
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                self.proc = self._spawn()
+            try:  # the old listeners may linger a moment after the kill: then try again
+                _wait_ready(self, min(20.0, max(1.0, deadline - time.monotonic())))
+                return
+            except RuntimeError as exc:
+                error = str(exc)
+                time.sleep(0.5)
+        raise RuntimeError(f"weed did not come back: {error}\n{self.log_tail()}")
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        assert self.base is not None
+        log = open(self.base / "weed.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            return subprocess.Popen(
+                self.command,
+                cwd=self.base,
+                env={**os.environ, "TMPDIR": str(self.base)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        finally:
+            log.close()
 
     # -- lifecycle -------------------------------------------------------------
     def stop(self) -> None:
@@ -359,6 +402,7 @@ def start_weed(base: Path | None = None, timeout: float = START_TIMEOUT_S) -> S3
             log.close()
         server = S3Server(f"http://127.0.0.1:{s3}", access_key, secret_key, proc=proc, base=base)
         server.grpc_ports = [p + 10000 for p in (master, volume, filer, s3, admin)]
+        server.command = args
         try:
             _wait_ready(server, timeout)
         except RuntimeError as exc:

@@ -23,7 +23,7 @@ from . import (
     routes_worker,
     routes_worker_files,
 )
-from .errors import install_error_handlers
+from .errors import RequestContextMiddleware, install_error_handlers
 from .hardening import HardeningMiddleware
 from .security import Permission, require
 
@@ -54,6 +54,11 @@ def create_app(runtime: Runtime) -> FastAPI:
         max_bytes=runtime.service.settings.max_request_bytes,
         max_depth=runtime.service.settings.max_json_depth,
     )
+    # added after the hardening middleware, so around it: a request id on every
+    # response, and any exception (an outage: 503 + Retry-After; a bug: 500
+    # 'internal') answered as JSON on a connection that stays open, before
+    # Starlette's ServerErrorMiddleware (plain text, then re-raise) sees it
+    app.add_middleware(RequestContextMiddleware)
     app.include_router(routes_health.router)
     app.include_router(routes_tasks.router)
     app.include_router(routes_files.router)
