@@ -351,6 +351,18 @@ def _kind_for(key: str) -> str:
     return "docparse" if Path(key).suffix.lower() in DOCUMENT_SUFFIXES else "transcode"
 
 
+def _files_prefix(client: ConveyorClient) -> str:
+    """Where the caller's files live: '<token name>/' for a submitter or developer, ''
+    for everyone else (and from a server without /api/me)."""
+    try:
+        me = client.request("GET", "/api/me")
+    except ClientError as exc:
+        if exc.status == 404:
+            return ""
+        raise
+    return str(me.get("files_prefix") or "")
+
+
 @app.command()
 def submit(
     target: str = typer.Argument(..., help="A local file, or BUCKET/KEY already stored."),
@@ -368,7 +380,11 @@ def submit(
     formats: str = typer.Option(None, help="docparse: outputs, e.g. markdown,content_list."),
     priority: int = typer.Option(0, help="Higher runs first."),
     bucket: str = typer.Option("input", help="Bucket a local file is uploaded to."),
-    key: str = typer.Option(None, help="Key for an uploaded file (default: its name)."),
+    key: str = typer.Option(
+        None,
+        help="Key for an uploaded file (default: its name); a submitter's files go under "
+        "its own folder ('<token name>/'), added when missing.",
+    ),
     wait: bool = typer.Option(False, "--wait", "-w", help="Follow progress until done."),
     url: str = URL,
 ) -> None:
@@ -379,6 +395,9 @@ def submit(
         upload_key = None
         if path.is_file():
             in_bucket, in_key = bucket, key or path.name
+            prefix = _files_prefix(client)
+            if prefix and not in_key.startswith(prefix):
+                in_key = prefix + in_key  # the server refuses a submitter any other key
             console.print(f"Uploading {path} → {in_bucket}/{in_key}")
             upload_key = client.upload(path, in_bucket, in_key)["upload_key"]
         elif "/" in target:
@@ -592,7 +611,11 @@ def run(
     follow: bool = typer.Option(False, "--follow", "-f", help="Stream the log until it ends."),
     url: str = URL,
 ) -> None:
-    """Run a container job: ``conveyor run IMAGE -- CMD ARGS...``."""
+    """Run a container job: ``conveyor run IMAGE -- CMD ARGS...``.
+
+    It runs code you supply, so it needs a token whose role may run code (developer or
+    admin: the tasks:run_code permission); the code sees only what its sandbox shows it.
+    Secrets (--secret) must be granted to the token by name."""
     image, command = (None, args) if local else (args[0], args[1:])
     params: dict[str, Any] = {"command": command}
     if image:

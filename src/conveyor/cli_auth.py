@@ -82,20 +82,37 @@ def announce_auth(settings: Any, auth: Any, log: logging.Logger) -> None:
 
 @token_app.command("create")
 def token_create(
-    role: str = typer.Option(..., help="admin, operator, submitter, viewer or worker."),
-    name: str = typer.Option(..., help="Who or what holds it (shown in lists and the audit)."),
+    role: str = typer.Option(
+        ...,
+        help="admin, operator, developer, submitter, viewer or worker. Only developer and "
+        "admin may run code (container jobs, /train); that code sees only what its sandbox "
+        "shows it.",
+    ),
+    name: str = typer.Option(
+        ...,
+        help="Who or what holds it (shown in lists and the audit). A submitter's or "
+        "developer's files live under '<name>/' in the buckets.",
+    ),
     expires: str = typer.Option(None, help="Lifetime, e.g. 30d or 12h (default: never)."),
+    secret: list[str] = typer.Option(
+        None,
+        "--secret",
+        help="A worker secret (CONVEYOR_SECRET_<NAME>) this token's jobs may ask for "
+        "(repeatable; roles that run code only; the admin may ask for any).",
+    ),
     url: str = URL,
 ) -> None:
     """Create a token and print it once."""
+    body: dict[str, Any] = {"name": name, "role": role, "expires": expires}
+    if secret:
+        body["secrets"] = secret
     try:
-        out = ConveyorClient(url).request(
-            "POST", "/api/tokens", json={"name": name, "role": role, "expires": expires}
-        )
+        out = ConveyorClient(url).request("POST", "/api/tokens", json=body)
     except ClientError as exc:
         _fail(exc)
         return
-    err.print(f"token {out['id']} ({out['role']}) for {out['name']}; shown once:")
+    granted = f", secrets {', '.join(out['secrets'])}" if out.get("secrets") else ""
+    err.print(f"token {out['id']} ({out['role']}{granted}) for {out['name']}; shown once:")
     console.print(out["token"], highlight=False, soft_wrap=True)
 
 
@@ -110,7 +127,7 @@ def token_list(as_json: bool = typer.Option(False, "--json"), url: str = URL) ->
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    table = Table("id", "name", "role", "state", "created", "expires", "worker")
+    table = Table("id", "name", "role", "state", "created", "expires", "worker", "secrets")
     for r in rows:
         state = "active" if r["active"] else ("revoked" if r["revoked_at"] else "expired")
         table.add_row(
@@ -121,6 +138,7 @@ def token_list(as_json: bool = typer.Option(False, "--json"), url: str = URL) ->
             (r["created_at"] or "")[:19],
             (r["expires_at"] or "never")[:19],
             r.get("worker_id") or "",
+            ",".join(r.get("secrets") or []),
         )
     console.print(table)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,7 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from conveyor.auth.service import AuthService
+from conveyor.auth.roles import Permission, roles_with, sees_only_own_tasks
+from conveyor.auth.service import AuthService, Principal
 from conveyor.backends import Backend
 from conveyor.backends.base import ThroughputPoint
 from conveyor.config import Settings
@@ -38,6 +40,7 @@ from conveyor.models import (
     WorkerInfo,
 )
 from conveyor.processors import ProcessorRegistry
+from conveyor.processors.base import Processor
 from conveyor.storage import BlobStore, ObjectInfo, validate_bucket, validate_key
 from conveyor.waiting import WaitReason, why_waiting
 
@@ -46,6 +49,9 @@ log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".mov", ".avi", ".mkv", ".wmv", ".flv", ".webm", ".m4v", ".mpeg", ".mpg"}
 )
+
+
+_TASK_ID_RE = re.compile(r"^[0-9A-Za-z]{26}$")  # a ULID: the shape of a task id
 
 
 def upload_dedup_key(obj: ObjectInfo) -> str:
@@ -132,9 +138,22 @@ class ConveyorService:
 
     # -- submitting ------------------------------------------------------------
     def submit(
-        self, req: SubmitRequest, *, trigger: Trigger = Trigger.API, submitted_by: str | None = None
+        self,
+        req: SubmitRequest,
+        *,
+        trigger: Trigger = Trigger.API,
+        submitted_by: str | None = None,
+        caller: Principal | None = None,
     ) -> SubmitResult:
+        """``caller``: who asks (a face passes its principal; the open-mode admin when auth
+        is off); None for the service's own submits (the upload trigger).  A caller needs
+        tasks:run_code for a kind that runs its code, a grant for every secret it asks
+        for, and, when its tasks are its own (submitter, developer), may touch only its
+        own files (``check_object``)."""
         processor = self.registry.get(req.kind)
+        if caller is not None:
+            self._check_may_run(caller, processor)
+        owner = caller.name if caller is not None and sees_only_own_tasks(caller.role) else None
         params = dict(req.params)
         if req.kind == "transcode":
             types = (
@@ -155,7 +174,8 @@ class ConveyorService:
             if not req.input_key:
                 raise InvalidRequest("input_key is missing: name the object to process")
             bucket = req.input_bucket or self.settings.input_bucket
-            input_ref = InputRef(bucket=validate_bucket(bucket), key=validate_key(req.input_key))
+            bucket, key = self.check_object(bucket, req.input_key, owner=owner)
+            input_ref = InputRef(bucket=bucket, key=key)
         if processor.requires_input():
             if input_ref is None:
                 raise InvalidRequest(
@@ -164,6 +184,8 @@ class ConveyorService:
             if not self.storage.exists(input_ref.bucket, input_ref.key):
                 raise ObjectNotFound(f"input object not found: {input_ref.bucket}/{input_ref.key}")
         params = processor.validate(params, input_ref)
+        if caller is not None:
+            self._check_task_access(caller, owner, processor, params)
         if req.timeout_s is not None:  # the worker enforces it whatever the kind
             params["timeout_s"] = req.timeout_s
 
@@ -191,6 +213,36 @@ class ConveyorService:
                 extra={"task_id": stored.id},
             )
         return SubmitResult(task=stored, created=created)
+
+    def _check_may_run(self, caller: Principal, processor: Processor) -> None:
+        if processor.runs_caller_code and not caller.may(Permission.TASKS_RUN_CODE):
+            who = ", ".join(r.value for r in roles_with(Permission.TASKS_RUN_CODE))
+            raise Forbidden(
+                f"role {caller.role.value!r} may not run code (needs "
+                f"{Permission.TASKS_RUN_CODE.value}): {processor.kind} tasks run code the "
+                f"caller supplies; roles that may: {who}"
+            )
+
+    def _check_task_access(
+        self, caller: Principal, owner: str | None, processor: Processor, params: dict[str, Any]
+    ) -> None:
+        """The objects, output folder and secrets a task with these params would touch."""
+        missing = [n for n in processor.secrets_requested(params) if not caller.may_use_secret(n)]
+        if missing:
+            raise Forbidden(
+                f"secret(s) not granted to this token: {', '.join(missing)}; an admin grants "
+                "them by name ('conveyor token create --secret NAME')"
+            )
+        if owner is None:
+            return
+        for ref in processor.objects_read(params):
+            self.check_object(ref.bucket, ref.key, owner=owner)
+        prefix = processor.output_prefix(params)
+        if prefix is not None and prefix != owner and not prefix.startswith(f"{owner}/"):
+            raise Forbidden(
+                f"params.output_prefix {prefix!r} is outside your folder: outputs of your "
+                f"tasks go under '{owner}/' in bucket {self.settings.output_bucket}"
+            )
 
     # -- auth --------------------------------------------------------------------
     @cached_property
@@ -222,11 +274,52 @@ class ConveyorService:
             return task, None
         return task.model_copy(update={"waiting_reason": reason.text()}), reason
 
-    def counts(self) -> QueueCounts:
-        return self.backend.counts()
+    def counts(self, owner: str | None = None) -> QueueCounts:
+        """The queue's counts; with ``owner``, those of that submitter's tasks only."""
+        return self.backend.counts() if owner is None else self._owned_counts(owner)
 
-    def queue_status(self) -> QueueStatus:
-        c = self.backend.counts()
+    def _owned_counts(self, owner: str) -> QueueCounts:
+        # the engines count by status, not by submitter: a submitter's counts come from
+        # its tasks among the newest OWNER_SCAN_ROWS of each status
+        from conveyor.models import date_partition, utcnow
+
+        today = date_partition(utcnow())
+        out = QueueCounts()
+        for status in (
+            TaskStatus.PENDING,
+            TaskStatus.PROCESSING,
+            TaskStatus.COMPLETED,
+            TaskStatus.FAILED,
+            TaskStatus.CANCELLED,
+        ):
+            cursor: str | None = None
+            scanned = 0
+            while scanned < self.OWNER_SCAN_ROWS:
+                page = self.backend.list(status=status, limit=1000, cursor=cursor)
+                scanned += len(page.items)
+                for t in page.items:
+                    if t.submitted_by != owner:
+                        continue
+                    if status is TaskStatus.PENDING:
+                        if t.delayed:
+                            out.delayed += 1
+                        else:
+                            out.pending += 1
+                    elif status is TaskStatus.PROCESSING:
+                        out.processing += 1
+                    elif t.finished_at is not None and date_partition(t.finished_at) == today:
+                        name = f"{status.value}_today"
+                        setattr(out, name, getattr(out, name) + 1)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+        out.by_status = {"pending": out.pending + out.delayed, "processing": out.processing}
+        return out
+
+    def queue_status(self, owner: str | None = None) -> QueueStatus:
+        """Queue state and today's totals; with ``owner``, of that submitter's tasks (the
+        worker count stays the fleet's)."""
+        c = self.counts(owner)
         from conveyor.models import date_partition, utcnow
 
         return QueueStatus(
@@ -392,23 +485,66 @@ class ConveyorService:
         ok = all(v == "ok" for v in checks.values())
         return {"status": "ready" if ok else "unready", "checks": checks}
 
-    def monitoring_health(self) -> dict[str, Any]:
-        """Seed 004's health document: liveness, readiness, queue and workers in one read."""
+    def monitoring_health(self, *, queue: bool = True, owner: str | None = None) -> dict[str, Any]:
+        """Seed 004's health document: liveness, readiness, queue and workers in one read.
+
+        ``queue=False`` for an anonymous caller (a probe needs no counts); ``owner``: a
+        submitter, who sees its own counts."""
         body = self.health()
         ready = self.ready()
         body["checks"] = ready["checks"]
         body["ready"] = ready["status"] == "ready"
         body["status"] = "healthy" if body["ready"] else "unhealthy"
-        if body["ready"]:
+        if body["ready"] and queue:
             try:
-                body["queue"] = self.queue_status().model_dump()
+                body["queue"] = self.queue_status(owner).model_dump()
             except Exception as exc:  # the database went away between the two reads
                 body["queue"] = {"error": str(exc)}
         return body
 
     # -- files ---------------------------------------------------------------------
-    def check_object(self, bucket: str, key: str) -> tuple[str, str]:
-        return validate_bucket(bucket), validate_key(key)
+    def check_object(
+        self, bucket: str, key: str, *, owner: str | None = None, write: bool = False
+    ) -> tuple[str, str]:
+        """A valid bucket and key that the caller may read (or ``write``).
+
+        ``owner``: a caller whose files are its own (submitter, developer; None for
+        everyone else).  Such a caller reads and writes only under ``<owner>/`` in the
+        input and output buckets, and reads the output folder of a task it submitted
+        (``<task id>/`` in the output bucket, where container tasks keep theirs); its
+        inputs and ``output_prefix`` obey the same rule (``submit``).  The check comes
+        before any lookup, so a refusal says nothing about whether the object exists.
+        """
+        bucket, key = validate_bucket(bucket), validate_key(key)
+        if owner is None:
+            return bucket, key
+        mine = (self.settings.input_bucket, self.settings.output_bucket)
+        if bucket not in mine:
+            raise Forbidden(
+                f"bucket {bucket!r} is not yours: your files live under '{owner}/' in "
+                f"buckets {' and '.join(dict.fromkeys(mine))}"
+            )
+        if key.startswith(f"{owner}/"):
+            return bucket, key
+        folder, sep, _ = key.partition("/")
+        if (
+            not write
+            and sep
+            and bucket == self.settings.output_bucket
+            and self._owns_task(folder, owner)
+        ):
+            return bucket, key
+        raise Forbidden(
+            f"{bucket}/{key} is not yours: you {'write' if write else 'read'} only under "
+            f"'{owner}/' in buckets {' and '.join(dict.fromkeys(mine))}"
+            + ("" if write else ", and the output folders of your own tasks")
+        )
+
+    def _owns_task(self, task_id: str, owner: str) -> bool:
+        if not _TASK_ID_RE.match(task_id):
+            return False
+        task = self.backend.get(task_id)
+        return task is not None and task.submitted_by == owner
 
     def list(
         self,

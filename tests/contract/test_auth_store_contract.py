@@ -130,3 +130,35 @@ def test_audit_pages_newest_first(backend: Backend) -> None:
     assert page3.next_cursor is None
     e = page.events[0]
     assert (e.role, e.action, e.target, e.ok) == ("admin", "submit", "t6", True)
+
+
+def test_a_token_keeps_the_secrets_granted_to_it(backend: Backend) -> None:
+    store = backend.auth_store()
+    dev = _record("trainer", Role.DEVELOPER)
+    dev.secrets = ["WANDB_API_KEY", "HF_TOKEN"]
+    plain = _record("ci", Role.SUBMITTER)
+    store.put_token(dev)
+    store.put_token(plain)
+    got = store.get_token(dev.id)
+    assert got is not None
+    assert (got.role, got.secrets) == (Role.DEVELOPER, ["WANDB_API_KEY", "HF_TOKEN"])
+    other = store.get_token(plain.id)
+    assert other is not None and other.secrets == []
+    listed = {r.id: r.secrets for r in store.list_tokens()}
+    assert listed == {dev.id: ["WANDB_API_KEY", "HF_TOKEN"], plain.id: []}
+    revoked = store.revoke_token(dev.id, datetime.now(UTC))
+    assert revoked is not None and revoked.secrets == ["WANDB_API_KEY", "HF_TOKEN"]
+
+
+def test_a_logged_out_session_stays_revoked_across_handles(open_backend: BackendOpener) -> None:
+    a, b = open_backend().auth_store(), open_backend().auth_store()
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    assert a.session_revoked("s-1") is False
+    a.revoke_session("s-1", soon)
+    a.revoke_session("s-1", soon)  # a second logout of the same session is harmless
+    assert b.session_revoked("s-1") is True
+    assert b.session_revoked("s-2") is False
+    # a record past its session's expiry may be dropped (its cookie is refused anyway)
+    b.revoke_session("s-old", datetime.now(UTC) - timedelta(hours=1))
+    b.revoke_session("s-2", soon)
+    assert a.session_revoked("s-2") is True and a.session_revoked("s-1") is True

@@ -5,7 +5,7 @@ the server's output, makes a viewer, an operator and a submitter token
 through the API, and logs in as each: the viewer sees no action and is
 refused one, the operator cancels a task from the page (htmx sends the CSRF
 token from <body hx-headers>), the submitter uploads and submits through the
-form (the upload's XHR carries the CSRF token too).  The console's
+form (the upload's XHR carries the CSRF token too) into its own folder.  The console's
 Content-Security-Policy forbids inline script: any violation is a console
 error and fails the test.
 """
@@ -149,10 +149,13 @@ def test_submitter_uploads_and_submits(browser: Any, secured: Any, tmp_path: Pat
     with open_tab(browser, srv.url) as tab:
         page = tab.page
         _login(tab, tokens["submitter"], "/admin/tasks/new")
+        # a submitter may not run code, and its files live in its own folder
+        assert page.query_selector("a[href='/admin/tasks/run']") is None
+        assert "e2e-submitter/" in (page.text_content("#files-prefix") or "")
         page.set_input_files("#new-task input[type=file]", str(clip))
         page.click("#new-task button[type=submit]")
         page.wait_for_url(re.compile(r"/admin/tasks/[0-9a-z]{26}$"), timeout=30_000)
         task_id = page.url.rsplit("/", 1)[1]
     task = _api(srv, tokens["admin"]).get(f"/api/tasks/{task_id}").json()
     assert task["submitted_by"] == "e2e-submitter"
-    assert task["input"]["key"].endswith("tiny.mp4")
+    assert task["input"]["key"] == "e2e-submitter/tiny.mp4"  # the upload went to its folder

@@ -15,6 +15,7 @@ from conveyor.runtime import Runtime
 
 from . import (
     routes_auth,
+    routes_docs,
     routes_files,
     routes_health,
     routes_metrics,
@@ -45,6 +46,10 @@ def create_app(runtime: Runtime) -> FastAPI:
         description="Self-hosted job service for GPU work: transcoding, document parsing, "
         "containerised training.",
         lifespan=lifespan,
+        # served by routes_docs instead, which follow the auth setting
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = runtime.service
     app.state.runtime = runtime
@@ -60,6 +65,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     # Starlette's ServerErrorMiddleware (plain text, then re-raise) sees it
     app.add_middleware(RequestContextMiddleware)
     app.include_router(routes_health.router)
+    app.include_router(routes_docs.router)  # /openapi.json, /docs, /redoc: need a token
     app.include_router(routes_tasks.router)
     app.include_router(routes_files.router)
     app.include_router(routes_train.router)  # seed 003's paths

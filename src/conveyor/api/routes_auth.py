@@ -22,7 +22,15 @@ from conveyor.auth.service import WorkerCredential
 from conveyor.config import parse_duration
 from conveyor.errors import Forbidden, InvalidRequest, Unauthenticated
 
-from .security import Permission, Principal, audit, auth_service, rate_limit, require
+from .security import (
+    Permission,
+    Principal,
+    audit,
+    auth_service,
+    owner_filter,
+    rate_limit,
+    require,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["security"])
@@ -40,11 +48,22 @@ def _seconds(value: str | None, what: str) -> float | None:
 class TokenCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"name": "ci", "role": "submitter", "expires": "30d"}]},
+        json_schema_extra={
+            "examples": [
+                {"name": "ci", "role": "submitter", "expires": "30d"},
+                {"name": "trainer", "role": "developer", "secrets": ["WANDB_API_KEY"]},
+            ]
+        },
     )
     name: str = Field(min_length=1, max_length=64)
     role: Role
     expires: str | None = Field(None, max_length=32, description="e.g. 30d, 12h; none: never")
+    secrets: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="worker secrets (CONVEYOR_SECRET_<NAME>) this token's tasks may ask for; "
+        "only for roles with tasks:run_code (the admin may ask for any)",
+    )
 
 
 class TokenInfo(BaseModel):
@@ -56,6 +75,7 @@ class TokenInfo(BaseModel):
     revoked_at: datetime | None = None
     created_by: str | None = None
     worker_id: str | None = None
+    secrets: list[str] = Field(default_factory=list)
     active: bool
 
 
@@ -73,8 +93,10 @@ async def create_token(
         body.role,
         expires_in=_seconds(body.expires, "expires"),
         created_by=principal.name,
+        secrets=body.secrets,
     )
-    await audit(request, "token.create", target=issued.record.id, detail=body.role.value)
+    granted = f" secrets={','.join(issued.record.secrets)}" if issued.record.secrets else ""
+    await audit(request, "token.create", target=issued.record.id, detail=body.role.value + granted)
     return TokenCreated(token=issued.token, **issued.record.public())
 
 
@@ -93,6 +115,34 @@ async def revoke_token(
     record = await run_in_threadpool(auth_service(request).revoke_token, token_id)
     await audit(request, "token.revoke", target=record.id)
     return TokenInfo(**record.public())
+
+
+class Me(BaseModel):
+    """Who the caller is, what its role may do, and where its files live."""
+
+    name: str
+    role: Role
+    auth: bool = Field(description="false: auth is off and every caller is an admin")
+    permissions: list[str]
+    own_tasks_only: bool = Field(description="sees and acts on the tasks it submitted only")
+    files_prefix: str | None = Field(
+        None, description="its files live under this key prefix in the input and output buckets"
+    )
+    secrets: list[str] = Field(description="worker secrets its tasks may ask for ('*': any)")
+
+
+@router.get("/me", summary="Who am I: role, permissions, my files' prefix, my secrets")
+async def me(request: Request, principal: Principal = require(Permission.API_INFO)) -> Me:
+    owner = owner_filter(principal)
+    return Me(
+        name=principal.name,
+        role=principal.role,
+        auth=auth_service(request).enabled,
+        permissions=sorted(p.value for p in Permission if principal.may(p) and p.value != "public"),
+        own_tasks_only=owner is not None,
+        files_prefix=f"{owner}/" if owner else None,
+        secrets=["*"] if principal.may_use_secret("*") else sorted(principal.secrets),
+    )
 
 
 # -- worker enrollment --------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Upload and download for stores the client cannot reach directly.
 
 Uploads stream to the store's staging area and become visible only when
-complete, so the upload trigger never sees half a file.
+complete, so the upload trigger never sees half a file.  A submitter (or
+developer) reads and writes only its own files (``ConveyorService.check_object``).
 """
 
 from __future__ import annotations
@@ -16,22 +17,25 @@ from conveyor.errors import ObjectNotFound
 from conveyor.service import ConveyorService, upload_dedup_key
 
 from .deps import get_service
-from .security import Permission, require
+from .security import Permission, Principal, owner_filter, require
 from .uploads import stream_into_store
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 
 
-@router.put(
-    "/{bucket}/{key:path}",
-    status_code=201,
-    summary="Upload an object (raw body)",
-    dependencies=[require(Permission.FILES_WRITE)],
-)
+@router.put("/{bucket}/{key:path}", status_code=201, summary="Upload an object (raw body)")
 async def put_file(
-    bucket: str, key: str, request: Request, service: ConveyorService = Depends(get_service)
+    bucket: str,
+    key: str,
+    request: Request,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.FILES_WRITE),
 ) -> dict[str, Any]:
-    bucket, key = service.check_object(bucket, key)
+    """A submitter (or developer) writes only under ``<its token's name>/`` in the input
+    and output buckets."""
+    bucket, key = await run_in_threadpool(
+        lambda: service.check_object(bucket, key, owner=owner_filter(principal), write=True)
+    )
     info = await stream_into_store(
         request,
         service,
@@ -51,15 +55,17 @@ async def put_file(
     }
 
 
-@router.get(
-    "/{bucket}/{key:path}",
-    summary="Download an object (Range supported)",
-    dependencies=[require(Permission.FILES_READ)],
-)
+@router.get("/{bucket}/{key:path}", summary="Download an object (Range supported)")
 async def get_file(
-    bucket: str, key: str, service: ConveyorService = Depends(get_service)
+    bucket: str,
+    key: str,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.FILES_READ),
 ) -> Response:
-    bucket, key = service.check_object(bucket, key)
+    """A submitter (or developer) reads its own files and its own tasks' output folders."""
+    bucket, key = await run_in_threadpool(
+        lambda: service.check_object(bucket, key, owner=owner_filter(principal))
+    )
     path = service.storage.local_path(bucket, key)
     if path is not None:
         if not path.is_file():

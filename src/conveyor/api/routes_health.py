@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from conveyor.service import ConveyorService
 
 from .deps import get_service
-from .security import Permission, require
+from .security import Permission, Principal, is_anonymous, owner_filter, require
 
 router = APIRouter(tags=["health"])
 
@@ -41,10 +41,18 @@ async def ready(service: ConveyorService = Depends(get_service)) -> JSONResponse
 @router.get(
     "/api/v1/monitoring/health",
     summary="Health, readiness and queue, as seed 004 names it",
-    dependencies=[require(Permission.PUBLIC)],
+    description="The queue's counts only for a caller with a token that may read tasks "
+    "(a submitter's own counts); an anonymous probe gets health and readiness alone.",
 )
-async def monitoring_health(service: ConveyorService = Depends(get_service)) -> JSONResponse:
-    body: dict[str, Any] = await run_in_threadpool(service.monitoring_health)
+async def monitoring_health(
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.PUBLIC),
+) -> JSONResponse:
+    queue = not is_anonymous(principal) and principal.may(Permission.TASKS_READ)
+    owner = owner_filter(principal)
+    body: dict[str, Any] = await run_in_threadpool(
+        lambda: service.monitoring_health(queue=queue, owner=owner)
+    )
     return JSONResponse(body, status_code=200 if body["status"] == "healthy" else 503)
 
 

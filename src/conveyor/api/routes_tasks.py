@@ -50,6 +50,7 @@ async def add_task(
         body,
         trigger=Trigger.API,
         submitted_by=submitter_name(request, principal),
+        caller=principal,
     )
     if res.created:
         await audit(request, "submit", target=res.task.id)
@@ -71,9 +72,10 @@ async def add_task(
 @router.get("/queue/status", summary="Queue state and today's totals")
 async def queue_status(
     service: ConveyorService = Depends(get_service),
-    _: Principal = require(Permission.TASKS_READ),
+    principal: Principal = require(Permission.TASKS_READ),
 ) -> QueueStatus:
-    return await run_in_threadpool(service.queue_status)
+    """A submitter (or developer) gets the counts of its own tasks."""
+    return await run_in_threadpool(service.queue_status, owner_filter(principal))
 
 
 @router.post("/queue/clear", summary="Cancel every pending task")

@@ -28,11 +28,17 @@ async def train(
     body: TrainRequest,
     request: Request,
     service: ConveyorService = Depends(get_service),
-    principal: Principal = require(Permission.TASKS_SUBMIT),
+    principal: Principal = require(Permission.TASKS_RUN_CODE),
 ) -> dict[str, Any]:
+    """Runs the configured training command: code, so it needs tasks:run_code."""
     req = submit_request(body, service.settings)
     res = await run_in_threadpool(
-        service.submit, req, trigger=Trigger.API, submitted_by=submitter_name(request, principal)
+        lambda: service.submit(
+            req,
+            trigger=Trigger.API,
+            submitted_by=submitter_name(request, principal),
+            caller=principal,
+        )
     )
     await audit(request, "submit", target=res.task.id)
     return {**train_view(res.task), "message": "training task queued"}
@@ -47,13 +53,13 @@ async def train_status(
     return train_view(await run_in_threadpool(service.get, task_id, owner_filter(principal)))
 
 
-@router.get(
-    "/stats",
-    summary="Task counts, as seed 003's /stats",
-    dependencies=[require(Permission.TASKS_READ)],
-)
-async def stats(service: ConveyorService = Depends(get_service)) -> dict[str, Any]:
-    c = await run_in_threadpool(service.counts)
+@router.get("/stats", summary="Task counts, as seed 003's /stats")
+async def stats(
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_READ),
+) -> dict[str, Any]:
+    """A submitter (or developer) gets the counts of its own tasks."""
+    c = await run_in_threadpool(service.counts, owner_filter(principal))
     workers = await run_in_threadpool(service.workers)
     # totals of finished tasks are per day: a count over all time would scan the table
     return {

@@ -29,6 +29,9 @@ CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PERMISSION_ATTR = "conveyor_permission"
+# a caller of a public route with no (or no valid) credential while auth is on
+# bandit B106: "-" is a placeholder id, not a password
+ANONYMOUS = Principal(token_id="-", name="public", role=Role.VIEWER)  # nosec B106
 
 
 def auth_service(request: Request) -> AuthService:
@@ -40,7 +43,8 @@ def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-async def _csrf_sent(request: Request) -> str:
+async def csrf_sent(request: Request) -> str:
+    """The CSRF token a cookie-borne request carries (header, else form field)."""
     sent = request.headers.get(CSRF_HEADER, "")
     if sent:
         return sent
@@ -75,7 +79,7 @@ async def resolve_principal(request: Request) -> Principal:
                 )
             session = await run_in_threadpool(auth.read_session, cookie)
             if request.method not in SAFE_METHODS:
-                sent = await _csrf_sent(request)
+                sent = await csrf_sent(request)
                 if not sent or not hmac.compare_digest(sent, session.csrf):
                     raise Forbidden("missing or wrong CSRF token: reload the page and try again")
             principal = await run_in_threadpool(auth.principal_of, session.token_id)
@@ -95,7 +99,7 @@ def require(permission: Permission) -> Any:
             try:
                 return await resolve_principal(request)
             except (Unauthenticated, Forbidden):
-                return Principal("-", "public", Role.VIEWER)
+                return ANONYMOUS
         principal = await resolve_principal(request)
         if principal is OPEN_PRINCIPAL:  # auth off: every caller may do everything
             return principal
@@ -173,8 +177,14 @@ def rate_limit(bucket: str) -> Any:
 
 
 def owner_filter(principal: Principal) -> str | None:
-    """The submitter whose tasks alone this caller may see and act on (None: all)."""
+    """The submitter whose tasks (and files) alone this caller may see and act on
+    (None: all)."""
     return principal.name if sees_only_own_tasks(principal.role) else None
+
+
+def is_anonymous(principal: Principal) -> bool:
+    """A public route's caller that showed no valid credential (auth on)."""
+    return principal is ANONYMOUS
 
 
 def submitter_name(request: Request, principal: Principal) -> str | None:
@@ -204,6 +214,7 @@ async def audit(
 
 
 __all__ = [
+    "ANONYMOUS",
     "CSRF_FIELD",
     "CSRF_HEADER",
     "SESSION_COOKIE",
@@ -213,6 +224,8 @@ __all__ = [
     "audit",
     "auth_service",
     "client_ip",
+    "csrf_sent",
+    "is_anonymous",
     "iter_routes",
     "owner_filter",
     "rate_limit",

@@ -30,6 +30,9 @@ class TokenRecord(BaseModel):
     revoked_at: datetime | None = None
     created_by: str | None = None
     worker_id: str | None = None  # set on a worker's credential
+    # names of worker secrets (CONVEYOR_SECRET_<NAME>) this token's tasks may ask for;
+    # the admin may ask for any (conveyor.auth.service.Principal.may_use_secret)
+    secrets: list[str] = Field(default_factory=list)
 
     def active(self, now: datetime | None = None) -> bool:
         now = now or utcnow()

@@ -12,6 +12,7 @@ from enum import StrEnum
 class Role(StrEnum):
     ADMIN = "admin"
     OPERATOR = "operator"
+    DEVELOPER = "developer"  # a submitter that may also run code (container tasks, /train)
     SUBMITTER = "submitter"
     VIEWER = "viewer"
     WORKER = "worker"
@@ -19,8 +20,12 @@ class Role(StrEnum):
 
 class Permission(StrEnum):
     PUBLIC = "public"  # health probes: load balancers carry no token
+    API_INFO = "api:info"  # the API's schema and docs (/openapi.json, /docs), /api/me
     TASKS_READ = "tasks:read"
     TASKS_SUBMIT = "tasks:submit"
+    # tasks that run code the caller supplies (kinds whose processor says runs_caller_code:
+    # container; seed 003's /train): that code sees what its sandbox shows it
+    TASKS_RUN_CODE = "tasks:run_code"
     TASKS_CANCEL = "tasks:cancel"  # a submitter's own tasks; every task for operators
     TASKS_RETRY = "tasks:retry"
     QUEUE_CLEAR = "queue:clear"
@@ -35,10 +40,18 @@ class Permission(StrEnum):
 
 
 _READ = {
+    Permission.API_INFO,
     Permission.TASKS_READ,
     Permission.FILES_READ,
     Permission.WORKERS_READ,
     Permission.METRICS_READ,
+}
+
+_SUBMIT = _READ | {
+    Permission.TASKS_SUBMIT,
+    Permission.TASKS_CANCEL,
+    Permission.TASKS_RETRY,
+    Permission.FILES_WRITE,
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -55,15 +68,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.WORKERS_MANAGE,
         }
     ),
-    Role.SUBMITTER: frozenset(
-        _READ
-        | {
-            Permission.TASKS_SUBMIT,
-            Permission.TASKS_CANCEL,
-            Permission.TASKS_RETRY,
-            Permission.FILES_WRITE,
-        }
-    ),
+    Role.SUBMITTER: frozenset(_SUBMIT),
+    # least privilege: an operator runs the queue, it does not run code on the workers
+    Role.DEVELOPER: frozenset(_SUBMIT | {Permission.TASKS_RUN_CODE}),
     Role.VIEWER: frozenset(_READ),
     Role.WORKER: frozenset({Permission.WORKER_PROTOCOL}),
 }
@@ -73,6 +80,17 @@ def allows(role: Role, permission: Permission) -> bool:
     return permission is Permission.PUBLIC or permission in ROLE_PERMISSIONS[role]
 
 
+# roles whose tasks and files are their own: they see, cancel and retry only the tasks
+# they submitted, and read and write only their own files (conveyor.service)
+OWN_TASKS_ONLY = frozenset({Role.SUBMITTER, Role.DEVELOPER})
+
+
 def sees_only_own_tasks(role: Role) -> bool:
-    """A submitter sees, cancels and retries the tasks it submitted, and no others."""
-    return role is Role.SUBMITTER
+    """A submitter (or developer) sees, cancels and retries the tasks it submitted, and
+    reads and writes only its own files."""
+    return role in OWN_TASKS_ONLY
+
+
+def roles_with(permission: Permission) -> list[Role]:
+    """The roles that hold ``permission``, in table order (for messages and pages)."""
+    return [r for r in Role if permission in ROLE_PERMISSIONS[r]]

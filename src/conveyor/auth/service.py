@@ -23,12 +23,18 @@ from conveyor.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated
 
 from . import enrollment
 from .models import AuditEvent, AuditPage, TokenRecord, hash_token, new_token, token_id_of
-from .roles import Role
+from .roles import Permission, Role, allows
 from .store import AuthStore
 
 log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+# a task id (a ULID) names a task's folder in the output bucket; a token named like one
+# would own that folder (a submitter's files live under "<token name>/")
+_TASK_ID_RE = re.compile(r"^[0-9A-Za-z]{26}$")
+# a secret is looked up as CONVEYOR_SECRET_<NAME> on the worker (processors.container)
+SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_SECRETS = 64
 ENROLL_KEY = "enrollment_hmac_key"
 SESSION_KEY = "session_hmac_key"
 
@@ -41,10 +47,22 @@ class Principal:
     name: str
     role: Role
     worker_id: str | None = None
+    secrets: frozenset[str] = frozenset()  # worker secrets granted to this token
 
     @property
     def label(self) -> str:
         return f"{self.name} ({self.role.value})"
+
+    def may(self, permission: Permission) -> bool:
+        return allows(self.role, permission)
+
+    def may_use_secret(self, name: str) -> bool:
+        """The admin may ask for any secret; everyone else for those granted by name."""
+        return self.role is Role.ADMIN or name in self.secrets
+
+    @classmethod
+    def of(cls, record: TokenRecord) -> Principal:
+        return cls(record.id, record.name, record.role, record.worker_id, frozenset(record.secrets))
 
 
 # bandit B106: "-" is a placeholder id, not a password
@@ -69,6 +87,7 @@ class Session:
     token_id: str
     csrf: str
     expires_at: float
+    id: str = ""  # revoked on logout (AuthStore.revoke_session)
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -78,6 +97,22 @@ def check_name(name: str, what: str = "name") -> str:
             f"invalid {what} {name[:80]!r}: 1-64 letters, digits, '.', '_', '@' or '-'"
         )
     return name
+
+
+def check_secret_names(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        name = name.strip()
+        if not SECRET_NAME_RE.match(name):
+            raise InvalidRequest(
+                f"invalid secret name {name[:80]!r}: letters, digits and _ (the worker reads "
+                "CONVEYOR_SECRET_<NAME>)"
+            )
+        if name not in out:
+            out.append(name)
+    if len(out) > MAX_SECRETS:
+        raise InvalidRequest(f"at most {MAX_SECRETS} secrets per token")
+    return out
 
 
 def _b64(raw: bytes) -> str:
@@ -107,6 +142,7 @@ class AuthService:
         expires_in: float | None = None,
         created_by: str | None = None,
         worker_id: str | None = None,
+        secrets: list[str] | None = None,
     ) -> IssuedToken:
         name = check_name(name)
         try:
@@ -114,6 +150,17 @@ class AuthService:
         except ValueError:
             known = ", ".join(r.value for r in Role)
             raise InvalidRequest(f"unknown role {role!r}; use one of {known}") from None
+        if _TASK_ID_RE.match(name) and role is not Role.WORKER:
+            raise InvalidRequest(
+                f"invalid name {name!r}: 26 letters and digits look like a task id, and a task "
+                "id names that task's folder in the output bucket"
+            )
+        granted = check_secret_names(secrets or [])
+        if granted and not allows(role, Permission.TASKS_RUN_CODE):
+            raise InvalidRequest(
+                f"role {role.value!r} cannot use secrets: only tasks that run code ask for them "
+                f"(roles with {Permission.TASKS_RUN_CODE.value})"
+            )
         if expires_in is not None and expires_in <= 0:
             raise InvalidRequest("expiry must be in the future")
         tid, token = new_token()
@@ -127,6 +174,7 @@ class AuthService:
             expires_at=now + timedelta(seconds=expires_in) if expires_in else None,
             created_by=created_by,
             worker_id=worker_id,
+            secrets=granted,
         )
         self.store.put_token(record)
         log.info("Token created: %s %s (%s)", tid, name, role.value)
@@ -143,13 +191,13 @@ class AuthService:
             raise Unauthenticated("token has been revoked")
         if not record.active():
             raise Unauthenticated("token has expired")
-        return Principal(record.id, record.name, record.role, record.worker_id)
+        return Principal.of(record)
 
     def principal_of(self, token_id: str) -> Principal:
         record = self.store.get_token(token_id)
         if record is None or not record.active():
             raise Unauthenticated("session ended: the token was revoked or has expired")
-        return Principal(record.id, record.name, record.role, record.worker_id)
+        return Principal.of(record)
 
     def list_tokens(self) -> list[TokenRecord]:
         return self.store.list_tokens()
@@ -183,24 +231,37 @@ class AuthService:
         exp = time.time() + self.settings.session_ttl
         if record is not None and record.expires_at is not None:
             exp = min(exp, record.expires_at.timestamp())
-        session = Session(principal.token_id, secrets.token_urlsafe(24), exp)
-        body = _b64(json.dumps({"t": session.token_id, "c": session.csrf, "e": int(exp)}).encode())
+        session = Session(
+            principal.token_id, secrets.token_urlsafe(24), exp, secrets.token_urlsafe(18)
+        )
+        claims = {"t": session.token_id, "c": session.csrf, "e": int(exp), "s": session.id}
+        body = _b64(json.dumps(claims).encode())
         mac = hmac.new(self._key(SESSION_KEY), body.encode(), hashlib.sha256).digest()
         return f"{body}.{_b64(mac)}", session
 
     def read_session(self, cookie: str) -> Session:
+        """A signed, unexpired cookie of a session that was not logged out."""
         try:
             body, mac = cookie.split(".", 1)
             want = hmac.new(self._key(SESSION_KEY), body.encode(), hashlib.sha256).digest()
             if not hmac.compare_digest(_unb64(mac), want):
                 raise ValueError("signature")
             data = json.loads(_unb64(body))
-            session = Session(str(data["t"]), str(data["c"]), float(data["e"]))
+            session = Session(str(data["t"]), str(data["c"]), float(data["e"]), str(data["s"]))
         except (ValueError, KeyError, TypeError):
+            # a cookie made before sessions had ids cannot be logged out: refused too
             raise Unauthenticated("invalid session: log in again") from None
         if session.expires_at <= time.time():
             raise Unauthenticated("session expired: log in again")
+        if self.store.session_revoked(session.id):
+            raise Unauthenticated("session ended: you logged out; log in again")
         return session
+
+    def end_session(self, session: Session) -> None:
+        """Logout: the session is refused from now on, on every API process, until it
+        would have expired anyway (then the record is dropped)."""
+        self.store.revoke_session(session.id, datetime.fromtimestamp(session.expires_at, UTC))
+        log.info("Session ended (logout) for token %s", session.token_id)
 
     # -- worker enrollment -----------------------------------------------------------
     def create_enrollment_token(

@@ -15,6 +15,10 @@ pins the semantics for every engine:
   ``make()`` when absent; two processes racing get the same value.
 * ``use_nonce(nonce, expires_at)`` records a nonce and returns True the first
   time, False for every later call (single use, atomically).
+* ``revoke_session(id, expires_at)`` records a logged-out console session;
+  ``session_revoked(id)`` is True for it from then on, in every process (records
+  past their session's expiry may be dropped: such a cookie is refused anyway).
+* a token record keeps its ``secrets`` (the worker secrets granted to it).
 * ``add_audit`` appends an event; ``list_audit(limit, cursor)`` pages them
   newest first with an opaque cursor.
 """
@@ -49,6 +53,12 @@ class AuthStore(ABC):
 
     @abstractmethod
     def use_nonce(self, nonce: str, expires_at: datetime) -> bool: ...
+
+    @abstractmethod
+    def revoke_session(self, session_id: str, expires_at: datetime) -> None: ...
+
+    @abstractmethod
+    def session_revoked(self, session_id: str) -> bool: ...
 
     @abstractmethod
     def add_audit(self, event: AuditEvent) -> None: ...

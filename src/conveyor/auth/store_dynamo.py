@@ -1,10 +1,13 @@
 """The auth store on DynamoDB: items in the backend's auxiliary table (``pk`` + ``sk``).
 
 * tokens: ``pk = "authtoken"``, ``sk = <id>``, the record as JSON in ``doc``
-  and ``revoked_at`` apart, so a revoke is one conditional update;
+  (with the secrets granted to it) and ``revoked_at`` apart, so a revoke is one
+  conditional update;
 * secrets: ``pk = "authsecret"``, ``sk = <name>``, created with a condition;
 * nonces: ``pk = "authnonce#<nonce>"``, created with a condition (single use),
   with a ``ttl`` attribute so DynamoDB's TTL can drop expired ones;
+* logged-out sessions: ``pk = "authsession#<id>"``, with a ``ttl`` attribute so
+  DynamoDB's TTL drops them once their cookie would have expired anyway;
 * audit: ``pk = "audit"``, ``sk = <event id>`` (time-ordered), read newest first.
 """
 
@@ -135,6 +138,24 @@ class DynamoAuthStore(AuthStore):
                 return False
             raise
         return True
+
+    def revoke_session(self, session_id: str, expires_at: datetime) -> None:
+        self._ddb.put_item(
+            TableName=self.table,
+            Item={
+                "pk": _s(f"authsession#{session_id}"),
+                "sk": _s("revoked"),
+                "ttl": {"N": str(int(expires_at.timestamp()) + 60)},
+            },
+        )
+
+    def session_revoked(self, session_id: str) -> bool:
+        got = self._ddb.get_item(
+            TableName=self.table,
+            Key={"pk": _s(f"authsession#{session_id}"), "sk": _s("revoked")},
+            ConsistentRead=True,
+        )
+        return "Item" in got
 
     def add_audit(self, event: AuditEvent) -> None:
         self._ddb.put_item(

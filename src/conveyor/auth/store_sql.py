@@ -7,6 +7,7 @@ placeholder style and the time type, so both engines share this module.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -29,9 +30,11 @@ CREATE TABLE IF NOT EXISTS auth_tokens (
     expires_at REAL,
     revoked_at REAL,
     created_by TEXT,
-    worker_id TEXT
+    worker_id TEXT,
+    secrets TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS auth_tokens_worker ON auth_tokens (worker_id);
+CREATE TABLE IF NOT EXISTS auth_revoked_sessions (id TEXT PRIMARY KEY, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS auth_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS auth_nonces (nonce TEXT PRIMARY KEY, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_log (
@@ -47,7 +50,9 @@ CREATE TABLE IF NOT EXISTS audit_log (
 );
 """
 
-_CRED_COLS = "id, name, role, token_hash, created_at, expires_at, revoked_at, created_by, worker_id"
+_CRED_COLS = (
+    "id, name, role, token_hash, created_at, expires_at, revoked_at, created_by, worker_id, secrets"
+)
 _AUDIT_COLS = "id, at, actor, role, action, target, ip, ok, detail"
 
 
@@ -92,12 +97,13 @@ class SQLAuthStore(AuthStore):
             revoked_at=self._dt(r[6]),
             created_by=r[7],
             worker_id=r[8],
+            secrets=json.loads(r[9] or "[]"),
         )
 
     def put_token(self, record: TokenRecord) -> None:
         with self._tx() as cur:
             cur.execute(
-                self._q(f"INSERT INTO auth_tokens ({_CRED_COLS}) VALUES (?,?,?,?,?,?,?,?,?)"),
+                self._q(f"INSERT INTO auth_tokens ({_CRED_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)"),
                 (
                     record.id,
                     record.name,
@@ -108,6 +114,7 @@ class SQLAuthStore(AuthStore):
                     self._t(record.revoked_at),
                     record.created_by,
                     record.worker_id,
+                    json.dumps(record.secrets),
                 ),
             )
 
@@ -173,6 +180,26 @@ class SQLAuthStore(AuthStore):
             )
             return int(cur.rowcount) == 1
 
+    def revoke_session(self, session_id: str, expires_at: datetime) -> None:
+        with self._tx() as cur:
+            # sessions past their expiry are refused by their cookie alone: drop them
+            cur.execute(
+                self._q("DELETE FROM auth_revoked_sessions WHERE expires_at < ?"),
+                (self._t(datetime.now(UTC)),),
+            )
+            cur.execute(
+                self._q(
+                    "INSERT INTO auth_revoked_sessions (id, expires_at) VALUES (?, ?) "
+                    "ON CONFLICT (id) DO NOTHING"
+                ),
+                (session_id, self._t(expires_at)),
+            )
+
+    def session_revoked(self, session_id: str) -> bool:
+        with self._tx() as cur:
+            cur.execute(self._q("SELECT 1 FROM auth_revoked_sessions WHERE id = ?"), (session_id,))
+            return cur.fetchone() is not None
+
     def add_audit(self, event: AuditEvent) -> None:
         with self._tx() as cur:
             cur.execute(
@@ -233,6 +260,16 @@ class SQLiteAuthStore(SQLAuthStore):
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA busy_timeout=30000")
         with self._lock:
+            # a database made before token grants: add the column the schema now has
+            cols = {r[1] for r in self._conn.execute("PRAGMA table_info(auth_tokens)")}
+            if cols and "secrets" not in cols:
+                try:
+                    self._conn.execute(
+                        "ALTER TABLE auth_tokens ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]'"
+                    )
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
             self._conn.executescript(SQLITE_SCHEMA)
 
     @contextmanager
@@ -259,7 +296,8 @@ class SQLiteAuthStore(SQLAuthStore):
 
 
 class PostgresAuthStore(SQLAuthStore):
-    """Tables from migration 0002_auth.sql; connections from the backend's pool."""
+    """Tables from migrations 0002_auth.sql and 0004_auth_grants_sessions.sql;
+    connections from the backend's pool."""
 
     ph = "%s"
 

@@ -107,7 +107,7 @@ class Stream:
             out["queue"] = self._fragment("queue_panel", **data)
             qs = data["qs"]
         else:
-            qs = views.nav(self.service, self.cache)
+            qs = views.nav(self.service, self.cache, self.viewer.get("owner"))
         out["nav"] = self._fragment("nav_counts", qs=qs)
         if self.view == "tasks" and self.watch:
             for task in self.service.get_many(self.watch):

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from conveyor import __version__
-from conveyor.auth.roles import Permission, allows
+from conveyor.auth.roles import Permission, allows, roles_with, sees_only_own_tasks
 from conveyor.models import Task, TaskStatus
 
 from .i18n import COOKIE, LANGS, Translator, negotiate
@@ -129,12 +129,20 @@ def context(request: Request, **ctx: Any) -> dict[str, Any]:
             return True
         return principal is not None and allows(principal.role, Permission(permission))
 
+    t = Translator(lang)
+    own = principal.name if auth_on and principal and sees_only_own_tasks(principal.role) else ""
     base: dict[str, Any] = {
+        # where a submitter's (or developer's) files live; uploads go there
+        "files_prefix": f"{own}/" if own else "",
+        # who may run code (container jobs): said on the form that runs it
+        "run_code_roles": t("list.sep").join(
+            t(f"role.{r.value}") for r in roles_with(Permission.TASKS_RUN_CODE)
+        ),
         "principal": principal if auth_on else None,
         "auth_on": auth_on,
         "can": can,
         "csrf": getattr(request.state, "csrf", "") if auth_on else "",
-        "t": Translator(lang),
+        "t": t,
         "lang": lang,
         "here": here,
         "request": request,

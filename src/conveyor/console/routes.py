@@ -83,7 +83,9 @@ async def error_response(request: Request, exc: ConveyorError | None) -> Respons
         html = render_string("fragments/flash.html", context(request, flash=[item]))
         return HTMLResponse(html, status_code=status, headers={"HX-Retarget": "#flash", **headers})
     try:
-        qs: QueueStatus | None = await run_in_threadpool(request.app.state.service.queue_status)
+        qs: QueueStatus | None = await run_in_threadpool(
+            request.app.state.service.queue_status, viewer_owner(request)
+        )
     except Exception:  # the page must still say what went wrong
         qs = None
     response = render(
@@ -184,11 +186,18 @@ def set_flash(resp: Response, items: list[dict[str, Any]]) -> None:
     resp.set_cookie(FLASH_COOKIE, raw.rstrip("="), max_age=60, path=PREFIX, samesite="lax")
 
 
+def viewer_owner(request: Request) -> str | None:
+    """The submitter whose own tasks alone the page's caller sees (None: everyone's)."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    return owner_filter(principal) if principal is not None else None
+
+
 async def page(request: Request, name: str, **ctx: Any) -> Response:
-    """A full page: flash from the previous redirect, nav counters for the header."""
+    """A full page: flash from the previous redirect, nav counters for the header (a
+    submitter's own)."""
     flash = pop_flash(request)
     if "qs" not in ctx:
-        ctx["qs"] = await call(request.app.state.service.queue_status)
+        ctx["qs"] = await call(request.app.state.service.queue_status, viewer_owner(request))
     resp = render(request, name, flash=flash + ctx.pop("flash", []), **ctx)
     if flash:
         resp.delete_cookie(FLASH_COOKIE, path=PREFIX)
@@ -377,6 +386,7 @@ async def submit_task(
             req,
             trigger=Trigger.CONSOLE,
             submitted_by=submitter_name(request, principal),
+            caller=principal,
         )
         if res.created:
             await audit(request, "submit", target=res.task.id)

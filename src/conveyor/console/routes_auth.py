@@ -2,11 +2,13 @@
 
 The session cookie is HttpOnly and SameSite=Strict, Secure when the request
 came over HTTPS (directly or, with proxy headers trusted, through a proxy).
-It names the token, so revoking the token ends every session made with it.
+It names the token, so revoking the token ends every session made with it;
+logout ends the one session on the server (``AuthService.end_session``).
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from urllib.parse import urlsplit
 
@@ -19,11 +21,12 @@ from conveyor.api.security import (
     Principal,
     audit,
     auth_service,
+    csrf_sent,
     rate_limit,
     require,
 )
 from conveyor.auth.roles import Role
-from conveyor.errors import ConveyorError, Forbidden
+from conveyor.errors import ConveyorError, Forbidden, Unauthenticated
 
 from . import live
 from .render import PREFIX, query, render
@@ -88,9 +91,26 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout", dependencies=[require(Permission.PUBLIC)])
 async def logout(request: Request) -> Response:
-    principal = getattr(request.state, "principal", None)
-    if principal is not None:
-        await audit(request, "logout", principal=principal)
+    """End the session on the server, so its cookie is refused from now on (a copy of it
+    included).  Like every cookie-borne change it needs the session's CSRF token, and a
+    form posted from another origin is refused: another site cannot log you out."""
+    auth = auth_service(request)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if auth.enabled and cookie:
+        if not _same_origin(request):
+            raise Forbidden("logout from another site refused")
+        try:
+            session = await call(auth.read_session, cookie)
+        except Unauthenticated:
+            session = None  # already ended or expired: nothing to end, only the cookie
+        if session is not None:
+            sent = await csrf_sent(request)
+            if not sent or not hmac.compare_digest(sent, session.csrf):
+                raise Forbidden("missing or wrong CSRF token: reload the page and try again")
+            await call(auth.end_session, session)
+            principal = getattr(request.state, "principal", None)
+            if principal is not None and principal.token_id == session.token_id:
+                await audit(request, "logout", principal=principal)
     resp = RedirectResponse(f"{PREFIX}/login", status_code=303)
     resp.delete_cookie(SESSION_COOKIE, path="/")
     return resp

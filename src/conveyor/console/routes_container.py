@@ -2,7 +2,9 @@
 
 Kept apart from the transcode form: the fields have nothing in common but
 the priority. It builds the same ``SubmitRequest`` as ``POST /api/queue/add``
-with ``"kind": "container"``; the processor validates the parameters.
+with ``"kind": "container"``; the processor validates the parameters.  A
+container job runs code the caller supplies: the form is for roles with
+``tasks:run_code`` only (the page says which), and the service checks it again.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def build_request(form: dict[str, str]) -> SubmitRequest:
     )
 
 
-@router.get("/tasks/run", dependencies=[require(Permission.TASKS_SUBMIT)])
+@router.get("/tasks/run", dependencies=[require(Permission.TASKS_RUN_CODE)])
 async def new_container_task(request: Request) -> Response:
     form = dict.fromkeys(FIELDS, "")
     form["priority"] = "0"
@@ -80,7 +82,7 @@ async def new_container_task(request: Request) -> Response:
 async def submit_container_task(
     request: Request,
     service: ConveyorService = Depends(get_service),
-    principal: Principal = require(Permission.TASKS_SUBMIT),
+    principal: Principal = require(Permission.TASKS_RUN_CODE),
 ) -> Response:
     data = await read_form(request)
     form = {name: first(data, name) for name in FIELDS}
@@ -92,6 +94,7 @@ async def submit_container_task(
             build_request(form),
             trigger=Trigger.CONSOLE,
             submitted_by=submitter_name(request, principal),
+            caller=principal,
         )
         await audit(request, "submit", target=res.task.id)
     except ConveyorError as exc:

@@ -24,6 +24,7 @@ RUNNING_SHOWN = 100
 WAITING_SHOWN = 20
 LOG_PAGE = 1000
 LOG_PAGES_SHOWN = 5
+OWNER_COUNTS_TTL = 2.0
 
 
 class TTLCache:
@@ -57,7 +58,7 @@ def running(service: ConveyorService) -> list[Task]:
 
 
 def mine(tasks: list[Task], owner: str | None) -> list[Task]:
-    """A submitter (``owner``) sees its own tasks on shared panels; counts stay global."""
+    """A submitter (``owner``) sees its own tasks on shared panels."""
     return tasks if owner is None else [t for t in tasks if t.submitted_by == owner]
 
 
@@ -100,9 +101,9 @@ def chart(service: ConveyorService) -> dict[str, Any]:
 def dashboard(
     service: ConveyorService, cache: TTLCache | None = None, owner: str | None = None
 ) -> dict[str, Any]:
-    """``owner``: a submitter, who sees its own tasks only (counts stay global)."""
+    """``owner``: a submitter, who sees its own tasks and counts only."""
     c = cache or TTLCache()
-    qs = c.get("qs", 0.5, service.queue_status)
+    qs = queue_status(service, c, owner)
     tasks = mine(c.get("running", 0.5, lambda: running(service)), owner)
     views, orphans = workers(service, tasks)
     if owner is None:
@@ -133,14 +134,25 @@ def queue(
         else service.list(status=TaskStatus.PENDING.value, limit=WAITING_SHOWN, owner=owner).items
     )
     return {
-        "qs": c.get("qs", 0.5, service.queue_status),
+        "qs": queue_status(service, c, owner),
         "running": mine(c.get("running", 0.5, lambda: running(service)), owner),
         "waiting": waiting,
     }
 
 
-def nav(service: ConveyorService, cache: TTLCache | None = None) -> QueueStatus:
-    return (cache or TTLCache()).get("qs", 0.5, service.queue_status)
+def queue_status(
+    service: ConveyorService, cache: TTLCache, owner: str | None = None
+) -> QueueStatus:
+    """The queue's counts, or a submitter's own (those cost a scan: kept a little longer)."""
+    if owner is None:
+        return cache.get("qs", 0.5, service.queue_status)
+    return cache.get(f"qs:{owner}", OWNER_COUNTS_TTL, lambda: service.queue_status(owner))
+
+
+def nav(
+    service: ConveyorService, cache: TTLCache | None = None, owner: str | None = None
+) -> QueueStatus:
+    return queue_status(service, cache or TTLCache(), owner)
 
 
 def fingerprint(task: Task) -> str:

@@ -44,6 +44,9 @@ class ProcessorContext:
 class Processor(ABC):
     kind: ClassVar[str]
     params_model: ClassVar[type[BaseModel]]
+    # a kind that runs code the caller supplies (container): submitting one needs the
+    # tasks:run_code permission, which the service checks at submit
+    runs_caller_code: ClassVar[bool] = False
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings
@@ -64,6 +67,25 @@ class Processor(ABC):
 
     def requires_input(self) -> bool:
         return True
+
+    # -- what a task touches, for the service's access rules (validated params) ----------
+    def objects_read(self, params: dict[str, Any]) -> list[InputRef]:
+        """Bucket objects a task reads besides its input; the submitter must be allowed to
+        read each.  By convention a param ``inputs`` lists ``{"bucket", "key"}`` objects."""
+        refs: list[InputRef] = []
+        for item in params.get("inputs") or []:
+            if isinstance(item, dict) and {"bucket", "key"} <= item.keys():
+                refs.append(InputRef(bucket=str(item["bucket"]), key=str(item["key"])))
+        return refs
+
+    def output_prefix(self, params: dict[str, Any]) -> str | None:
+        """The key prefix in the output bucket the caller chose (``output_prefix``), if any."""
+        prefix = params.get("output_prefix")
+        return prefix if isinstance(prefix, str) and prefix else None
+
+    def secrets_requested(self, params: dict[str, Any]) -> list[str]:
+        """Names of worker secrets the task asks for (``secrets``): each must be granted."""
+        return [str(s) for s in params.get("secrets") or []]
 
     def gpus_needed(self, params: dict[str, Any]) -> int:
         """GPUs a task with these (validated) params needs on one worker: ``Task.gpus``."""

@@ -19,7 +19,7 @@ def test_audit_records_actions_with_actor_role_and_address(secured: SecuredApi) 
     c = secured.client
     admin, op = secured.headers(Role.ADMIN), secured.headers(Role.OPERATOR)
     body = {"kind": "container", "params": {"image": "busybox", "command": ["true"]}}
-    task_id = c.post("/api/queue/add", json=body, headers=secured.headers(Role.SUBMITTER)).json()[
+    task_id = c.post("/api/queue/add", json=body, headers=secured.headers(Role.DEVELOPER)).json()[
         "task_id"
     ]
     assert c.post(f"/api/tasks/{task_id}/cancel", headers=op).status_code == 200
@@ -30,7 +30,7 @@ def test_audit_records_actions_with_actor_role_and_address(secured: SecuredApi) 
     events = c.get("/api/audit", params={"limit": 100}, headers=admin).json()["events"]
     got = [(e["action"], e["actor"], e["role"]) for e in reversed(events)]
     want = [
-        ("submit", "submitter-user", "submitter"),
+        ("submit", "developer-user", "developer"),
         ("cancel", "operator-user", "operator"),
         ("retry", "operator-user", "operator"),
         ("clear", "operator-user", "operator"),
@@ -76,7 +76,7 @@ def test_token_values_never_reach_logs_or_task_records(
     with caplog.at_level(logging.DEBUG):
         made = c.post(
             "/api/tokens",
-            json={"name": "ci", "role": "submitter"},
+            json={"name": "ci", "role": "developer"},
             headers=secured.headers(Role.ADMIN),
         ).json()
         used["made"] = made["token"]

@@ -8,6 +8,7 @@ from conveyor.api.security import SESSION_COOKIE
 from conveyor.auth.roles import Role
 
 from .conftest import SecuredApi
+from .test_permissions import task_body
 
 
 def _login(secured: SecuredApi, role: Role) -> str:
@@ -36,7 +37,7 @@ def _login(secured: SecuredApi, role: Role) -> str:
 
 
 def _submit(secured: SecuredApi, role: Role = Role.ADMIN) -> str:
-    body = {"kind": "container", "params": {"image": "busybox", "command": ["true"]}}
+    body = task_body(secured, role)
     r = secured.client.post("/api/queue/add", json=body, headers=secured.headers(role))
     assert r.status_code == 201, r.text
     return str(r.json()["task_id"])

@@ -9,7 +9,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Mount, Route
 
 from conveyor.api.security import iter_routes, route_permission
-from conveyor.auth.roles import Permission, Role, allows
+from conveyor.auth.roles import Permission, Role, allows, sees_only_own_tasks
 
 from .conftest import SecuredApi
 
@@ -37,7 +37,7 @@ def test_every_route_declares_a_permission(secured: SecuredApi) -> None:
     assert not missing, f"routes without require(Permission.X): {missing}"
     assert seen > 40, seen
     # the OpenAPI list is covered too: every documented operation is one of those routes
-    schema = secured.client.get("/openapi.json").json()
+    schema = secured.client.get("/openapi.json", headers=secured.headers(Role.VIEWER)).json()
     documented = {(m.upper(), p) for p, ops in schema["paths"].items() for m in ops}
     declared = {
         (m, r.path.replace(":path}", "}"))
@@ -46,6 +46,22 @@ def test_every_route_declares_a_permission(secured: SecuredApi) -> None:
         if route_permission(r)
     }
     assert documented <= declared, documented - declared
+
+
+def own_key(role: Role | None, key: str) -> str:
+    """A submitter's (or developer's) files live under '<token name>/'."""
+    return f"{role.value}-user/{key}" if role is not None and sees_only_own_tasks(role) else key
+
+
+def task_body(secured: SecuredApi, role: Role) -> dict[str, Any]:
+    """A transcode task on a file the role uploaded into its own folder (running code is
+    not every role's right: container tasks need tasks:run_code)."""
+    key = own_key(role, "clip.mp4")
+    r = secured.client.put(
+        f"/api/files/input/{key}", content=b"\0" * 16, headers=secured.headers(role)
+    )
+    assert r.status_code == 201, r.text
+    return {"input_bucket": "input", "input_key": key, "transcode_types": ["thumbnail"]}
 
 
 def _fill(path: str, ids: dict[str, str]) -> str:
@@ -71,8 +87,13 @@ def test_permission_matrix(secured: SecuredApi) -> None:
     c = secured.client
     assert c.put("/api/files/input/m.mp4", content=b"\0" * 10, headers=admin).status_code == 201
     body = {"kind": "container", "params": {"image": "busybox", "command": ["true"]}}
-    r = c.post("/api/queue/add", json=body, headers=secured.headers(Role.SUBMITTER))
+    r = c.post("/api/queue/add", json=body, headers=secured.headers(Role.DEVELOPER))
     assert r.status_code == 201, r.text
+    # a submitter acts on its own tasks only: the one it submitted stands in for it
+    sub = secured.headers(Role.SUBMITTER)
+    own = c.post("/api/queue/add", json=task_body(secured, Role.SUBMITTER), headers=sub)
+    assert own.status_code == 201, own.text
+    task_of: dict[Role | None, str] = {Role.SUBMITTER: own.json()["task_id"]}
     ids = {
         "task_id": r.json()["task_id"],
         "bucket": "input",
@@ -90,9 +111,15 @@ def test_permission_matrix(secured: SecuredApi) -> None:
                 continue
             # a worker writes only to the output bucket (its reads are not limited)
             worker_files = route.path.startswith("/api/worker/v1/")
-            path = _fill(route.path, {**ids, "bucket": "output"} if worker_files else ids)
             console = route.path.startswith("/admin")
             for role in [*Role, None]:
+                # a submitter's (or developer's) files are those under its own folder
+                own = {
+                    **ids,
+                    "key": own_key(role, ids["key"]),
+                    "task_id": task_of.get(role, ids["task_id"]),
+                }
+                path = _fill(route.path, {**ids, "bucket": "output"} if worker_files else own)
                 headers = secured.headers(role)
                 if role is Role.WORKER and route.path == "/api/workers/rotate":
                     headers = {"Authorization": f"Bearer {secured.enroll('rotating')}"}
@@ -117,9 +144,10 @@ def test_permission_matrix(secured: SecuredApi) -> None:
 
 def test_submitter_sees_and_acts_on_its_own_tasks_only(secured: SecuredApi) -> None:
     c = secured.client
-    body = {"kind": "container", "params": {"image": "busybox", "command": ["true"]}}
+    body = task_body(secured, Role.SUBMITTER)
+    ops_body = task_body(secured, Role.OPERATOR)
     mine = c.post("/api/queue/add", json=body, headers=secured.headers(Role.SUBMITTER)).json()
-    theirs = c.post("/api/queue/add", json=body, headers=secured.headers(Role.OPERATOR)).json()
+    theirs = c.post("/api/queue/add", json=ops_body, headers=secured.headers(Role.OPERATOR)).json()
     assert mine["task"]["submitted_by"] == "submitter-user"
     assert theirs["task"]["submitter_by" if False else "submitted_by"] == "operator-user"
     sub = secured.headers(Role.SUBMITTER)
@@ -136,7 +164,7 @@ def test_submitter_sees_and_acts_on_its_own_tasks_only(secured: SecuredApi) -> N
     assert c.post(f"/api/tasks/{mine['task_id']}/retry", headers=sub).status_code == 200
     # paging a submitter's list stays exact when other people's tasks sit in between
     for _ in range(3):
-        c.post("/api/queue/add", json=body, headers=secured.headers(Role.OPERATOR))
+        c.post("/api/queue/add", json=ops_body, headers=secured.headers(Role.OPERATOR))
         c.post("/api/queue/add", json=body, headers=sub)
     seen: list[str] = []
     cursor = None
@@ -149,10 +177,10 @@ def test_submitter_sees_and_acts_on_its_own_tasks_only(secured: SecuredApi) -> N
             break
     assert len(seen) == len(set(seen)) == 4
     # an idempotency key another submitter's task holds returns nothing of that task
-    keyed = {**body, "idempotency_key": "shared-key"}
+    keyed = {**ops_body, "idempotency_key": "shared-key"}
     first = c.post("/api/queue/add", json=keyed, headers=secured.headers(Role.OPERATOR))
     assert first.status_code == 201
-    again = c.post("/api/queue/add", json=keyed, headers=sub)
+    again = c.post("/api/queue/add", json={**body, "idempotency_key": "shared-key"}, headers=sub)
     assert again.status_code == 409 and "idempotency_key" in again.json()["error"]["message"]
     assert first.json()["task_id"] not in again.text
     own = {**body, "idempotency_key": "own-key"}

@@ -227,6 +227,10 @@
     var text = document.getElementById("upload-text");
     var submit = document.getElementById("submit-task");
     var idem = document.getElementById("idempotency-key");
+    // a submitter's files live under its own folder: uploads go there (the server refuses
+    // any other key for it)
+    var prefix = form.getAttribute("data-key-prefix") || "";
+    function mine(k) { return prefix && k.indexOf(prefix) !== 0 ? prefix + k : k; }
     function mode() {
       var r = form.querySelector("input[name=source]:checked");
       return r ? r.value : "existing";
@@ -241,7 +245,7 @@
     form.addEventListener("change", function (evt) {
       if (evt.target.name === "source" || evt.target.name === "kind") sync();
       if (evt.target === file && file.files[0] && (!key.value || key.getAttribute("data-auto") === "1")) {
-        key.value = file.files[0].name;
+        key.value = mine(file.files[0].name);
         key.setAttribute("data-auto", "1");
       }
     });
@@ -258,7 +262,7 @@
       var f = file.files[0];
       if (!f) { say(text.getAttribute("data-nofile"), true); return; }
       if (f.size > parseInt(form.getAttribute("data-max-bytes"), 10)) { say(text.getAttribute("data-toolarge"), true); return; }
-      var k = (key.value || f.name).replace(/^\/+/, "");
+      var k = mine((key.value || f.name).replace(/^\/+/, ""));
       var url = form.getAttribute("data-upload-base") + encodeURIComponent(bucket.value) + "/" +
         k.split("/").map(encodeURIComponent).join("/");
       var xhr = new XMLHttpRequest();

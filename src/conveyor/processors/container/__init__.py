@@ -125,6 +125,7 @@ class OutputSync:
 class ContainerProcessor(Processor):
     kind: ClassVar[str] = "container"
     params_model: ClassVar[type[BaseModel]] = ContainerParams
+    runs_caller_code: ClassVar[bool] = True  # submitting one needs tasks:run_code
 
     def __init__(self, settings: Any = None) -> None:
         super().__init__(settings)

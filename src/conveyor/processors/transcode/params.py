@@ -19,7 +19,7 @@ class TranscodeParams(BaseModel):
     # Publish under this key prefix instead of "<input key without extension>/".
     output_prefix: str | None = None
     # Read by the worker for its per-task timeout; kept so validation does not drop it.
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: float | None = Field(None, gt=0, le=7 * 86400)  # as SubmitRequest.timeout_s
 
     @field_validator("transcode_types")
     @classmethod
