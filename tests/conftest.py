@@ -20,6 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
+from conveyor.models import OutputFile, Task, TaskStatus
+from conveyor.outputs import promote_outputs
+from conveyor.storage.base import STAGING_ROOT, BlobStore
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -30,6 +34,21 @@ def need_tool(*names: str) -> None:
         if IN_CI:
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+def publish(store: BlobStore, staged: list[OutputFile]) -> list[OutputFile]:
+    """What the worker does once a task is completed: a processor's staged outputs moved
+    to their final keys (conveyor.outputs)."""
+    lost = promote_outputs(store, Task(status=TaskStatus.COMPLETED, outputs=staged))
+    assert lost == [], f"staged outputs missing: {lost}"
+    return [o.model_copy(update={"staged_key": None}) for o in staged]
+
+
+def stored_outputs(store: BlobStore, bucket: str = "output") -> list[str]:
+    """Every key in ``bucket``: published objects and staged ones."""
+    return [o.key for o in store.list(bucket)] + [
+        o.key for o in store.list(bucket, STAGING_ROOT + "/")
+    ]
 
 
 def free_port() -> int:

@@ -108,8 +108,11 @@ class SplitBackend(Backend):
     def fail(self, lease: Lease, error: str, *, retryable: bool, code: str | None = None) -> Task:
         return self.remote.fail(lease, error, retryable=retryable, code=code)
 
-    def release(self, lease: Lease) -> Task:
-        return self.remote.release(lease)
+    def release(self, lease: Lease, *, delay_s: float = 0.0, error: str | None = None) -> Task:
+        return self.remote.release(lease, delay_s=delay_s, error=error)
+
+    def outputs_committed(self, task_id: str) -> Task:
+        return self.engine.outputs_committed(task_id)
 
     def append_logs(
         self, task_id: str, attempt: int, lines: list[tuple[datetime, str, str]]

@@ -56,6 +56,9 @@ class OutputFile(BaseModel):
     size: int = 0
     content_type: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
+    # where the attempt that completed the task staged it, until it is moved to ``key``
+    # (conveyor.outputs); None once it is visible there
+    staged_key: str | None = None
 
 
 class Progress(BaseModel):

@@ -117,14 +117,23 @@ def worker_ops(backend: Backend, lease: Lease) -> dict[str, Callable[[], object]
     }
 
 
-def assert_fenced(backend: Backend, lease: Lease) -> None:
-    """Every worker write with ``lease`` raises LeaseLost and changes nothing."""
+def assert_fenced(backend: Backend, lease: Lease, *, completed: bool = False) -> None:
+    """Every worker write with ``lease`` raises LeaseLost and changes nothing; but
+    when ``lease`` completed the task, repeating that very completion (its answer was
+    lost with a connection) answers the completed task, unchanged."""
     before = backend.get(lease.task_id)
     for name, op in worker_ops(backend, lease).items():
-        with pytest.raises(LeaseLost):
-            op()
+        if completed and name == "complete":
+            assert op() == before, "a repeated completion answers the task as it is"
+        else:
+            with pytest.raises(LeaseLost):
+                op()
         after = backend.get(lease.task_id)
         assert after == before, f"{name}() with a stale lease changed the task"
+    if completed:  # the same lease naming other outputs is no repeat: refused
+        with pytest.raises(LeaseLost):
+            backend.complete(lease, [OutputFile(name="other", bucket="output", key="o.mp4")])
+        assert backend.get(lease.task_id) == before
 
 
 def run_threads(n: int, target: Callable[[int], None], timeout: float = 30.0) -> None:
@@ -622,7 +631,7 @@ def test_a_lease_is_spent_once_the_attempt_ends(backend: Backend, ending: str) -
     task = submit(backend, max_attempts=3)
     c = claim_one(backend, task)
     worker_ops(backend, c.lease)[ending]()
-    assert_fenced(backend, c.lease)
+    assert_fenced(backend, c.lease, completed=ending == "complete")
     if ending != "complete":  # back in the queue (or failed): a new claim gets a new lease
         if get(backend, task.id).status == TaskStatus.FAILED:
             backend.retry(task.id)
@@ -736,6 +745,57 @@ def test_release_hands_the_task_back_without_counting_the_attempt(backend: Backe
     again = claim_one(backend, task, worker_id="w2")
     assert again.task.attempts == 1
     assert backend.complete(again.lease, []).status == TaskStatus.COMPLETED
+
+
+def test_release_after_an_outage_delays_the_task_and_says_why(backend: Backend) -> None:
+    task = submit(backend, max_attempts=1)
+    c = claim_one(backend, task)
+    t = backend.release(c.lease, delay_s=30, error="infrastructure unavailable: db down")
+    for got in (t, get(backend, task.id)):
+        assert got.status == TaskStatus.PENDING
+        assert got.attempts == 0, "an outage does not use up the task's attempts"
+        assert got.delayed is True
+        assert got.history[-1].outcome == "released"
+        assert got.history[-1].error == "infrastructure unavailable: db down"
+    assert backend.claim("w2", [task.kind], 1, LONG_LEASE_S) == [], "not before the delay"
+
+
+def test_outputs_committed_forgets_the_staged_twins(backend: Backend) -> None:
+    task = submit(backend)
+    c = claim_one(backend, task)
+    staged = [
+        OutputFile(
+            name="mp4",
+            bucket="output",
+            key="clips/a/mp4.mp4",
+            size=7,
+            staged_key=f".conveyor-staging/{task.id}/01abc-1/clips/a/mp4.mp4",
+        ),
+        OutputFile(name="log", bucket="output", key="clips/a/log.txt", size=1),
+    ]
+    done = backend.complete(c.lease, staged)
+    if type(backend).__name__ == "SplitBackend":
+        # a remote worker cannot move objects: the API publishes them as it completes
+        # (here there are none to move, so they are recorded as published at once)
+        after = done
+    else:
+        assert [o.staged_key for o in done.outputs] == [staged[0].staged_key, None]
+        # a repeat of the completion is still recognised while the outputs are staged ...
+        assert backend.complete(c.lease, staged) == done
+        after = backend.outputs_committed(task.id)
+    assert [o.staged_key for o in after.outputs] == [None, None]
+    assert [(o.key, o.size) for o in after.outputs] == [(o.key, o.size) for o in staged]
+    assert get(backend, task.id) == after
+    assert backend.outputs_committed(task.id) == after, "twice is the same as once"
+    # ... and after they were published
+    assert backend.complete(c.lease, staged) == after
+
+
+def test_outputs_committed_leaves_unfinished_tasks_alone(backend: Backend) -> None:
+    task = submit(backend)
+    assert backend.outputs_committed(task.id) == get(backend, task.id)
+    with pytest.raises(TaskNotFound):
+        backend.outputs_committed("01hzzzzzzzzzzzzzzzzzzzzzzz")
 
 
 # -- reap ------------------------------------------------------------------------

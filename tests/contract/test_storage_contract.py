@@ -14,6 +14,7 @@ import pytest
 
 from conveyor.errors import InvalidKey, ObjectNotFound
 from conveyor.storage.base import MAX_KEY_BYTES, MAX_SEGMENT_BYTES, BlobStore, ObjectInfo
+from conveyor.storage.remote import RemoteBlobStore
 
 BUCKET = "input"
 
@@ -393,3 +394,60 @@ def test_valid_bucket_names_work(store: BlobStore, tmp_path: Path, bucket: str) 
     put_bytes(store, tmp_path, "a.txt", b"ok", bucket=bucket)
     assert read(store, "a.txt", bucket=bucket) == b"ok"
     assert keys(store, bucket=bucket) == ["a.txt"]
+
+
+# -- staging (conveyor.outputs) ----------------------------------------------------
+def staged_key(store: BlobStore) -> str:
+    """A staging key the store takes: through the API (a remote worker's store) only the
+    attempt holding a task's lease writes it, so one is claimed on the API's engine."""
+    task_id, attempt = "01task", 1
+    if isinstance(store, RemoteBlobStore):
+        from conveyor.models import Task
+        from tests.remote_contract import shared_api
+
+        backend = shared_api().service.backend
+        task, _ = backend.submit(Task(kind="stage-test"))
+        (claimed,) = backend.claim("w-stage", ["stage-test"], 1, 300.0)
+        task_id, attempt = task.id, claimed.lease.attempt
+    return f".conveyor-staging/{task_id}/01stamp-{attempt}/clips/a/mp4.mp4"
+
+
+def test_staged_objects_are_stored_but_never_listed_with_user_keys(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    STAGED = staged_key(store)
+    task_folder = STAGED.rsplit("/", 4)[0] + "/"
+    put_bytes(store, tmp_path, "clips/a.mp4", b"user")
+    put_bytes(store, tmp_path, STAGED, b"staged")
+    assert read(store, STAGED) == b"staged"
+    assert store.stat(BUCKET, STAGED) is not None
+    assert keys(store) == ["clips/a.mp4"], "a listing of the bucket shows no staging"
+    assert keys(store, prefix=".conveyor") == []
+    assert keys(store, prefix=".conveyor-staging/") == [STAGED]
+    assert keys(store, prefix=task_folder) == [STAGED]
+    assert keys(store, prefix=".conveyor-staging/other/") == []
+
+
+@pytest.mark.parametrize(
+    "key",
+    [".conveyor-staging/../x", ".conveyor-staging/", ".conveyor-staging//x", ".conveyor-tmp/x"],
+)
+def test_staging_keys_are_checked_like_user_keys(
+    store: BlobStore, tmp_path: Path, key: str
+) -> None:
+    with pytest.raises(InvalidKey):
+        put_bytes(store, tmp_path, key, b"x")
+
+
+def test_promote_moves_a_staged_object_to_its_final_key(store: BlobStore, tmp_path: Path) -> None:
+    STAGED = staged_key(store)
+    put_bytes(store, tmp_path, "clips/a/mp4.mp4", b"old")
+    put_bytes(store, tmp_path, STAGED, b"new bytes")
+    info = store.promote(BUCKET, STAGED, "clips/a/mp4.mp4")
+    assert (info.key, info.size) == ("clips/a/mp4.mp4", 9)
+    assert read(store, "clips/a/mp4.mp4") == b"new bytes"
+    assert store.stat(BUCKET, STAGED) is None
+    assert keys(store, prefix=".conveyor-staging/") == []
+    with pytest.raises(ObjectNotFound):  # a second mover finds it gone
+        store.promote(BUCKET, STAGED, "clips/a/mp4.mp4")
+    assert read(store, "clips/a/mp4.mp4") == b"new bytes"

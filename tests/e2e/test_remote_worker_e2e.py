@@ -196,7 +196,9 @@ def check_outputs(d: Deployment, task: dict[str, Any]) -> None:
     # work files go right after the completion is recorded
     deadline = time.monotonic() + 10
     while True:
-        leftovers = [p for p in (d.worker_data / "tmp").rglob("*") if p.is_file()]
+        leftovers = [
+            p for p in (d.worker_data / "tmp").rglob("*") if p.is_file() and p.name != ".lock"
+        ]  # the live worker's own folder holds its lock, nothing else
         if not leftovers or time.monotonic() > deadline:
             break
         time.sleep(0.05)

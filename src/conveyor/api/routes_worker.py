@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from conveyor import outputs
 from conveyor.auth.roles import Permission
 from conveyor.auth.service import OPEN_PRINCIPAL
 from conveyor.auth.service import Principal as AuthPrincipal
@@ -163,6 +164,8 @@ class FailBody(_Body):
 
 class ReleaseBody(_Body):
     lease: Lease
+    delay_s: float = Field(0.0, ge=0, le=3600)
+    error: Annotated[str, StringConstraints(max_length=MAX_LOG_LINE)] | None = None
 
 
 class LogEntry(_Body):
@@ -233,7 +236,15 @@ async def progress(body: ProgressBody, principal: Principal, service: Service) -
 @router.post("/complete", summary="Complete a task with its outputs")
 async def complete(body: CompleteBody, principal: Principal, service: Service) -> Task:
     _own(principal, body.lease.worker_id)
-    return await run_in_threadpool(service.backend.complete, body.lease, list(body.outputs))
+    out = service.settings.output_bucket
+    outputs.check_staged(body.outputs, body.lease.task_id, body.lease.attempt, out)
+
+    def call() -> Task:
+        # the worker cannot move objects in the API's store: the API makes them visible
+        task = service.backend.complete(body.lease, list(body.outputs))
+        return outputs.settle(service.backend, service.storage, out, task)
+
+    return await run_in_threadpool(call)
 
 
 @router.post("/fail", summary="Fail a task's attempt (retried when retryable)")
@@ -241,8 +252,11 @@ async def fail(body: FailBody, principal: Principal, service: Service) -> Task:
     _own(principal, body.lease.worker_id)
 
     def call() -> Task:
-        return service.backend.fail(
+        task = service.backend.fail(
             body.lease, body.error, retryable=body.retryable, code=body.code
+        )
+        return outputs.settle(
+            service.backend, service.storage, service.settings.output_bucket, task
         )
 
     return await run_in_threadpool(call)
@@ -251,7 +265,11 @@ async def fail(body: FailBody, principal: Principal, service: Service) -> Task:
 @router.post("/release", summary="Hand a task back without counting the attempt")
 async def release(body: ReleaseBody, principal: Principal, service: Service) -> Task:
     _own(principal, body.lease.worker_id)
-    return await run_in_threadpool(service.backend.release, body.lease)
+
+    def call() -> Task:
+        return service.backend.release(body.lease, delay_s=body.delay_s, error=body.error)
+
+    return await run_in_threadpool(call)
 
 
 @router.post("/logs", status_code=204, summary="Append lines to a task attempt's log")

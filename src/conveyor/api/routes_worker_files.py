@@ -18,9 +18,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints
 
-from conveyor.errors import InvalidRequest, ObjectNotFound
+from conveyor.errors import InvalidKey, InvalidRequest, LeaseLost, ObjectNotFound
+from conveyor.models import TaskStatus
+from conveyor.outputs import staging_owner
 from conveyor.service import ConveyorService
-from conveyor.storage.base import ObjectInfo, validate_bucket
+from conveyor.storage.base import ObjectInfo, is_staging_key, validate_bucket, validate_stored_key
 
 from .deps import get_service
 from .routes_worker import Principal, WorkerForbidden, WorkerPrincipal
@@ -66,8 +68,8 @@ class AbortUpload(BaseModel):
 
 
 @router.get("/files/{bucket}/{key:path}", summary="Download an object (or 307 to a presigned URL)")
-async def get_object(bucket: str, key: str, _: Principal, service: Service) -> Response:
-    bucket, key = service.check_object(bucket, key)
+async def get_object(bucket: str, key: str, principal: Principal, service: Service) -> Response:
+    bucket, key = await _object(principal, bucket, key, service, write=False)
     storage = service.storage
     path = storage.local_path(bucket, key)
     if path is not None:
@@ -94,8 +96,8 @@ async def get_object(bucket: str, key: str, _: Principal, service: Service) -> R
 
 
 @router.get("/stat/{bucket}/{key:path}", summary="An object's size, etag and time")
-async def stat_object(bucket: str, key: str, _: Principal, service: Service) -> ObjectInfo:
-    bucket, key = service.check_object(bucket, key)
+async def stat_object(bucket: str, key: str, principal: Principal, service: Service) -> ObjectInfo:
+    bucket, key = await _object(principal, bucket, key, service, write=False)
     info = await run_in_threadpool(service.storage.stat, bucket, key)
     if info is None:
         raise ObjectNotFound(f"object not found: {bucket}/{key}")
@@ -111,12 +113,47 @@ def _writable(principal: WorkerPrincipal, bucket: str, service: ConveyorService)
         raise WorkerForbidden(f"a worker writes only to the output bucket {out!r}, not {bucket!r}")
 
 
+async def _object(
+    principal: WorkerPrincipal, bucket: str, key: str, service: ConveyorService, *, write: bool
+) -> tuple[str, str]:
+    """The validated ``(bucket, key)`` a worker may use.
+
+    Staged objects (conveyor.outputs) are the attempts' own: only the worker running
+    the task touches them, and only the attempt that holds the lease now writes or
+    deletes under its prefix, so a worker frozen past its lease is refused here
+    before a byte lands, whatever its credential."""
+    validate_bucket(bucket)
+    if not is_staging_key(key):
+        bucket, key = service.check_object(bucket, key)
+        if write:
+            _writable(principal, bucket, service)
+        return bucket, key
+    validate_stored_key(key)
+    owner = staging_owner(key)
+    if owner is None:
+        raise InvalidKey(f"{key!r} is not a staged object's key")
+    task = await run_in_threadpool(service.backend.get, owner[0])
+    held = (
+        task is not None
+        and task.status == TaskStatus.PROCESSING
+        and (principal.worker_id is None or task.worker_id == principal.worker_id)
+        and (not write or task.attempts == owner[1])
+    )
+    if not held:  # 409 lease_lost: the attempt is over, not the credential
+        raise LeaseLost(
+            f"staged objects of task {owner[0]} attempt {owner[1]} belong to the attempt "
+            "that holds the task's lease, and this caller does not hold it"
+        )
+    if write:
+        _writable(principal, bucket, service)
+    return bucket, key
+
+
 @router.put("/files/{bucket}/{key:path}", summary="Upload an object (raw body, streamed)")
 async def put_object(
     bucket: str, key: str, request: Request, principal: Principal, service: Service
 ) -> ObjectInfo:
-    bucket, key = service.check_object(bucket, key)
-    _writable(principal, bucket, service)
+    bucket, key = await _object(principal, bucket, key, service, write=True)
     content_type = request.headers.get("content-type")
     if content_type == "application/octet-stream":
         content_type = None
@@ -126,8 +163,7 @@ async def put_object(
 
 @router.delete("/files/{bucket}/{key:path}", status_code=204, summary="Delete an object")
 async def delete_object(bucket: str, key: str, principal: Principal, service: Service) -> Response:
-    bucket, key = service.check_object(bucket, key)
-    _writable(principal, bucket, service)
+    bucket, key = await _object(principal, bucket, key, service, write=True)
     await run_in_threadpool(service.storage.delete, bucket, key)
     return Response(status_code=204)
 
@@ -168,8 +204,7 @@ async def upload_target(
     Stores that cannot presign (a local folder) answer with neither: the
     worker then streams the object through ``PUT /files``.
     """
-    bucket, key = service.check_object(bucket, key)
-    _writable(principal, bucket, service)
+    bucket, key = await _object(principal, bucket, key, service, write=True)
     storage: Any = service.storage
     multipart = getattr(storage, "presign_multipart", None)
     if multipart is not None and size > storage.multipart_threshold:
@@ -199,8 +234,7 @@ def _multipart_store(service: ConveyorService) -> Any:
 async def complete_upload(
     bucket: str, key: str, body: CompleteUpload, principal: Principal, service: Service
 ) -> ObjectInfo:
-    bucket, key = service.check_object(bucket, key)
-    _writable(principal, bucket, service)
+    bucket, key = await _object(principal, bucket, key, service, write=True)
     storage = _multipart_store(service)
     info: ObjectInfo = await run_in_threadpool(
         storage.complete_multipart, bucket, key, body.upload_id, list(body.etags)
@@ -214,8 +248,7 @@ async def complete_upload(
 async def abort_upload(
     bucket: str, key: str, body: AbortUpload, principal: Principal, service: Service
 ) -> Response:
-    bucket, key = service.check_object(bucket, key)
-    _writable(principal, bucket, service)
+    bucket, key = await _object(principal, bucket, key, service, write=True)
     storage = _multipart_store(service)
     await run_in_threadpool(storage.abort_multipart, bucket, key, body.upload_id)
     return Response(status_code=204)

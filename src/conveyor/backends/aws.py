@@ -107,7 +107,7 @@ from botocore.exceptions import ClientError
 
 from conveyor.auth.store import AuthStore
 from conveyor.backends.aws_resources import dynamodb_client, ensure_resources, sqs_client
-from conveyor.backends.base import Backend, backoff_seconds
+from conveyor.backends.base import Backend, backoff_seconds, completed_by
 from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
 from conveyor.models import (
     Attempt,
@@ -741,10 +741,36 @@ class AWSBackend(Backend):
                     "history": self._closed(state.task, "completed", None, now),
                 }
             )
-            return self._item(task, ver=state.ver + 1, dispatch=state.dispatch)
+            # the token stays: a repeated call (its answer was lost) is answered the same
+            return self._item(
+                task, ver=state.ver + 1, dispatch=state.dispatch, lease_token=state.lease_token
+            )
 
-        done = self._mutate_held(lease, change)
+        try:
+            done = self._mutate_held(lease, change)
+        except LeaseLost:
+            again = self._read(lease.task_id)
+            if again is None or not completed_by(
+                again.task.status, again.lease_token, lease, again.task.outputs, outputs
+            ):
+                raise
+            return again.task
         return done.task
+
+    def outputs_committed(self, task_id: str) -> Task:
+        def change(state: _State) -> Item | None:
+            task = state.task
+            if task.status != TaskStatus.COMPLETED or not any(o.staged_key for o in task.outputs):
+                return None
+            outputs = [o.model_copy(update={"staged_key": None}) for o in task.outputs]
+            return self._item(
+                task.model_copy(update={"outputs": outputs}),
+                ver=state.ver + 1,
+                dispatch=state.dispatch,
+                lease_token=state.lease_token,
+            )
+
+        return self._mutate(task_id, change).task
 
     def _failed_item(
         self, state: _State, error: str, *, retryable: bool, code: str | None, outcome: str
@@ -793,7 +819,7 @@ class AWSBackend(Backend):
             self._park_in_dlq(done.task, done.dispatch)
         return done.task
 
-    def release(self, lease: Lease) -> Task:
+    def release(self, lease: Lease, *, delay_s: float = 0.0, error: str | None = None) -> Task:
         self._local.pending_send = None
 
         def change(state: _State) -> Item:
@@ -809,10 +835,11 @@ class AWSBackend(Backend):
                     "worker_id": None,
                     "updated_at": now,
                     "progress": Progress(),
-                    "history": self._closed(state.task, "released", None, now),
+                    "not_before": now + timedelta(seconds=delay_s) if delay_s > 0 else None,
+                    "history": self._closed(state.task, "released", error, now),
                 }
             )
-            return self._requeue(state, task, 0.0)
+            return self._requeue(state, task, max(0.0, delay_s))
 
         done = self._mutate_held(lease, change)
         self._flush_send()

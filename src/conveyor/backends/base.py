@@ -24,12 +24,21 @@ Semantics every engine implements:
   requested (``cancel``). It also records the worker's ``WorkerInfo``.
 * ``progress``, ``complete``, ``fail`` and ``release`` raise ``LeaseLost``
   when the lease token is not the task's current one (fencing).
+* ``complete`` is idempotent for its lease: called again with the lease that
+  completed the task and the same outputs (its first answer was lost with a
+  connection), it returns the completed task unchanged instead of ``LeaseLost``.
+  The outputs it names may be staged (``OutputFile.staged_key``);
+  ``outputs_committed`` clears those once ``conveyor.outputs`` made them
+  visible at their final keys (a no-op on a
+  task that is not completed or has nothing staged).
 * ``fail(retryable=True)`` puts the task back to ``pending`` with
   ``not_before = now + backoff(attempts)`` while ``attempts < max_attempts``;
   otherwise (or with ``retryable=False``) the task becomes ``failed`` with
   the error. A task whose cancel was requested becomes ``cancelled`` instead.
 * ``release`` hands a task back without counting the attempt (graceful
-  worker shutdown): ``pending``, ``attempts`` decremented.
+  worker shutdown, or an attempt an infrastructure outage stopped): ``pending``,
+  ``attempts`` decremented, ``not_before = now + delay_s`` when ``delay_s > 0``;
+  the attempt is recorded ``released`` with ``error`` (None on a shutdown).
 * ``reap`` treats every expired lease as a retryable failure
   (``lease expired``), or ``cancelled`` when a cancel was requested, and
   returns how many it touched. Safe to run from several places at once.
@@ -56,6 +65,7 @@ Semantics every engine implements:
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -87,6 +97,34 @@ def backoff_seconds(
 ) -> float:
     """Exponential back-off after the ``attempts``-th failed attempt."""
     return float(min(cap, base * (2 ** max(0, attempts - 1))))
+
+
+def completed_by(
+    status: str,
+    token: str | None,
+    lease: Lease,
+    stored: list[OutputFile],
+    outputs: list[OutputFile],
+) -> bool:
+    """Whether a task in ``status`` holding ``token`` and ``stored`` outputs is what
+    completing it under ``lease`` with ``outputs`` made (a repeat of that call)."""
+
+    def names(files: list[OutputFile]) -> list[tuple[str, str, str, int]]:
+        return [(o.name, o.bucket, o.key, o.size) for o in files]
+
+    return (
+        status == "completed"
+        and token is not None
+        and token == lease.token
+        and names(stored) == names(outputs)
+    )
+
+
+def committed_outputs_json(outputs: list[OutputFile]) -> str:
+    """The outputs with their staged twins forgotten (they are at their final keys)."""
+    return json.dumps(
+        [o.model_copy(update={"staged_key": None}).model_dump(mode="json") for o in outputs]
+    )
 
 
 class ThroughputPoint(BaseModel):
@@ -257,7 +295,11 @@ class Backend(ABC):
     ) -> Task: ...
 
     @abstractmethod
-    def release(self, lease: Lease) -> Task: ...
+    def release(self, lease: Lease, *, delay_s: float = 0.0, error: str | None = None) -> Task: ...
+
+    @abstractmethod
+    def outputs_committed(self, task_id: str) -> Task:
+        """Record that a completed task's staged outputs are at their final keys."""
 
     @abstractmethod
     def reap(self) -> int: ...

@@ -66,6 +66,8 @@ from conveyor.backends.base import (
     MetricsSnapshot,
     ThroughputPoint,
     add_snapshot_row,
+    committed_outputs_json,
+    completed_by,
     histogram_select,
     throughput_windows,
 )
@@ -231,7 +233,7 @@ _PROGRESS = (
 
 _COMPLETE = (
     "UPDATE tasks SET status = 'completed', outputs = %(outputs)s, progress = %(progress)s, "
-    "error = NULL, error_code = NULL, lease_token = NULL, lease_expires = NULL, "
+    "error = NULL, error_code = NULL, lease_expires = NULL, "
     "finished_at = now(), updated_at = now(), "
     "history = " + _CLOSE_ATTEMPT.format(outcome="'completed'", error="NULL") + " "
     "WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s "
@@ -261,13 +263,14 @@ _RELEASE = (
     "worker_id = CASE WHEN cancel_requested THEN worker_id END, "
     "progress = CASE WHEN cancel_requested THEN progress ELSE %(progress)s END, "
     "lease_token = NULL, lease_expires = NULL, "
-    "not_before = CASE WHEN cancel_requested THEN NULL ELSE not_before END, "
+    "not_before = CASE WHEN cancel_requested THEN NULL WHEN %(delay_s)s::float8 > 0"
+    " THEN now() + make_interval(secs => %(delay_s)s::float8) ELSE not_before END, "
     "updated_at = now(), "
     "finished_at = CASE WHEN cancel_requested THEN now() END, "
     "history = "
     + _CLOSE_ATTEMPT.format(
         outcome="CASE WHEN cancel_requested THEN 'cancelled' ELSE 'released' END",
-        error="CASE WHEN cancel_requested THEN 'cancelled by request' END",
+        error="CASE WHEN cancel_requested THEN 'cancelled by request' ELSE %(error)s::text END",
     )
     + " WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s"
     f" RETURNING {_COLUMNS}) SELECT u.* FROM u {_NOTIFY_IF_PENDING}"
@@ -498,6 +501,9 @@ class PostgresBackend(Backend):
             max_size=max(1, pool_min, pool_max),
             kwargs={"autocommit": True, "prepare_threshold": prepare_threshold},
             configure=_configure,
+            # a connection a server restart closed is replaced at checkout, not
+            # handed to a caller to fail on first use (AdminShutdown)
+            check=ConnectionPool.check_connection,
             timeout=pool_timeout,
             name="conveyor",
             num_workers=2,
@@ -729,7 +735,34 @@ class PostgresBackend(Backend):
                 },
             ).fetchone()
         if row is None:
-            raise _lease_lost(lease.task_id)
+            # the same lease completed it before (the answer was lost on the way): done
+            with self._cursor() as cur:
+                again = self._get_row(cur, lease.task_id)
+            if again is None or not completed_by(
+                again["status"],
+                again["lease_token"],
+                lease,
+                self._row_to_task(again).outputs,
+                outputs,
+            ):
+                raise _lease_lost(lease.task_id)
+            row = again
+        return self._row_to_task(row)
+
+    def outputs_committed(self, task_id: str) -> Task:
+        with self._tx() as cur:
+            row = self._get_row(cur, task_id, lock=True)
+            if row is None:
+                raise TaskNotFound(f"task {task_id} not found")
+            task = self._row_to_task(row)
+            if task.status != TaskStatus.COMPLETED or not any(o.staged_key for o in task.outputs):
+                return task
+            cur.execute(
+                "UPDATE tasks SET outputs = %s::jsonb WHERE id = %s AND status = 'completed'",
+                (committed_outputs_json(task.outputs), task_id),
+            )
+            row = self._get_row(cur, task_id)
+        assert row is not None
         return self._row_to_task(row)
 
     def _backoff_params(self) -> dict[str, float]:
@@ -755,11 +788,13 @@ class PostgresBackend(Backend):
             self._wake_local()
         return task
 
-    def release(self, lease: Lease) -> Task:
+    def release(self, lease: Lease, *, delay_s: float = 0.0, error: str | None = None) -> Task:
         with self._cursor() as cur:
             row = cur.execute(
                 _RELEASE,
                 {
+                    "delay_s": float(max(0.0, delay_s)),
+                    "error": error,
                     "progress": Jsonb(Progress().model_dump(mode="json")),
                     "id": lease.task_id,
                     "token": lease.token,

@@ -142,16 +142,19 @@ class RemoteBackend(Backend):
 
     def complete(self, lease: Lease, outputs: list[OutputFile]) -> Task:
         body = {"lease": self._dump(lease), "outputs": [self._dump(o) for o in outputs]}
-        return Task.model_validate(self._post("complete", body, idempotent=False))
+        # safe to repeat: the engine answers a second completion with the same lease alike
+        return Task.model_validate(self._post("complete", body, idempotent=True))
 
     def fail(self, lease: Lease, error: str, *, retryable: bool, code: str | None = None) -> Task:
         body = {"lease": self._dump(lease), "error": error, "retryable": retryable, "code": code}
         return Task.model_validate(self._post("fail", body, idempotent=False))
 
-    def release(self, lease: Lease) -> Task:
-        return Task.model_validate(
-            self._post("release", {"lease": self._dump(lease)}, idempotent=False)
-        )
+    def release(self, lease: Lease, *, delay_s: float = 0.0, error: str | None = None) -> Task:
+        body = {"lease": self._dump(lease), "delay_s": delay_s, "error": error}
+        return Task.model_validate(self._post("release", body, idempotent=False))
+
+    def outputs_committed(self, task_id: str) -> Task:
+        self._operator_only("recording published outputs")  # the API does it on complete
 
     def reap(self) -> int:
         """Nothing to do here: the API process runs the reaper next to its engine."""

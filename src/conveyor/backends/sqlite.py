@@ -30,6 +30,8 @@ from conveyor.backends.base import (
     ThroughputPoint,
     add_snapshot_row,
     backoff_seconds,
+    committed_outputs_json,
+    completed_by,
     histogram_select,
     throughput_windows,
 )
@@ -476,10 +478,15 @@ class SQLiteBackend(Backend):
     def complete(self, lease: Lease, outputs: list[OutputFile]) -> Task:
         now = time.time()
         with self._tx() as c:
+            done = self._completed_by(c, lease, outputs)
+            if done is not None:
+                return done
             row = self._held(c, lease)
+            # the lease token stays on the completed row: a repeated call (its answer was
+            # lost with a connection) is recognised above and answered the same
             c.execute(
                 "UPDATE tasks SET status = 'completed', outputs = ?, progress = ?, error = NULL, "
-                "error_code = NULL, lease_token = NULL, lease_expires = NULL, finished_at = ?, "
+                "error_code = NULL, lease_expires = NULL, finished_at = ?, "
                 "updated_at = ?, history = ? WHERE id = ?",
                 (
                     json.dumps([o.model_dump(mode="json") for o in outputs]),
@@ -491,6 +498,29 @@ class SQLiteBackend(Backend):
                 ),
             )
             return self._row_to_task(self._require(c, lease.task_id))
+
+    def _completed_by(
+        self, c: sqlite3.Connection, lease: Lease, outputs: list[OutputFile]
+    ) -> Task | None:
+        row = self._get_row(c, lease.task_id)
+        if row is None or row["status"] != TaskStatus.COMPLETED:
+            return None
+        task = self._row_to_task(row)
+        if completed_by(task.status, row["lease_token"], lease, task.outputs, outputs):
+            return task
+        return None
+
+    def outputs_committed(self, task_id: str) -> Task:
+        with self._tx() as c:
+            row = self._require(c, task_id)
+            outputs = [OutputFile.model_validate(o) for o in json.loads(row["outputs"])]
+            if row["status"] == TaskStatus.COMPLETED and any(o.staged_key for o in outputs):
+                c.execute(
+                    "UPDATE tasks SET outputs = ? WHERE id = ? AND status = 'completed'",
+                    (committed_outputs_json(outputs), task_id),
+                )
+                row = self._require(c, task_id)
+            return self._row_to_task(row)
 
     def _fail_row(
         self,
@@ -541,7 +571,7 @@ class SQLiteBackend(Backend):
             self._notify()
         return task
 
-    def release(self, lease: Lease) -> Task:
+    def release(self, lease: Lease, *, delay_s: float = 0.0, error: str | None = None) -> Task:
         now = time.time()
         with self._tx() as c:
             row = self._held(c, lease)
@@ -559,11 +589,12 @@ class SQLiteBackend(Backend):
                 c.execute(
                     "UPDATE tasks SET status = 'pending', attempts = MAX(attempts - 1, 0), "
                     "lease_token = NULL, lease_expires = NULL, worker_id = NULL, updated_at = ?, "
-                    "progress = ?, history = ? WHERE id = ?",
+                    "not_before = ?, progress = ?, history = ? WHERE id = ?",
                     (
                         now,
+                        now + delay_s if delay_s > 0 else None,
                         Progress().model_dump_json(),
-                        self._close_attempt(row["history"], "released", None, now),
+                        self._close_attempt(row["history"], "released", error, now),
                         lease.task_id,
                     ),
                 )

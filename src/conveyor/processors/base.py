@@ -4,6 +4,12 @@ A processor validates its own parameters (at submit time, so bad requests
 fail before they are queued), says what this host can do for it (probed at
 worker start), and runs one task inside a context that hands it a private
 temp dir, storage, progress and log callbacks, and a cancellation event.
+
+Outputs go through ``ctx.outputs`` (a ``conveyor.outputs.Stager``), never
+straight to their final keys: they are staged under the attempt's own prefix
+and become visible only once the task is completed under a lease the attempt
+still holds.  ``ctx.check_lease()`` raises ``LeaseLost`` as soon as the worker
+knows the lease is gone, so a processor stops before its next side effect.
 """
 
 from __future__ import annotations
@@ -21,7 +27,12 @@ from pydantic import BaseModel
 
 from conveyor.errors import InputRejected, ObjectNotFound, ProcessorError
 from conveyor.models import InputRef, OutputFile, Task
+from conveyor.outputs import Stager, attempt_staging
 from conveyor.storage.base import BlobStore
+
+
+def _lease_held() -> None:
+    """A context made outside a worker (a test, a one-off run) has no lease to lose."""
 
 
 @dataclass
@@ -39,6 +50,24 @@ class ProcessorContext:
     log_stream: Callable[[str, str], None] | None = None
     worker_id: str = ""
     attempt: int = 0
+    # raises LeaseLost once this attempt's lease is known to be gone
+    check_lease: Callable[[], None] = _lease_held
+    # the attempt's writes (staged; see conveyor.outputs); made from the fields above
+    outputs: Stager | None = None
+
+    def __post_init__(self) -> None:
+        if self.outputs is None:
+            self.outputs = Stager(
+                self.storage,
+                self.output_bucket,
+                attempt_staging(self.task.id, self.attempt or self.task.attempts),
+                self.check_lease,
+            )
+
+    @property
+    def stager(self) -> Stager:
+        assert self.outputs is not None  # set in __post_init__
+        return self.outputs
 
 
 class Processor(ABC):
@@ -106,19 +135,16 @@ class Processor(ABC):
 
 @contextmanager
 def publishing(ctx: ProcessorContext, published: list[OutputFile]) -> Iterator[None]:
-    """Publish outputs all or nothing: when an upload fails part way (or the task is
-    cancelled), what was already published is removed so a retry starts clean and
-    no half set is left in the bucket; an OSError is a retryable upload failure."""
+    """Stage outputs all or nothing: when an upload fails part way (or the task is
+    cancelled, or the lease is lost), what this attempt staged is removed, and only
+    that; nothing was visible yet.  An OSError is a retryable upload failure."""
     try:
         yield
     except BaseException as exc:
-        for o in published:
-            try:
-                ctx.storage.delete(o.bucket, o.key)
-            except Exception:
-                logging.getLogger(__name__).exception(
-                    "could not remove partly published output %s", o.key
-                )
+        try:
+            ctx.stager.discard([o.staged_key for o in published if o.staged_key])
+        except Exception:
+            logging.getLogger(__name__).exception("could not remove staged outputs")
         if isinstance(exc, OSError):
             raise ProcessorError(f"upload failed: {exc}", retryable=True) from exc
         raise

@@ -20,6 +20,10 @@ from conveyor.errors import InvalidKey
 
 MAX_KEY_BYTES = 1024
 MAX_SEGMENT_BYTES = 255
+# Where attempts stage their outputs before a fenced completion makes them
+# visible (conveyor.outputs).  Users can never name it: validate_key refuses
+# every '.conveyor*' segment; engines accept it through validate_stored_key.
+STAGING_ROOT = ".conveyor-staging"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -67,6 +71,33 @@ def validate_key(key: str) -> str:
     return key
 
 
+def is_staging_key(key: str) -> bool:
+    return key.startswith(STAGING_ROOT + "/")
+
+
+def validate_stored_key(key: str) -> str:
+    """A key an engine may hold: a user key (``validate_key``) or a staging key, which is
+    ``STAGING_ROOT/`` followed by a valid key; the whole within ``MAX_KEY_BYTES``."""
+    if is_staging_key(key):
+        validate_key(key[len(STAGING_ROOT) + 1 :])
+        if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+            raise InvalidKey(f"staged object key is longer than {MAX_KEY_BYTES} bytes")
+        return key
+    return validate_key(key)
+
+
+def listable(key: str, prefix: str) -> bool:
+    """Whether ``list(prefix)`` may yield ``key``: staging keys only to a staging prefix."""
+    try:
+        if is_staging_key(prefix):
+            validate_stored_key(key)
+        else:
+            validate_key(key)
+    except InvalidKey:
+        return False
+    return True
+
+
 class BlobWriter(ABC):
     """A streaming write that becomes visible only on ``commit``."""
 
@@ -88,6 +119,7 @@ class BlobStore(ABC):
     """One storage engine; buckets are created on first use."""
 
     url_scheme: str = ""
+    can_promote: bool = True  # False: ``promote`` is left to the API that holds the store
 
     @abstractmethod
     def put_file(
@@ -122,6 +154,18 @@ class BlobStore(ABC):
     @abstractmethod
     def url(self, bucket: str, key: str, expires_s: int = 3600) -> str | None:
         """A URL a client can download from directly, or None (serve via the API)."""
+
+    def promote(self, bucket: str, src: str, dest: str) -> ObjectInfo:
+        """Move ``src`` to ``dest`` in one bucket, replacing ``dest``: how a staged output
+        becomes visible.  ``ObjectNotFound`` if ``src`` is gone.  Engines do it without
+        moving the bytes through this process (a rename; a server-side copy)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="conveyor-promote-") as tmp:
+            local = self.get_file(bucket, src, Path(tmp) / "object")
+            info = self.put_file(bucket, dest, local)
+        self.delete(bucket, src)
+        return info
 
     def local_path(self, bucket: str, key: str) -> Path | None:
         """The object's path on this host when the engine is a local folder."""

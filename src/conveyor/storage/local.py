@@ -20,7 +20,15 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from conveyor.errors import Conflict, ObjectNotFound
-from conveyor.storage.base import BlobStore, BlobWriter, ObjectInfo, validate_bucket, validate_key
+from conveyor.storage.base import (
+    STAGING_ROOT,
+    BlobStore,
+    BlobWriter,
+    ObjectInfo,
+    is_staging_key,
+    validate_bucket,
+    validate_stored_key,
+)
 
 STAGING = ".conveyor-tmp"
 
@@ -107,8 +115,8 @@ class LocalBlobStore(BlobStore):
         return self.root / validate_bucket(bucket)
 
     def _path(self, bucket: str, key: str) -> Path:
-        path = self._bucket_dir(bucket) / validate_key(key)
-        # validate_key already forbids escapes; this guards symlinked roots too
+        path = self._bucket_dir(bucket) / validate_stored_key(key)
+        # validate_stored_key already forbids escapes; this guards symlinked roots too
         if not path.resolve().is_relative_to(self._bucket_dir(bucket).resolve()):
             from conveyor.errors import InvalidKey
 
@@ -170,10 +178,12 @@ class LocalBlobStore(BlobStore):
         self, bucket: str, prefix: str = "", start_after: str | None = None
     ) -> Iterator[ObjectInfo]:
         base = self._bucket_dir(bucket)
-        if not base.is_dir():
+        # staged objects are listed only under their own root, and never with the rest
+        top = base / STAGING_ROOT if is_staging_key(prefix) else base
+        if not top.is_dir():
             return
         keys: list[tuple[str, os.stat_result]] = []
-        for dirpath, dirnames, filenames in os.walk(base):
+        for dirpath, dirnames, filenames in os.walk(top):
             dirnames[:] = [d for d in dirnames if not d.startswith(".conveyor")]
             rel_dir = os.path.relpath(dirpath, base)
             for name in filenames:
@@ -190,11 +200,42 @@ class LocalBlobStore(BlobStore):
 
     def delete(self, bucket: str, key: str) -> None:
         # a folder of other objects is no object: nothing to delete, as on S3
+        path = self._path(bucket, key)
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            self._path(bucket, key).unlink()
+            path.unlink()
+            if is_staging_key(key):
+                self._prune(path.parent, self._bucket_dir(bucket) / STAGING_ROOT)
 
     def url(self, bucket: str, key: str, expires_s: int = 3600) -> str | None:
         return None
+
+    def promote(self, bucket: str, src: str, dest: str) -> ObjectInfo:
+        """A rename: the object appears at ``dest`` whole, and ``src`` is gone."""
+        src_path, dest_path = self._path(bucket, src), self._path(bucket, dest)
+        if not src_path.is_file():
+            raise ObjectNotFound(f"object not found: {bucket}/{src}")
+        try:
+            dest_path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src_path, dest_path)
+        except (IsADirectoryError, NotADirectoryError, FileExistsError):
+            raise Conflict(
+                f"cannot store {bucket}/{dest}: on a local store a key cannot be "
+                "both an object and a folder of other objects"
+            ) from None
+        except FileNotFoundError:  # another promoter renamed it first
+            raise ObjectNotFound(f"object not found: {bucket}/{src}") from None
+        self._prune(src_path.parent, self._bucket_dir(bucket) / STAGING_ROOT)
+        return _info(bucket, dest, dest_path.stat())
+
+    @staticmethod
+    def _prune(folder: Path, root: Path) -> None:
+        """Remove the empty folders a move left, up to (not including) ``root``."""
+        while folder != root and folder.is_relative_to(root):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
 
     def local_path(self, bucket: str, key: str) -> Path | None:
         return self._path(bucket, key)

@@ -21,7 +21,13 @@ from urllib.parse import quote
 
 from conveyor.api_connection import ApiConnection
 from conveyor.errors import ObjectNotFound
-from conveyor.storage.base import BlobStore, BlobWriter, ObjectInfo, validate_bucket, validate_key
+from conveyor.storage.base import (
+    BlobStore,
+    BlobWriter,
+    ObjectInfo,
+    validate_bucket,
+    validate_stored_key,
+)
 
 PREFIX = "/api/worker/v1"
 CHUNK = 1 << 20
@@ -29,7 +35,7 @@ TRANSFER_TIMEOUT_S = 600.0  # per read/write of a big transfer, not for the whol
 
 
 def _path(bucket: str, key: str) -> str:
-    return f"{quote(validate_bucket(bucket))}/{quote(validate_key(key), safe='/')}"
+    return f"{quote(validate_bucket(bucket))}/{quote(validate_stored_key(key), safe='/')}"
 
 
 def _file_body(path: Path) -> Any:
@@ -76,6 +82,8 @@ class _SpoolWriter(BlobWriter):
 
 class RemoteBlobStore(BlobStore):
     url_scheme = "https"
+    # a remote worker stages outputs; the API, which holds the store, makes them visible
+    can_promote = False
 
     def __init__(self, conn: ApiConnection) -> None:
         self.conn = conn

@@ -79,8 +79,9 @@ from conveyor.storage.base import (
     BlobStore,
     BlobWriter,
     ObjectInfo,
+    listable,
     validate_bucket,
-    validate_key,
+    validate_stored_key,
 )
 
 if TYPE_CHECKING:
@@ -152,14 +153,6 @@ def _etag(raw: str | None) -> str:
 
 def _guess_type(key: str) -> str | None:
     return mimetypes.guess_type(key)[0]
-
-
-def _valid_key(key: str) -> bool:
-    try:
-        validate_key(key)
-    except InvalidRequest:
-        return False
-    return True
 
 
 class _BodyReader(io.RawIOBase):
@@ -472,7 +465,7 @@ class S3BlobStore(BlobStore):
 
     def _names(self, bucket: str, key: str) -> tuple[str, str]:
         physical = self.physical_bucket(bucket)
-        return physical, validate_key(key)
+        return physical, validate_stored_key(key)
 
     def _ensure_bucket(self, physical: str) -> None:
         """Create the bucket on first write; a HEAD per bucket per process."""
@@ -645,7 +638,7 @@ class S3BlobStore(BlobStore):
             for page in paginator.paginate(**kwargs, PaginationConfig=self._paging()):
                 for obj in page.get("Contents", []):
                     key = obj["Key"]
-                    if (after is None or key > after) and _valid_key(key):
+                    if (after is None or key > after) and listable(key, prefix):
                         yield self._obj_info(bucket, obj)
         except ClientError as err:
             if _code(err) != "NoSuchBucket":
@@ -680,6 +673,8 @@ class S3BlobStore(BlobStore):
                     folder = cp["Prefix"]
                     if len(folder) <= len(prefix) or not folder.startswith(prefix):
                         continue  # not below this level: never loop on a confused server
+                    if not listable(folder + "x", prefix):
+                        continue  # e.g. the staging root: nothing under it is listed here
                     seq += 1
                     heapq.heappush(heap, (folder, seq, None))
                     bound = max(bound, folder[:-1])
@@ -700,7 +695,7 @@ class S3BlobStore(BlobStore):
             if after is not None and name < after and not after.startswith(name):
                 return  # ... and before ``after``
             yield from self._list_walk(bucket, physical, name, after)
-        elif (after is None or name > after) and _valid_key(name):
+        elif (after is None or name > after) and listable(name, name):
             yield self._obj_info(bucket, obj)
 
     def delete(self, bucket: str, key: str) -> None:
@@ -710,6 +705,23 @@ class S3BlobStore(BlobStore):
         except ClientError as err:
             if not _is_not_found(err):
                 raise
+
+    def promote(self, bucket: str, src: str, dest: str) -> ObjectInfo:
+        """A server-side copy (in parts above the multipart threshold), then the source
+        deleted: the bytes never pass through this process."""
+        physical, src = self._names(bucket, src)
+        _, dest = self._names(bucket, dest)
+        try:
+            self.client.copy({"Bucket": physical, "Key": src}, physical, dest, Config=self.transfer)
+        except ClientError as err:
+            if _is_not_found(err):
+                raise ObjectNotFound(f"object not found: {bucket}/{src}") from None
+            raise
+        self.delete(bucket, src)
+        info = self._stat(bucket, physical, dest)
+        if info is None:  # replaced or removed again at once; report what was copied
+            raise ObjectNotFound(f"object not found after copy: {bucket}/{dest}")
+        return info
 
     def url(self, bucket: str, key: str, expires_s: int = 3600) -> str | None:
         physical, key = self._names(bucket, key)

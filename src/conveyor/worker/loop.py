@@ -19,9 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from conveyor import __version__
+from conveyor import __version__, outputs
 from conveyor.backends import Backend
 from conveyor.config import Settings
 from conveyor.errors import (
@@ -32,12 +31,42 @@ from conveyor.errors import (
     TaskCancelled,
     WorkerCredentialRejected,
 )
+from conveyor.infra_errors import is_infrastructure_error
 from conveyor.logs import current_attempt, current_task, current_worker
 from conveyor.models import ClaimedTask, Lease, Progress, Task, WorkerInfo, utcnow
 from conveyor.processors import ProcessorContext, ProcessorRegistry
 from conveyor.storage import BlobStore
 
+from .workdirs import WorkRoot
+
 log = logging.getLogger("conveyor.worker")
+
+# An attempt stopped by a database or storage outage is handed back without
+# counting against max_attempts, at most this many times per task (then it counts).
+MAX_INFRA_RELEASES = 5
+INFRA_PREFIX = "infrastructure unavailable: "
+# no timeout may overflow a timer: 30 days is longer than any task should run
+MAX_TIMEOUT_S = 30 * 86400.0
+
+
+def infra_failure(exc: BaseException) -> bool:
+    """An outage stopped the attempt (not the task's own fault): a database or store
+    error, also when a processor wrapped it as a retryable failure."""
+    if is_infrastructure_error(exc):
+        return True
+    if isinstance(exc, ProcessorError) and exc.retryable:
+        cause = exc.__cause__ or exc.__context__
+        return cause is not None and is_infrastructure_error(cause)
+    return False
+
+
+def infra_releases(task: Task) -> int:
+    """Attempts of ``task`` handed back because of an outage so far."""
+    return sum(
+        1
+        for a in task.history
+        if a.outcome == "released" and (a.error or "").startswith(INFRA_PREFIX)
+    )
 
 
 def default_worker_id() -> str:
@@ -55,6 +84,9 @@ class RunningTask:
     last_progress: float = 0.0
     last_phase: str = ""
     thread: threading.Thread | None = None
+    # time.monotonic() until which the lease is surely held (renewed before then)
+    held_until: float = 0.0
+    stager: outputs.Stager | None = None
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -81,9 +113,9 @@ class Worker:
         self.id = worker_id or default_worker_id()
         self.concurrency = concurrency or settings.max_concurrent_tasks
         self.lease_s = settings.lease_seconds
-        self.temp_root = Path(settings.temp_dir or "/tmp") / "conveyor-work"  # nosec B108
-        # (bandit B108: a fallback only, Settings always sets temp_dir; every task gets
-        # its own mkdtemp below this root)
+        # (bandit B108: a fallback only, Settings always sets temp_dir; each worker gets
+        # a folder of its own below this root, and each task one below that)
+        self.work_root = WorkRoot(Path(settings.temp_dir or "/tmp") / "conveyor-work")  # nosec B108
         self.capabilities: dict[str, object] = {}
         self.kinds = kinds or self._probe_kinds()
         # the GPUs this worker hands out (container: CONVEYOR_GPUS or nvidia-smi)
@@ -101,6 +133,7 @@ class Worker:
         self.fatal: WorkerCredentialRejected | None = None
         self._threads: list[threading.Thread] = []
         self._last_reap = 0.0
+        self._last_sweep = 0.0
         self.started_at = utcnow()
 
     # -- set-up --------------------------------------------------------------
@@ -113,7 +146,15 @@ class Worker:
                 log.exception("probe of %s failed; not taking %s tasks", kind, kind)
                 caps = None
             if caps is None:
-                log.warning("this host cannot run %s tasks; not claiming them", kind)
+                why = str(getattr(proc, "unavailable_reason", "") or "")
+                log.warning(
+                    "this host cannot run %s tasks; not claiming them%s",
+                    kind,
+                    f": {why}" if why else "",
+                )
+                unavailable = self.capabilities.setdefault("unavailable", {})
+                assert isinstance(unavailable, dict)
+                unavailable[kind] = why or f"this worker cannot run {kind} tasks"
                 continue
             self.capabilities[kind] = caps
             kinds.append(kind)
@@ -142,8 +183,14 @@ class Worker:
         )
 
     # -- lifecycle ---------------------------------------------------------------
+    @property
+    def temp_root(self) -> Path:
+        return self.work_root.path
+
     def start(self) -> None:
-        self.temp_root.mkdir(parents=True, exist_ok=True)
+        removed = self.work_root.open()
+        if removed:
+            log.warning("Removed %d work folder(s) left by workers that died", removed)
         log.info(
             "Worker %s started: kinds=%s concurrency=%d",
             self.id,
@@ -178,6 +225,7 @@ class Worker:
         self._stopped.set()
         for t in self._threads:
             t.join(timeout=5)
+        self.work_root.close()
 
     def run_forever(self) -> None:
         """Blocking entry point for ``conveyor worker``; SIGTERM/SIGINT stop gracefully."""
@@ -259,6 +307,13 @@ class Worker:
             n = self.backend.reap()
             if n:
                 log.warning("Reaped %d task(s) whose worker stopped heartbeating", n)
+        sweep_every = max(60.0, self.settings.reap_interval)
+        if self.storage.can_promote and now - self._last_sweep >= sweep_every:
+            self._last_sweep = now
+            try:
+                outputs.sweep(self.backend, self.storage, self.settings.output_bucket)
+            except Exception:
+                log.warning("staging sweep failed; will retry", exc_info=True)
 
     def _heartbeat_loop(self) -> None:
         current_worker.set(self.id)
@@ -294,8 +349,12 @@ class Worker:
             running = list(self._running.values())
         for rt in running:
             self._flush_logs(rt)
+        sent = time.monotonic()
         result = self.backend.heartbeat(self.info(), [rt.lease for rt in running], self.lease_s)
         by_id = {rt.task.id: rt for rt in running}
+        for task_id in result.renewed:
+            if task_id in by_id:
+                by_id[task_id].held_until = sent + self.lease_s
         for task_id in result.cancel:
             if task_id in by_id:
                 log.info("Cancel requested for task %s: stopping it", task_id)
@@ -306,8 +365,31 @@ class Worker:
                 by_id[task_id].stop("lost")
 
     # -- running one task --------------------------------------------------------------
+    def _check_lease(self, rt: RunningTask) -> None:
+        """Raise ``LeaseLost`` unless this attempt still holds its lease: known lost, or not
+        renewed for a whole lease (the process was frozen, or the backend unreachable)
+        and not renewable now.  Called before every side effect a processor publishes."""
+        if rt.stop_reason == "lost":
+            raise LeaseLost(f"lease on task {rt.task.id} is no longer held by this worker")
+        if time.monotonic() < rt.held_until - min(2.0, self.lease_s / 4):
+            return
+        sent = time.monotonic()
+        try:
+            result = outputs.retry_infrastructure(
+                lambda: self.backend.heartbeat(self.info(), [rt.lease], self.lease_s),
+                budget_s=max(5.0, self.lease_s),
+                what="renewing a lease",
+            )
+        except Exception as exc:
+            rt.stop("lost")
+            raise LeaseLost(f"could not confirm the lease on task {rt.task.id}: {exc}") from exc
+        if rt.task.id not in result.renewed:
+            rt.stop("lost")
+            raise LeaseLost(f"lease on task {rt.task.id} is no longer held by this worker")
+        rt.held_until = sent + self.lease_s
+
     def _launch(self, task: Task, lease: Lease) -> None:
-        rt = RunningTask(task=task, lease=lease)
+        rt = RunningTask(task=task, lease=lease, held_until=time.monotonic() + self.lease_s)
         with self._lock:
             self._running[task.id] = rt
         t = threading.Thread(target=self._execute, args=(rt,), name=f"task-{task.id}", daemon=True)
@@ -352,11 +434,18 @@ class Worker:
         current_attempt.set(lease.attempt)
         current_worker.set(self.id)
         workdir = self.temp_root / f"{task.id}-{lease.attempt}-{uuid.uuid4().hex[:6]}"
-        timeout_s = float(task.params.get("timeout_s") or self.settings.task_timeout)
+        wanted = float(task.params.get("timeout_s") or self.settings.task_timeout)
+        timeout_s = min(max(wanted, 1.0), MAX_TIMEOUT_S)
         timer = threading.Timer(timeout_s, rt.stop, args=("timeout",))
         timer.daemon = True
+        rt.stager = outputs.Stager(
+            self.storage,
+            self.settings.output_bucket,
+            outputs.attempt_staging(task.id, lease.attempt),
+            lambda: self._check_lease(rt),
+        )
         try:
-            workdir.mkdir(parents=True)
+            workdir.mkdir(mode=0o700, parents=True)
             where = f"{task.input.bucket}/{task.input.key}" if task.input else "-"
             self._task_log(
                 rt,
@@ -376,42 +465,39 @@ class Worker:
                 log_stream=lambda line, stream: self._task_log(rt, line, stream),
                 worker_id=self.id,
                 attempt=lease.attempt,
+                check_lease=lambda: self._check_lease(rt),
+                outputs=rt.stager,
             )
             timer.start()
-            outputs = processor.run(ctx)
+            produced = processor.run(ctx)
             if rt.stop_reason is not None:
                 raise TaskCancelled(rt.stop_reason)
+            self._check_lease(rt)  # a frozen worker learns here that another attempt took over
             self._flush_logs(rt)
-            self.backend.complete(lease, outputs)
-            self._task_log(rt, f"Task completed: {task.id} with {len(outputs)} output(s)")
+            done = self._call(lambda: self.backend.complete(lease, produced), "completing")
+            self._task_log(rt, f"Task completed: {task.id} with {len(produced)} output(s)")
+            self._settle(done)
         except TaskCancelled:
             self._finish_stopped(rt, timeout_s)
+        except LeaseLost:
+            self._abandon(rt)
         except ProcessorError as exc:
             if rt.stop_reason is not None:
                 self._finish_stopped(rt, timeout_s)
+            elif infra_failure(exc):
+                self._release_for_outage(rt, exc)
             else:
-                self._task_log(rt, f"Task failed: {task.id}: {exc.message}")
-                self._flush_logs(rt)  # the log is whole once the outcome shows
-                self._report(
-                    self.backend.fail, lease, exc.message, retryable=exc.retryable, code=exc.code
-                )
-        except LeaseLost:
-            self._task_log(rt, f"Task {task.id}: lease lost; result discarded")
+                self._fail(rt, exc.message, retryable=exc.retryable, code=exc.code)
         except NotFound as exc:  # e.g. the input was deleted after submit: retrying won't help
-            self._task_log(rt, f"Task failed: {task.id}: {exc.message}")
-            self._flush_logs(rt)  # the log is whole once the outcome shows
-            self._report(self.backend.fail, lease, exc.message, retryable=False, code=exc.code)
+            self._fail(rt, exc.message, retryable=False, code=exc.code)
         except Exception as exc:
-            log.exception("unexpected error in task %s", task.id)
-            self._task_log(rt, f"Task failed: {task.id}: internal error: {exc!r}")
-            self._flush_logs(rt)  # the log is whole once the outcome shows
-            self._report(
-                self.backend.fail,
-                lease,
-                f"internal error: {exc!r}",
-                retryable=True,
-                code="internal",
-            )
+            if rt.stop_reason == "lost":
+                self._abandon(rt)
+            elif infra_failure(exc):
+                self._release_for_outage(rt, exc)
+            else:
+                log.exception("unexpected error in task %s", task.id)
+                self._fail(rt, f"internal error: {exc!r}", retryable=True, code="internal")
         finally:
             timer.cancel()
             self._flush_logs(rt)
@@ -420,30 +506,88 @@ class Worker:
                 self._running.pop(task.id, None)
             self._slot_freed.set()
 
+    # -- outcomes ------------------------------------------------------------------------
+    def _call(self, call: Callable[[], Task], what: str) -> Task:
+        """A backend call retried in place while the database is unreachable; the
+        fenced calls are safe to repeat (``complete`` answers its own lease alike)."""
+        return outputs.retry_infrastructure(call, budget_s=max(30.0, self.lease_s), what=what)
+
+    def _settle(self, task: Task) -> None:
+        """Outputs made visible (completed) or staging removed (failed); a crash or an
+        outage here is finished by the staging sweep, never by a stale attempt."""
+        try:
+            outputs.settle(self.backend, self.storage, self.settings.output_bucket, task)
+        except Exception:
+            log.warning(
+                "Task %s: outputs not settled yet (%s); the staging sweep will finish",
+                task.id,
+                task.status.value,
+                exc_info=True,
+            )
+
+    def _fail(
+        self, rt: RunningTask, message: str, *, retryable: bool, code: str, say: bool = True
+    ) -> None:
+        if say:
+            self._task_log(rt, f"Task failed: {rt.task.id}: {message}")
+        self._flush_logs(rt)  # the log is whole once the outcome shows
+        if rt.stager is not None:
+            rt.stager.discard()  # a retry starts from its own staging; this one is no use
+        done = self._report(
+            lambda: self.backend.fail(rt.lease, message, retryable=retryable, code=code)
+        )
+        if done is not None:
+            self._settle(done)
+
+    def _abandon(self, rt: RunningTask) -> None:
+        """The lease is gone: another attempt owns the task.  Nothing this attempt staged
+        may be used; it removes its own staging, and only that."""
+        rt.stop("lost")
+        self._task_log(rt, f"Task abandoned: {rt.task.id}: lease lost; result discarded")
+        if rt.stager is not None:
+            rt.stager.discard()
+
+    def _release_for_outage(self, rt: RunningTask, exc: BaseException) -> None:
+        """Hand the task back without counting the attempt: the database or the store
+        was down, which says nothing about the task.  Bounded: after
+        ``MAX_INFRA_RELEASES`` such releases the attempt counts as a failure."""
+        detail = f"{INFRA_PREFIX}{exc}"
+        if rt.stager is not None:
+            rt.stager.discard()
+        n = infra_releases(rt.task)
+        if n >= MAX_INFRA_RELEASES:
+            self._fail(rt, detail, retryable=True, code="infrastructure")
+            return
+        delay = min(300.0, 10.0 * 2**n)
+        self._task_log(
+            rt,
+            f"Task released: {rt.task.id}: {detail}; not counted as an attempt "
+            f"({n + 1} of {MAX_INFRA_RELEASES}), back in the queue in {delay:g} s",
+        )
+        self._flush_logs(rt)
+        self._report(lambda: self.backend.release(rt.lease, delay_s=delay, error=detail))
+
     def _finish_stopped(self, rt: RunningTask, timeout_s: float) -> None:
         lease, reason = rt.lease, rt.stop_reason
         if reason == "timeout":
-            msg = f"timed out after {timeout_s:g} s"
-            self._task_log(rt, f"Task failed: {rt.task.id}: {msg}")
-            self._flush_logs(rt)  # the log is whole once the outcome shows
-            self._report(self.backend.fail, lease, msg, retryable=True, code="timeout")
+            self._fail(rt, f"timed out after {timeout_s:g} s", retryable=True, code="timeout")
         elif reason == "shutdown":
             self._task_log(rt, f"Task released: {rt.task.id}: worker shutting down")
             self._flush_logs(rt)  # the log is whole once the outcome shows
-            self._report(self.backend.release, lease)
+            self._report(lambda: self.backend.release(lease))
         elif reason == "lost":
-            self._task_log(rt, f"Task abandoned: {rt.task.id}: lease lost")
+            self._abandon(rt)
         else:
             self._task_log(rt, f"Task cancelled: {rt.task.id}")
-            self._flush_logs(rt)  # the log is whole once the outcome shows
-            self._report(
-                self.backend.fail, lease, "cancelled by request", retryable=False, code="cancelled"
-            )
+            self._fail(rt, "cancelled by request", retryable=False, code="cancelled", say=False)
 
-    def _report(self, call: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    def _report(self, call: Callable[[], Task]) -> Task | None:
         try:
-            call(*args, **kwargs)
+            return self._call(call, "recording the outcome")
         except LeaseLost:
             log.warning("lease lost before the outcome could be recorded")
         except (WorkerCredentialRejected, RemoteUnavailable) as exc:  # remote workers
             log.warning("the outcome could not be recorded: %s", exc.message)
+        except Exception:
+            log.exception("the outcome could not be recorded; the lease will expire")
+        return None

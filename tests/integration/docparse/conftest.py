@@ -19,7 +19,7 @@ from conveyor.models import InputRef, OutputFile, Task
 from conveyor.processors.base import ProcessorContext
 from conveyor.processors.docparse import DocparseProcessor
 from conveyor.storage.local import LocalBlobStore
-from tests.conftest import IN_CI, need_tool
+from tests.conftest import IN_CI, need_tool, publish, stored_outputs
 from tests.docparse_samples import CJK_FONT_FILES, make_sample_pdf, make_scanned_copy
 
 
@@ -82,7 +82,7 @@ class Harness:
         proc = DocparseProcessor(settings or Settings())
         params = proc.validate(params, InputRef(bucket="input", key=key))
         ctx = self.context(key, params, recorder=recorder, cancel_event=cancel_event)
-        return proc.run(ctx)
+        return publish(self.store, proc.run(ctx))
 
     def local(self, out: OutputFile) -> Path:
         path = self.store.local_path(out.bucket, out.key)
@@ -103,7 +103,7 @@ class Harness:
         return data
 
     def published(self) -> list[str]:
-        return [o.key for o in self.store.list("output")]
+        return stored_outputs(self.store)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from conveyor.models import InputRef, OutputFile, Task
 from conveyor.processors.base import ProcessorContext
 from conveyor.processors.transcode import TranscodeProcessor
 from conveyor.storage.local import LocalBlobStore
-from tests.conftest import need_tool
+from tests.conftest import need_tool, publish, stored_outputs
 
 ALL_TYPES = [
     "mp4_standard",
@@ -151,7 +151,7 @@ class Harness:
     ) -> list[OutputFile]:
         key = self.upload(path, key or f"clips/{path.name}")
         ctx = self.context(key, {"transcode_types": types, **params}, recorder=recorder)
-        return TranscodeProcessor(settings).run(ctx)
+        return publish(self.store, TranscodeProcessor(settings).run(ctx))
 
     def local(self, out: OutputFile) -> Path:
         path = self.store.local_path(out.bucket, out.key)
@@ -159,7 +159,8 @@ class Harness:
         return path
 
     def published(self) -> list[str]:
-        return [o.key for o in self.store.list("output")]
+        """Every object in the output bucket, staged ones included."""
+        return stored_outputs(self.store)
 
 
 @pytest.fixture

@@ -314,7 +314,7 @@ class DocparseProcessor(Processor):
         engine: str,
         failed: list[int],
     ) -> list[OutputFile]:
-        """Upload every file or none: a failure or cancel part-way removes what went up.
+        """Stage every file or none: a failure or cancel part-way removes what was staged.
 
         The two documents' ``meta`` names the pages that could not be parsed, so a
         pipeline sees a partial result without reading the task log."""
@@ -339,16 +339,7 @@ class DocparseProcessor(Processor):
                     meta["pages"] = pages  # feeds conveyor_docparse_pages_per_second
                     if failed:
                         meta["failed_pages"] = failed
-                published.append(
-                    OutputFile(
-                        name=name,
-                        bucket=ctx.output_bucket,
-                        key=key,
-                        size=obj.size or path.stat().st_size,
-                        content_type=ctype,
-                        meta=meta,
-                    )
-                )
+                published.append(ctx.stager.put_file(name, key, path, ctype, meta))
         return published
 
 

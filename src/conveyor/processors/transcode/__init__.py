@@ -274,7 +274,7 @@ class TranscodeProcessor(Processor):
         prefix: str,
         encoders: Encoders,
     ) -> list[OutputFile]:
-        """Upload all outputs or none: a failure or cancel part-way removes what went up."""
+        """Stage all outputs or none: a failure or cancel part-way removes what was staged."""
         published: list[OutputFile] = []
         with publishing(ctx, published):
             for i, (plan, out) in enumerate(checked):
@@ -284,7 +284,6 @@ class TranscodeProcessor(Processor):
                 ctx.report_progress(
                     95.0 + 5.0 * i / len(checked), "upload", f"uploading {plan.name}"
                 )
-                obj = ctx.storage.put_file(ctx.output_bucket, key, plan.path, p.content_type)
                 meta: dict[str, Any] = {
                     "width": out.width,
                     "height": out.height,
@@ -295,14 +294,7 @@ class TranscodeProcessor(Processor):
                 if not p.is_still:
                     meta["duration"] = out.duration
                 published.append(
-                    OutputFile(
-                        name=plan.name,
-                        bucket=ctx.output_bucket,
-                        key=key,
-                        size=obj.size or out.size,
-                        content_type=p.content_type,
-                        meta=meta,
-                    )
+                    ctx.stager.put_file(plan.name, key, plan.path, p.content_type, meta)
                 )
         return published
 

@@ -1,0 +1,290 @@
+"""Outputs are committed, not just written: how a result becomes visible exactly once.
+
+An attempt writes only under its own staging prefix,
+``.conveyor-staging/<task>/<stamp>-<attempt>/<final key>``, a name no user key
+can take (``validate_key`` refuses every ``.conveyor*`` segment).  The worker
+then completes the task, fenced by its lease, naming what it staged
+(``OutputFile.staged_key``).  Only after that are the staged objects moved to
+their final keys, by whoever holds the completed record: the worker at once,
+the API for a remote worker, or the sweep after a crash between the two steps.
+A move is idempotent (a staged object already gone, whose final key holds an
+object of the recorded size, was moved), so two movers never disagree.
+
+A stale attempt cannot complete (the lease fences it), so nothing it staged
+ever moves: it can only delete its own staging objects, and the sweep removes
+whatever it leaves behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from ulid import ULID
+
+from conveyor.errors import InvalidRequest, ObjectNotFound
+from conveyor.infra_errors import is_infrastructure_error
+from conveyor.models import OutputFile, Task, TaskStatus
+from conveyor.storage.base import STAGING_ROOT, BlobStore, ObjectInfo, validate_key
+
+log = logging.getLogger("conveyor.outputs")
+
+T = TypeVar("T")
+
+# storage calls are retried in place this long when the store is unreachable
+STORAGE_RETRY_S = 30.0
+
+
+def retry_infrastructure(
+    call: Callable[[], T], *, budget_s: float = STORAGE_RETRY_S, what: str = "storage call"
+) -> T:
+    """``call()``, again with back-off (0.5 s doubling to 8 s) while it fails because
+    the database or the store is unreachable, for at most ``budget_s`` seconds; any
+    other error, or the last infrastructure one, is raised."""
+    deadline = time.monotonic() + budget_s
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_infrastructure_error(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(8.0, delay * 2)
+
+
+def task_staging(task_id: str) -> str:
+    """Every attempt of one task stages below this prefix."""
+    return f"{STAGING_ROOT}/{task_id}/"
+
+
+def attempt_staging(task_id: str, attempt: int) -> str:
+    """A fresh prefix for one attempt; later attempts sort after earlier ones."""
+    return f"{task_staging(task_id)}{str(ULID()).lower()}-{attempt}/"
+
+
+def staging_owner(key: str) -> tuple[str, int] | None:
+    """``(task id, attempt)`` of a staging key, or None if it is not one."""
+    parts = key.split("/")
+    if len(parts) < 4 or parts[0] != STAGING_ROOT:
+        return None
+    stamp, _, attempt = parts[2].rpartition("-")
+    if not stamp or not attempt.isdigit():
+        return None
+    return parts[1], int(attempt)
+
+
+@dataclass
+class Stager:
+    """One attempt's writes: each output goes to the attempt's staging prefix, after a
+    check that the attempt still holds its lease (``check_lease`` raises ``LeaseLost``)."""
+
+    storage: BlobStore
+    bucket: str
+    prefix: str
+    check_lease: Callable[[], None] = lambda: None
+    staged: list[str] = field(default_factory=list)
+
+    def stage(self, key: str, path: Path, content_type: str | None = None) -> ObjectInfo:
+        """Write ``path`` to the staging twin of final ``key``; the staged object's info."""
+        validate_key(key)
+        staged_key = self.prefix + key
+        self.check_lease()
+        info = retry_infrastructure(
+            lambda: self.storage.put_file(self.bucket, staged_key, path, content_type),
+            what=f"staging {key}",
+        )
+        if staged_key not in self.staged:
+            self.staged.append(staged_key)
+        return info
+
+    def put_file(
+        self,
+        name: str,
+        key: str,
+        path: Path,
+        content_type: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> OutputFile:
+        """Stage one output; the ``OutputFile`` names its final key and its staged twin."""
+        info = self.stage(key, path, content_type)
+        return OutputFile(
+            name=name,
+            bucket=self.bucket,
+            key=key,
+            size=info.size,
+            content_type=content_type,
+            meta=meta or {},
+            staged_key=self.prefix + key,
+        )
+
+    def discard(self, keys: Iterable[str] | None = None) -> None:
+        """Delete staged objects of this attempt (all of them by default); only its own."""
+        for staged_key in list(self.staged if keys is None else keys):
+            if not staged_key.startswith(self.prefix):
+                continue
+            try:
+                self.storage.delete(self.bucket, staged_key)
+            except Exception:
+                log.warning("could not remove staged %s; the sweep will", staged_key)
+            else:
+                if staged_key in self.staged:
+                    self.staged.remove(staged_key)
+
+    def previous_attempt(self) -> tuple[str, list[ObjectInfo]] | None:
+        """The newest earlier attempt's staging prefix of this task and what it holds
+        (a container job's checkpoints), or None."""
+        root = self.prefix.rsplit("/", 2)[0] + "/"
+        folders: dict[str, list[ObjectInfo]] = {}
+        for info in self.storage.list(self.bucket, root):
+            folder = info.key[len(root) :].split("/", 1)[0]
+            folders.setdefault(root + folder + "/", []).append(info)
+        earlier = sorted(p for p in folders if p < self.prefix)
+        if not earlier:
+            return None
+        return earlier[-1], folders[earlier[-1]]
+
+
+def has_staged(task: Task) -> bool:
+    return any(o.staged_key for o in task.outputs)
+
+
+def promote_outputs(storage: BlobStore, task: Task) -> list[str]:
+    """Move a completed task's staged outputs to their final keys; the keys that could
+    be neither moved nor found moved (lost).  Safe to run twice, or from two places."""
+    lost: list[str] = []
+    for o in task.outputs:
+        if not o.staged_key:
+            continue
+        src = o.staged_key
+        try:
+            retry_infrastructure(
+                lambda o=o, src=src: storage.promote(o.bucket, src, o.key),  # type: ignore[misc]
+                what=f"publishing {o.key}",
+            )
+        except ObjectNotFound:
+            done = retry_infrastructure(lambda o=o: storage.stat(o.bucket, o.key))  # type: ignore[misc]
+            if done is None or done.size != o.size:
+                lost.append(o.key)
+    return lost
+
+
+class CommitBackend(Protocol):
+    def outputs_committed(self, task_id: str) -> Task: ...
+
+
+def commit(backend: CommitBackend, storage: BlobStore, task: Task) -> Task:
+    """Make a completed task's outputs visible and record that they are."""
+    if task.status != TaskStatus.COMPLETED or not has_staged(task):
+        return task
+    lost = promote_outputs(storage, task)
+    if lost:
+        log.error(
+            "Task %s: staged output(s) %s vanished before they were published",
+            task.id,
+            ", ".join(lost),
+            extra={"task_id": task.id},
+        )
+    return retry_infrastructure(
+        lambda: backend.outputs_committed(task.id), what="recording published outputs"
+    )
+
+
+def discard_task(storage: BlobStore, bucket: str, task_id: str) -> int:
+    """Delete everything any attempt of a task staged (the task ended without outputs)."""
+    n = 0
+    for info in list(storage.list(bucket, task_staging(task_id))):
+        try:
+            storage.delete(bucket, info.key)
+            n += 1
+        except Exception:
+            log.warning("could not remove staged %s; the sweep will", info.key)
+    return n
+
+
+def settle(backend: CommitBackend, storage: BlobStore, bucket: str, task: Task) -> Task:
+    """After a task's outcome: a completed task's outputs made visible, a failed or
+    cancelled task's staging removed.  Left to the API when the store is reached
+    through it (a remote worker's)."""
+    if not storage.can_promote:
+        return task
+    if task.status == TaskStatus.COMPLETED:
+        return commit(backend, storage, task)
+    if task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        discard_task(storage, bucket, task.id)
+    return task
+
+
+def check_staged(outputs: Iterable[OutputFile], task_id: str, attempt: int, bucket: str) -> None:
+    """Refuse a completion naming staged objects that are not this attempt's own, or final
+    keys outside the output bucket: a worker moves only what it staged itself."""
+    for o in outputs:
+        if o.staged_key is None:
+            continue
+        owner = staging_owner(o.staged_key)
+        if owner != (task_id, attempt) or o.bucket != bucket:
+            raise InvalidRequest(
+                f"output {o.key!r} names staged object {o.staged_key!r}, "
+                f"which is not attempt {attempt} of task {task_id} in bucket {bucket!r}"
+            )
+        validate_key(o.key)
+
+
+class SweepBackend(CommitBackend, Protocol):
+    def get(self, task_id: str) -> Task | None: ...
+
+
+def sweep(
+    backend: SweepBackend,
+    storage: BlobStore,
+    bucket: str,
+    *,
+    settle_s: float = 60.0,
+    max_age_s: float = 86400.0,
+) -> tuple[int, int]:
+    """Finish commits a crash interrupted and remove staging nobody will use; returns
+    ``(tasks committed, objects removed)``.
+
+    Objects younger than ``settle_s`` are left alone (their attempt or its commit may
+    still be under way).  A completed task's named staged objects are committed; what
+    else sits under a final task is removed; a task still pending or running keeps
+    its attempts' staging (a container job's next attempt restores from it) for
+    ``max_age_s``.
+    """
+    now = datetime.now(UTC)
+    settled = now - timedelta(seconds=settle_s)
+    expired = now - timedelta(seconds=max_age_s)
+    by_task: dict[str, list[ObjectInfo]] = {}
+    for info in storage.list(bucket, STAGING_ROOT + "/"):
+        owner = staging_owner(info.key)
+        if owner is not None:
+            by_task.setdefault(owner[0], []).append(info)
+    committed = removed = 0
+    for task_id, objects in by_task.items():
+        if any(o.modified is None or o.modified > settled for o in objects):
+            continue
+        task = backend.get(task_id)
+        keep: set[str] = set()
+        if task is not None and task.status == TaskStatus.COMPLETED and has_staged(task):
+            commit(backend, storage, task)
+            committed += 1
+            keep = {o.staged_key for o in task.outputs if o.staged_key}
+        elif task is not None and not task.status.is_final:
+            objects = [o for o in objects if o.modified is not None and o.modified < expired]
+        for o in objects:
+            if o.key in keep:
+                continue
+            try:
+                storage.delete(bucket, o.key)
+                removed += 1
+            except Exception:
+                log.warning("could not remove staged %s", o.key, exc_info=True)
+    if committed or removed:
+        log.info("Staging sweep: %d commit(s) finished, %d object(s) removed", committed, removed)
+    return committed, removed
