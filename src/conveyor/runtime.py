@@ -86,7 +86,9 @@ class Runtime:
                 concurrency=concurrency,
             )
         else:
-            rt.reaper = Reaper(service.backend, settings.reap_interval)
+            rt.reaper = Reaper(
+                service.backend, settings.reap_interval, service.storage, settings.output_bucket
+            )
         if with_trigger and settings.trigger_enabled:
             rt.watcher = _upload_trigger(settings, service)
         return rt

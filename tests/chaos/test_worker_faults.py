@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,6 @@ from conveyor.models import Lease
 from tests.conftest import (
     FAST_ENV,
     Server,
-    launch,
-    make_clip,
-    need_tool,
     start_process,
     wait_task,
 )
@@ -55,23 +51,6 @@ def ffmpeg_pids(marker: str) -> list[int]:
         ):
             pids.append(int(entry))
     return pids
-
-
-@pytest.fixture(scope="module")
-def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(
-        tmp_path_factory.mktemp("long") / "long.mp4", width=1280, height=720, seconds=6.0
-    )
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Server]:
-    need_tool("ffmpeg", "ffprobe")
-    srv = launch(tmp_path, "serve", env=FAST_ENV)
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def start_worker(api: Server, tmp_path: Path, name: str) -> subprocess.Popen[bytes]:

@@ -307,7 +307,7 @@ class Worker:
             n = self.backend.reap()
             if n:
                 log.warning("Reaped %d task(s) whose worker stopped heartbeating", n)
-        sweep_every = max(60.0, self.settings.reap_interval)
+        sweep_every = max(300.0, self.settings.reap_interval)  # the API sweeps every minute
         if self.storage.can_promote and now - self._last_sweep >= sweep_every:
             self._last_sweep = now
             try:

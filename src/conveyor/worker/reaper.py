@@ -1,21 +1,36 @@
-"""Expired leases must go back to the queue even when no worker is running."""
+"""Expired leases must go back to the queue even when no worker is running; and a
+commit of outputs that a crash interrupted must be finished (conveyor.outputs)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
+from conveyor import outputs
 from conveyor.backends import Backend
+from conveyor.storage import BlobStore
 
 log = logging.getLogger("conveyor.reaper")
 
+SWEEP_EVERY_S = 60.0
+
 
 class Reaper:
-    def __init__(self, backend: Backend, interval: float) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        interval: float,
+        storage: BlobStore | None = None,
+        output_bucket: str = "output",
+    ) -> None:
         self.backend = backend
         self.interval = interval
+        self.storage = storage
+        self.output_bucket = output_bucket
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="conveyor-reaper", daemon=True)
+        self._last_sweep = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -28,6 +43,17 @@ class Reaper:
                     log.warning("Reaped %d task(s) whose worker stopped heartbeating", n)
             except Exception:
                 log.exception("reap failed; will retry")
+            self._maybe_sweep()
+
+    def _maybe_sweep(self) -> None:
+        now = time.monotonic()
+        if self.storage is None or now - self._last_sweep < max(SWEEP_EVERY_S, self.interval):
+            return
+        self._last_sweep = now
+        try:
+            outputs.sweep(self.backend, self.storage, self.output_bucket)
+        except Exception:
+            log.warning("staging sweep failed; will retry", exc_info=True)
 
     def stop(self) -> None:
         self._stop.set()

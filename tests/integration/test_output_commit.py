@@ -1,0 +1,152 @@
+"""The output commit protocol (conveyor.outputs) on a real SQLite engine and folder store.
+
+What a crash between completing a task and publishing its outputs leaves behind
+is finished by the sweep; what stale or failed attempts staged is removed; and
+nothing staged is ever visible at a final key before the task completed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from conveyor import outputs
+from conveyor.backends.sqlite import SQLiteBackend
+from conveyor.errors import InvalidRequest, LeaseLost
+from conveyor.models import ClaimedTask, OutputFile, Task, TaskStatus
+from conveyor.storage.local import LocalBlobStore
+from tests.conftest import stored_outputs
+
+BUCKET = "output"
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> SQLiteBackend:
+    return SQLiteBackend(tmp_path / "conveyor.db", backoff_base=0.0)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalBlobStore:
+    return LocalBlobStore(tmp_path / "buckets")
+
+
+def claim(backend: SQLiteBackend, lease_s: float = 60.0) -> tuple[Task, ClaimedTask]:
+    task, _ = backend.submit(Task(kind="k"))
+    (c,) = backend.claim("w1", ["k"], 1, lease_s)
+    return task, c
+
+
+def stage(store: LocalBlobStore, tmp_path: Path, task_id: str, attempt: int) -> outputs.Stager:
+    return outputs.Stager(store, BUCKET, outputs.attempt_staging(task_id, attempt))
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def test_nothing_is_visible_until_the_completion_then_everything_is(
+    backend: SQLiteBackend, store: LocalBlobStore, tmp_path: Path
+) -> None:
+    task, c = claim(backend)
+    st = stage(store, tmp_path, task.id, c.lease.attempt)
+    outs = [
+        st.put_file("a", "clips/x/a.txt", write(tmp_path, "a", b"aaa")),
+        st.put_file("b", "clips/x/b.txt", write(tmp_path, "b", b"bb")),
+    ]
+    assert [o.key for o in store.list(BUCKET)] == [], "staged objects are not visible"
+    done = backend.complete(c.lease, outs)
+    assert outputs.has_staged(done)
+    final = outputs.settle(backend, store, BUCKET, done)
+    assert not outputs.has_staged(final)
+    assert [o.key for o in store.list(BUCKET)] == ["clips/x/a.txt", "clips/x/b.txt"]
+    assert stored_outputs(store) == ["clips/x/a.txt", "clips/x/b.txt"], "no staging left"
+    assert backend.get(task.id) == final
+    # a second settle (another mover) changes nothing
+    assert outputs.commit(backend, store, done) == final
+
+
+def test_the_sweep_finishes_a_commit_a_crash_interrupted(
+    backend: SQLiteBackend, store: LocalBlobStore, tmp_path: Path
+) -> None:
+    task, c = claim(backend)
+    st = stage(store, tmp_path, task.id, c.lease.attempt)
+    out = st.put_file("a", "r/a.txt", write(tmp_path, "a", b"payload"))
+    backend.complete(c.lease, [out])  # ... and the worker died here
+    assert store.stat(BUCKET, "r/a.txt") is None
+    assert outputs.sweep(backend, store, BUCKET, settle_s=3600) == (0, 0), "young: left alone"
+    assert outputs.sweep(backend, store, BUCKET, settle_s=0) == (1, 0)
+    with store.open(BUCKET, "r/a.txt") as fh:
+        assert fh.read() == b"payload"
+    got = backend.get(task.id)
+    assert got is not None and not outputs.has_staged(got)
+    assert stored_outputs(store) == ["r/a.txt"]
+
+
+def test_a_stale_attempt_s_staging_is_never_published_and_is_swept(
+    backend: SQLiteBackend, store: LocalBlobStore, tmp_path: Path
+) -> None:
+    task, first = claim(backend, lease_s=0.05)
+    stale = stage(store, tmp_path, task.id, first.lease.attempt)
+    stale_out = stale.put_file("a", "r/a.txt", write(tmp_path, "old", b"attempt 1"))
+    time.sleep(0.1)  # attempt 1's worker froze past its lease
+    assert backend.reap() == 1
+    (second,) = backend.claim("w2", ["k"], 1, 60.0)
+    win = stage(store, tmp_path, task.id, second.lease.attempt)
+    win_out = win.put_file("a", "r/a.txt", write(tmp_path, "new", b"attempt 2"))
+    outputs.settle(backend, store, BUCKET, backend.complete(second.lease, [win_out]))
+    # the stale attempt wakes up: it can neither complete nor name another's staging
+    with pytest.raises(LeaseLost):
+        backend.complete(first.lease, [stale_out])
+    with pytest.raises(InvalidRequest):
+        outputs.check_staged([stale_out], task.id, second.lease.attempt, BUCKET)
+    stale.put_file("b", "r/b.txt", write(tmp_path, "late", b"late upload"))
+    with store.open(BUCKET, "r/a.txt") as fh:
+        assert fh.read() == b"attempt 2"
+    assert [o.key for o in store.list(BUCKET)] == ["r/a.txt"]
+    assert outputs.sweep(backend, store, BUCKET, settle_s=0) == (0, 2)
+    assert stored_outputs(store) == ["r/a.txt"]
+
+
+def test_a_failed_task_s_staging_is_removed(
+    backend: SQLiteBackend, store: LocalBlobStore, tmp_path: Path
+) -> None:
+    task, c = claim(backend)
+    st = stage(store, tmp_path, task.id, c.lease.attempt)
+    st.put_file("a", "r/a.txt", write(tmp_path, "a", b"half"))
+    failed = backend.fail(c.lease, "bad input", retryable=False)
+    assert failed.status == TaskStatus.FAILED
+    outputs.settle(backend, store, BUCKET, failed)
+    assert stored_outputs(store) == []
+
+
+def test_a_running_task_keeps_its_earlier_attempts_staging_for_a_day(
+    backend: SQLiteBackend, store: LocalBlobStore, tmp_path: Path
+) -> None:
+    task, c = claim(backend)
+    first = stage(store, tmp_path, task.id, 1)
+    first.stage("t/ckpt.bin", write(tmp_path, "c", b"checkpoint"))
+    second = stage(store, tmp_path, task.id, 2)
+    prev = second.previous_attempt()
+    assert prev is not None and prev[0] == first.prefix
+    assert [o.key for o in prev[1]] == [first.prefix + "t/ckpt.bin"]
+    assert outputs.sweep(backend, store, BUCKET, settle_s=0) == (0, 0)
+    assert outputs.sweep(backend, store, BUCKET, settle_s=0, max_age_s=0) == (0, 1)
+    del c
+
+
+def test_staged_keys_of_another_task_are_refused_in_a_completion() -> None:
+    out = OutputFile(
+        name="a",
+        bucket=BUCKET,
+        key="a.txt",
+        staged_key=outputs.attempt_staging("01other", 1) + "a.txt",
+    )
+    with pytest.raises(InvalidRequest):
+        outputs.check_staged([out], "01mine", 1, BUCKET)
+    with pytest.raises(InvalidRequest):
+        outputs.check_staged([out], "01other", 1, "input")
+    outputs.check_staged([out], "01other", 1, BUCKET)
