@@ -427,6 +427,10 @@ class Worker:
             )
         except LeaseLost:
             rt.stop("lost")
+        except Exception as exc:  # progress is best effort: an outage must not fail the task
+            if not is_infrastructure_error(exc):
+                raise
+            log.warning("progress of task %s not recorded: %s", rt.task.id, exc)
 
     def _execute(self, rt: RunningTask) -> None:
         task, lease = rt.task, rt.lease
@@ -474,7 +478,20 @@ class Worker:
                 raise TaskCancelled(rt.stop_reason)
             self._check_lease(rt)  # a frozen worker learns here that another attempt took over
             self._flush_logs(rt)
-            done = self._call(lambda: self.backend.complete(lease, produced), "completing")
+            try:
+                done = self._call(lambda: self.backend.complete(lease, produced), "completing")
+            except Exception as exc:
+                if isinstance(exc, LeaseLost) or not infra_failure(exc):
+                    raise
+                # the completion may have landed before the connection dropped: what was
+                # staged stays (the sweep publishes it, or removes it once another attempt
+                # finished the task), and the lease decides
+                self._task_log(
+                    rt,
+                    f"Task {task.id}: the completion could not be confirmed ({exc}); "
+                    "its lease will tell whether it counts",
+                )
+                return
             self._task_log(rt, f"Task completed: {task.id} with {len(produced)} output(s)")
             self._settle(done)
         except TaskCancelled:
