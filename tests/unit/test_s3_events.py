@@ -164,6 +164,13 @@ def test_non_video_is_parsed_but_not_an_upload() -> None:
     assert [ev.key for ev in video_uploads(body)] == ["ok.WEBM"]
 
 
+def test_staged_outputs_are_no_uploads() -> None:
+    # a bucket used for inputs and outputs sees the workers' staging writes too
+    staged = ".conveyor-staging/01task/01stamp-1/clips/a/mp4_standard.mp4"
+    body = event(record(staged), record("clips/b.mp4"))
+    assert [ev.key for ev in video_uploads(body)] == ["clips/b.mp4"]
+
+
 def test_quoted_etag_is_stripped() -> None:
     [ev] = parse_message(event(record("a.mp4", etag='"abc"')))
     assert ev.etag == "abc"

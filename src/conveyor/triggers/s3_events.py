@@ -42,6 +42,7 @@ from conveyor.errors import InvalidRequest, NotFound
 from conveyor.models import Trigger
 from conveyor.service import ConveyorService, SubmitRequest, is_video_key, upload_dedup_key
 from conveyor.storage import ObjectInfo
+from conveyor.storage.base import is_staging_key
 
 log = logging.getLogger("conveyor.trigger.s3")
 
@@ -164,7 +165,8 @@ def video_uploads(body: str | bytes) -> list[S3ObjectEvent]:
     seen: set[str] = set()
     out: list[S3ObjectEvent] = []
     for ev in parse_message(body):
-        if not ev.is_video or ev.dedup_key in seen:
+        # staged outputs (conveyor.outputs) are no uploads, even in a shared bucket
+        if not ev.is_video or is_staging_key(ev.key) or ev.dedup_key in seen:
             continue
         seen.add(ev.dedup_key)
         out.append(ev)
