@@ -122,6 +122,16 @@ class Settings(BaseSettings):
     # mineru-api server (seed 000's GPU parser) the mineru engine sends work to
     docparse_workers: int = _env(0, "DOCPARSE_WORKERS", ge=0, le=256)
     mineru_api_url: str = _env("", "MINERU_API_URL", "MINERU_API_URL")
+    # docparse limits on input (docs/docparse.md): pixels a page or image frame may
+    # take (big pages are rendered for OCR at down to min_dpi), pixels a document may
+    # take, and each page process's address space (MiB, 0 = none) and time per page
+    docparse_max_page_pixels: int = _env(36_000_000, "DOCPARSE_MAX_PAGE_PIXELS", ge=1_000_000)
+    docparse_min_dpi: int = _env(150, "DOCPARSE_MIN_DPI", ge=36, le=200)
+    docparse_max_document_pixels: int = _env(
+        20_000_000_000, "DOCPARSE_MAX_DOCUMENT_PIXELS", ge=1_000_000
+    )
+    docparse_page_memory_mb: int = _env(1536, "DOCPARSE_PAGE_MEMORY_MB", ge=0)
+    docparse_page_timeout: float = _env(600.0, "DOCPARSE_PAGE_TIMEOUT", gt=0, le=86400)
 
     trigger_enabled: bool = _env(True, "TRIGGER_ENABLED")
     trigger_interval: float = _env(2.0, "TRIGGER_INTERVAL")

@@ -25,8 +25,9 @@ from conveyor.errors import InputRejected, ProcessorError, TaskCancelled
 from conveyor.models import InputRef, OutputFile
 from conveyor.processors.base import Processor, ProcessorContext, download_input, publishing
 from conveyor.processors.docparse.assemble import assemble
-from conveyor.processors.docparse.inputs import DocInfo, open_input
-from conveyor.processors.docparse.lite import LiteSummary, PagePoolBroken, run_pages
+from conveyor.processors.docparse.inputs import DocInfo
+from conveyor.processors.docparse.limits import DocLimits
+from conveyor.processors.docparse.lite import LiteSummary, PagePoolBroken, open_document, run_pages
 from conveyor.processors.docparse.mineru import (
     MineruError,
     MineruResult,
@@ -35,7 +36,6 @@ from conveyor.processors.docparse.mineru import (
     parse_inprocess,
 )
 from conveyor.processors.docparse.ocr import OcrUnavailable, check_languages, tesseract_languages
-from conveyor.processors.docparse.pages import select_pages
 from conveyor.processors.docparse.params import DocparseParams
 from conveyor.storage.base import validate_key
 
@@ -58,6 +58,7 @@ class DocparseProcessor(Processor):
         self.mineru_api_url: str = getattr(settings, "mineru_api_url", "") or os.environ.get(
             "MINERU_API_URL", ""
         )
+        self.limits = DocLimits.from_settings(settings)  # docs/docparse.md, "Limits on input"
 
     # -- submit time -----------------------------------------------------------------
     def validate(self, params: dict[str, Any], input_ref: InputRef | None) -> dict[str, Any]:
@@ -89,11 +90,20 @@ class DocparseProcessor(Processor):
         src = self._download(ctx, ref)
         _check_cancel(ctx)
         ctx.report_progress(3.0, "probe", "checking the document")
-        doc = open_input(src, ctx.workdir)
+        # the input is decoded and opened in a page process, never in this one
+        scan_check = params.engine == "auto" and mineru_mode(self.mineru_api_url) is not None
         try:
-            pages = select_pages(params.pages, doc.page_count)
-        except ValueError as exc:
-            raise InputRejected(str(exc)) from exc
+            doc, pages = open_document(
+                src,
+                ctx.workdir,
+                params.pages,
+                limits=self.limits,
+                workers=self.workers,
+                cancel=ctx.cancel_event,
+                scan_check=scan_check,
+            )
+        except PagePoolBroken as exc:
+            raise ProcessorError(str(exc), retryable=True) from exc
         base = _base_name(ref.key)
         outdir = ctx.workdir / "out"
         (outdir / "images").mkdir(parents=True)
@@ -147,7 +157,7 @@ class DocparseProcessor(Processor):
         want_mineru = params.engine == "mineru" or (
             params.engine == "auto"
             and mode is not None
-            and (params.ocr == "force" or doc.kind != "pdf" or self._has_scans(doc, pages))
+            and (params.ocr == "force" or doc.kind != "pdf" or doc.has_scans)
         )
         if want_mineru and mode is not None:
             try:
@@ -163,30 +173,6 @@ class DocparseProcessor(Processor):
                         p.unlink()
         summary = self._lite(ctx, params, doc, pages, outdir, base)
         return "lite", summary.failed
-
-    def _has_scans(self, doc: DocInfo, pages: list[int]) -> bool:
-        """A quick look at the text layer: any selected page without one sends auto to MinerU."""
-        import pypdfium2 as pdfium
-
-        from conveyor.processors.docparse.inputs import PDFIUM_LOCK
-        from conveyor.processors.docparse.pdfpage import MIN_TEXT_CHARS
-
-        with PDFIUM_LOCK:
-            pdf = pdfium.PdfDocument(doc.path)
-            try:
-                for i in pages:
-                    page = pdf[i]
-                    try:
-                        tp = page.get_textpage()
-                        n = tp.count_chars()
-                        tp.close()
-                    finally:
-                        page.close()
-                    if n < MIN_TEXT_CHARS:
-                        return True
-            finally:
-                pdf.close()
-        return False
 
     def _mineru(
         self,
@@ -265,6 +251,7 @@ class DocparseProcessor(Processor):
                 workers=self.workers,
                 cancel=ctx.cancel_event,
                 on_page=on_page,
+                limits=self.limits,
             )
         except OcrUnavailable as exc:
             raise ProcessorError(
@@ -273,7 +260,9 @@ class DocparseProcessor(Processor):
         except PagePoolBroken as exc:
             raise ProcessorError(str(exc), retryable=True) from exc
         if summary.failed_pages == summary.pages:
-            raise InputRejected("no page of the document could be parsed (see the task log)")
+            if summary.timed_out == summary.pages:  # a busy host, perhaps: try again
+                raise ProcessorError(summary.first_error, retryable=True, code="timeout")
+            raise InputRejected(f"no page of the document could be parsed: {summary.first_error}")
         ctx.log(
             f"Pages: {summary.text_pages} with a text layer, {summary.scanned_pages} scanned, "
             f"{summary.ocr_pages} OCR'd, {summary.failed_pages} failed"
@@ -327,7 +316,6 @@ class DocparseProcessor(Processor):
                 key = validate_key(f"{prefix}/{rel}")
                 ctx.report_progress(95.0 + 5.0 * i / len(files), "upload", f"uploading {rel}")
                 ctype = _CONTENT_TYPES.get(path.suffix, "image/jpeg")
-                obj = ctx.storage.put_file(ctx.output_bucket, key, path, ctype)
                 if rel.endswith("_content_list.json"):
                     name = "content_list"
                 elif rel.endswith(".md"):

@@ -1,27 +1,21 @@
-"""The ``lite`` engine: every page in a pool of processes, results spooled to disk.
+"""The ``lite`` engine: every page in a page process, results spooled to disk.
 
-PDFium is not thread-safe and a worker may run several tasks at once in
-threads, so pages are parsed in separate processes (``spawn``: a fork of a
-threaded worker could inherit a held lock).  Results are taken in page
-order from a bounded window of submitted pages and appended to a
-JSON-lines spool, and the pool's processes are replaced every
-``PAGES_PER_CHILD`` pages, so memory stays flat however long the document.
+PDFium is not thread-safe, a worker may run several tasks at once in
+threads, and a document is untrusted input, so pages are parsed in separate
+processes (``pool.py``: spawned, capped in memory, one page at a time).
+Results are taken in page order from a bounded window of pages and appended
+to a JSON-lines spool, so memory stays flat however long the document.  A
+page that fails, runs past the page timeout or kills its process is one
+``failed_pages`` entry, never a failed document.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import multiprocessing
-import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FuturesTimeout
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +24,10 @@ import numpy as np
 import pypdfium2 as pdfium
 from PIL import Image
 
-from conveyor.errors import TaskCancelled
+from conveyor.errors import InputRejected, ProcessorError, TaskCancelled
 from conveyor.processors.docparse.borderless import find_borderless
 from conveyor.processors.docparse.captions import attach_captions
+from conveyor.processors.docparse.inputs import DocInfo, PrepareJob, prepare
 from conveyor.processors.docparse.layout import (
     Char,
     Line,
@@ -45,6 +40,7 @@ from conveyor.processors.docparse.layout import (
     reading_order,
     shared_area,
 )
+from conveyor.processors.docparse.limits import OCR_DPI, DocLimits, InputTooLarge
 from conveyor.processors.docparse.model import Block, PageResult
 from conveyor.processors.docparse.ocr import (
     TURNED_BELOW_CONF,
@@ -68,15 +64,25 @@ from conveyor.processors.docparse.pdfpage import (
     save_pil,
     save_region,
 )
+from conveyor.processors.docparse.pool import (
+    DEAD,
+    PENDING,
+    JobKilled,
+    JobTimedOut,
+    PagePoolBroken,
+    PageProcess,
+    call,
+    shared_pool,
+    wait_any,
+)
 from conveyor.processors.docparse.scanfigures import find_figures
 from conveyor.processors.docparse.tables import Grid, find_tables, to_html, to_markdown
 
 log = logging.getLogger(__name__)
 
-PAGES_PER_CHILD = 100
-OCR_DPI = 200
 # sizes from OCR word boxes are estimates (cap height / 0.72): ask a little more
 OCR_HEADING_RATIO = 1.25
+__all__ = ["OCR_DPI", "PagePoolBroken", "open_document", "run_pages"]
 
 
 @dataclass(frozen=True)
@@ -86,10 +92,10 @@ class PageJob:
     images_dir: str
     ocr: str  # auto | force | off
     langs: tuple[str, ...]
-    dpi: int = OCR_DPI
+    limits: DocLimits = field(default_factory=DocLimits)
 
 
-# -- inside a pool process -------------------------------------------------------------
+# -- inside a page process --------------------------------------------------------------
 _open: tuple[str, pdfium.PdfDocument] | None = None
 
 
@@ -104,19 +110,38 @@ def _document(path: str) -> pdfium.PdfDocument:
 
 
 def parse_page(job: PageJob) -> dict[str, Any]:
-    """Parse one page; a page that fails is reported in its result, not raised."""
+    """Parse one page into its spool line (JSON, UTF-8) and a summary for the parent.
+
+    A page that fails is reported in its result, not raised: the spool line is
+    made here, inside the page's error handling, so nothing about one page
+    (a character that will not encode, say) can fail the document."""
+    pixels = [0]
     try:
-        return _parse_page(job)
+        result = _parse_page(job, pixels)
+        line = (json.dumps(result, ensure_ascii=False) + "\n").encode("utf-8")
     except OcrUnavailable:
         raise
+    except InputTooLarge as exc:
+        return failed_page(job.page_idx, str(exc))
     except Exception as exc:  # one bad page must not lose the other 499
-        return {
-            **PageResult(job.page_idx, 0.0, 0.0, "error", "none").to_dict(),
-            "error": f"{type(exc).__name__}: {exc}",
-        }
+        return failed_page(job.page_idx, f"{type(exc).__name__}: {exc}")
+    return {
+        "page_idx": job.page_idx,
+        "kind": result["kind"],
+        "method": result["method"],
+        "pixels": pixels[0],
+        "line": line,
+    }
 
 
-def _parse_page(job: PageJob) -> dict[str, Any]:
+def failed_page(page_idx: int, error: str) -> dict[str, Any]:
+    """The spool line and summary of a page that could not be parsed."""
+    result = {**PageResult(page_idx, 0.0, 0.0, "error", "none").to_dict(), "error": error}
+    line = (json.dumps(result, ensure_ascii=True) + "\n").encode("ascii")
+    return {"page_idx": page_idx, "kind": "error", "method": "none", "error": error, "line": line}
+
+
+def _parse_page(job: PageJob, pixels: list[int]) -> dict[str, Any]:
     pdf = _document(job.path)
     page = pdf[job.page_idx]
     try:
@@ -126,7 +151,7 @@ def _parse_page(job: PageJob) -> dict[str, Any]:
         width, height = content.shown.size
         result = PageResult(job.page_idx, width, height, kind, "ocr" if use_ocr else "text")
         if use_ocr:
-            blocks, words = _ocr_blocks(page, content, job)
+            blocks, words = _ocr_blocks(page, content, job, pixels)
             result.ocr_words = words
         else:
             figures = [
@@ -134,7 +159,7 @@ def _parse_page(job: PageJob) -> dict[str, Any]:
                 for obj, box in images
                 if box[2] - box[0] >= MIN_FIGURE_PT and box[3] - box[1] >= MIN_FIGURE_PT
             ]
-            blocks = _text_blocks(page, content, figures, Path(job.images_dir))
+            blocks = _text_blocks(page, content, figures, Path(job.images_dir), job.limits)
             for block in blocks:  # read where the text runs left to right, kept as shown
                 block.bbox = content.to_shown(block.bbox)
             if content.scanned:
@@ -174,8 +199,13 @@ def _table_block(grid: Grid, cells: dict[tuple[int, int], str]) -> Block | None:
 
 
 def _text_blocks(
-    page: pdfium.PdfPage, content: PageContent, figures: list[Any], images_dir: Path
+    page: pdfium.PdfPage,
+    content: PageContent,
+    figures: list[Any],
+    images_dir: Path,
+    limits: DocLimits,
 ) -> list[Block]:
+    cap = limits.max_page_pixels
     grids = _tables(find_tables(content.segments))
     free: list[Char] = []
     in_cells: dict[tuple[int, int, int], list[Char]] = {}
@@ -201,7 +231,7 @@ def _text_blocks(
                 bbox=found.bbox,
                 table_html=to_html(found.cells),
                 table_md=to_markdown(found.cells),
-                img_path=save_region(page, content.to_shown(found.bbox), images_dir) or "",
+                img_path=save_region(page, content.to_shown(found.bbox), images_dir, cap) or "",
             )
         )
     lines = chars_to_lines(free)
@@ -209,7 +239,7 @@ def _text_blocks(
     blocks = lines_to_blocks(reading_order(lines, content.width), body)
     for block in blocks:
         if block.type == "equation":  # its picture too, as the text cannot hold its layout
-            block.img_path = save_region(page, content.to_shown(block.bbox), images_dir) or ""
+            block.img_path = save_region(page, content.to_shown(block.bbox), images_dir, cap) or ""
     for gi, grid in enumerate(grids):
         cells: dict[tuple[int, int], str] = {}
         for (g, r, c), chars in in_cells.items():
@@ -220,30 +250,36 @@ def _text_blocks(
                 cells[(r, c)] = text
         table = _table_block(grid, cells)
         if table is not None:
-            table.img_path = save_region(page, content.to_shown(table.bbox), images_dir) or ""
+            table.img_path = save_region(page, content.to_shown(table.bbox), images_dir, cap) or ""
             anchored.append(table)
     for obj, box in figures:
         if any(inside((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, t.bbox) for t in anchored):
             continue
-        rel = save_image(obj, images_dir, content.frame.rotation)
+        # an image too big to decode whole is rendered from the page, at a capped size
+        rel = save_image(obj, images_dir, content.frame.rotation, cap) or save_region(
+            page, content.to_shown(box), images_dir, cap
+        )
         if rel:
             anchored.append(Block(type="image", bbox=box, img_path=rel))
     return attach_captions(order_blocks(blocks, anchored, content.width))
 
 
 def _ocr_blocks(
-    page: pdfium.PdfPage, content: PageContent, job: PageJob
+    page: pdfium.PdfPage, content: PageContent, job: PageJob, pixels: list[int]
 ) -> tuple[list[Block], int]:
     check_languages(job.langs)  # a missing language fails the task, not just this page
-    gray = render_gray(page, job.dpi)
+    # 200 dpi, or less for a big page; a page too big even at the lowest is refused
+    dpi = job.limits.render_dpi(*content.shown.size)
+    gray = render_gray(page, dpi)
+    pixels[0] += gray.size
     flat = Image.fromarray(flatten_paper(gray))
-    words = tesseract_words(flat, job.langs, job.dpi)
+    words = tesseract_words(flat, job.langs, dpi)
     turn = 0
     if looks_turned(words):  # is the page lying on its side?
-        turn = tesseract_rotation(flat, job.dpi)
+        turn = tesseract_rotation(flat, dpi)
         if turn:
             upright = np.ascontiguousarray(np.rot90(gray, k=-turn // 90))
-            again = tesseract_words(Image.fromarray(flatten_paper(upright)), job.langs, job.dpi)
+            again = tesseract_words(Image.fromarray(flatten_paper(upright)), job.langs, dpi)
             # keep it if it reads as upright text at least as surely as the page needs
             bar = min(mean_confidence(words), TURNED_BELOW_CONF)
             if standing_share(again) <= 0.5 and mean_confidence(again) >= bar:
@@ -252,7 +288,7 @@ def _ocr_blocks(
                 turn = 0
     shown = content.shown
     frame = shown.turned(shown.rotation + turn)  # the bitmap's frame, in points
-    scale = job.dpi / 72.0
+    scale = dpi / 72.0
     figures = find_figures(gray, scale, words)
     ruled = gray
     if figures:  # a picture's long dark runs are not a table's rules
@@ -297,7 +333,9 @@ def _ocr_blocks(
             table.img_path = save_pil(crop, Path(job.images_dir))
             anchored.append(table)
     for box in figures:
-        rel = save_region(page, frame.to(shown, box), Path(job.images_dir))
+        rel = save_region(
+            page, frame.to(shown, box), Path(job.images_dir), job.limits.max_page_pixels
+        )
         if rel:
             anchored.append(Block(type="image", bbox=box, img_path=rel))
     ordered = attach_captions(order_blocks(blocks, anchored, frame.size[0]))
@@ -354,107 +392,11 @@ def _ocr_lines(words: list[Word]) -> list[Line]:
     return lines
 
 
-# -- in the worker -----------------------------------------------------------------------
-IDLE_CLOSE_S = 120.0
+# -- in the worker ------------------------------------------------------------------------
 PAGE_WINDOW_PER_PROCESS = 2
-
-
-class PagePool:
-    """Warm page processes shared by every docparse task of this worker process.
-
-    Spawning a process and importing PDFium costs about a second on a busy
-    machine, more than parsing a dozen pages, so the processes outlive a
-    task; they are recycled every ``PAGES_PER_CHILD`` pages (bounding any
-    growth in a long run) and closed after ``IDLE_CLOSE_S`` without work.
-    A process that dies (the OOM killer) breaks the pool: the task fails,
-    retryably, and the next one gets a fresh pool.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self.workers = max(1, workers)
-        self._executor: ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
-        self._users = 0
-        self._idle_timer: threading.Timer | None = None
-
-    def acquire(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
-            if self._executor is None:
-                self._executor = ProcessPoolExecutor(
-                    self.workers,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    max_tasks_per_child=PAGES_PER_CHILD,
-                    initializer=watch_parent,
-                    initargs=(os.getpid(),),
-                )
-            self._users += 1
-            return self._executor
-
-    def release(self, broken: bool = False) -> None:
-        with self._lock:
-            self._users -= 1
-            if broken and self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
-            if self._users == 0 and self._executor is not None:
-                self._idle_timer = threading.Timer(IDLE_CLOSE_S, self.close_if_idle)
-                self._idle_timer.daemon = True
-                self._idle_timer.start()
-
-    def close_if_idle(self) -> None:
-        with self._lock:
-            if self._users == 0 and self._executor is not None:
-                self._executor.shutdown(wait=True, cancel_futures=True)
-                self._executor = None
-
-    def close(self) -> None:
-        with self._lock:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-            if self._executor is not None:
-                self._executor.shutdown(wait=True, cancel_futures=True)
-                self._executor = None
-
-
-_pools: dict[int, PagePool] = {}
-_pools_lock = threading.Lock()
-
-
-@atexit.register
-def close_pools() -> None:
-    """Idle page processes would otherwise outlive the worker: each holds its
-    queue's write end too, so it never sees the parent's end close."""
-    with _pools_lock:
-        pools = list(_pools.values())
-    for pool in pools:
-        pool.close()
-
-
-def watch_parent(parent: int) -> None:
-    """In each page process: exit when the worker is gone, even if it was SIGKILLed."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="conveyor-parent-watch", daemon=True).start()
-
-
-def shared_pool(workers: int) -> PagePool:
-    with _pools_lock:
-        pool = _pools.get(workers)
-        if pool is None:
-            pool = _pools[workers] = PagePool(workers)
-        return pool
-
-
-class PagePoolBroken(RuntimeError):
-    """A page process died mid-page."""
+# a page whose process dies is tried once more in a fresh one (a kill from outside,
+# say); dying twice, it fails: it needs more than the page processes are allowed
+PAGE_TRIES = 2
 
 
 @dataclass
@@ -465,6 +407,38 @@ class LiteSummary:
     ocr_pages: int = 0
     failed_pages: int = 0
     failed: list[int] = field(default_factory=list)  # 1-based numbers of the failed pages
+    timed_out: int = 0  # of the failed pages, those that ran past the page timeout
+    first_error: str = ""  # the first failed page's reason
+    pixels: int = 0  # rendered for OCR
+
+
+def open_document(
+    src: Path,
+    workdir: Path,
+    pages: str | None,
+    *,
+    limits: DocLimits,
+    workers: int,
+    cancel: threading.Event,
+    scan_check: bool = False,
+) -> tuple[DocInfo, list[int]]:
+    """Know the input (kind, pages, the pages selected) from a page process: an image is
+    decoded and a PDF opened there, under the memory limit, never in the worker."""
+    pool = shared_pool(workers, limits.page_memory_mb)
+    job = PrepareJob(str(src), str(workdir), pages, limits, scan_check)
+    try:
+        found = call(pool, prepare, job, cancel=cancel, timeout_s=limits.page_timeout_s)
+    except JobKilled as exc:
+        raise InputRejected(
+            "the input could not be opened within the page processes' memory limit "
+            f"({limits.page_memory_mb} MiB, CONVEYOR_DOCPARSE_PAGE_MEMORY_MB)"
+        ) from exc
+    except JobTimedOut as exc:
+        raise ProcessorError(
+            f"opening the input took too long: {exc}", retryable=True, code="timeout"
+        ) from exc
+    doc = DocInfo(Path(found["path"]), found["kind"], found["page_count"], found["has_scans"])
+    return doc, list(found["pages"])
 
 
 def run_pages(
@@ -478,66 +452,108 @@ def run_pages(
     workers: int,
     cancel: threading.Event,
     on_page: Callable[[int, int, dict[str, Any]], None],
+    limits: DocLimits | None = None,
 ) -> LiteSummary:
-    """Parse ``pages`` of ``path`` in parallel; each result goes to ``spool``, in page order.
+    """Parse ``pages`` of ``path`` in page processes; each result goes to ``spool``, in
+    page order.
 
-    At most ``PAGE_WINDOW_PER_PROCESS`` pages per process are in flight, so
-    neither queued work nor finished-but-unwritten results grow with the
-    document.
+    A page starts only within ``PAGE_WINDOW_PER_PROCESS`` pages per process of
+    the first page not yet written, so finished-but-unwritten results do not
+    grow with the document.  Nothing here waits without a bound: a page past
+    ``limits.page_timeout_s`` is killed and failed, a process that dies is
+    replaced.
     """
+    limits = limits or DocLimits()
     summary = LiteSummary()
-    pool = shared_pool(workers)
-    executor = pool.acquire()
-    broken = False
+    pool = shared_pool(workers, limits.page_memory_mb)
     window = pool.workers * PAGE_WINDOW_PER_PROCESS
-    todo = iter(pages)
-    pending: deque[Future[dict[str, Any]]] = deque()
-
-    def fill() -> None:
-        while len(pending) < window:
-            p = next(todo, None)
-            if p is None:
-                return
-            job = PageJob(str(path), p, str(images_dir), ocr, langs)
-            pending.append(executor.submit(parse_page, job))
-
+    todo: deque[int] = deque(range(len(pages)))  # positions in ``pages``
+    deaths: dict[int, int] = {}
+    running: dict[PageProcess, int] = {}  # the page position each process is on
+    finished: dict[int, dict[str, Any]] = {}
+    written = 0
+    pool.acquire()
     try:
-        with spool.open("w", encoding="utf-8") as out:
-            fill()
-            done = 0
-            while pending:
+        with spool.open("wb") as out:
+            while written < len(pages):
                 if cancel.is_set():  # pages already finished must not be taken either
                     raise TaskCancelled("cancelled")
-                fut = pending[0]
-                while True:
-                    try:
-                        result = fut.result(timeout=0.5)
+                while todo and todo[0] - written < window and len(running) < pool.workers:
+                    proc = pool.checkout(timeout=0.0 if running else 0.5)
+                    if proc is None:
                         break
-                    except FuturesTimeout:
-                        if cancel.is_set():
-                            raise TaskCancelled("cancelled") from None
-                pending.popleft()
-                fill()
-                done += 1
-                out.write(json.dumps(result, ensure_ascii=False) + "\n")
-                summary.pages += 1
-                if result.get("error"):
-                    summary.failed_pages += 1
-                    summary.failed.append(int(result["page_idx"]) + 1)
-                elif result["kind"] == "scanned":
-                    summary.scanned_pages += 1
-                else:
-                    summary.text_pages += 1
-                if result.get("method") == "ocr":
-                    summary.ocr_pages += 1
-                on_page(done, len(pages), result)
-    except BrokenProcessPool as exc:
-        broken = True
-        raise PagePoolBroken(
-            "a page process died while parsing (out of memory?); the task will be retried"
-        ) from exc
+                    pos = todo.popleft()
+                    job = PageJob(str(path), pages[pos], str(images_dir), ocr, langs, limits)
+                    try:
+                        proc.send(parse_page, job)
+                    except (OSError, ValueError):  # it died while idle
+                        pool.checkin(proc, healthy=False)
+                        todo.appendleft(pos)
+                        continue
+                    running[proc] = pos
+                wait_any(list(running), 0.5 if running else 0.0, limits.page_timeout_s)
+                for proc in list(running):
+                    pos = running[proc]
+                    msg = proc.take()
+                    if msg is PENDING and not proc.overdue(limits.page_timeout_s):
+                        continue
+                    del running[proc]
+                    idx = pages[pos]
+                    if msg is PENDING:
+                        pool.checkin(proc, healthy=False)
+                        summary.timed_out += 1
+                        finished[pos] = failed_page(
+                            idx, f"parsing the page took longer than {limits.page_timeout_s:g} s"
+                        )
+                    elif msg is DEAD:
+                        pool.checkin(proc, healthy=False)
+                        if not proc.ready:
+                            raise PagePoolBroken("a page process died before it was ready")
+                        deaths[pos] = deaths.get(pos, 0) + 1
+                        if deaths[pos] < PAGE_TRIES:
+                            todo.appendleft(pos)
+                        else:
+                            finished[pos] = failed_page(
+                                idx,
+                                "the page process died on this page twice: it needs more "
+                                f"than the {limits.page_memory_mb} MiB a page process may use "
+                                "(CONVEYOR_DOCPARSE_PAGE_MEMORY_MB), or crashes the PDF library",
+                            )
+                    else:
+                        pool.checkin(proc)
+                        status, value = msg
+                        if status == "error":
+                            if isinstance(value, OcrUnavailable):
+                                raise value
+                            value = failed_page(idx, f"{type(value).__name__}: {value}")
+                        finished[pos] = value
+                while written in finished:
+                    result = finished.pop(written)
+                    out.write(result["line"])
+                    written += 1
+                    _count(summary, result)
+                    limits.check_document(summary.pixels, "pages rendered for OCR")
+                    on_page(written, len(pages), {k: v for k, v in result.items() if k != "line"})
+    except InputTooLarge as exc:
+        raise InputRejected(str(exc)) from exc
     finally:
-        for fut in pending:
-            fut.cancel()
-        pool.release(broken=broken)
+        for proc in running:  # cancelled, or failed: what is still running is killed
+            pool.checkin(proc, healthy=False)
+        pool.release()
     return summary
+
+
+def _count(summary: LiteSummary, result: dict[str, Any]) -> None:
+    summary.pages += 1
+    summary.pixels += int(result.get("pixels") or 0)
+    if result.get("error"):
+        summary.failed_pages += 1
+        summary.failed.append(int(result["page_idx"]) + 1)
+        if not summary.first_error:
+            summary.first_error = f"page {int(result['page_idx']) + 1}: {result['error']}"
+    elif result["kind"] == "scanned":
+        summary.scanned_pages += 1
+    else:
+        summary.text_pages += 1
+    if result.get("method") == "ocr":
+        summary.ocr_pages += 1

@@ -22,6 +22,7 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
 from conveyor.processors.docparse.layout import Char
+from conveyor.processors.docparse.limits import MAX_PAGE_PIXELS
 from conveyor.processors.docparse.tables import Segment
 
 Box = tuple[float, float, float, float]
@@ -184,34 +185,49 @@ def _raw_chars(page: pdfium.PdfPage) -> tuple[list[_RawChar | str], int]:
         left, right = ctypes.c_double(), ctypes.c_double()
         bottom, top = ctypes.c_double(), ctypes.c_double()
         loose = pdfium_c.FS_RECTF()
-        for i in range(textpage.count_chars()):
+        count = textpage.count_chars()
+        i = -1
+        while i + 1 < count:
+            i += 1
             code = pdfium_c.FPDFText_GetUnicode(textpage.raw, i)
             if code == 0:
                 continue
-            text = chr(code) if code < 0x110000 else "\ufffd"
+            if 0xD800 <= code <= 0xDFFF:
+                # PDFium gives a character above U+FFFF (math italic U+1D45B) as two
+                # UTF-16 halves at two indices: join them; drop a half on its own
+                low = pdfium_c.FPDFText_GetUnicode(textpage.raw, i + 1) if i + 1 < count else 0
+                if code >= 0xDC00 or not 0xDC00 <= low <= 0xDFFF:
+                    continue
+                code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                i += 1  # the box, font and size are the first half's
+                text = chr(code)
+                at = i - 1
+            else:
+                text = chr(code) if code < 0x110000 else "\ufffd"
+                at = i
             if text in ("\r", "\n") or text.isspace():
                 out.append(text)
                 continue
             pdfium_c.FPDFText_GetCharBox(
                 textpage.raw,
-                i,
+                at,
                 ctypes.byref(left),
                 ctypes.byref(right),
                 ctypes.byref(bottom),
                 ctypes.byref(top),
             )
             advance = None
-            if pdfium_c.FPDFText_GetLooseCharBox(textpage.raw, i, loose):
+            if pdfium_c.FPDFText_GetLooseCharBox(textpage.raw, at, loose):
                 advance = (loose.left, loose.bottom, loose.right, loose.top)
-            angle = pdfium_c.FPDFText_GetCharAngle(textpage.raw, i)
+            angle = pdfium_c.FPDFText_GetCharAngle(textpage.raw, at)
             printable += text.isprintable() and text != "\ufffd"
             out.append(
                 _RawChar(
                     text,
                     (left.value, bottom.value, right.value, top.value),
                     advance,
-                    float(pdfium_c.FPDFText_GetFontSize(textpage.raw, i)),
-                    *_font_info(textpage, i, font_cache),
+                    float(pdfium_c.FPDFText_GetFontSize(textpage.raw, at)),
+                    *_font_info(textpage, at, font_cache),
                     round(math.degrees(angle) / 90) * 90 % 360 if angle >= 0 else 0,
                 )
             )
@@ -314,8 +330,15 @@ def read_page(page: pdfium.PdfPage) -> tuple[PageContent, list[tuple[Any, Box]]]
     return content, images
 
 
-def save_region(page: pdfium.PdfPage, box: Box, images_dir: Path, dpi: int = 144) -> str | None:
-    """Render part of a page (a table, as MinerU keeps one) to a JPEG under its hash."""
+def save_region(
+    page: pdfium.PdfPage,
+    box: Box,
+    images_dir: Path,
+    max_pixels: int = MAX_PAGE_PIXELS,
+    dpi: int = 144,
+) -> str | None:
+    """Render part of a page (a table, as MinerU keeps one) to a JPEG under its hash,
+    at ``dpi`` or lower so the picture stays within ``max_pixels``."""
     width, height = page.get_size()
     pad = 2.0
     x0, y0, x1, y1 = box
@@ -325,19 +348,27 @@ def save_region(page: pdfium.PdfPage, box: Box, images_dir: Path, dpi: int = 144
         max(0.0, width - x1 - pad),
         max(0.0, y0 - pad),
     )
+    area = max(x1 - x0 + 2 * pad, 1.0) * max(y1 - y0 + 2 * pad, 1.0)
+    scale = min(dpi / 72.0, math.sqrt(max_pixels / area))
     try:
-        pil = page.render(scale=dpi / 72.0, crop=crop).to_pil()
+        pil = page.render(scale=scale, crop=crop).to_pil()
     except Exception:
         return None
     return save_pil(pil, images_dir)
 
 
-def save_image(obj: pdfium.PdfObject, images_dir: Path, turn: int = 0) -> str | None:
-    """Write an embedded image as JPEG under its content hash; None if it cannot be decoded.
+def save_image(
+    obj: pdfium.PdfObject, images_dir: Path, turn: int = 0, max_pixels: int = MAX_PAGE_PIXELS
+) -> str | None:
+    """Write an embedded image as JPEG under its content hash; None if it cannot be
+    decoded, or is bigger than ``max_pixels`` (render its region instead).
 
     ``turn`` is the clockwise rotation of the frame the page reads in, so a figure
     on a landscape page comes out upright like its text."""
     try:
+        w, h = obj.get_px_size()
+        if w * h > max_pixels:
+            return None
         bitmap = obj.get_bitmap(render=True)
         pil = bitmap.to_pil()
     except Exception:
@@ -373,9 +404,14 @@ def save_pil(pil: Any, images_dir: Path) -> str:
 
 
 def render_gray(page: pdfium.PdfPage, dpi: int) -> np.ndarray:
+    """The page in grey at ``dpi`` (one byte a pixel; callers keep within the page cap)."""
     bitmap = page.render(scale=dpi / 72.0, grayscale=True)
-    arr = np.array(bitmap.to_pil().convert("L"))
-    return arr
+    try:
+        if bitmap.n_channels == 1:
+            return np.array(bitmap.to_numpy())
+        return np.array(bitmap.to_pil().convert("L"))
+    finally:
+        bitmap.close()
 
 
 def flatten_paper(gray: np.ndarray, block: int = 16) -> np.ndarray:
