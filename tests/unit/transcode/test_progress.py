@@ -159,3 +159,8 @@ def test_unusable_inputs(data: dict[str, Any], needle: str) -> None:
     with pytest.raises(InputRejected) as err:
         parse_media_info(data)
     assert needle in str(err.value) and err.value.retryable is False
+
+
+def test_tidy_lines_hides_the_file_url_of_the_input() -> None:
+    lines = ["file:/tmp/w/input.mp4: Invalid data found when processing input"]
+    assert tidy_lines(lines, "/tmp/w/input.mp4") == "Invalid data found when processing input"

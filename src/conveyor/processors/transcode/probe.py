@@ -160,8 +160,7 @@ def run_ffprobe(ffprobe: str, path: Path, *, trusted: bool = False) -> dict[str,
         refused = _NOT_ALLOWED.search(proc.stderr)
         if refused:
             raise InputRejected(_refusal(refused.group(1).split(",")[0]))
-        lines = [ln.replace(f"file:{path}", str(path)) for ln in proc.stderr.splitlines()]
-        reason = tidy_lines(lines, str(path)) or "ffprobe could not read it"
+        reason = tidy_lines(proc.stderr.splitlines(), str(path)) or "ffprobe could not read it"
         raise InputRejected(f"input is not a readable video: {reason}")
     try:
         data = json.loads(proc.stdout or "{}")

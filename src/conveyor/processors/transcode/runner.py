@@ -133,7 +133,8 @@ def tidy_lines(lines: list[str], path: str | None = None, keep: int = 3) -> str:
     out: list[str] = []
     for raw in lines:
         line = raw.strip()
-        if path:
+        if path:  # inputs are given to ffmpeg as file: URLs (probe.input_args)
+            line = line.replace(f"file:{path}", path)
             line = line.replace(f"{path}: ", "").replace(path, "input")
         if line.startswith("[") and " @ " in line.split("]", 1)[0]:
             line = line.split("] ", 1)[-1]
