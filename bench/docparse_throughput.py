@@ -142,7 +142,8 @@ def run_processor(pdf: Path, workdir: Path, workers: int, **params: object) -> t
     elapsed = time.perf_counter() - t0
     pages = max(int(o.meta.get("pages", 0)) for o in outputs)
     md = next(o for o in outputs if o.name == "markdown")
-    with store.open(md.bucket, md.key) as fh:
+    # not published: the worker moves staged outputs to their final keys on completion
+    with store.open(md.bucket, md.staged_key or md.key) as fh:
         LAST_MARKDOWN[0] = fh.read().decode("utf-8")
     shutil.rmtree(task_dir, ignore_errors=True)
     return elapsed, pages
