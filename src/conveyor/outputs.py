@@ -69,6 +69,17 @@ def attempt_staging(task_id: str, attempt: int) -> str:
     return f"{task_staging(task_id)}{str(ULID()).lower()}-{attempt}/"
 
 
+def staging_time(key: str) -> datetime | None:
+    """When the attempt that staged ``key`` began staging (its prefix's ULID stamp)."""
+    parts = key.split("/")
+    if len(parts) < 3 or parts[0] != STAGING_ROOT:
+        return None
+    try:
+        return ULID.from_str(parts[2].rpartition("-")[0].upper()).datetime
+    except ValueError:
+        return None
+
+
 def staging_owner(key: str) -> tuple[str, int] | None:
     """``(task id, attempt)`` of a staging key, or None if it is not one."""
     parts = key.split("/")
@@ -137,6 +148,21 @@ class Stager:
                 if staged_key in self.staged:
                     self.staged.remove(staged_key)
 
+    def missing(self, outputs: Iterable[OutputFile]) -> list[str]:
+        """Outputs whose staged object is not (or no longer) there with its size: checked
+        once, with one listing, before a completion names them."""
+        want = {o.staged_key: o.size for o in outputs if o.staged_key}
+        if not want:
+            return []
+        have = {
+            i.key: i.size
+            for i in retry_infrastructure(
+                lambda: list(self.storage.list(self.bucket, self.prefix)),
+                what="checking staged outputs",
+            )
+        }
+        return sorted(k for k, size in want.items() if have.get(k) != size)
+
     def previous_attempt(self) -> tuple[str, list[ObjectInfo]] | None:
         """The newest earlier attempt's staging prefix of this task and what it holds
         (a container job's checkpoints), or None."""
@@ -156,8 +182,10 @@ def has_staged(task: Task) -> bool:
 
 
 def promote_outputs(storage: BlobStore, task: Task) -> list[str]:
-    """Move a completed task's staged outputs to their final keys; the keys that could
-    be neither moved nor found moved (lost).  Safe to run twice, or from two places."""
+    """Move a completed task's staged outputs to their final keys; what could be neither
+    moved nor found moved, as ``"<key>: <why>"``.  Safe to run twice, or from two places.
+    An outage is raised (the move is finished later); any other error concerns one
+    output and is reported, so one bad key does not hold back the others."""
     lost: list[str] = []
     for o in task.outputs:
         if not o.staged_key:
@@ -171,7 +199,11 @@ def promote_outputs(storage: BlobStore, task: Task) -> list[str]:
         except ObjectNotFound:
             done = retry_infrastructure(lambda o=o: storage.stat(o.bucket, o.key))  # type: ignore[misc]
             if done is None or done.size != o.size:
-                lost.append(o.key)
+                lost.append(f"{o.key}: its staged object is gone")
+        except Exception as exc:
+            if is_infrastructure_error(exc):
+                raise
+            lost.append(f"{o.key}: {exc}")
     return lost
 
 
@@ -186,9 +218,9 @@ def commit(backend: CommitBackend, storage: BlobStore, task: Task) -> Task:
     lost = promote_outputs(storage, task)
     if lost:
         log.error(
-            "Task %s: staged output(s) %s vanished before they were published",
+            "Task %s: output(s) could not be published: %s",
             task.id,
-            ", ".join(lost),
+            "; ".join(lost),
             extra={"task_id": task.id},
         )
     return retry_infrastructure(
@@ -240,6 +272,45 @@ class SweepBackend(CommitBackend, Protocol):
     def get(self, task_id: str) -> Task | None: ...
 
 
+def _sweep_task(
+    backend: SweepBackend,
+    storage: BlobStore,
+    bucket: str,
+    task_id: str,
+    objects: list[ObjectInfo],
+    expired: datetime,
+) -> tuple[int, int]:
+    task = backend.get(task_id)
+    keep: set[str] = set()
+    committed = 0
+    if task is not None and task.status == TaskStatus.COMPLETED and has_staged(task):
+        keep = {o.staged_key for o in task.outputs if o.staged_key}
+        commit(backend, storage, task)
+        committed = 1
+    elif task is not None and not task.status.is_final:
+        now = datetime.now(UTC)
+        # earlier attempts' checkpoints, after a day; never what the running attempt staged
+        # (its prefix was stamped after the task's latest start)
+        started = (task.started_at or task.created_at) - timedelta(seconds=5)
+        objects = [
+            o
+            for o in objects
+            if o.modified is not None
+            and o.modified < expired
+            and (task.status != TaskStatus.PROCESSING or (staging_time(o.key) or now) < started)
+        ]
+    removed = 0
+    for o in objects:
+        if o.key in keep:
+            continue
+        try:
+            storage.delete(bucket, o.key)
+            removed += 1
+        except Exception:
+            log.warning("could not remove staged %s", o.key, exc_info=True)
+    return committed, removed
+
+
 def sweep(
     backend: SweepBackend,
     storage: BlobStore,
@@ -269,22 +340,13 @@ def sweep(
     for task_id, objects in by_task.items():
         if any(o.modified is None or o.modified > settled for o in objects):
             continue
-        task = backend.get(task_id)
-        keep: set[str] = set()
-        if task is not None and task.status == TaskStatus.COMPLETED and has_staged(task):
-            commit(backend, storage, task)
-            committed += 1
-            keep = {o.staged_key for o in task.outputs if o.staged_key}
-        elif task is not None and not task.status.is_final:
-            objects = [o for o in objects if o.modified is not None and o.modified < expired]
-        for o in objects:
-            if o.key in keep:
-                continue
-            try:
-                storage.delete(bucket, o.key)
-                removed += 1
-            except Exception:
-                log.warning("could not remove staged %s", o.key, exc_info=True)
+        try:
+            done, gone = _sweep_task(backend, storage, bucket, task_id, objects, expired)
+        except Exception:  # one task's trouble must not hold back the others
+            log.warning("staging sweep of task %s failed; will retry", task_id, exc_info=True)
+            continue
+        committed += done
+        removed += gone
     if committed or removed:
         log.info("Staging sweep: %d commit(s) finished, %d object(s) removed", committed, removed)
     return committed, removed

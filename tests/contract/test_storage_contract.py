@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.errors import InvalidKey, ObjectNotFound
+from conveyor.errors import InvalidKey, LeaseLost, ObjectNotFound
 from conveyor.storage.base import MAX_KEY_BYTES, MAX_SEGMENT_BYTES, BlobStore, ObjectInfo
 from conveyor.storage.remote import RemoteBlobStore
 
@@ -423,9 +423,17 @@ def test_staged_objects_are_stored_but_never_listed_with_user_keys(
     assert store.stat(BUCKET, STAGED) is not None
     assert keys(store) == ["clips/a.mp4"], "a listing of the bucket shows no staging"
     assert keys(store, prefix=".conveyor") == []
-    assert keys(store, prefix=".conveyor-staging/") == [STAGED]
+    if isinstance(store, RemoteBlobStore):  # a worker lists one task's staging, no more
+        with pytest.raises(InvalidKey):
+            keys(store, prefix=".conveyor-staging/")
+    else:
+        assert keys(store, prefix=".conveyor-staging/") == [STAGED]
     assert keys(store, prefix=task_folder) == [STAGED]
-    assert keys(store, prefix=".conveyor-staging/other/") == []
+    if isinstance(store, RemoteBlobStore):  # ... and only of a task it runs
+        with pytest.raises(LeaseLost):
+            keys(store, prefix=".conveyor-staging/other/")
+    else:
+        assert keys(store, prefix=".conveyor-staging/other/") == []
 
 
 @pytest.mark.parametrize(
@@ -445,9 +453,10 @@ def test_promote_moves_a_staged_object_to_its_final_key(store: BlobStore, tmp_pa
     put_bytes(store, tmp_path, STAGED, b"new bytes")
     info = store.promote(BUCKET, STAGED, "clips/a/mp4.mp4")
     assert (info.key, info.size) == ("clips/a/mp4.mp4", 9)
+    assert info.content_type == "video/mp4"
     assert read(store, "clips/a/mp4.mp4") == b"new bytes"
     assert store.stat(BUCKET, STAGED) is None
-    assert keys(store, prefix=".conveyor-staging/") == []
+    assert keys(store, prefix=STAGED.rsplit("/", 4)[0] + "/") == []
     with pytest.raises(ObjectNotFound):  # a second mover finds it gone
         store.promote(BUCKET, STAGED, "clips/a/mp4.mp4")
     assert read(store, "clips/a/mp4.mp4") == b"new bytes"

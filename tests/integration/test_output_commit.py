@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ulid import ULID
 
 from conveyor import outputs
 from conveyor.backends.sqlite import SQLiteBackend
@@ -127,15 +128,19 @@ def test_a_running_task_keeps_its_earlier_attempts_staging_for_a_day(
     backend: SQLiteBackend, store: LocalBlobStore, tmp_path: Path
 ) -> None:
     task, c = claim(backend)
-    first = stage(store, tmp_path, task.id, 1)
+    # attempt 1 staged a checkpoint a minute before this attempt (2) started
+    earlier = str(ULID.from_timestamp(time.time() - 60)).lower()
+    first = outputs.Stager(store, BUCKET, f"{outputs.task_staging(task.id)}{earlier}-1/")
     first.stage("t/ckpt.bin", write(tmp_path, "c", b"checkpoint"))
-    second = stage(store, tmp_path, task.id, 2)
+    second = stage(store, tmp_path, task.id, c.lease.attempt)
+    second.stage("t/ckpt.bin", write(tmp_path, "d", b"newer checkpoint"))
     prev = second.previous_attempt()
     assert prev is not None and prev[0] == first.prefix
     assert [o.key for o in prev[1]] == [first.prefix + "t/ckpt.bin"]
-    assert outputs.sweep(backend, store, BUCKET, settle_s=0) == (0, 0)
+    assert outputs.sweep(backend, store, BUCKET, settle_s=0) == (0, 0), "kept for a day"
+    # after a day the earlier attempt's go, never what the running attempt staged
     assert outputs.sweep(backend, store, BUCKET, settle_s=0, max_age_s=0) == (0, 1)
-    del c
+    assert stored_outputs(store) == [second.prefix + "t/ckpt.bin"]
 
 
 def test_staged_keys_of_another_task_are_refused_in_a_completion() -> None:
@@ -150,3 +155,42 @@ def test_staged_keys_of_another_task_are_refused_in_a_completion() -> None:
     with pytest.raises(InvalidRequest):
         outputs.check_staged([out], "01other", 1, "input")
     outputs.check_staged([out], "01other", 1, BUCKET)
+
+
+def test_an_output_that_cannot_be_stored_holds_back_no_other(
+    backend: SQLiteBackend, store: LocalBlobStore, tmp_path: Path
+) -> None:
+    # on a folder store a key cannot be an object and a folder: "alice/clip" is an object
+    store.put_file(BUCKET, "alice/clip", write(tmp_path, "x", b"an object"))
+    bad, c1 = claim(backend)
+    st1 = stage(store, tmp_path, bad.id, c1.lease.attempt)
+    outs = [
+        st1.put_file("a", "alice/clip/a.txt", write(tmp_path, "a", b"a")),
+        st1.put_file("b", "alice/b.txt", write(tmp_path, "b", b"b")),
+    ]
+    backend.complete(c1.lease, outs)  # ... and the worker died before publishing
+    good, c2 = claim(backend)
+    st2 = stage(store, tmp_path, good.id, c2.lease.attempt)
+    backend.complete(c2.lease, [st2.put_file("c", "bob/c.txt", write(tmp_path, "c", b"c"))])
+    assert outputs.sweep(backend, store, BUCKET, settle_s=0) == (2, 0)
+    assert [o.key for o in store.list(BUCKET)] == ["alice/b.txt", "alice/clip", "bob/c.txt"]
+    for t in (bad, good):
+        got = backend.get(t.id)
+        assert got is not None and not outputs.has_staged(got)
+    # what could not be published is removed on the next pass
+    assert outputs.sweep(backend, store, BUCKET, settle_s=0) == (0, 1)
+    assert stored_outputs(store) == ["alice/b.txt", "alice/clip", "bob/c.txt"]
+
+
+def test_missing_staged_outputs_are_found_before_a_completion(
+    backend: SQLiteBackend, store: LocalBlobStore, tmp_path: Path
+) -> None:
+    task, c = claim(backend)
+    st = stage(store, tmp_path, task.id, c.lease.attempt)
+    outs = [
+        st.put_file("a", "r/a.txt", write(tmp_path, "a", b"aa")),
+        st.put_file("b", "r/b.txt", write(tmp_path, "b", b"bb")),
+    ]
+    assert st.missing(outs) == []
+    store.delete(BUCKET, st.prefix + "r/b.txt")
+    assert st.missing(outs) == [st.prefix + "r/b.txt"]

@@ -11,11 +11,12 @@ Every route authenticates through the one dependency :func:`worker_principal`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -40,6 +41,7 @@ from .security import require
 from .work_signal import WorkSignal
 
 router = APIRouter(prefix="/api/worker/v1", tags=["worker"])
+log = logging.getLogger("conveyor.api")
 
 MAX_WAIT_S = 30.0
 MAX_LOG_LINES = 5000
@@ -234,17 +236,32 @@ async def progress(body: ProgressBody, principal: Principal, service: Service) -
 
 
 @router.post("/complete", summary="Complete a task with its outputs")
-async def complete(body: CompleteBody, principal: Principal, service: Service) -> Task:
+async def complete(
+    body: CompleteBody, principal: Principal, service: Service, background: BackgroundTasks
+) -> Task:
     _own(principal, body.lease.worker_id)
     out = service.settings.output_bucket
-    outputs.check_staged(body.outputs, body.lease.task_id, body.lease.attempt, out)
 
     def call() -> Task:
-        # the worker cannot move objects in the API's store: the API makes them visible
-        task = service.backend.complete(body.lease, list(body.outputs))
-        return outputs.settle(service.backend, service.storage, out, task)
+        current = service.backend.get(body.lease.task_id)
+        # the attempt is the engine's, not what the caller says: staging of another attempt
+        # of the task is never named (the token fences the completion itself)
+        attempt = current.attempts if current is not None else body.lease.attempt
+        outputs.check_staged(body.outputs, body.lease.task_id, attempt, out)
+        return service.backend.complete(body.lease, list(body.outputs))
 
-    return await run_in_threadpool(call)
+    task = await run_in_threadpool(call)
+    # the worker cannot move objects in the API's store: the API makes them visible, after
+    # answering (a slow store must not time the worker out; the sweep finishes any crash)
+    background.add_task(_publish, service, task)
+    return task
+
+
+def _publish(service: ConveyorService, task: Task) -> None:
+    try:
+        outputs.settle(service.backend, service.storage, service.settings.output_bucket, task)
+    except Exception:
+        log.warning("outputs of task %s not published yet; the sweep will", task.id, exc_info=True)
 
 
 @router.post("/fail", summary="Fail a task's attempt (retried when retryable)")

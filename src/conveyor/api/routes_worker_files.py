@@ -171,13 +171,20 @@ async def delete_object(bucket: str, key: str, principal: Principal, service: Se
 @router.get("/list/{bucket}", summary="Objects under a prefix, in key order, one page")
 async def list_objects(
     bucket: str,
-    _: Principal,
+    principal: Principal,
     service: Service,
     prefix: str = "",
     start_after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> ListResponse:
     validate_bucket(bucket)  # keys listed come from the engine, which never yields a bad one
+    if is_staging_key(prefix):  # one task's staging, to the worker running it (checkpoints)
+        task_id = prefix.split("/")[1] if prefix.count("/") >= 2 else ""
+        if not task_id:
+            raise InvalidKey("list staged objects one task at a time: .conveyor-staging/<task>/")
+        await _object(
+            principal, bucket, f"{prefix.split('/')[0]}/{task_id}/0-0/x", service, write=False
+        )
 
     def page() -> ListResponse:
         items: list[ObjectInfo] = []

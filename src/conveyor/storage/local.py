@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
-from conveyor.errors import Conflict, ObjectNotFound
+from conveyor.errors import Conflict, InvalidKey, ObjectNotFound
 from conveyor.storage.base import (
     STAGING_ROOT,
     BlobStore,
@@ -118,8 +118,6 @@ class LocalBlobStore(BlobStore):
         path = self._bucket_dir(bucket) / validate_stored_key(key)
         # validate_stored_key already forbids escapes; this guards symlinked roots too
         if not path.resolve().is_relative_to(self._bucket_dir(bucket).resolve()):
-            from conveyor.errors import InvalidKey
-
             raise InvalidKey(f"object key {key!r} resolves outside bucket {bucket!r}")
         return path
 
@@ -180,7 +178,13 @@ class LocalBlobStore(BlobStore):
         base = self._bucket_dir(bucket)
         # staged objects are listed only under their own root, and never with the rest
         top = base / STAGING_ROOT if is_staging_key(prefix) else base
-        if not top.is_dir():
+        folder = prefix.rpartition("/")[0]
+        if folder and folder != STAGING_ROOT:  # walk only the folder the prefix names
+            try:
+                top = base / validate_stored_key(folder)
+            except InvalidKey:
+                return  # no key starts with a prefix no key could have
+        if not top.is_dir() or top.is_symlink():
             return
         keys: list[tuple[str, os.stat_result]] = []
         for dirpath, dirnames, filenames in os.walk(top):

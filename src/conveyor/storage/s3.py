@@ -711,8 +711,21 @@ class S3BlobStore(BlobStore):
         deleted: the bytes never pass through this process."""
         physical, src = self._names(bucket, src)
         _, dest = self._names(bucket, dest)
+        head = self._stat(bucket, physical, src)
+        if head is None:
+            raise ObjectNotFound(f"object not found: {bucket}/{src}")
+        # the type said again: a copy in parts keeps it only with recent s3transfer releases
+        extra: dict[str, Any] | None = None
+        if head.content_type:
+            extra = {"MetadataDirective": "REPLACE", "ContentType": head.content_type}
         try:
-            self.client.copy({"Bucket": physical, "Key": src}, physical, dest, Config=self.transfer)
+            self.client.copy(
+                {"Bucket": physical, "Key": src},
+                physical,
+                dest,
+                ExtraArgs=extra,
+                Config=self.transfer,
+            )
         except ClientError as err:
             if _is_not_found(err):
                 raise ObjectNotFound(f"object not found: {bucket}/{src}") from None

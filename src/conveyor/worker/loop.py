@@ -28,6 +28,7 @@ from conveyor.errors import (
     NotFound,
     ProcessorError,
     RemoteUnavailable,
+    ServiceUnavailable,
     TaskCancelled,
     WorkerCredentialRejected,
 )
@@ -307,7 +308,7 @@ class Worker:
             n = self.backend.reap()
             if n:
                 log.warning("Reaped %d task(s) whose worker stopped heartbeating", n)
-        sweep_every = max(300.0, self.settings.reap_interval)  # the API sweeps every minute
+        sweep_every = max(60.0, self.settings.reap_interval)
         if self.storage.can_promote and now - self._last_sweep >= sweep_every:
             self._last_sweep = now
             try:
@@ -377,12 +378,15 @@ class Worker:
         try:
             result = outputs.retry_infrastructure(
                 lambda: self.backend.heartbeat(self.info(), [rt.lease], self.lease_s),
-                budget_s=max(5.0, self.lease_s),
+                budget_s=max(30.0, self.lease_s),
                 what="renewing a lease",
             )
         except Exception as exc:
-            rt.stop("lost")
-            raise LeaseLost(f"could not confirm the lease on task {rt.task.id}: {exc}") from exc
+            if is_infrastructure_error(exc):  # not known lost: an outage, handed back as one
+                raise ServiceUnavailable(
+                    f"could not confirm the lease on task {rt.task.id}: {exc}"
+                ) from exc
+            raise
         if rt.task.id not in result.renewed:
             rt.stop("lost")
             raise LeaseLost(f"lease on task {rt.task.id} is no longer held by this worker")
@@ -477,6 +481,13 @@ class Worker:
             if rt.stop_reason is not None:
                 raise TaskCancelled(rt.stop_reason)
             self._check_lease(rt)  # a frozen worker learns here that another attempt took over
+            gone = rt.stager.missing(produced)
+            if gone:  # never complete naming outputs that cannot be published
+                raise ProcessorError(
+                    f"staged output(s) missing before completion: {', '.join(gone[:5])}",
+                    retryable=True,
+                    code="outputs_lost",
+                )
             self._flush_logs(rt)
             try:
                 done = self._call(lambda: self.backend.complete(lease, produced), "completing")
