@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import yaml
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -34,6 +34,25 @@ ALL_TRANSCODE_TYPES = [
     "thumbnail",
 ]
 DEFAULT_TRANSCODE_TYPES = ["mp4_standard", "mp4_smooth", "thumbnail"]
+
+# The local container runner is not a sandbox: a worker whose operator turns it on
+# while auth is on must also set CONVEYOR_CONTAINER_LOCAL_UNSANDBOXED to this.
+LOCAL_RUNNER_RISK = "i-understand-submitters-run-commands-on-this-host"
+LOCAL_RUNNER_REFUSAL = (
+    "CONVEYOR_CONTAINER_RUNNER=local runs every submitter's command as a plain process "
+    "on this host, with no sandbox, and auth is on here (CONVEYOR_AUTH=on, or a worker "
+    "that joins an API). Refused unless the operator also sets "
+    f"CONVEYOR_CONTAINER_LOCAL_UNSANDBOXED={LOCAL_RUNNER_RISK} "
+    "(see docs/container.md); use CONVEYOR_CONTAINER_RUNNER=docker for a sandbox."
+)
+
+
+def local_runner_guarded(settings: Any) -> bool:
+    """Whether others may submit to this process's worker: auth is on, or it is a
+    worker that talks to an API (which it joined with a credential)."""
+    backend = str(getattr(settings, "backend_url", "") or "")
+    return bool(getattr(settings, "auth", False)) or backend.startswith(("http://", "https://"))
+
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
@@ -151,6 +170,20 @@ class Settings(BaseSettings):
     container_grace: float = _env(10.0, "CONTAINER_GRACE")
     container_reap_interval: float = _env(300.0, "CONTAINER_REAP_INTERVAL")
     container_sync_interval: float = _env(30.0, "CONTAINER_SYNC_INTERVAL")  # 0: after only
+    # the container sandbox (docs/container.md "Runners" and "The Docker sandbox"):
+    # the uid:gid Docker jobs run as, their process limit, the caps on what one attempt
+    # may leave in its output folder, registries allowed although they are loopback or
+    # link-local; the local runner's uid[:gid] or user name ("" = the worker's own) and
+    # the flag without which it is refused while auth is on (LOCAL_RUNNER_RISK)
+    container_user: str = _env("65534:65534", "CONTAINER_USER")
+    container_pids_limit: int = _env(512, "CONTAINER_PIDS_LIMIT", ge=16, le=4_194_304)
+    container_max_output_bytes: int = _env(10 * 1024**3, "CONTAINER_MAX_OUTPUT_BYTES", ge=1)
+    container_max_output_files: int = _env(100_000, "CONTAINER_MAX_OUTPUT_FILES", ge=1)
+    container_local_registries: Annotated[list[str], NoDecode] = _env(
+        list, "CONTAINER_LOCAL_REGISTRIES"
+    )
+    container_local_user: str = _env("", "CONTAINER_LOCAL_USER")
+    container_local_unsandboxed: str = _env("", "CONTAINER_LOCAL_UNSANDBOXED")
     gpus: str = _env("auto", "GPUS")  # auto (nvidia-smi) | none | 0,1,2,3
     # seed 003's POST /train runs this image and command with the body as arguments
     train_image: str = _env("conveyor/train-mlp:latest", "TRAIN_IMAGE")
@@ -231,6 +264,32 @@ class Settings(BaseSettings):
         if v not in ("auto", "docker", "local", "off"):
             raise ValueError("container_runner must be auto, docker, local or off")
         return v
+
+    @field_validator("container_user")
+    @classmethod
+    def _container_user(cls, v: str) -> str:
+        if not re.fullmatch(r"\d{1,10}(:\d{1,10})?", v.strip()):
+            raise ValueError("container_user must be a numeric uid or uid:gid, e.g. 65534:65534")
+        return v.strip()
+
+    @field_validator("container_local_registries", mode="before")
+    @classmethod
+    def _registries(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [r.strip().lower() for r in v.split(",") if r.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _local_runner_risk(self) -> Settings:
+        """The local runner runs submitters' commands on this host: where others may
+        submit (auth on, or a worker joined to an API) its operator must say so."""
+        if (
+            self.container_runner == "local"
+            and local_runner_guarded(self)
+            and self.container_local_unsandboxed != LOCAL_RUNNER_RISK
+        ):
+            raise ValueError(LOCAL_RUNNER_REFUSAL)
+        return self
 
     @field_validator("train_command", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from conveyor.api.app import create_app
 from conveyor.config import load_settings
-from conveyor.models import Trigger
+from conveyor.models import Trigger, WorkerInfo
 from conveyor.runtime import Runtime
 
 
@@ -75,3 +75,38 @@ def test_bad_input_comes_back_with_the_reason(
     assert r.status_code == 400 and text in r.text, r.text[-2000:]
     if data.get("image"):
         assert 'value="x"' in r.text  # the form keeps what was typed
+
+
+@pytest.mark.parametrize(
+    ("lang", "prefix"),
+    [
+        ("en", "Waiting: no live worker runs"),
+        ("zh-CN", "等待中：没有在线的工作节点运行"),
+    ],
+)
+def test_the_task_page_says_why_no_worker_takes_container_tasks(
+    app: TestClient, lang: str, prefix: str
+) -> None:
+    """A worker without an engine does not take container tasks (no fallback to the
+    local runner) and says why; a pending container task shows that reason."""
+    service = app.app.state.service  # type: ignore[attr-defined]
+    why = (
+        "no container engine on this worker (no answer); the local runner is off "
+        "unless its operator turns it on"
+    )
+    worker = WorkerInfo(
+        id="cpu-1", kinds=["transcode"], capabilities={"unavailable": {"container": why}}
+    )
+    service.backend.heartbeat(worker, [], 30)
+    r = app.post(
+        "/admin/tasks/run",
+        data={"image": "trainer:1", "command": "python train.py"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    task_id = r.headers["location"].rsplit("/", 1)[1]
+    page = app.get(r.headers["location"], headers={"accept-language": lang})
+    assert page.status_code == 200
+    assert prefix in page.text and why in page.text, page.text[-3000:]
+    shown = service.get(task_id, explain=True).waiting_reason
+    assert shown == f"no live worker runs container tasks: {why}"

@@ -147,6 +147,10 @@ def test_train_runs_the_example_and_resumes_after_a_crash(srv: Server) -> None:
     assert r.status_code == 201, r.text
     task_id = r.json()["task_id"]
     wait_task(c, task_id, timeout=120)
+    deadline = time.monotonic() + 30  # outputs are visible once moved from staging
+    while any(o.get("staged_key") for o in c.get(f"/api/tasks/{task_id}").json()["outputs"]):
+        assert time.monotonic() < deadline, "outputs never committed"
+        time.sleep(0.1)
     t = c.get(f"/train/{task_id}").json()
     assert t["status"] == "completed", t
     assert t["attempts"] == 2

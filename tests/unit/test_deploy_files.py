@@ -123,3 +123,33 @@ def test_systemd_units_run_the_cli() -> None:
     assert "conveyor worker" in units["conveyor-worker@.service"]
     for text in units.values():
         assert "User=conveyor" in text and "EnvironmentFile=" in text
+
+
+def test_every_worker_sets_its_container_runner_and_never_the_local_one() -> None:
+    """No deployed worker falls back to running submitters' commands on its host
+    (issue 13): each says `docker` or `off`, and none says `local`."""
+    compose = yaml.safe_load((DEPLOY / "docker/compose.yaml").read_text())["services"]
+    found = {
+        f"compose:{name}": str(svc["environment"].get("CONVEYOR_CONTAINER_RUNNER"))
+        for name, svc in compose.items()
+        if name.startswith("worker")
+    }
+    for name in ("worker.yaml", "gpu-worker.yaml"):
+        (container,) = yaml.safe_load((DEPLOY / "k8s" / name).read_text())["spec"]["template"][
+            "spec"
+        ]["containers"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        found[f"k8s:{name}"] = str(env.get("CONVEYOR_CONTAINER_RUNNER"))
+    for unit in sorted((DEPLOY / "systemd").glob("*worker*.service")):
+        m = re.search(r"(?m)^Environment=CONVEYOR_CONTAINER_RUNNER=(\w+)$", unit.read_text())
+        found[f"systemd:{unit.name}"] = m.group(1) if m else "None"
+    assert len(found) == 6, found
+    assert set(found.values()) <= {"docker", "off"}, found
+    # the API refuses at submit what only the local runner could run
+    assert compose["api"]["environment"]["CONVEYOR_CONTAINER_RUNNER"] == "docker"
+    api = (DEPLOY / "systemd/conveyor-api.service").read_text()
+    assert "Environment=CONVEYOR_CONTAINER_RUNNER=docker" in api
+    for path in DEPLOY.rglob("*"):
+        if path.is_file() and path.suffix in (".yaml", ".service", ".example", ""):
+            text = path.read_text(errors="replace")
+            assert not re.search(r"CONTAINER_RUNNER[=:]\s*\"?local", text), path

@@ -60,7 +60,8 @@ class Harness:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             t = self.service.get(task_id)
-            if t.status.value in statuses:
+            # a completed task's outputs are visible once moved from staging (committed)
+            if t.status.value in statuses and not any(o.staged_key for o in t.outputs):
                 return t
             time.sleep(0.05)
         raise AssertionError(f"task {task_id} not in {statuses} after {timeout}s: {t}")

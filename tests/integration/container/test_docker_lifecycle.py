@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from conveyor.errors import InvalidParams
 from conveyor.models import TaskStatus
 from conveyor.processors.container.docker_runner import LABEL
 from tests import dockerd
@@ -252,20 +255,32 @@ def test_an_oom_kill_is_recorded_on_the_attempt(
 def test_runner_choice_on_a_worker_with_an_engine(
     harness_factory: Callable[..., Harness], docker_engine: dockerd.DockerEngine
 ) -> None:
+    """The worker's operator picks the runner, never the task: a worker with an engine
+    fails at once, without retries, a task that only the local runner could run; an
+    API whose operator said the workers run Docker refuses such a task at submit."""
     auto = harness_factory(container_runner="auto", docker_host=docker_engine.host)
     auto.worker()
     in_docker = auto.submit(image=docker_engine.image, command=["sh", "-c", "echo $HOSTNAME"])
-    local = auto.submit(command=["sh", "-c", "echo local $CONVEYOR_ATTEMPT"])
+    no_image = auto.submit(command=["sh", "-c", "echo ran"], max_attempts=3)
+    asked_local = auto.submit(
+        image=docker_engine.image, command=["sh", "-c", "echo ran"], runner="local", max_attempts=3
+    )
     assert auto.wait(in_docker.id).status == TaskStatus.COMPLETED
     assert any("(docker runner)" in x for x in auto.lines(in_docker.id))
-    assert auto.wait(local.id).status == TaskStatus.COMPLETED
-    assert "local 1" in auto.lines(local.id)
-    for w in auto.workers:  # the next harness shares the database: only its worker may claim
-        w.stop(grace=0.5)
-    auto.workers.clear()
-    strict = harness_factory(container_runner="docker", docker_host=docker_engine.host)
-    strict.worker()
-    t = strict.submit(command=["true"], max_attempts=3)
-    done = strict.wait(t.id)
+    done = auto.wait(no_image.id)
     assert (done.status, done.attempts, done.error_code) == (TaskStatus.FAILED, 1, "no_engine")
     assert "Docker only" in (done.error or "")
+    done = auto.wait(asked_local.id)
+    assert (done.status, done.attempts) == (TaskStatus.FAILED, 1)
+    assert done.error_code == "runner_not_allowed", done.error
+    for t in (no_image, asked_local):
+        assert "ran" not in auto.lines(t.id)
+    for w in auto.workers:
+        w.stop(grace=0.5)
+    strict = harness_factory(container_runner="docker", docker_host=docker_engine.host)
+    for params in (
+        {"command": ["sh", "-c", "echo ran"]},
+        {"image": docker_engine.image, "command": ["true"], "runner": "local"},
+    ):
+        with pytest.raises(InvalidParams, match="the local runner is off on this deployment"):
+            strict.submit(**params)

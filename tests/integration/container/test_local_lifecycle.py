@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -222,8 +223,12 @@ def test_killed_worker_leaves_orphans_that_the_next_worker_kills(
         while len(task_processes(t.id)) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(task_processes(t.id)) == 3  # sh and two sleeps
-        # the checkpoint reaches the bucket while the job runs
-        while not h.service.storage.exists("output", f"{t.id}/ckpt"):
+        # the checkpoint reaches the attempt's staging while the job runs
+        while not [
+            o
+            for o in h.service.storage.list("output", f".conveyor-staging/{t.id}/")
+            if o.key.endswith(f"/{t.id}/ckpt")
+        ]:
             assert time.monotonic() < deadline + 10, "checkpoint never synced"
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
@@ -244,3 +249,35 @@ def test_killed_worker_leaves_orphans_that_the_next_worker_kills(
     assert done.attempts == 2 and done.history[0].outcome == "lease_expired"
     assert "attempt 2" in h.lines(t.id, attempt=2)
     assert "resumed at step-9" in h.lines(t.id, attempt=2)
+
+
+def test_a_local_job_runs_as_the_operators_user_and_cannot_read_the_worker(
+    harness_factory: Callable[..., Harness], tmp_path: Path
+) -> None:
+    """CONVEYOR_CONTAINER_LOCAL_USER: the job runs as another uid (the worker is root
+    here), so the worker's /proc/<pid>/environ is closed to it; its inputs come in and
+    its outputs go out as usual, and links it leaves in its folder are not followed."""
+    if os.geteuid() != 0:
+        pytest.skip("starting a job as another user needs a worker running as root")
+    h = harness_factory(container_runner="local", container_local_user="65534:65534")
+    src = tmp_path / "data.txt"
+    src.write_text("42\n")
+    h.service.storage.put_file("input", "sets/data.txt", src)
+    h.worker()
+    script = (
+        'echo "uid=$(id -u)"; cat "$CONVEYOR_INPUT_DIR/data.txt"; '
+        'if cat "/proc/$WORKER/environ" > /dev/null 2>&1; then echo "read the worker"; fi; '
+        'echo done > "$CONVEYOR_OUTPUT_DIR/result.txt"; '
+        'ln -s /etc/passwd "$CONVEYOR_OUTPUT_DIR/passwd"'
+    )
+    t = h.submit(
+        command=["sh", "-c", script],
+        env={"WORKER": str(os.getpid())},
+        inputs=[{"bucket": "input", "key": "sets/data.txt", "path": "data.txt"}],
+    )
+    done = h.wait(t.id)
+    assert done.status == TaskStatus.COMPLETED, done.error
+    lines = h.lines(t.id)
+    assert "uid=65534" in lines and "42" in lines
+    assert "read the worker" not in lines
+    assert [o.name for o in done.outputs] == ["result.txt"]

@@ -1,39 +1,70 @@
-"""The ``container`` kind: a command in a container (or a local process), logged and retried.
+"""The ``container`` kind: a command in a container, logged and retried.
 
 Seed 003's training agent, on the durable queue: every output line goes to
 the task's log as it is printed (shipped with each heartbeat, so a node that
 dies loses seconds, not the log), the worker's timeout and cancel stop the
 job with SIGTERM then SIGKILL, the container is removed in every outcome,
-each running task gets GPUs of its own, and the output folder is copied to
-the output bucket after every attempt, so a retry starts from the last
-checkpoint the previous attempt wrote.
+and each running task gets GPUs of its own.
+
+Where it runs is the worker operator's choice, never the caller's:
+``CONVEYOR_CONTAINER_RUNNER=auto`` (the default) and ``docker`` run jobs in a
+Docker sandbox (``docker_runner``) and do not take container tasks at all on
+a host without an engine; the local runner (``local``), which is no sandbox,
+runs only where the operator turned it on, and where others may submit
+(auth on) only with ``CONVEYOR_CONTAINER_LOCAL_UNSANDBOXED`` naming the risk.
+
+Outputs are staged, never written to their final keys (``conveyor.outputs``):
+the output folder is copied out without following a link (``sandbox``),
+checkpoints go to the attempt's staging prefix while the job runs, and the
+final save stages every file or fails the attempt (retryably): the worker
+completes the task with what was staged, under a lease it still holds, and
+only then are the files moved to ``<task id>/...``.  An attempt that has lost
+its lease saves nothing.  The next attempt starts from what earlier attempts
+staged, so a retry resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from conveyor.errors import ProcessorError, TaskCancelled
-from conveyor.models import OutputFile
+from conveyor.config import LOCAL_RUNNER_REFUSAL, LOCAL_RUNNER_RISK, local_runner_guarded
+from conveyor.errors import (
+    InvalidParams,
+    LeaseLost,
+    ObjectNotFound,
+    ProcessorError,
+    TaskCancelled,
+)
+from conveyor.models import InputRef, OutputFile
+from conveyor.outputs import task_staging
 from conveyor.processors.base import Processor, ProcessorContext
+from conveyor.storage.base import ObjectInfo
 
 from .gpus import GpuAllocator, inventory
 from .local import LocalRunner
-from .params import ContainerParams
-from .runner import Runner, RunnerError, RunSpec
+from .params import ContainerParams, registry_refusal
+from .runner import OutputSource, Runner, RunnerError, RunSpec
+from .sandbox import FileEntry, Limits, OutputsTooLarge, Snapshot, clean_name, private_dir
 
 log = logging.getLogger(__name__)
 
 # bandit B105: the name of a prefix, not a secret
 SECRET_ENV_PREFIX = "CONVEYOR_SECRET_"  # nosec B105
 REDACTED = "********"
+NO_LOCAL_RUNNER = (
+    "the local runner is off on this deployment (CONVEYOR_CONTAINER_RUNNER={mode}): "
+    "a container task needs an image (a command without one, or runner local, needs "
+    "a worker whose operator turned the local runner on)"
+)
 
 
 def resolve_secrets(names: list[str], environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -72,54 +103,113 @@ def _user() -> str:
         return str(os.getuid())
 
 
-class OutputSync:
-    """Copies settled files of the output folder to the bucket while the job runs.
+def local_user(spec: str) -> tuple[int, int] | None:
+    """``CONVEYOR_CONTAINER_LOCAL_USER`` (``uid[:gid]`` or an account name) as numbers."""
+    spec = spec.strip()
+    if not spec:
+        return None
+    name, _, group = spec.partition(":")
+    if name.isdigit():
+        uid = int(name)
+        gid = int(group) if group.isdigit() else uid
+        return uid, gid
+    import pwd
 
-    After the attempt the whole folder is saved anyway; this is for a worker
-    that dies without that chance: the next attempt still finds the
-    checkpoints written up to ``interval`` seconds before. A file is copied
-    once it has not changed for a moment, so a checkpoint being written is
-    not saved half-done.
+    pw = pwd.getpwnam(name)
+    return pw.pw_uid, int(group) if group.isdigit() else pw.pw_gid
+
+
+class OutputSync:
+    """Stages settled files of the job's output folder while it runs (checkpoints).
+
+    For a worker that dies before its final save: the next attempt still finds
+    the checkpoints written up to ``interval`` seconds before.  A file is
+    staged once it has not changed for a moment, so a checkpoint being written
+    is not taken half-done.  It stops at once when the task is cancelled or its
+    lease is lost (the worker sets ``cancel_event`` then too), and checks the
+    lease before every pass and every file.
     """
 
-    def __init__(self, ctx: ProcessorContext, folder: Path, prefix: str, interval: float) -> None:
-        self.ctx, self.folder, self.prefix = ctx, folder, prefix
-        self.interval = interval
+    def __init__(
+        self, ctx: ProcessorContext, scratch: Path, interval: float, limits: Limits
+    ) -> None:
+        self.ctx, self.scratch, self.interval, self.limits = ctx, scratch, interval, limits
         self.settle = min(2.0, interval)
-        self.sent: dict[str, tuple[int, int]] = {}
+        # rel -> (size, mtime, when staged): what this attempt has staged of each file
+        self.sent: dict[str, tuple[int, float, float]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if interval > 0:
+        self._source: OutputSource | None = None
+
+    def attach(self, source: OutputSource) -> None:
+        """The runner's view of the running job's output folder: start syncing it."""
+        self._source = source
+        if self.interval > 0 and self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="output-sync", daemon=True)
             self._thread.start()
 
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or self.ctx.cancel_event.is_set()
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
+            if self._stopping():
+                return
             try:
                 self.once()
+            except LeaseLost:
+                return  # not ours to write any more
+            except OutputsTooLarge as exc:
+                self.ctx.log(f"Checkpoints not saved: {exc}")
             except Exception:  # the final save after the attempt still happens
                 log.warning("output sync failed", exc_info=True)
 
+    def _wanted(self, rel: str, size: int, mtime: float, granularity: float) -> bool:
+        staged = self.sent.get(rel)
+        if staged is not None and staged[:2] == (size, mtime):
+            return False
+        return mtime + granularity <= time.time() - self.settle
+
     def once(self) -> int:
-        n = 0
-        now = time.time()
-        for path in sorted(self.folder.rglob("*")):
-            if not path.is_file() or path.is_symlink():
-                continue
-            st = path.stat()
-            rel = path.relative_to(self.folder).as_posix()
-            mark = (st.st_size, st.st_mtime_ns)
-            if self.sent.get(rel) == mark or st.st_mtime > now - self.settle:
-                continue
-            self.ctx.storage.put_file(self.ctx.output_bucket, self.prefix + rel, path)
-            self.sent[rel] = mark
-            n += 1
-        return n
+        """One pass: stage what changed and settled; how many files were staged."""
+        if self._source is None or self._stopping():
+            return 0
+        self.ctx.check_lease()
+        grain = self._source.mtime_granularity
+        tmp = Path(tempfile.mkdtemp(prefix="sync-", dir=self.scratch))
+        try:
+            started = time.time()
+            snap = self._source.snapshot(
+                tmp, self.limits, lambda rel, size, mtime: self._wanted(rel, size, mtime, grain)
+            )
+            n = 0
+            for rel, entry in sorted(snap.files.items()):
+                if self._stopping():
+                    break
+                self.ctx.stager.stage(f"{self.ctx.task.id}/{rel}", entry.path)
+                self.sent[rel] = (entry.size, entry.mtime, started)
+                n += 1
+            return n
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def already_staged(self, rel: str, entry: FileEntry) -> bool:
+        """Whether this attempt staged exactly this file already (same size and time,
+        and staged long enough after that time that a later write would show)."""
+        staged = self.sent.get(rel)
+        return (
+            staged is not None
+            and staged[:2] == (entry.size, entry.mtime)
+            and staged[2] - entry.mtime >= 2.0
+        )
 
     def stop(self) -> None:
+        """Stop, and wait for a pass under way: the final save must come after it."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=600)
+            if self._thread.is_alive():
+                log.error("output sync did not stop within 10 minutes")
 
 
 class ContainerProcessor(Processor):
@@ -133,8 +223,11 @@ class ContainerProcessor(Processor):
         self._docker: Runner | None = None
         self._docker_checked = False
         self._docker_error = ""
+        # why this worker does not take container tasks (the worker reports it)
+        self.unavailable_reason = ""
         temp = self._setting("temp_dir", None)
-        self._local = LocalRunner(Path(temp) / "conveyor-local-jobs" if temp else None)
+        self._local_state = Path(temp) / "conveyor-local-jobs" if temp else None
+        self._local_runner: LocalRunner | None = None
         self._gpus: GpuAllocator | None = None
         self._reaper: threading.Thread | None = None
         self._reaper_stop = threading.Event()
@@ -147,11 +240,50 @@ class ContainerProcessor(Processor):
     def mode(self) -> str:
         return str(self._setting("container_runner", "auto"))
 
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            int(self._setting("container_max_output_bytes", 10 * 1024**3)),
+            int(self._setting("container_max_output_files", 100_000)),
+        )
+
+    @property
+    def _local(self) -> LocalRunner:
+        with self._lock:
+            if self._local_runner is None:
+                user = local_user(str(self._setting("container_local_user", "")))
+                self._local_runner = LocalRunner(self._local_state, user)
+            return self._local_runner
+
     def requires_input(self) -> bool:
         return False
 
     def gpus_needed(self, params: dict[str, Any]) -> int:
         return ContainerParams.model_validate(params).gpu_count
+
+    # -- what a deployment accepts at submit ------------------------------------------------
+    def validate(self, params: dict[str, Any], input_ref: InputRef | None) -> dict[str, Any]:
+        """The params model's checks, then this deployment's rules: an image's registry
+        may not be this host (unless the operator allows it), and a task that only the
+        local runner could run is refused where the API's operator said the workers run
+        Docker or nothing (``docker``, ``off``; with ``auto`` the workers decide: one
+        without an engine does not take it, one with an engine fails it at once)."""
+        out = super().validate(params, input_ref)
+        p = ContainerParams.model_validate(out)
+        why = self.policy_refusal(p)
+        if why is not None:
+            where, text = why
+            raise InvalidParams(f"invalid container parameter {where}: {text}")
+        return out
+
+    def policy_refusal(self, p: ContainerParams) -> tuple[str, str] | None:
+        refused = registry_refusal(p.image, self._setting("container_local_registries", []))
+        if refused is not None:
+            return "image", refused
+        if self.mode in ("docker", "off") and (p.runner == "local" or not p.image):
+            where = "runner" if p.runner == "local" else "image"
+            return where, NO_LOCAL_RUNNER.format(mode=self.mode)
+        return None
 
     # -- what this host offers ----------------------------------------------------------------
     def docker(self) -> Runner | None:
@@ -162,11 +294,16 @@ class ContainerProcessor(Processor):
                     try:
                         from .docker_runner import DockerRunner
 
-                        runner = DockerRunner(self._setting("docker_host", "") or None)
+                        runner = DockerRunner(
+                            self._setting("docker_host", "") or None,
+                            user=str(self._setting("container_user", "65534:65534")),
+                            pids_limit=int(self._setting("container_pids_limit", 512)),
+                        )
                         runner.client.ping()
                         self._docker = runner
-                    except Exception as exc:  # no engine here: the local runner stands in
-                        self._docker_error = str(exc)
+                    except Exception as exc:  # no engine here: no container tasks either
+                        text = " ".join(str(exc).split())
+                        self._docker_error = text if len(text) <= 160 else text[:159] + "…"
                         log.info("no container engine: %s", exc)
             return self._docker
 
@@ -179,31 +316,75 @@ class ContainerProcessor(Processor):
     def gpu_devices(self) -> list[str]:
         return self.gpus().devices
 
-    def probe(self) -> dict[str, Any] | None:
-        if self.mode == "off":
-            return None
-        engine = self.docker()
-        if self.mode == "docker" and engine is None:
-            log.warning("CONVEYOR_CONTAINER_RUNNER=docker but no engine: %s", self._docker_error)
-            return None
-        caps: dict[str, Any] = {
-            "runners": (["docker"] if engine else [])
-            + (["local"] if self.mode != "docker" else []),
-            "gpus": self.gpus().devices,
-        }
-        if "local" in caps["runners"]:
-            log.warning(
-                "Container tasks without an image%s run as local processes as user %s: "
-                "whoever may submit tasks may run commands on this host "
-                "(CONVEYOR_CONTAINER_RUNNER=docker or off to refuse)",
-                "" if engine else " (and all container tasks: no engine here)",
-                _user(),
+    def _local_refusal(self) -> str | None:
+        """Why the local runner may not run here although the operator chose it."""
+        if (
+            self.settings is not None
+            and local_runner_guarded(self.settings)
+            and self._setting("container_local_unsandboxed", "") != LOCAL_RUNNER_RISK
+        ):
+            return LOCAL_RUNNER_REFUSAL
+        spec = str(self._setting("container_local_user", ""))
+        try:
+            user = local_user(spec)
+        except (KeyError, ValueError):
+            return f"CONVEYOR_CONTAINER_LOCAL_USER={spec}: no such user on this host"
+        if user is not None and os.geteuid() != 0:
+            return (
+                f"CONVEYOR_CONTAINER_LOCAL_USER={spec} needs a worker running as root "
+                "(it starts each job as that user)"
             )
-        if engine is not None:
-            caps["engine"] = getattr(engine, "version", lambda: "")()
-        runners: list[Runner] = [engine] if engine is not None else []
-        if "local" in caps["runners"]:
+        return None
+
+    def probe(self) -> dict[str, Any] | None:
+        self.unavailable_reason = ""
+        caps: dict[str, Any]
+        runners: list[Runner] = []
+        if self.mode == "off":
+            self.unavailable_reason = (
+                "container tasks are turned off on this worker (CONVEYOR_CONTAINER_RUNNER=off)"
+            )
+            return None
+        if self.mode == "local":
+            refusal = self._local_refusal()
+            if refusal is not None:
+                self.unavailable_reason = refusal
+                log.error("Not taking container tasks: %s", refusal)
+                return None
+            user = self._local.user
+            caps = {"runners": ["local"], "sandbox": "none"}
+            if user is not None:
+                caps["local_user"] = f"{user[0]}:{user[1]}"
+            log.warning(
+                "Container tasks run as local processes on this host, as %s, without a "
+                "sandbox: whoever may submit container tasks may run commands here "
+                "(CONVEYOR_CONTAINER_RUNNER=docker for a sandbox)",
+                f"uid {user[0]}" if user is not None else f"user {_user()}",
+            )
             runners.append(self._local)
+        else:
+            engine = self.docker()
+            if engine is None:
+                if self.mode == "docker":
+                    why = "CONVEYOR_CONTAINER_RUNNER=docker but no container engine answers"
+                else:
+                    why = "no container engine on this worker"
+                self.unavailable_reason = (
+                    f"{why} ({self._docker_error or 'no answer'}); the local runner is off "
+                    "unless its operator turns it on"
+                )
+                log.warning("Not taking container tasks: %s", self.unavailable_reason)
+                return None
+            caps = {
+                "runners": ["docker"],
+                "engine": getattr(engine, "version", lambda: "")(),
+                "user": str(self._setting("container_user", "65534:65534")),
+                "pids_limit": int(self._setting("container_pids_limit", 512)),
+            }
+            if caps["user"].split(":")[0] == "0":
+                log.warning("CONVEYOR_CONTAINER_USER=%s: container jobs run as root", caps["user"])
+            runners.append(engine)
+        caps["gpus"] = self.gpus().devices
         for runner in runners:
             self._reap_now(runner)
         self._start_reaper(runners)
@@ -234,42 +415,70 @@ class ContainerProcessor(Processor):
 
     # -- one attempt ------------------------------------------------------------------------------
     def _pick_runner(self, p: ContainerParams, ctx: ProcessorContext) -> Runner:
-        engine = self.docker() if p.runner != "local" else None
-        if p.image and engine is not None:
-            return engine
-        if p.runner == "docker" or self.mode == "docker":
-            if engine is not None:  # no image: only the local runner could run it
+        """The runner this worker's operator chose; a task cannot pick another."""
+        if self.mode == "local":
+            refusal = self._local_refusal()
+            if refusal is not None:
+                raise ProcessorError(refusal, retryable=True, code="no_runner")
+            if p.runner == "docker":
                 raise ProcessorError(
-                    "this worker runs container tasks in Docker only "
-                    "(CONVEYOR_CONTAINER_RUNNER=docker): give an image",
+                    "runner docker was asked for, but this worker runs container tasks as "
+                    "local processes only (CONVEYOR_CONTAINER_RUNNER=local)",
                     retryable=False,
-                    code="no_engine",
+                    code="runner_not_allowed",
                 )
+            if not p.command:
+                raise ProcessorError(
+                    "the local runner needs a command (an image's default command needs an engine)",
+                    retryable=False,
+                    code="invalid_params",
+                )
+            if p.image:
+                ctx.log(f"Running the command as a local process, not in {p.image}")
+            return self._local
+        engine = self.docker() if self.mode in ("auto", "docker") else None
+        if engine is None:
             raise ProcessorError(
                 "no container engine on this worker"
-                + (f": {self._docker_error}" if self._docker_error else ""),
+                + (f" ({self._docker_error})" if self._docker_error else ""),
                 code="no_engine",
             )
-        if p.image:
-            why = (
-                "runner local was asked for" if p.runner == "local" else "no container engine here"
-            )
-            ctx.log(f"Running the command as a local process, not in {p.image}: {why}")
-        if not p.command:
+        if p.runner == "local":
             raise ProcessorError(
-                "the local runner needs a command (an image's default command needs an engine)",
+                "runner local was asked for, but this worker runs container tasks in "
+                "Docker only: the local runner is its operator's choice, not the task's",
                 retryable=False,
-                code="invalid_params",
+                code="runner_not_allowed",
             )
-        return self._local
+        if not p.image:
+            raise ProcessorError(
+                "this worker runs container tasks in Docker only "
+                f"(CONVEYOR_CONTAINER_RUNNER={self.mode}): give an image",
+                retryable=False,
+                code="no_engine",
+            )
+        refused = registry_refusal(p.image, self._setting("container_local_registries", []))
+        if refused is not None:
+            raise ProcessorError(refused, retryable=False, code="invalid_params")
+        return engine
 
     def run(self, ctx: ProcessorContext) -> list[OutputFile]:
-        p = ContainerParams.model_validate(ctx.task.params)
+        try:  # checked at submit; again here for tasks queued before today's rules
+            p = ContainerParams.model_validate(ctx.task.params)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first.get("loc", ())) or "params"
+            raise ProcessorError(
+                f"invalid container parameter {where}: {first['msg']}",
+                retryable=False,
+                code="invalid_params",
+            ) from None
+        runner = self._pick_runner(p, ctx)
         secrets = resolve_secrets(p.secrets)
         redact = redactor(list(secrets.values()))
-        runner = self._pick_runner(p, ctx)
         attempt = ctx.attempt or ctx.task.attempts
         emit = ctx.log_stream
+        limits = self.limits
 
         def on_line(stream: str, line: str) -> None:
             line = redact(line)
@@ -278,18 +487,16 @@ class ContainerProcessor(Processor):
             else:
                 ctx.log(line)
 
-        input_dir, output_dir, work_dir = (ctx.workdir / d for d in ("inputs", "outputs", "work"))
-        for d in (input_dir, output_dir, work_dir):
-            d.mkdir(parents=True, exist_ok=True)
-            d.chmod(0o777)  # the image's user may not be root
+        # private folders of the worker's: what goes into the job, and what comes out
+        private_dir(ctx.workdir)
+        input_dir, output_dir, work_dir, scratch = (
+            private_dir(ctx.workdir / d) for d in ("inputs", "outputs", "work", "scratch")
+        )
         ctx.report_progress(0.0, "preparing", "")
-        for obj in p.inputs:
-            dest = input_dir / (obj.path or obj.key)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            ctx.storage.get_file(obj.bucket, obj.key, dest)
-        restored = self._restore_outputs(ctx, output_dir)
+        self._get_inputs(ctx, p, input_dir)
+        restored = self._restore_checkpoints(ctx, output_dir)
         if restored:
-            ctx.log(f"Restored {restored} file(s) of the previous attempt's output folder")
+            ctx.log(f"Restored {restored} file(s) of earlier attempts' output folder")
 
         allocator = self.gpus()
 
@@ -298,6 +505,23 @@ class ContainerProcessor(Processor):
             ctx.report_progress(0.0, "waiting", why)
 
         devices = allocator.acquire(p.gpus, ctx.cancel_event, on_wait=waiting)
+        final: dict[str, Any] = {}
+
+        def collect(source: OutputSource) -> None:
+            """The job has ended: copy its output folder out, unless the lease is gone."""
+            try:
+                ctx.check_lease()
+            except LeaseLost as exc:
+                final["lost"] = exc
+                return
+            try:
+                final["snapshot"] = source.snapshot(scratch / "final", limits)
+            except OutputsTooLarge as exc:
+                final["too_large"] = exc
+            except Exception as exc:
+                log.warning("could not copy the output folder out", exc_info=True)
+                final["error"] = exc
+
         try:
             env = {
                 **p.env,
@@ -308,9 +532,6 @@ class ContainerProcessor(Processor):
             if devices:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
                 env["NVIDIA_VISIBLE_DEVICES"] = ",".join(devices)
-            if runner is self._local:
-                env["CONVEYOR_INPUT_DIR"] = str(input_dir)
-                env["CONVEYOR_OUTPUT_DIR"] = str(output_dir)
             spec = RunSpec(
                 task_id=ctx.task.id,
                 attempt=attempt,
@@ -329,6 +550,7 @@ class ContainerProcessor(Processor):
                 shm_size=p.shm_size,
                 network=str(self._setting("container_network", "")) or None,
                 grace_s=float(self._setting("container_grace", 10.0)),
+                limits=limits,
             )
             where = f"image {p.image}" if runner.name == "docker" else "a local process"
             shown = " ".join(p.command) or "(the image's default command)"
@@ -338,13 +560,12 @@ class ContainerProcessor(Processor):
             )
             ctx.report_progress(0.0, "running", "")
             sync = OutputSync(
-                ctx,
-                output_dir,
-                self._prefix(ctx),
-                float(self._setting("container_sync_interval", 30)),
+                ctx, scratch, float(self._setting("container_sync_interval", 30)), limits
             )
             try:
-                result = runner.run(spec, on_line, ctx.cancel_event)
+                result = runner.run(
+                    spec, on_line, ctx.cancel_event, on_running=sync.attach, on_exit=collect
+                )
             except RunnerError as exc:
                 retry = exc.retryable and p.retries(None, False)
                 raise ProcessorError(str(exc), retryable=retry, code="runner_error") from exc
@@ -352,13 +573,21 @@ class ContainerProcessor(Processor):
                 sync.stop()
         finally:
             allocator.release(devices)
-        outputs = self._save_outputs(ctx, output_dir)
+        if "lost" in final:
+            raise final["lost"]  # a stale attempt: nothing of it may be saved
+        ctx.check_lease()
+        code = result.exit_code
+        ok = code == 0 and not result.stopped
+        outputs = self._save(ctx, final, sync, as_outputs=ok)
+        if not ok:
+            self._keep_checkpoints(ctx)
         if result.stopped:
             ctx.log(
-                f"Job stopped after {result.duration_s:.1f} s; {len(outputs)} output file(s) kept"
+                f"Job stopped after {result.duration_s:.1f} s; "
+                f"{len(final.get('snapshot', Snapshot()).files)} file(s) of its output "
+                "folder kept for the next attempt"
             )
             raise TaskCancelled("stopped")
-        code = result.exit_code
         ctx.log(
             f"Job exited with code {code} after {result.duration_s:.1f} s"
             + (" (killed: out of memory)" if result.oom_killed and code else "")
@@ -367,9 +596,14 @@ class ContainerProcessor(Processor):
                 if result.oom_killed and not code
                 else ""
             )
-            + f"; {len(outputs)} output file(s) saved"
+            + (
+                f"; {len(outputs)} output file(s) saved"
+                if ok
+                else f"; {len(final.get('snapshot', Snapshot()).files)} file(s) of its "
+                "output folder kept for the next attempt"
+            )
         )
-        if code == 0:
+        if ok:
             return outputs
         what = "out of memory (OOM killed)" if result.oom_killed else f"exit code {code}"
         raise ProcessorError(
@@ -378,35 +612,126 @@ class ContainerProcessor(Processor):
             code="oom_killed" if result.oom_killed else f"exit_{code}",
         )
 
-    # -- the output folder ----------------------------------------------------------------
+    # -- inputs and the output folder -------------------------------------------------------
     @staticmethod
-    def _prefix(ctx: ProcessorContext) -> str:
-        return f"{ctx.task.id}/"
+    def _keep_checkpoints(ctx: ProcessorContext) -> None:
+        """What a failed or stopped attempt staged is where the next attempt starts: the
+        worker discards an ended attempt's staging (``Stager.discard``), so it is taken
+        off this attempt's list.  Nothing of it is ever published: the task's whole
+        staging goes when the task ends, and the sweep removes what a crash leaves."""
+        ctx.stager.staged.clear()
 
-    def _restore_outputs(self, ctx: ProcessorContext, output_dir: Path) -> int:
-        n = 0
-        prefix = self._prefix(ctx)
-        for obj in ctx.storage.list(ctx.output_bucket, prefix):
-            rel = obj.key[len(prefix) :]
-            dest = output_dir / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            ctx.storage.get_file(ctx.output_bucket, obj.key, dest)
-            n += 1
-        return n
-
-    def _save_outputs(self, ctx: ProcessorContext, output_dir: Path) -> list[OutputFile]:
-        outputs: list[OutputFile] = []
-        prefix = self._prefix(ctx)
-        for path in sorted(output_dir.rglob("*")):
-            if not path.is_file() or path.is_symlink():
-                continue  # a symlink could point anywhere on the worker
-            rel = path.relative_to(output_dir).as_posix()
+    @staticmethod
+    def _get_inputs(ctx: ProcessorContext, p: ContainerParams, input_dir: Path) -> None:
+        for obj in p.inputs:
+            dest = input_dir / (obj.path or obj.key)
+            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             try:
-                info = ctx.storage.put_file(ctx.output_bucket, prefix + rel, path)
-            except Exception as exc:
-                ctx.log(f"Could not save output {rel}: {exc}")
-                continue
-            outputs.append(OutputFile(name=rel, bucket=info.bucket, key=info.key, size=info.size))
+                ctx.storage.get_file(obj.bucket, obj.key, dest)
+            except ObjectNotFound as exc:
+                raise ProcessorError(
+                    f"input object not found: {obj.bucket}/{obj.key}",
+                    retryable=False,
+                    code="not_found",
+                ) from exc
+            except OSError as exc:
+                raise ProcessorError(
+                    f"could not download input {obj.bucket}/{obj.key}: {exc}", retryable=True
+                ) from exc
+
+    def _restore_checkpoints(self, ctx: ProcessorContext, output_dir: Path) -> int:
+        """Put what earlier attempts of the task staged into the new output folder: every
+        earlier attempt's files, newer ones over older (the newest alone may have died
+        before it staged everything)."""
+        root = task_staging(ctx.task.id)
+        own = ctx.stager.prefix
+        by_attempt: dict[str, list[ObjectInfo]] = {}
+        try:
+            for info in ctx.storage.list(ctx.output_bucket, root):
+                folder = root + info.key[len(root) :].split("/", 1)[0] + "/"
+                if folder < own:
+                    by_attempt.setdefault(folder, []).append(info)
+            latest: dict[str, ObjectInfo] = {}
+            for folder in sorted(by_attempt):
+                below = f"{folder}{ctx.task.id}/"
+                for info in by_attempt[folder]:
+                    rel = clean_name(info.key[len(below) :]) if info.key.startswith(below) else None
+                    if rel is not None:
+                        latest[rel] = info
+            for rel, info in sorted(latest.items()):
+                dest = output_dir / rel
+                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                ctx.storage.get_file(ctx.output_bucket, info.key, dest)
+        except (ProcessorError, LeaseLost):
+            raise
+        except Exception as exc:
+            raise ProcessorError(
+                f"could not restore the last attempt's checkpoints: {exc}", retryable=True
+            ) from exc
+        return len(latest)
+
+    def _save(
+        self, ctx: ProcessorContext, final: dict[str, Any], sync: OutputSync, *, as_outputs: bool
+    ) -> list[OutputFile]:
+        """Stage the output folder copied out after the job: every file, or the attempt
+        fails (retryably: another attempt may find the store working).  ``as_outputs``:
+        the job succeeded and these are the task's outputs; else they are checkpoints
+        for the next attempt, and failing to keep them is only logged."""
+        if "too_large" in final:
+            ctx.log(f"Output folder not saved: {final['too_large']}")
+            ctx.stager.discard()
+            raise ProcessorError(
+                f"outputs too large: {final['too_large']}",
+                retryable=False,
+                code="outputs_too_large",
+            )
+        if "error" in final:
+            exc = final["error"]
+            if not as_outputs:
+                ctx.log(f"Output folder not kept: {exc}")
+                return []
+            raise ProcessorError(
+                f"the output folder could not be copied out of the job: {exc}",
+                retryable=True,
+                code="outputs_not_saved",
+            ) from exc
+        snap: Snapshot = final.get("snapshot", Snapshot())
+        if snap.skipped:
+            shown = ", ".join(snap.skipped[:10]) + (" …" if len(snap.skipped) > 10 else "")
+            ctx.log(f"Not saved from the output folder ({len(snap.skipped)}): {shown}")
+        outputs: list[OutputFile] = []
+        files = sorted(snap.files.items())
+        try:
+            for rel, entry in files:
+                key = f"{ctx.task.id}/{rel}"
+                if as_outputs and sync.already_staged(rel, entry):
+                    outputs.append(
+                        OutputFile(
+                            name=rel,
+                            bucket=ctx.output_bucket,
+                            key=key,
+                            size=entry.size,
+                            staged_key=ctx.stager.prefix + key,
+                        )
+                    )
+                elif as_outputs:
+                    outputs.append(ctx.stager.put_file(rel, key, entry.path))
+                elif not sync.already_staged(rel, entry):
+                    ctx.stager.stage(key, entry.path)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            saved = len(outputs) if as_outputs else 0
+            log.warning("could not stage outputs of task %s", ctx.task.id, exc_info=True)
+            if not as_outputs:
+                ctx.log(f"Output folder not kept for the next attempt: {exc}")
+                return []
+            ctx.log(f"Outputs could not be saved ({saved} of {len(files)} staged): {exc}")
+            raise ProcessorError(
+                f"outputs could not be saved ({saved} of {len(files)}): {exc}",
+                retryable=True,
+                code="outputs_not_saved",
+            ) from exc
         return outputs
 
 

@@ -1,9 +1,17 @@
-"""The local-process runner: the same job without an engine, for hosts with none.
+"""The local-process runner: the same job without an engine, on an operator's opt-in.
+
+It is not a sandbox: the command runs on the worker's host, as the worker's
+user unless the operator names another (``CONVEYOR_CONTAINER_LOCAL_USER``,
+which needs a worker running as root; then the job's folders live in a
+folder of their own, owned by that user, and the job cannot read the
+worker's ``/proc/<pid>/environ`` or write what the worker owns).
 
 The command runs as the leader of its own session, so a cancel or timeout
 can signal every process it spawned; it dies with the worker thread
 (PDEATHSIG), gets only the environment it asked for (never the worker's, which
 may hold credentials), and an address-space limit when ``memory`` is set.
+Its output folder is copied out with ``sandbox.copy_tree`` (``O_NOFOLLOW`` on
+every component), never by following a path the job could have swapped.
 
 PDEATHSIG reaches the job's first process only: its children outlive a
 worker killed with SIGKILL. So each job carries a random token in its
@@ -20,16 +28,29 @@ import logging
 import os
 import resource
 import secrets
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from conveyor.procutil import die_with_parent, kill_group
 
-from .runner import LineSplitter, OnLine, Runner, RunnerError, RunResult, RunSpec
+from .runner import (
+    LineSplitter,
+    OnLine,
+    OnSource,
+    OutputSource,
+    Runner,
+    RunnerError,
+    RunResult,
+    RunSpec,
+)
+from .sandbox import Limits, Snapshot, Want, copy_tree
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +96,69 @@ def kill_token(token: str) -> int:
     return len(pids)
 
 
+class FolderOutputs(OutputSource):
+    """The local job's output folder, copied without following a link."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def snapshot(self, dest: Path, limits: Limits, want: Want | None = None) -> Snapshot:
+        return copy_tree(self.folder, dest, limits, want)
+
+
+@dataclass
+class JobDirs:
+    inputs: Path
+    outputs: Path
+    work: Path
+    root: Path | None = None  # a folder made for another user's job: removed after it
+
+    def cleanup(self) -> None:
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    os.chown(path, uid, gid, follow_symlinks=False)
+    for dirpath, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
 class LocalRunner(Runner):
     name = "local"
 
-    def __init__(self, state_dir: Path | None = None) -> None:
+    def __init__(self, state_dir: Path | None = None, user: tuple[int, int] | None = None) -> None:
         self.state_dir = state_dir
+        self.user = user  # (uid, gid) the job runs as; None: the worker's own
         self._active: set[str] = set()
         self._lock = threading.Lock()
+
+    def _job_dirs(self, spec: RunSpec) -> JobDirs:
+        if self.user is None:
+            return JobDirs(spec.input_dir, spec.output_dir, spec.work_dir)
+        # the worker's own folders are private (0700): another user's job gets a folder
+        # of its own, which only it and root may enter
+        uid, gid = self.user
+        root = Path(tempfile.mkdtemp(prefix="conveyor-job-"))
+        try:
+            dirs = JobDirs(root / "inputs", root / "outputs", root / "work", root)
+            shutil.move(spec.input_dir, dirs.inputs)
+            shutil.move(spec.output_dir, dirs.outputs)
+            dirs.work.mkdir(mode=0o700)
+            _chown_tree(dirs.inputs, 0, 0)
+            for dirpath, _dirnames, files in os.walk(dirs.inputs):
+                os.chmod(dirpath, 0o755)
+                for name in files:
+                    os.chmod(os.path.join(dirpath, name), 0o644)
+            _chown_tree(dirs.outputs, uid, gid)
+            os.chown(dirs.work, uid, gid)
+            os.chown(root, uid, gid)
+            root.chmod(0o700)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        return dirs
 
     def _record(self, token: str, spec: RunSpec) -> Path | None:
         if self.state_dir is None:
@@ -121,28 +198,58 @@ class LocalRunner(Runner):
             path.unlink(missing_ok=True)
         return killed
 
-    def run(self, spec: RunSpec, on_line: OnLine, stop: threading.Event) -> RunResult:
-        token = secrets.token_hex(16)
-        with self._lock:
-            self._active.add(token)
-        record = self._record(token, spec)
+    def run(
+        self,
+        spec: RunSpec,
+        on_line: OnLine,
+        stop: threading.Event,
+        on_running: OnSource | None = None,
+        on_exit: OnSource | None = None,
+    ) -> RunResult:
         try:
-            return self._run(spec, on_line, stop, token)
-        finally:
-            kill_token(token)  # a child that left the session is still the job's
-            if record is not None:
-                record.unlink(missing_ok=True)
+            dirs = self._job_dirs(spec)
+        except OSError as exc:
+            raise RunnerError(f"could not prepare the job's folders: {exc}") from exc
+        try:
+            token = secrets.token_hex(16)
             with self._lock:
-                self._active.discard(token)
+                self._active.add(token)
+            record = self._record(token, spec)
+            try:
+                result = self._run(spec, dirs, on_line, stop, token, on_running)
+            finally:
+                kill_token(token)  # a child that left the session is still the job's
+                if record is not None:
+                    record.unlink(missing_ok=True)
+                with self._lock:
+                    self._active.discard(token)
+            if on_exit is not None:
+                on_exit(FolderOutputs(dirs.outputs))  # nothing of the job is left running
+            return result
+        finally:
+            dirs.cleanup()
 
-    def _run(self, spec: RunSpec, on_line: OnLine, stop: threading.Event, token: str) -> RunResult:
+    def _run(
+        self,
+        spec: RunSpec,
+        dirs: JobDirs,
+        on_line: OnLine,
+        stop: threading.Event,
+        token: str,
+        on_running: OnSource | None,
+    ) -> RunResult:
         env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        env["HOME"] = str(spec.work_dir)
+        env["HOME"] = str(dirs.work)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)  # "" hides every GPU
         env.update(spec.env)
+        env["CONVEYOR_INPUT_DIR"] = str(dirs.inputs)
+        env["CONVEYOR_OUTPUT_DIR"] = str(dirs.outputs)
         env[TOKEN_VAR] = token
         memory = spec.memory
+        as_user: dict[str, object] = {}
+        if self.user is not None:
+            as_user = {"user": self.user[0], "group": self.user[1], "extra_groups": []}
 
         def preexec() -> None:
             die_with_parent()
@@ -151,18 +258,21 @@ class LocalRunner(Runner):
 
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(
+            proc = subprocess.Popen(  # type: ignore[call-overload]
                 spec.command,
-                cwd=spec.work_dir,
+                cwd=dirs.work,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
                 preexec_fn=preexec,
+                **as_user,
             )
         except OSError as exc:
             raise RunnerError(f"cannot start {spec.command[0]!r}: {exc}", retryable=False) from exc
+        if on_running is not None:
+            on_running(FolderOutputs(dirs.outputs))
         readers = [
             threading.Thread(target=_pump, args=(pipe, LineSplitter(name, on_line)), daemon=True)
             for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))

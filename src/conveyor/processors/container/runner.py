@@ -3,6 +3,9 @@
 Runners know nothing about tasks, backends or storage: they start one job,
 hand every output line to ``on_line`` as it arrives, stop it when ``stop``
 is set (SIGTERM, ``grace`` seconds, SIGKILL) and always clean up after it.
+While the job runs and once it has ended (before anything of it is removed)
+they hand an :class:`OutputSource` to the caller, which copies the job's
+output folder out of it without following a link (``sandbox``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
+
+from .sandbox import Limits, Snapshot, Want
 
 MAX_LINE = 8192  # longer lines are cut: a log is for people, not for binary dumps
 
@@ -24,10 +30,10 @@ class RunSpec:
     attempt: int
     worker_id: str
     command: list[str]
-    env: dict[str, str]
-    input_dir: Path
-    output_dir: Path
-    work_dir: Path
+    env: dict[str, str]  # the job's whole environment, but the runner's own variables
+    input_dir: Path  # the input files (a private folder of the worker's)
+    output_dir: Path  # the checkpoints the output folder starts with (likewise)
+    work_dir: Path  # a private scratch folder (the local runner's job runs in it)
     image: str | None = None
     workdir: str | None = None  # inside the container
     outputs: str = "/conveyor/outputs"  # inside the container
@@ -37,6 +43,22 @@ class RunSpec:
     shm_size: int | None = None
     network: str | None = None
     grace_s: float = 10.0
+    limits: Limits = field(default_factory=lambda: Limits(10 * 1024**3, 100_000))
+
+
+class OutputSource(ABC):
+    """The job's output folder, as the runner lets it be read."""
+
+    # how coarse the files' times are (an engine's archive has whole seconds)
+    mtime_granularity: ClassVar[float] = 0.0
+
+    @abstractmethod
+    def snapshot(self, dest: Path, limits: Limits, want: Want | None = None) -> Snapshot:
+        """Copy the folder's regular files (those ``want`` takes) into ``dest``, a
+        private folder; ``OutputsTooLarge`` when the folder is over ``limits``."""
+
+
+OnSource = Callable[[OutputSource], None]
 
 
 @dataclass
@@ -60,7 +82,16 @@ class Runner(ABC):
     name: str
 
     @abstractmethod
-    def run(self, spec: RunSpec, on_line: OnLine, stop: threading.Event) -> RunResult: ...
+    def run(
+        self,
+        spec: RunSpec,
+        on_line: OnLine,
+        stop: threading.Event,
+        on_running: OnSource | None = None,
+        on_exit: OnSource | None = None,
+    ) -> RunResult:
+        """Run the job; ``on_running`` is called once it has started, ``on_exit`` once
+        it has ended (by itself or stopped) and before it is cleaned up."""
 
     def reap_orphans(self) -> int:
         """Remove what jobs of dead workers left behind; how many were removed."""
