@@ -559,8 +559,8 @@ class Worker:
         if say:
             self._task_log(rt, f"Task failed: {rt.task.id}: {message}")
         self._flush_logs(rt)  # the log is whole once the outcome shows
-        if rt.stager is not None:
-            rt.stager.discard()  # a retry starts from its own staging; this one is no use
+        # what this attempt staged stays: the next attempt may restore from it (a container
+        # job's checkpoints); once the task ends, settle removes the task's whole staging
         done = self._report(
             lambda: self.backend.fail(rt.lease, message, retryable=retryable, code=code)
         )
@@ -579,9 +579,7 @@ class Worker:
         """Hand the task back without counting the attempt: the database or the store
         was down, which says nothing about the task.  Bounded: after
         ``MAX_INFRA_RELEASES`` such releases the attempt counts as a failure."""
-        detail = f"{INFRA_PREFIX}{exc}"
-        if rt.stager is not None:
-            rt.stager.discard()
+        detail = f"{INFRA_PREFIX}{exc}"  # the staging stays, as after a failure
         n = infra_releases(rt.task)
         if n >= MAX_INFRA_RELEASES:
             self._fail(rt, detail, retryable=True, code="infrastructure")

@@ -578,9 +578,8 @@ class ContainerProcessor(Processor):
         ctx.check_lease()
         code = result.exit_code
         ok = code == 0 and not result.stopped
+        # a failed or stopped attempt's staging is where the next attempt starts
         outputs = self._save(ctx, final, sync, as_outputs=ok)
-        if not ok:
-            self._keep_checkpoints(ctx)
         if result.stopped:
             ctx.log(
                 f"Job stopped after {result.duration_s:.1f} s; "
@@ -613,14 +612,6 @@ class ContainerProcessor(Processor):
         )
 
     # -- inputs and the output folder -------------------------------------------------------
-    @staticmethod
-    def _keep_checkpoints(ctx: ProcessorContext) -> None:
-        """What a failed or stopped attempt staged is where the next attempt starts: the
-        worker discards an ended attempt's staging (``Stager.discard``), so it is taken
-        off this attempt's list.  Nothing of it is ever published: the task's whole
-        staging goes when the task ends, and the sweep removes what a crash leaves."""
-        ctx.stager.staged.clear()
-
     @staticmethod
     def _get_inputs(ctx: ProcessorContext, p: ContainerParams, input_dir: Path) -> None:
         for obj in p.inputs:
