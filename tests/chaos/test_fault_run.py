@@ -47,7 +47,6 @@ def _need_servers() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400 if LARGE else 900)
-@pytest.mark.xfail(strict=False, reason="issue 14: until the output commit protocol lands")
 def test_fault_run(tmp_path: Path) -> None:
     need_tool("ffmpeg", "ffprobe")
     _need_servers()
