@@ -158,14 +158,24 @@ def test_a_credential_speaks_for_its_own_worker_only(tmp_path: Path) -> None:
         }
         assert b.post(f"{V1}/logs", json=logs).status_code == 403
         assert httpx.post(f"{api.url}{V1}/heartbeat", json=hb).status_code == 401
+        # staged outputs: only the attempt holding the lease writes them
+        staged = (
+            f"{V1}/files/output/.conveyor-staging/{lease['task_id']}/"
+            f"01m9800000000000000000000-{lease['attempt']}/done.txt"
+        )
+        assert a.put(staged, content=b"ok").status_code == 200
+        assert b.put(staged, content=b"not mine").status_code == 409
         assert b.post(f"{V1}/complete", json={"lease": lease, "outputs": []}).status_code == 403
         assert a.post(f"{V1}/complete", json={"lease": lease, "outputs": []}).status_code == 200
+        late = a.put(staged, content=b"late")  # the attempt is over: so is its staging
+        assert late.status_code == 409 and late.json()["error"]["code"] == "lease_lost"
         # files: an enrolled worker reads any bucket its tasks name, writes only the output
         w = api.service.storage.writer("input", "clip.mp4")
         w.write(b"in")
         w.commit()
         assert a.get(f"{V1}/files/input/clip.mp4").content == b"in"
-        assert a.put(f"{V1}/files/output/done.txt", content=b"ok").status_code == 200
+        unstaged = a.put(f"{V1}/files/output/done.txt", content=b"ok")  # outputs are staged
+        assert unstaged.status_code == 409 and unstaged.json()["error"]["code"] == "unstaged_write"
         for r in (
             a.put(f"{V1}/files/input/clip.mp4", content=b"overwrite"),
             a.delete(f"{V1}/files/input/clip.mp4"),

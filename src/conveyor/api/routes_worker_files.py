@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints
 
-from conveyor.errors import InvalidKey, InvalidRequest, LeaseLost, ObjectNotFound
+from conveyor.errors import Conflict, InvalidKey, InvalidRequest, LeaseLost, ObjectNotFound
 from conveyor.models import TaskStatus
 from conveyor.outputs import staging_owner
 from conveyor.service import ConveyorService
@@ -113,6 +113,10 @@ def _writable(principal: WorkerPrincipal, bucket: str, service: ConveyorService)
         raise WorkerForbidden(f"a worker writes only to the output bucket {out!r}, not {bucket!r}")
 
 
+class UnstagedWrite(Conflict):
+    code = "unstaged_write"
+
+
 async def _object(
     principal: WorkerPrincipal, bucket: str, key: str, service: ConveyorService, *, write: bool
 ) -> tuple[str, str]:
@@ -121,12 +125,19 @@ async def _object(
     Staged objects (conveyor.outputs) are the attempts' own: only the worker running
     the task touches them, and only the attempt that holds the lease now writes or
     deletes under its prefix, so a worker frozen past its lease is refused here
-    before a byte lands, whatever its credential."""
+    before a byte lands, whatever its credential.  An enrolled worker writes nothing
+    else: every processor stages, and only a completion makes its outputs visible."""
     validate_bucket(bucket)
     if not is_staging_key(key):
         bucket, key = service.check_object(bucket, key)
         if write:
             _writable(principal, bucket, service)
+            if principal.worker_id is not None:
+                raise UnstagedWrite(
+                    f"a worker writes only staged outputs of the attempt it runs "
+                    f"(.conveyor-staging/<task>/…), not {bucket}/{key}: outputs become "
+                    "visible when the task completes (a worker older than this API?)"
+                )
         return bucket, key
     validate_stored_key(key)
     owner = staging_owner(key)
