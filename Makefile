@@ -6,7 +6,7 @@ DATA   ?= ./data
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := ffmpeg
 
-.PHONY: run test lint typecheck bench system-deps test-deps venv clean \
+.PHONY: run test check lint typecheck bench system-deps test-deps venv clean \
 	start-api start-gpu start-all stop-api stop-gpu stop-all status logs test-image
 
 $(BIN)/python:
@@ -71,6 +71,16 @@ typecheck: venv
 
 test: test-deps venv lint typecheck
 	$(BIN)/python -m pytest -q
+
+# The fast loop: ruff, mypy, the unit tests and the contract suites on the embedded
+# engines (SQLite, a local folder); nothing to install beyond the venv.
+check: venv
+	@start=$$(date +%s); \
+	$(BIN)/ruff check src tests bench scripts && \
+	$(BIN)/ruff format --check src tests bench scripts && \
+	$(BIN)/mypy && \
+	CONVEYOR_TEST_ENGINES=sqlite,local $(BIN)/python -m pytest -q tests/unit tests/contract && \
+	echo "make check: passed in $$(( $$(date +%s) - start )) s"
 
 # Build the Docker image with a local engine and a locally made Debian base (no
 # registry needed), run it, transcode through it (deploy/docker/test-image.sh).

@@ -20,6 +20,7 @@ S3 server, ...) skips with the reason on a developer machine and FAILS when
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -124,8 +125,16 @@ STORAGE_ENGINES: dict[str, StorageFactory] = {
 }
 
 
+# ``make check`` runs the contracts on the embedded engines only (no servers to start)
+_ONLY = {e for e in os.environ.get("CONVEYOR_TEST_ENGINES", "").split(",") if e.strip()}
+
+
+def _engines(names: dict[str, object]) -> list[str]:
+    return sorted(n for n in names if not _ONLY or n in _ONLY)
+
+
 # -- fixtures ----------------------------------------------------------------
-@pytest.fixture(params=sorted(BACKEND_ENGINES))
+@pytest.fixture(params=_engines(BACKEND_ENGINES))
 def backend_engine(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
@@ -155,7 +164,7 @@ def backend(open_backend: BackendOpener) -> Backend:
     return open_backend()
 
 
-@pytest.fixture(params=sorted(STORAGE_ENGINES))
+@pytest.fixture(params=_engines(STORAGE_ENGINES))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
     engine = STORAGE_ENGINES[request.param](tmp_path)
     yield engine

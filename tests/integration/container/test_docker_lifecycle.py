@@ -30,7 +30,11 @@ def containers_of(engine: dockerd.DockerEngine, task_id: str) -> list[str]:
     try:
         return [
             x.name or ""
-            for x in c.containers.list(all=True, filters={"label": f"{LABEL}.task={task_id}"})
+            for x in c.containers.list(
+                all=True,
+                filters={"label": f"{LABEL}.task={task_id}"},
+                ignore_removed=True,  # one removed between the listing and its inspection
+            )
         ]
     finally:
         c.close()
