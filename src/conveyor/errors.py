@@ -112,13 +112,6 @@ class ServiceUnavailable(ConveyorError):
         return {"Retry-After": str(self.retry_after)}
 
 
-class NotSupportedRemotely(ConveyorError):
-    """An operator call on the worker's HTTP engine: workers never make it."""
-
-    code = "not_supported"
-    http_status = 501
-
-
 class ProcessorError(ConveyorError):
     """A processor could not finish a task.
 

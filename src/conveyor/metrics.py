@@ -32,7 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from conveyor import __version__
-from conveyor.backends.base import DURATION_BUCKETS, HistogramData, MetricsSnapshot
+from conveyor.metrics_data import DURATION_BUCKETS, HistogramData, MetricsSnapshot
 from conveyor.models import Task, WorkerInfo
 from conveyor.service import ConveyorService
 

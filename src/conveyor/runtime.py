@@ -83,11 +83,16 @@ class Runtime:
                 service.backend,
                 service.storage,
                 service.registry,
+                store=service.backend,  # a local engine: the worker publishes and sweeps
                 concurrency=concurrency,
             )
         else:
             rt.reaper = Reaper(
-                service.backend, settings.reap_interval, service.storage, settings.output_bucket
+                service.backend,
+                settings.reap_interval,
+                service.storage,
+                settings.output_bucket,
+                store=service.backend,
             )
         if with_trigger and settings.trigger_enabled:
             rt.watcher = _upload_trigger(settings, service)

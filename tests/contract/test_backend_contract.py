@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from conveyor.backends.base import Backend, backoff_seconds
+from conveyor.backends.base import Backend
+from conveyor.backends.rules import backoff_seconds
 from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
 from conveyor.models import (
     ClaimedTask,

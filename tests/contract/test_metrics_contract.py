@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from conveyor.backends.base import DURATION_BUCKETS, Backend
+from conveyor.backends.base import Backend
+from conveyor.metrics_data import DURATION_BUCKETS
 from conveyor.models import OutputFile, TaskStatus
 
 from .test_backend_contract import (

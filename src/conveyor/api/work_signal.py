@@ -1,6 +1,6 @@
 """One thread waits for new work on behalf of every long-polling remote worker.
 
-``Backend.wait_for_work`` blocks a thread; an API serving fifty idle remote
+``WorkerQueue.wait_for_work`` blocks a thread; an API serving fifty idle remote
 workers cannot park fifty threads of its pool on it.  ``WorkSignal`` runs a
 single thread that calls ``wait_for_work`` in a loop and, whenever it returns
 early (a submit, a retry, a release...), bumps a generation counter and wakes
@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 
-from conveyor.backends.base import Backend
+from conveyor.backends.base import WorkerQueue
 
 log = logging.getLogger("conveyor.api.work_signal")
 
@@ -29,7 +29,7 @@ MIN_INTERVAL_S = 0.02
 
 
 class WorkSignal:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: WorkerQueue) -> None:
         self._backend = backend
         self._lock = threading.Lock()
         self._generation = 0

@@ -107,7 +107,8 @@ from botocore.exceptions import ClientError
 
 from conveyor.auth.store import AuthStore
 from conveyor.backends.aws_resources import dynamodb_client, ensure_resources, sqs_client
-from conveyor.backends.base import Backend, backoff_seconds, completed_by
+from conveyor.backends.base import Backend
+from conveyor.backends.rules import backoff_seconds, completed_by
 from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
 from conveyor.models import (
     Attempt,

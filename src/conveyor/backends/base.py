@@ -1,15 +1,26 @@
-"""The backend contract: the task lifecycle, kept atomic by each engine.
+"""The backend contract, as two interfaces: what a worker needs and what the service needs.
 
-It describes a lifecycle rather than a generic queue plus a generic table
-because every engine keeps the transitions atomic in its own terms (a SQL
-transaction, SQS + DynamoDB conditional writes).  The contract test suite in
-``tests/contract`` pins the semantics below for every engine.
+* ``WorkerQueue`` is the worker's half: claim tasks, renew leases, report
+  progress and outcomes, ship log lines, reap expired leases, wait for work.
+  That is all a worker needs, wherever it runs; the remote engine
+  (``https://API``, ``conveyor.backends.remote``) implements only this half.
+* ``TaskStore`` is the service's half: submit, read, list and count tasks,
+  cancel / retry / clear them, read their logs, the worker registry, the
+  numbers behind dashboards and ``/metrics``, recording published outputs,
+  and the auth store kept beside the tasks.
+* ``Backend`` is an engine: one class implementing both halves over one
+  database (``sqlite/``, ``postgres/``, ``aws/``), each keeping the lifecycle
+  atomic in its own terms (a SQL transaction; SQS + DynamoDB conditional
+  writes).  The rules every engine applies the same way (how a failure ends
+  an attempt, back-off, cancel and retry, idempotent completion) live once,
+  in ``conveyor.backends.rules``; the list cursor in ``conveyor.backends.cursor``.
 
-Semantics every engine implements:
+The contract test suite in ``tests/contract`` pins the semantics below for
+every engine (the remote one included: its worker half over HTTP, its store
+half on the engine the API serves).
 
-* ``submit`` stores a new ``pending`` task. When ``idempotency_key`` is set
-  and a task with that key exists, nothing is written and the existing task
-  is returned with ``created=False``.
+Worker half (``WorkerQueue``):
+
 * ``claim`` leases up to ``capacity`` pending tasks whose ``not_before`` has
   passed and whose kind is in ``kinds``: highest ``priority`` first, oldest
   first within a priority. Claiming sets ``processing``, increments
@@ -28,9 +39,8 @@ Semantics every engine implements:
   completed the task and the same outputs (its first answer was lost with a
   connection), it returns the completed task unchanged instead of ``LeaseLost``.
   The outputs it names may be staged (``OutputFile.staged_key``);
-  ``outputs_committed`` clears those once ``conveyor.outputs`` made them
-  visible at their final keys (a no-op on a
-  task that is not completed or has nothing staged).
+  ``TaskStore.outputs_committed`` clears those once ``conveyor.outputs`` made
+  them visible at their final keys.
 * ``fail(retryable=True)`` puts the task back to ``pending`` with
   ``not_before = now + backoff(attempts)`` while ``attempts < max_attempts``;
   otherwise (or with ``retryable=False``) the task becomes ``failed`` with
@@ -42,6 +52,18 @@ Semantics every engine implements:
 * ``reap`` treats every expired lease as a retryable failure
   (``lease expired``), or ``cancelled`` when a cancel was requested, and
   returns how many it touched. Safe to run from several places at once.
+* ``append_logs`` appends ``(ts, stream, line)`` entries to an attempt's log.
+* ``wait_for_work`` blocks until new work may be available or the timeout
+  passes; it may return early spuriously.
+
+Service half (``TaskStore``):
+
+* ``submit`` stores a new ``pending`` task. When ``idempotency_key`` is set
+  and a task with that key exists, nothing is written and the existing task
+  is returned with ``created=False``.
+* ``outputs_committed`` records that a completed task's staged outputs are at
+  their final keys (a no-op on a task that is not completed or has nothing
+  staged).
 * ``cancel`` makes a pending task ``cancelled`` at once; for a processing
   task it sets ``cancel_requested`` (the worker kills it and reports back).
   Cancelling a final task raises ``Conflict``.
@@ -59,21 +81,21 @@ Semantics every engine implements:
   starting at ``since``: one ``ThroughputPoint`` per window up to now, in
   order, windows without tasks included with zeros.  The default below is
   built on ``list``; engines override it with one aggregate query.
-* ``wait_for_work`` blocks until new work may be available or the timeout
-  passes; it may return early spuriously.
 """
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from pydantic import BaseModel
 
 from conveyor.auth.store import AuthStore
+from conveyor.backends.rules import DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_MAX_S
+from conveyor.metrics_data import (
+    MetricsSnapshot,
+    ThroughputPoint,
+    histogram_from_values,
+    throughput_windows,
+)
 from conveyor.models import (
     ClaimedTask,
     HeartbeatResult,
@@ -88,186 +110,38 @@ from conveyor.models import (
     WorkerInfo,
 )
 
-DEFAULT_BACKOFF_BASE_S = 5.0
-DEFAULT_BACKOFF_MAX_S = 600.0
+__all__ = [
+    "Backend",
+    "Connected",
+    "MetricsSnapshot",  # re-exported: the store's answers
+    "TaskStore",
+    "ThroughputPoint",
+    "WorkerQueue",
+]
 
 
-def backoff_seconds(
-    attempts: int, base: float = DEFAULT_BACKOFF_BASE_S, cap: float = DEFAULT_BACKOFF_MAX_S
-) -> float:
-    """Exponential back-off after the ``attempts``-th failed attempt."""
-    return float(min(cap, base * (2 ** max(0, attempts - 1))))
+class Connected(ABC):
+    """What both halves have: a connection to check and to close."""
 
-
-def completed_by(
-    status: str,
-    token: str | None,
-    lease: Lease,
-    stored: list[OutputFile],
-    outputs: list[OutputFile],
-) -> bool:
-    """Whether a task in ``status`` holding ``token`` and ``stored`` outputs is what
-    completing it under ``lease`` with ``outputs`` made (a repeat of that call)."""
-
-    def names(files: list[OutputFile]) -> list[tuple[str, str, str, int]]:
-        return [(o.name, o.bucket, o.key, o.size) for o in files]
-
-    return (
-        status == "completed"
-        and token is not None
-        and token == lease.token
-        and names(stored) == names(outputs)
-    )
-
-
-def committed_outputs_json(outputs: list[OutputFile]) -> str:
-    """The outputs with their staged twins forgotten (they are at their final keys)."""
-    return json.dumps(
-        [o.model_copy(update={"staged_key": None}).model_dump(mode="json") for o in outputs]
-    )
-
-
-class ThroughputPoint(BaseModel):
-    """Tasks that finished in one window ``[start, start + bucket_s)``."""
-
-    start: datetime
-    completed: int = 0
-    failed: int = 0
-
-
-def throughput_windows(
-    since: datetime, bucket_s: int, counts: dict[tuple[int, str], int], now: datetime | None = None
-) -> list[ThroughputPoint]:
-    """Every window from ``since`` to ``now``, filled from ``{(window, status): n}``."""
-    now = now or datetime.now(UTC)
-    n = max(1, int((now - since).total_seconds() // bucket_s) + 1)
-    return [
-        ThroughputPoint(
-            start=since + timedelta(seconds=i * bucket_s),
-            completed=counts.get((i, "completed"), 0),
-            failed=counts.get((i, "failed"), 0),
-        )
-        for i in range(n)
-    ]
-
-
-# Upper bounds (seconds) of the task duration and queue-wait histograms: a
-# thumbnail takes a second, a long H.265 rendition or a training run hours.
-DURATION_BUCKETS: tuple[float, ...] = (
-    1,
-    2.5,
-    5,
-    10,
-    30,
-    60,
-    120,
-    300,
-    600,
-    1800,
-    3600,
-    7200,
-    21600,
-)
-
-
-class HistogramData(BaseModel):
-    """Cumulative counts per upper bound of ``DURATION_BUCKETS`` (``+Inf`` is ``count``)."""
-
-    buckets: list[int]
-    count: int = 0
-    sum: float = 0.0
-
-
-class MetricsSnapshot(BaseModel):
-    """What ``/metrics`` reads from the engine at scrape time.
-
-    Read from the shared engine rather than counted in one process, so every
-    API process behind a load balancer reports the same numbers.
-    """
-
-    # kind -> status -> tasks; ``delayed`` is split out of ``pending``
-    tasks: dict[str, dict[str, int]] = {}
-    # completed tasks: finished_at - started_at (the attempt that completed)
-    duration: dict[str, HistogramData] = {}
-    # started tasks: started_at - created_at (time spent queued, back-offs included)
-    queue_wait: dict[str, HistogramData] = {}
-    # kind -> attempts beyond the first, over every task
-    retries: dict[str, int] = {}
-    # kind -> attempts that ended because the worker's lease expired
-    lease_expiries: dict[str, int] = {}
-
-
-def histogram_from_values(values: list[float]) -> HistogramData:
-    values = [max(0.0, v) for v in values]
-    return HistogramData(
-        buckets=[sum(1 for v in values if v <= b) for b in DURATION_BUCKETS],
-        count=len(values),
-        sum=float(sum(values)),
-    )
-
-
-HISTOGRAM_COLUMNS = 2 + len(DURATION_BUCKETS)
-
-# Only these rows can hold a lease expiry in their history: a task completed on
-# its first attempt (most of a table) never lost a lease, so engines skip
-# parsing its history.
-MAY_HAVE_EXPIRED = "(attempts > 1 OR (attempts = 1 AND status IN ('pending', 'failed')))"
-
-
-def histogram_select(expr: str, prefix: str = "h") -> str:
-    """SQL select list ``count, sum, count per bucket`` of ``expr`` (SQLite and PostgreSQL).
-
-    NULL values are not counted, so one pass can build several histograms
-    from ``CASE`` expressions.
-    """
-    cols = [f"COUNT({expr})", f"COALESCE(SUM({expr}), 0)"]
-    cols += [f"COUNT(*) FILTER (WHERE {expr} <= {b})" for b in DURATION_BUCKETS]
-    # distinct names: dict rows would otherwise fold the unnamed columns into one
-    return ", ".join(f"{c} AS {prefix}{i}" for i, c in enumerate(cols))
-
-
-def histogram_from_row(row: Sequence[Any]) -> HistogramData:
-    """Inverse of :func:`histogram_select` for the row's columns after the kind."""
-    return HistogramData(count=int(row[0]), sum=float(row[1]), buckets=[int(v) for v in row[2:]])
-
-
-def add_histogram(target: dict[str, HistogramData], kind: str, row: Sequence[Any]) -> None:
-    """Add one group's :func:`histogram_select` columns to ``target[kind]``."""
-    h = histogram_from_row(row)
-    if h.count == 0:
-        return
-    old = target.get(kind)
-    if old is not None:
-        h = HistogramData(
-            count=old.count + h.count,
-            sum=old.sum + h.sum,
-            buckets=[a + b for a, b in zip(old.buckets, h.buckets, strict=True)],
-        )
-    target[kind] = h
-
-
-def add_snapshot_row(snap: MetricsSnapshot, row: Sequence[Any]) -> None:
-    """One ``(kind, state, n, retries, expired, run histogram, wait histogram)`` group."""
-    kind, state, n, retries, expired = str(row[0]), str(row[1]), row[2], row[3], row[4]
-    snap.tasks.setdefault(kind, {})[state] = int(n)
-    snap.retries[kind] = snap.retries.get(kind, 0) + int(retries or 0)
-    snap.lease_expiries[kind] = snap.lease_expiries.get(kind, 0) + int(expired or 0)
-    add_histogram(snap.duration, kind, row[5 : 5 + HISTOGRAM_COLUMNS])
-    add_histogram(snap.queue_wait, kind, row[5 + HISTOGRAM_COLUMNS :])
-
-
-class Backend(ABC):
-    """One engine for tasks, queue, worker registry and task logs."""
-
-    backoff_base: float = DEFAULT_BACKOFF_BASE_S
-    backoff_max: float = DEFAULT_BACKOFF_MAX_S
-
-    # -- submitting ---------------------------------------------------------
     @abstractmethod
-    def submit(self, task: Task) -> tuple[Task, bool]:
-        """Store ``task``; return it and whether it was created (idempotency)."""
+    def ping(self) -> None:
+        """Raise if the engine cannot be reached."""
 
-    # -- worker protocol ----------------------------------------------------
+    def check_ready(self) -> None:
+        """Raise if this process could not serve now: engine unreachable or schema not current.
+
+        Engines override it with a check that does not wait on a connection
+        pool, so that a readiness probe answers quickly while the database is down.
+        """
+        self.ping()
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class WorkerQueue(Connected):
+    """The worker's half of the contract (see the module docs)."""
+
     @abstractmethod
     def claim(
         self,
@@ -298,13 +172,31 @@ class Backend(ABC):
     def release(self, lease: Lease, *, delay_s: float = 0.0, error: str | None = None) -> Task: ...
 
     @abstractmethod
-    def outputs_committed(self, task_id: str) -> Task:
-        """Record that a completed task's staged outputs are at their final keys."""
-
-    @abstractmethod
     def reap(self) -> int: ...
 
-    # -- operator actions ---------------------------------------------------
+    @abstractmethod
+    def append_logs(
+        self, task_id: str, attempt: int, lines: list[tuple[datetime, str, str]]
+    ) -> None:
+        """Append ``(ts, stream, line)`` entries to a task attempt's log."""
+
+    @abstractmethod
+    def wait_for_work(self, timeout: float) -> None: ...
+
+
+class TaskStore(Connected):
+    """The service's half of the contract (see the module docs)."""
+
+    @abstractmethod
+    def submit(self, task: Task) -> tuple[Task, bool]:
+        """Store ``task``; return it and whether it was created (idempotency)."""
+
+    @abstractmethod
+    def get(self, task_id: str) -> Task | None: ...
+
+    @abstractmethod
+    def counts(self, today: str | None = None) -> QueueCounts: ...
+
     @abstractmethod
     def cancel(self, task_id: str) -> Task: ...
 
@@ -314,15 +206,21 @@ class Backend(ABC):
     @abstractmethod
     def clear_pending(self) -> int: ...
 
-    # -- reading ------------------------------------------------------------
     @abstractmethod
-    def get(self, task_id: str) -> Task | None: ...
+    def outputs_committed(self, task_id: str) -> Task:
+        """Record that a completed task's staged outputs are at their final keys."""
 
     @abstractmethod
-    def counts(self, today: str | None = None) -> QueueCounts: ...
+    def read_logs(
+        self, task_id: str, *, attempt: int | None = None, after_seq: int = 0, limit: int = 1000
+    ) -> list[LogLine]: ...
 
     @abstractmethod
     def workers(self, active_within_s: float = 60.0) -> list[WorkerInfo]: ...
+
+    def ping(self) -> None:
+        """Raise if the engine cannot be reached."""
+        self.counts()
 
     def throughput(self, since: datetime, bucket_s: int = 3600) -> list[ThroughputPoint]:
         """Completed/failed tasks per window since ``since`` (see the module docs).
@@ -356,34 +254,6 @@ class Backend(ABC):
                     if cursor is None:
                         break
         return throughput_windows(since, bucket_s, counts)
-
-    # -- logs ---------------------------------------------------------------
-    @abstractmethod
-    def append_logs(
-        self, task_id: str, attempt: int, lines: list[tuple[datetime, str, str]]
-    ) -> None:
-        """Append ``(ts, stream, line)`` entries to a task attempt's log."""
-
-    @abstractmethod
-    def read_logs(
-        self, task_id: str, *, attempt: int | None = None, after_seq: int = 0, limit: int = 1000
-    ) -> list[LogLine]: ...
-
-    # -- plumbing -----------------------------------------------------------
-    @abstractmethod
-    def wait_for_work(self, timeout: float) -> None: ...
-
-    def ping(self) -> None:
-        """Raise if the engine cannot be reached."""
-        self.counts()
-
-    def check_ready(self) -> None:
-        """Raise if this process could not serve now: engine unreachable or schema not current.
-
-        Engines override it with a check that does not wait on a connection
-        pool, so that a readiness probe answers quickly while the database is down.
-        """
-        self.ping()
 
     def metrics_snapshot(self, max_rows: int = 100_000) -> MetricsSnapshot:
         """Counts and histograms for ``/metrics`` (see :class:`MetricsSnapshot`).
@@ -425,11 +295,8 @@ class Backend(ABC):
         """The latest completed tasks of ``kind``: their outputs feed speed gauges."""
         return self.list(status=TaskStatus.COMPLETED, kind=kind, limit=limit).items
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections."""
-
     def auth_store(self) -> AuthStore:
-        """Tokens, secrets, nonces and the audit log, kept in this backend's database."""
+        """Tokens, secrets, nonces and the audit log, kept in this engine's database."""
         store: AuthStore | None = getattr(self, "_auth_store", None)
         if store is None:
             store = self._open_auth_store()
@@ -439,6 +306,7 @@ class Backend(ABC):
     def _open_auth_store(self) -> AuthStore:
         raise NotImplementedError(f"{type(self).__name__} keeps no auth store")
 
+    # last: a method named ``list`` would shadow the builtin in the annotations below it
     @abstractmethod
     def list(
         self,
@@ -450,3 +318,14 @@ class Backend(ABC):
         cursor: str | None = None,
         text: str | None = None,
     ) -> Page: ...
+
+
+class Backend(WorkerQueue, TaskStore):
+    """An engine: both halves over one database (tasks, queue, workers, logs, auth).
+
+    ``backoff_base`` / ``backoff_max`` shape the delay before a failed attempt's
+    retry (``rules.backoff_seconds``); the service sets the base from its settings.
+    """
+
+    backoff_base: float = DEFAULT_BACKOFF_BASE_S
+    backoff_max: float = DEFAULT_BACKOFF_MAX_S

@@ -1,12 +1,14 @@
-"""``https://API`` (and ``http://``): the worker's half of the backend contract, over the API.
+"""``https://API`` (and ``http://``): a ``WorkerQueue`` over the API, for remote workers.
 
 A remote worker holds only the API's URL and its own credential: no
 database or queue credentials, outbound connections only.  Each call of
 the worker loop (claim, heartbeat, progress, complete, fail, release, log
 chunks, waiting for work) is one request to ``/api/worker/v1``; the API
 runs it on its own engine, so fencing and every other rule stay the
-engine's.  Operator calls (submit, cancel, list ...) are not part of a
-worker's job and raise :class:`~conveyor.errors.NotSupportedRemotely`.
+engine's.  This engine implements the worker's half of the contract only:
+submitting, listing, cancelling and the rest of the ``TaskStore`` half are
+the API's own calls, and publishing outputs and the staging sweep are done
+by the API too (a remote worker runs with no task store).
 
 ``wait_for_work`` long-polls the API, which wakes it when work arrives, so
 an idle remote worker starts a new task one round trip and a half after a
@@ -23,22 +25,17 @@ import json
 import os
 import threading
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from conveyor.api_connection import ApiConnection
-from conveyor.backends.base import Backend
-from conveyor.errors import NotSupportedRemotely
+from conveyor.backends.base import WorkerQueue
 from conveyor.models import (
     ClaimedTask,
     HeartbeatResult,
     Lease,
-    LogLine,
     OutputFile,
-    Page,
     Progress,
-    QueueCounts,
     Task,
-    TaskStatus,
     WorkerInfo,
 )
 
@@ -56,7 +53,7 @@ class LogsPartlyShipped(Exception):
         self.sent = sent
 
 
-class RemoteBackend(Backend):
+class RemoteBackend(WorkerQueue):
     def __init__(self, conn: ApiConnection, *, claim_wait_s: float = 0.0) -> None:
         self.conn = conn
         self.claim_wait_s = max(0.0, min(claim_wait_s, MAX_WAIT_S))
@@ -153,9 +150,6 @@ class RemoteBackend(Backend):
         body = {"lease": self._dump(lease), "delay_s": delay_s, "error": error}
         return Task.model_validate(self._post("release", body, idempotent=False))
 
-    def outputs_committed(self, task_id: str) -> Task:
-        self._operator_only("recording published outputs")  # the API does it on complete
-
     def reap(self) -> int:
         """Nothing to do here: the API process runs the reaper next to its engine."""
         return 0
@@ -202,48 +196,3 @@ class RemoteBackend(Backend):
 
     def close(self) -> None:
         self.conn.close()
-
-    # -- not a worker's business ----------------------------------------------------
-    def _operator_only(self, what: str) -> NoReturn:
-        raise NotSupportedRemotely(
-            f"{what} is an operator call; a remote worker's https:// backend only speaks the "
-            f"worker protocol: call the API ({self.conn.url}) instead"
-        )
-
-    def submit(self, task: Task) -> tuple[Task, bool]:
-        self._operator_only("submit")
-
-    def cancel(self, task_id: str) -> Task:
-        self._operator_only("cancel")
-
-    def retry(self, task_id: str) -> Task:
-        self._operator_only("retry")
-
-    def clear_pending(self) -> int:
-        self._operator_only("clear_pending")
-
-    def get(self, task_id: str) -> Task | None:
-        self._operator_only("get")
-
-    def counts(self, today: str | None = None) -> QueueCounts:
-        self._operator_only("counts")
-
-    def workers(self, active_within_s: float = 60.0) -> list[WorkerInfo]:
-        self._operator_only("workers")
-
-    def read_logs(
-        self, task_id: str, *, attempt: int | None = None, after_seq: int = 0, limit: int = 1000
-    ) -> list[LogLine]:
-        self._operator_only("read_logs")
-
-    def list(
-        self,
-        *,
-        status: TaskStatus | None = None,
-        date: str | None = None,
-        kind: str | None = None,
-        limit: int = 20,
-        cursor: str | None = None,
-        text: str | None = None,
-    ) -> Page:
-        self._operator_only("list")

@@ -23,19 +23,11 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from conveyor.auth.store import AuthStore
-from conveyor.backends.base import (
-    MAY_HAVE_EXPIRED,
-    Backend,
-    MetricsSnapshot,
-    ThroughputPoint,
-    add_snapshot_row,
-    backoff_seconds,
-    committed_outputs_json,
-    completed_by,
-    histogram_select,
-    throughput_windows,
-)
+from conveyor.backends.base import Backend
+from conveyor.backends.rules import backoff_seconds, committed_outputs_json, completed_by
+from conveyor.backends.sql import MAY_HAVE_EXPIRED, add_snapshot_row, histogram_select
 from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
+from conveyor.metrics_data import MetricsSnapshot, ThroughputPoint, throughput_windows
 from conveyor.models import (
     Attempt,
     ClaimedTask,

@@ -3,6 +3,11 @@
 Task threads only run processors; a separate heartbeat thread renews every
 lease in one backend call, flushes task logs and learns about cancels, so a
 processor that blocks for minutes never lets its lease lapse.
+
+A worker talks to a ``WorkerQueue`` only.  Publishing its outputs and the staging
+sweep also need a ``TaskStore`` (to record and to look up what was published):
+a worker beside a local engine is given it; a remote worker has none, and its
+API publishes and sweeps instead.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import EllipsisType
 
 from conveyor import __version__, outputs
-from conveyor.backends import Backend
+from conveyor.backends import TaskStore, WorkerQueue
 from conveyor.config import Settings
 from conveyor.errors import (
     LeaseLost,
@@ -99,16 +105,23 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        backend: Backend,
+        queue: WorkerQueue,
         storage: BlobStore,
         registry: ProcessorRegistry,
         *,
+        store: TaskStore | EllipsisType | None = ...,
         worker_id: str | None = None,
         concurrency: int | None = None,
         kinds: list[str] | None = None,
     ) -> None:
+        """``store``: where published outputs are recorded and where the sweep looks
+        tasks up; None for a remote worker (its API does both).  Left out, it is
+        ``queue`` itself when that is a whole local engine, else None."""
         self.settings = settings
-        self.backend = backend
+        self.queue = queue
+        if isinstance(store, EllipsisType):
+            store = queue if isinstance(queue, TaskStore) else None
+        self.store: TaskStore | None = store
         self.storage = storage
         self.registry = registry
         self.id = worker_id or default_worker_id()
@@ -258,12 +271,12 @@ class Worker:
                 if self._stopping.is_set():  # stop() came while we were claiming
                     for c in claimed:
                         log.info("Releasing task %s: the worker is stopping", c.task.id)
-                        self.backend.release(c.lease)
+                        self.queue.release(c.lease)
                     break
                 for c in claimed:
                     self._launch(c.task, c.lease)
                 if not claimed:
-                    self.backend.wait_for_work(self.settings.poll_interval)
+                    self.queue.wait_for_work(self.settings.poll_interval)
             except WorkerCredentialRejected as exc:
                 self._credential_rejected(exc)
                 break
@@ -281,14 +294,12 @@ class Worker:
         says so).
         """
         if self.gpus == 0:
-            return self.backend.claim(self.id, self.kinds, slots, self.lease_s, max_gpus=0)
+            return self.queue.claim(self.id, self.kinds, slots, self.lease_s, max_gpus=0)
         claimed: list[ClaimedTask] = []
         free = self.gpus - self.gpus_in_use()
         while len(claimed) < slots and not self._stopping.is_set():
             try:
-                got = self.backend.claim(
-                    self.id, self.kinds, 1, self.lease_s, max_gpus=max(0, free)
-                )
+                got = self.queue.claim(self.id, self.kinds, 1, self.lease_s, max_gpus=max(0, free))
             except Exception:
                 if not claimed:
                     raise
@@ -305,14 +316,15 @@ class Worker:
         now = time.monotonic()
         if now - self._last_reap >= self.settings.reap_interval:
             self._last_reap = now
-            n = self.backend.reap()
+            n = self.queue.reap()
             if n:
                 log.warning("Reaped %d task(s) whose worker stopped heartbeating", n)
         sweep_every = max(60.0, self.settings.reap_interval)
-        if self.storage.can_promote and now - self._last_sweep >= sweep_every:
+        store = self.store
+        if store is not None and self.storage.can_promote and now - self._last_sweep >= sweep_every:
             self._last_sweep = now
             try:
-                outputs.sweep(self.backend, self.storage, self.settings.output_bucket)
+                outputs.sweep(store, self.storage, self.settings.output_bucket)
             except Exception:
                 log.warning("staging sweep failed; will retry", exc_info=True)
 
@@ -351,7 +363,7 @@ class Worker:
         for rt in running:
             self._flush_logs(rt)
         sent = time.monotonic()
-        result = self.backend.heartbeat(self.info(), [rt.lease for rt in running], self.lease_s)
+        result = self.queue.heartbeat(self.info(), [rt.lease for rt in running], self.lease_s)
         by_id = {rt.task.id: rt for rt in running}
         for task_id in result.renewed:
             if task_id in by_id:
@@ -377,7 +389,7 @@ class Worker:
         sent = time.monotonic()
         try:
             result = outputs.retry_infrastructure(
-                lambda: self.backend.heartbeat(self.info(), [rt.lease], self.lease_s),
+                lambda: self.queue.heartbeat(self.info(), [rt.lease], self.lease_s),
                 budget_s=max(30.0, self.lease_s),
                 what="renewing a lease",
             )
@@ -410,7 +422,7 @@ class Worker:
             batch, rt.logs = rt.logs, []
         if batch:
             try:
-                self.backend.append_logs(rt.task.id, rt.lease.attempt, batch)
+                self.queue.append_logs(rt.task.id, rt.lease.attempt, batch)
             except Exception as exc:
                 unsent = batch[getattr(exc, "sent", 0) :]  # LogsPartlyShipped: keep the rest
                 log.exception("could not ship %d log lines; keeping them", len(unsent))
@@ -423,7 +435,7 @@ class Worker:
             return  # at most one write a second, but never swallow a phase change
         rt.last_progress, rt.last_phase = now, phase
         try:
-            self.backend.progress(
+            self.queue.progress(
                 rt.lease,
                 Progress(
                     percent=round(min(100.0, max(0.0, percent)), 1), phase=phase, message=message
@@ -490,7 +502,7 @@ class Worker:
                 )
             self._flush_logs(rt)
             try:
-                done = self._call(lambda: self.backend.complete(lease, produced), "completing")
+                done = self._call(lambda: self.queue.complete(lease, produced), "completing")
             except Exception as exc:
                 if isinstance(exc, LeaseLost) or not infra_failure(exc):
                     raise
@@ -542,9 +554,12 @@ class Worker:
 
     def _settle(self, task: Task) -> None:
         """Outputs made visible (completed) or staging removed (failed); a crash or an
-        outage here is finished by the staging sweep, never by a stale attempt."""
+        outage here is finished by the staging sweep, never by a stale attempt.  Left to
+        the API for a remote worker (it has no task store)."""
+        if self.store is None:
+            return
         try:
-            outputs.settle(self.backend, self.storage, self.settings.output_bucket, task)
+            outputs.settle(self.store, self.storage, self.settings.output_bucket, task)
         except Exception:
             log.warning(
                 "Task %s: outputs not settled yet (%s); the staging sweep will finish",
@@ -562,7 +577,7 @@ class Worker:
         # what this attempt staged stays: the next attempt may restore from it (a container
         # job's checkpoints); once the task ends, settle removes the task's whole staging
         done = self._report(
-            lambda: self.backend.fail(rt.lease, message, retryable=retryable, code=code)
+            lambda: self.queue.fail(rt.lease, message, retryable=retryable, code=code)
         )
         if done is not None:
             self._settle(done)
@@ -591,7 +606,7 @@ class Worker:
             f"({n + 1} of {MAX_INFRA_RELEASES}), back in the queue in {delay:g} s",
         )
         self._flush_logs(rt)
-        self._report(lambda: self.backend.release(rt.lease, delay_s=delay, error=detail))
+        self._report(lambda: self.queue.release(rt.lease, delay_s=delay, error=detail))
 
     def _finish_stopped(self, rt: RunningTask, timeout_s: float) -> None:
         lease, reason = rt.lease, rt.stop_reason
@@ -600,7 +615,7 @@ class Worker:
         elif reason == "shutdown":
             self._task_log(rt, f"Task released: {rt.task.id}: worker shutting down")
             self._flush_logs(rt)  # the log is whole once the outcome shows
-            self._report(lambda: self.backend.release(lease))
+            self._report(lambda: self.queue.release(lease))
         elif reason == "lost":
             self._abandon(rt)
         else:

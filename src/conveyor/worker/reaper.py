@@ -8,7 +8,7 @@ import threading
 import time
 
 from conveyor import outputs
-from conveyor.backends import Backend
+from conveyor.backends import TaskStore, WorkerQueue
 from conveyor.storage import BlobStore
 
 log = logging.getLogger("conveyor.reaper")
@@ -19,14 +19,18 @@ SWEEP_EVERY_S = 60.0
 class Reaper:
     def __init__(
         self,
-        backend: Backend,
+        queue: WorkerQueue,
         interval: float,
         storage: BlobStore | None = None,
         output_bucket: str = "output",
+        store: TaskStore | None = None,
     ) -> None:
-        self.backend = backend
+        """The staging sweep runs when both ``storage`` and ``store`` (where the
+        sweep looks tasks up and records what it published) are given."""
+        self.queue = queue
         self.interval = interval
         self.storage = storage
+        self.store = store
         self.output_bucket = output_bucket
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="conveyor-reaper", daemon=True)
@@ -38,7 +42,7 @@ class Reaper:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                n = self.backend.reap()
+                n = self.queue.reap()
                 if n:
                     log.warning("Reaped %d task(s) whose worker stopped heartbeating", n)
             except Exception:
@@ -47,11 +51,13 @@ class Reaper:
 
     def _maybe_sweep(self) -> None:
         now = time.monotonic()
-        if self.storage is None or now - self._last_sweep < max(SWEEP_EVERY_S, self.interval):
+        if self.storage is None or self.store is None:
+            return
+        if now - self._last_sweep < max(SWEEP_EVERY_S, self.interval):
             return
         self._last_sweep = now
         try:
-            outputs.sweep(self.backend, self.storage, self.output_bucket)
+            outputs.sweep(self.store, self.storage, self.output_bucket)
         except Exception:
             log.warning("staging sweep failed; will retry", exc_info=True)
 
