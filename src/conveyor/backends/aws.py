@@ -88,12 +88,10 @@ may lag a write by a fraction of a second (``get`` reads consistently).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import heapq
 import json
 import math
-import re
 import secrets
 import threading
 import time
@@ -106,9 +104,10 @@ from urllib.parse import parse_qs, urlparse
 from botocore.exceptions import ClientError
 
 from conveyor.auth.store import AuthStore
+from conveyor.backends import rules
 from conveyor.backends.aws_resources import dynamodb_client, ensure_resources, sqs_client
 from conveyor.backends.base import Backend
-from conveyor.backends.rules import backoff_seconds, completed_by
+from conveyor.backends.cursor import decode_cursor, encode_cursor
 from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
 from conveyor.models import (
     Attempt,
@@ -137,7 +136,6 @@ Item = dict[str, Any]
 DEFAULT_SHARDS = 4
 MAX_DELAY_S = 900
 MAX_VISIBILITY_S = 43200
-_CURSOR_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z#.+$")
 _WORKER_TTL_S = 7 * 24 * 3600
 
 
@@ -161,29 +159,16 @@ def _str(item: Item, name: str) -> str | None:
 
 
 def _created_key(task: Task) -> str:
-    ts = task.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return f"{ts}#{task.id}"
+    return _key_of(task.created_at, task.id)
+
+
+def _key_of(created_at: datetime, task_id: str) -> str:
+    """The ``created_key`` of the indexes: unique and ordered like ``(created_at, id)``."""
+    return f"{created_at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}#{task_id}"
 
 
 def _at(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
-
-
-def encode_cursor(created_key: str) -> str:
-    return base64.urlsafe_b64encode(f"v1|{created_key}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, key = raw.split("|", 1)
-        if prefix != "v1" or not _CURSOR_RE.match(key):
-            raise ValueError(raw)
-        return key
-    except Exception:
-        raise InvalidRequest(
-            f"invalid cursor {cursor!r}: pass back next_cursor unchanged"
-        ) from None
 
 
 def _is(exc: ClientError, *codes: str) -> bool:
@@ -720,12 +705,7 @@ class AWSBackend(Backend):
 
     @staticmethod
     def _closed(task: Task, outcome: str, error: str | None, now: datetime) -> list[Attempt]:
-        history = list(task.history)
-        if history and history[-1].finished_at is None:
-            history[-1] = history[-1].model_copy(
-                update={"finished_at": now, "outcome": outcome, "error": error}
-            )
-        return history
+        return rules.close_attempt(task.history, outcome, error, now)
 
     def complete(self, lease: Lease, outputs: list[OutputFile]) -> Task:
         def change(state: _State) -> Item:
@@ -751,7 +731,7 @@ class AWSBackend(Backend):
             done = self._mutate_held(lease, change)
         except LeaseLost:
             again = self._read(lease.task_id)
-            if again is None or not completed_by(
+            if again is None or not rules.completed_by(
                 again.task.status, again.lease_token, lease, again.task.outputs, outputs
             ):
                 raise
@@ -763,9 +743,8 @@ class AWSBackend(Backend):
             task = state.task
             if task.status != TaskStatus.COMPLETED or not any(o.staged_key for o in task.outputs):
                 return None
-            outputs = [o.model_copy(update={"staged_key": None}) for o in task.outputs]
             return self._item(
-                task.model_copy(update={"outputs": outputs}),
+                task.model_copy(update={"outputs": rules.committed_outputs(task.outputs)}),
                 ver=state.ver + 1,
                 dispatch=state.dispatch,
                 lease_token=state.lease_token,
@@ -778,32 +757,31 @@ class AWSBackend(Backend):
     ) -> Item:
         now = utcnow()
         task = state.task
-        not_before: datetime | None = None
-        if task.cancel_requested:
-            status, outcome, code = TaskStatus.CANCELLED, "cancelled", "cancelled"
-            error = "cancelled by request"
-        elif retryable and task.attempts < task.max_attempts:
-            status = TaskStatus.PENDING
-            delay = backoff_seconds(task.attempts, self.backoff_base, self.backoff_max)
-            not_before = now + timedelta(seconds=delay)
-            outcome = outcome if outcome != "failed" else "retry"
-        else:
-            status = TaskStatus.FAILED
-        final = status != TaskStatus.PENDING
+        end = rules.end_attempt(
+            cancel_requested=task.cancel_requested,
+            attempts=task.attempts,
+            max_attempts=task.max_attempts,
+            error=error,
+            retryable=retryable,
+            code=code,
+            outcome=outcome,
+            backoff_base=self.backoff_base,
+            backoff_max=self.backoff_max,
+        )
+        delay_s = end.retry_in_s or 0.0
         task = task.model_copy(
             update={
-                "status": status,
-                "error": error,
-                "error_code": code,
-                "not_before": not_before,
+                "status": end.status,
+                "error": end.error,
+                "error_code": end.code,
+                "not_before": None if end.final else now + timedelta(seconds=delay_s),
                 "updated_at": now,
-                "finished_at": now if final else None,
-                "history": self._closed(task, outcome, error, now),
+                "finished_at": now if end.final else None,
+                "history": self._closed(task, end.outcome, end.error, now),
             }
         )
-        if final:
+        if end.final:
             return self._item(task, ver=state.ver + 1, dispatch=state.dispatch)
-        delay_s = (not_before - now).total_seconds() if not_before else 0.0
         return self._requeue(state, task, delay_s)
 
     def fail(self, lease: Lease, error: str, *, retryable: bool, code: str | None = None) -> Task:
@@ -860,10 +838,10 @@ class AWSBackend(Backend):
             self._local.pending_send = None
             new = self._failed_item(
                 state,
-                f"lease expired: worker {state.task.worker_id} stopped heartbeating",
+                rules.lease_expired_error(state.task.worker_id),
                 retryable=True,
-                code="lease_expired",
-                outcome="lease_expired",
+                code=rules.LEASE_EXPIRED_CODE,
+                outcome=rules.LEASE_EXPIRED_CODE,
             )
             if self._put(new, state.ver, "lease_expires < :now", {":now": _n(now)}):
                 touched += 1
@@ -993,23 +971,20 @@ class AWSBackend(Backend):
     def cancel(self, task_id: str) -> Task:
         def change(state: _State) -> Item:
             now = utcnow()
-            status = state.task.status
-            if status == TaskStatus.PENDING:
+            if rules.cancel_action(task_id, state.task.status) == "cancel":
                 task = state.task.model_copy(
                     update={
                         "status": TaskStatus.CANCELLED,
-                        "error": "cancelled by request",
-                        "error_code": "cancelled",
+                        "error": rules.CANCELLED_BY_REQUEST,
+                        "error_code": rules.CANCELLED_CODE,
                         "not_before": None,
                         "finished_at": now,
                         "updated_at": now,
                     }
                 )
                 return self._item(task, ver=state.ver + 1, dispatch=state.dispatch)
-            if status == TaskStatus.PROCESSING:
-                task = state.task.model_copy(update={"cancel_requested": True, "updated_at": now})
-                return self._same(state, task)
-            raise Conflict(f"task {task_id} is already {status.value}; nothing to cancel")
+            task = state.task.model_copy(update={"cancel_requested": True, "updated_at": now})
+            return self._same(state, task)
 
         return self._mutate(task_id, change).task
 
@@ -1017,12 +992,7 @@ class AWSBackend(Backend):
         self._local.pending_send = None
 
         def change(state: _State) -> Item:
-            status = state.task.status
-            if status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
-                raise Conflict(
-                    f"task {task_id} is {status.value}; "
-                    "only failed or cancelled tasks can be retried"
-                )
+            rules.check_retry(task_id, state.task.status)
             task = state.task.model_copy(
                 update={
                     "status": TaskStatus.PENDING,
@@ -1057,8 +1027,8 @@ class AWSBackend(Backend):
                 task = st.task.model_copy(
                     update={
                         "status": TaskStatus.CANCELLED,
-                        "error": "cancelled: queue cleared",
-                        "error_code": "cancelled",
+                        "error": rules.QUEUE_CLEARED,
+                        "error_code": rules.CANCELLED_CODE,
                         "not_before": None,
                         "finished_at": now,
                         "updated_at": now,
@@ -1285,7 +1255,7 @@ class AWSBackend(Backend):
         text: str | None = None,
     ) -> Page:
         limit = max(1, min(int(limit), 1000))
-        before = decode_cursor(cursor) if cursor else None
+        before = _key_of(*decode_cursor(cursor)) if cursor else None
         filters: list[str] = []
         values: Item = {}
         names: dict[str, str] = {}
@@ -1338,5 +1308,6 @@ class AWSBackend(Backend):
         items = [_State(r).task for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
-            next_cursor = encode_cursor(str(rows[limit - 1]["created_key"]["S"]))
+            last = items[-1]
+            next_cursor = encode_cursor(last.created_at, last.id)
         return Page(items=items, next_cursor=next_cursor)

@@ -41,7 +41,6 @@ How the contract maps onto PostgreSQL:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import re
 import threading
@@ -60,8 +59,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from conveyor.auth.store import AuthStore
+from conveyor.backends import rules
 from conveyor.backends.base import Backend
-from conveyor.backends.rules import committed_outputs_json, completed_by
+from conveyor.backends.cursor import decode_cursor, encode_cursor
 from conveyor.backends.sql import MAY_HAVE_EXPIRED, add_snapshot_row, histogram_select
 from conveyor.errors import Conflict, ConveyorError, InvalidRequest, LeaseLost, TaskNotFound
 from conveyor.metrics_data import MetricsSnapshot, ThroughputPoint, throughput_windows
@@ -93,7 +93,6 @@ LOG_LOCK_CLASS = 0x434F4E56
 
 _URL_OPTIONS = ("pool_min", "pool_max", "pool_timeout", "auto_upgrade", "prepare_threshold")
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Row = dict[str, Any]
 Cursor = psycopg.Cursor[Row]
@@ -107,47 +106,10 @@ _COLUMNS = (
 _T_COLUMNS = ", ".join(f"t.{c}" for c in _COLUMNS.split(", "))
 
 # -- SQL fragments -------------------------------------------------------------------
-# Close the open attempt at the end of the history array (as SQLite's _close_attempt).
-_CLOSE_ATTEMPT = (
-    "CASE WHEN jsonb_array_length(history) > 0 AND (history -> -1 ->> 'finished_at') IS NULL "
-    "THEN jsonb_set(history, '{{-1}}', (history -> -1) || jsonb_build_object("
-    "'finished_at', now(), 'outcome', ({outcome})::text, 'error', ({error})::text)) "
-    "ELSE history END"
-)
-_BACKOFF = (
-    "now() + make_interval(secs => least(%(backoff_max)s::float8, "
-    "%(backoff_base)s::float8 * power(2, greatest(0, attempts - 1))))"
-)
 _NOTIFY_IF_PENDING = (
     "LEFT JOIN LATERAL (SELECT pg_notify('" + CHANNEL + "', '') "
     "WHERE u.status = 'pending') AS n ON true"
 )
-
-
-def _fail_assignments(*, retryable: str, error: str, code: str, outcome: str, retry: str) -> str:
-    """SET list that ends an attempt as a failure (SQLite's ``_fail_row``), in SQL.
-
-    Every expression reads the row as it was, so the new status is computed
-    the same way in each of them.
-    """
-    new = (
-        f"(CASE WHEN cancel_requested THEN 'cancelled' "
-        f"WHEN ({retryable}) AND attempts < max_attempts THEN 'pending' ELSE 'failed' END)"
-    )
-    err = f"(CASE WHEN cancel_requested THEN 'cancelled by request' ELSE ({error})::text END)"
-    how = (
-        f"(CASE {new} WHEN 'cancelled' THEN 'cancelled' "
-        f"WHEN 'pending' THEN {retry} ELSE {outcome} END)"
-    )
-    return (
-        f"status = {new}, error = {err}, "
-        f"error_code = CASE WHEN cancel_requested THEN 'cancelled' ELSE ({code})::text END, "
-        "lease_token = NULL, lease_expires = NULL, "
-        f"not_before = CASE WHEN {new} = 'pending' THEN {_BACKOFF} END, "
-        "updated_at = now(), "
-        f"finished_at = CASE WHEN {new} = 'pending' THEN NULL ELSE now() END, "
-        f"history = {_CLOSE_ATTEMPT.format(outcome=how, error=err)}"
-    )
 
 
 _SUBMIT = (
@@ -228,14 +190,14 @@ _COMPLETE = (
     "UPDATE tasks SET status = 'completed', outputs = %(outputs)s, progress = %(progress)s, "
     "error = NULL, error_code = NULL, lease_expires = NULL, "
     "finished_at = now(), updated_at = now(), "
-    "history = " + _CLOSE_ATTEMPT.format(outcome="'completed'", error="NULL") + " "
+    "history = " + rules.close_attempt_sql("'completed'", "NULL") + " "
     "WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s "
     f"RETURNING {_COLUMNS}"
 )
 
 _FAIL = (
     "WITH u AS (UPDATE tasks SET "
-    + _fail_assignments(
+    + rules.end_attempt_sql(
         retryable="%(retryable)s::boolean",
         error="%(error)s",
         code="%(code)s",
@@ -251,8 +213,9 @@ _RELEASE = (
     "WITH u AS (UPDATE tasks SET "
     "status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END, "
     "attempts = CASE WHEN cancel_requested THEN attempts ELSE greatest(attempts - 1, 0) END, "
-    "error = CASE WHEN cancel_requested THEN 'cancelled by request' ELSE error END, "
-    "error_code = CASE WHEN cancel_requested THEN 'cancelled' ELSE error_code END, "
+    f"error = CASE WHEN cancel_requested THEN '{rules.CANCELLED_BY_REQUEST}' ELSE error END, "
+    f"error_code = CASE WHEN cancel_requested THEN '{rules.CANCELLED_CODE}' "
+    "ELSE error_code END, "
     "worker_id = CASE WHEN cancel_requested THEN worker_id END, "
     "progress = CASE WHEN cancel_requested THEN progress ELSE %(progress)s END, "
     "lease_token = NULL, lease_expires = NULL, "
@@ -261,9 +224,9 @@ _RELEASE = (
     "updated_at = now(), "
     "finished_at = CASE WHEN cancel_requested THEN now() END, "
     "history = "
-    + _CLOSE_ATTEMPT.format(
-        outcome="CASE WHEN cancel_requested THEN 'cancelled' ELSE 'released' END",
-        error="CASE WHEN cancel_requested THEN 'cancelled by request' ELSE %(error)s::text END",
+    + rules.close_attempt_sql(
+        "CASE WHEN cancel_requested THEN 'cancelled' ELSE 'released' END",
+        f"CASE WHEN cancel_requested THEN '{rules.CANCELLED_BY_REQUEST}' ELSE %(error)s::text END",
     )
     + " WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s"
     f" RETURNING {_COLUMNS}) SELECT u.* FROM u {_NOTIFY_IF_PENDING}"
@@ -274,12 +237,12 @@ _REAP = (
     " SELECT id FROM tasks WHERE status = 'processing' AND lease_expires < now()"
     " ORDER BY lease_expires FOR UPDATE SKIP LOCKED) "
     "UPDATE tasks SET "
-    + _fail_assignments(
+    + rules.end_attempt_sql(
         retryable="true",
-        error="format('lease expired: worker %%s stopped heartbeating', worker_id)",
-        code="'lease_expired'",
-        outcome="'lease_expired'",
-        retry="'lease_expired'",
+        error=rules.lease_expired_error_sql(),
+        code=f"'{rules.LEASE_EXPIRED_CODE}'",
+        outcome=f"'{rules.LEASE_EXPIRED_CODE}'",
+        retry=f"'{rules.LEASE_EXPIRED_CODE}'",
     )
     + " FROM expired WHERE tasks.id = expired.id"
     " AND tasks.status = 'processing' AND tasks.lease_expires < now()"
@@ -436,25 +399,6 @@ def _threshold(value: str) -> int | None:
 
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def encode_cursor(created_at: datetime, task_id: str) -> str:
-    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
-    raw = f"{micros}|{task_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        micros, task_id = raw.split("|", 1)
-        if not task_id or not micros.lstrip("-").isdigit():
-            raise ValueError(cursor)
-        return _EPOCH + timedelta(microseconds=int(micros)), task_id
-    except Exception:
-        raise InvalidRequest(
-            f"invalid cursor {cursor!r}: pass back next_cursor unchanged"
-        ) from None
 
 
 def _lease_lost(task_id: str) -> LeaseLost:
@@ -731,7 +675,7 @@ class PostgresBackend(Backend):
             # the same lease completed it before (the answer was lost on the way): done
             with self._cursor() as cur:
                 again = self._get_row(cur, lease.task_id)
-            if again is None or not completed_by(
+            if again is None or not rules.completed_by(
                 again["status"],
                 again["lease_token"],
                 lease,
@@ -752,7 +696,7 @@ class PostgresBackend(Backend):
                 return task
             cur.execute(
                 "UPDATE tasks SET outputs = %s::jsonb WHERE id = %s AND status = 'completed'",
-                (committed_outputs_json(task.outputs), task_id),
+                (rules.committed_outputs_json(task.outputs), task_id),
             )
             row = self._get_row(cur, task_id)
         assert row is not None
@@ -817,18 +761,16 @@ class PostgresBackend(Backend):
             row = self._get_row(cur, task_id, lock=True)
             if row is None:
                 raise TaskNotFound(f"task {task_id} not found")
-            status = TaskStatus(row["status"])
-            if status == TaskStatus.PENDING:
+            if rules.cancel_action(task_id, TaskStatus(row["status"])) == "cancel":
                 sql = (
-                    "UPDATE tasks SET status = 'cancelled', error = 'cancelled by request', "
-                    "error_code = 'cancelled', not_before = NULL, finished_at = now(), "
-                    "updated_at = now() WHERE id = %s"
+                    "UPDATE tasks SET status = 'cancelled', error = %s, error_code = %s, "
+                    "not_before = NULL, finished_at = now(), updated_at = now() WHERE id = %s"
                 )
-            elif status == TaskStatus.PROCESSING:
-                sql = "UPDATE tasks SET cancel_requested = true, updated_at = now() WHERE id = %s"
+                args: tuple[Any, ...] = (rules.CANCELLED_BY_REQUEST, rules.CANCELLED_CODE, task_id)
             else:
-                raise Conflict(f"task {task_id} is already {status.value}; nothing to cancel")
-            row = cur.execute(sql + f" RETURNING {_COLUMNS}", (task_id,)).fetchone()
+                sql = "UPDATE tasks SET cancel_requested = true, updated_at = now() WHERE id = %s"
+                args = (task_id,)
+            row = cur.execute(sql + f" RETURNING {_COLUMNS}", args).fetchone()
         assert row is not None
         return self._row_to_task(row)
 
@@ -837,12 +779,7 @@ class PostgresBackend(Backend):
             row = self._get_row(cur, task_id, lock=True)
             if row is None:
                 raise TaskNotFound(f"task {task_id} not found")
-            status = TaskStatus(row["status"])
-            if status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
-                raise Conflict(
-                    f"task {task_id} is {status.value}; "
-                    "only failed or cancelled tasks can be retried"
-                )
+            rules.check_retry(task_id, TaskStatus(row["status"]))
             row = cur.execute(
                 "UPDATE tasks SET status = 'pending', attempts = 0, error = NULL, "
                 "error_code = NULL, outputs = '[]', progress = %s, cancel_requested = false, "
@@ -858,9 +795,10 @@ class PostgresBackend(Backend):
     def clear_pending(self) -> int:
         with self._cursor() as cur:
             cur.execute(
-                "UPDATE tasks SET status = 'cancelled', error = 'cancelled: queue cleared', "
-                "error_code = 'cancelled', not_before = NULL, finished_at = now(), "
-                "updated_at = now() WHERE status = 'pending'"
+                "UPDATE tasks SET status = 'cancelled', error = %s, error_code = %s, "
+                "not_before = NULL, finished_at = now(), updated_at = now() "
+                "WHERE status = 'pending'",
+                (rules.QUEUE_CLEARED, rules.CANCELLED_CODE),
             )
             return cur.rowcount
 

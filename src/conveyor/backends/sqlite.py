@@ -9,7 +9,6 @@ writer.  Times are stored as UNIX seconds (REAL) so comparisons are cheap.
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import sqlite3
@@ -23,10 +22,11 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from conveyor.auth.store import AuthStore
+from conveyor.backends import rules
 from conveyor.backends.base import Backend
-from conveyor.backends.rules import backoff_seconds, committed_outputs_json, completed_by
+from conveyor.backends.cursor import decode_cursor, encode_cursor
 from conveyor.backends.sql import MAY_HAVE_EXPIRED, add_snapshot_row, histogram_select
-from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
+from conveyor.errors import InvalidRequest, LeaseLost, TaskNotFound
 from conveyor.metrics_data import MetricsSnapshot, ThroughputPoint, throughput_windows
 from conveyor.models import (
     Attempt,
@@ -139,22 +139,6 @@ def _dt(ts: float | None) -> datetime | None:
 
 def _at(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
-
-
-def encode_cursor(created_at: float, task_id: str) -> str:
-    raw = f"{created_at!r}|{task_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        ts, task_id = raw.split("|", 1)
-        return float(ts), task_id
-    except Exception:
-        raise InvalidRequest(
-            f"invalid cursor {cursor!r}: pass back next_cursor unchanged"
-        ) from None
 
 
 class SQLiteBackend(Backend):
@@ -303,12 +287,9 @@ class SQLiteBackend(Backend):
 
     @staticmethod
     def _close_attempt(history_json: str, outcome: str, error: str | None, now: float) -> str:
-        history = json.loads(history_json)
-        if history and history[-1].get("finished_at") is None:
-            history[-1]["finished_at"] = _at(now).isoformat()  # type: ignore[union-attr]
-            history[-1]["outcome"] = outcome
-            history[-1]["error"] = error
-        return json.dumps(history)
+        history = [Attempt.model_validate(a) for a in json.loads(history_json)]
+        closed = rules.close_attempt(history, outcome, error, _at(now))
+        return json.dumps([a.model_dump(mode="json") for a in closed])
 
     # -- submit --------------------------------------------------------------
     def submit(self, task: Task) -> tuple[Task, bool]:
@@ -498,7 +479,7 @@ class SQLiteBackend(Backend):
         if row is None or row["status"] != TaskStatus.COMPLETED:
             return None
         task = self._row_to_task(row)
-        if completed_by(task.status, row["lease_token"], lease, task.outputs, outputs):
+        if rules.completed_by(task.status, row["lease_token"], lease, task.outputs, outputs):
             return task
         return None
 
@@ -509,7 +490,7 @@ class SQLiteBackend(Backend):
             if row["status"] == TaskStatus.COMPLETED and any(o.staged_key for o in outputs):
                 c.execute(
                     "UPDATE tasks SET outputs = ? WHERE id = ? AND status = 'completed'",
-                    (committed_outputs_json(outputs), task_id),
+                    (rules.committed_outputs_json(outputs), task_id),
                 )
                 row = self._require(c, task_id)
             return self._row_to_task(row)
@@ -525,28 +506,29 @@ class SQLiteBackend(Backend):
         outcome: str,
         now: float,
     ) -> None:
-        if row["cancel_requested"]:
-            status, not_before, outcome, code = TaskStatus.CANCELLED, None, "cancelled", "cancelled"
-            error = "cancelled by request"
-        elif retryable and row["attempts"] < row["max_attempts"]:
-            status = TaskStatus.PENDING
-            not_before = now + backoff_seconds(row["attempts"], self.backoff_base, self.backoff_max)
-            outcome = outcome if outcome != "failed" else "retry"
-        else:
-            status, not_before = TaskStatus.FAILED, None
-        final = status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+        end = rules.end_attempt(
+            cancel_requested=bool(row["cancel_requested"]),
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"],
+            error=error,
+            retryable=retryable,
+            code=code,
+            outcome=outcome,
+            backoff_base=self.backoff_base,
+            backoff_max=self.backoff_max,
+        )
         c.execute(
             "UPDATE tasks SET status = ?, error = ?, error_code = ?, lease_token = NULL, "
             "lease_expires = NULL, not_before = ?, updated_at = ?, finished_at = ?, history = ? "
             "WHERE id = ?",
             (
-                status.value,
-                error,
-                code,
-                not_before,
+                end.status.value,
+                end.error,
+                end.code,
+                None if end.retry_in_s is None else now + end.retry_in_s,
                 now,
-                now if final else None,
-                self._close_attempt(row["history"], outcome, error, now),
+                now if end.final else None,
+                self._close_attempt(row["history"], end.outcome, end.error, now),
                 row["id"],
             ),
         )
@@ -605,10 +587,10 @@ class SQLiteBackend(Backend):
                 self._fail_row(
                     c,
                     row,
-                    f"lease expired: worker {row['worker_id']} stopped heartbeating",
+                    rules.lease_expired_error(row["worker_id"]),
                     retryable=True,
-                    code="lease_expired",
-                    outcome="lease_expired",
+                    code=rules.LEASE_EXPIRED_CODE,
+                    outcome=rules.LEASE_EXPIRED_CODE,
                     now=now,
                 )
         if rows:
@@ -620,33 +602,24 @@ class SQLiteBackend(Backend):
         now = time.time()
         with self._tx() as c:
             row = self._require(c, task_id)
-            status = TaskStatus(row["status"])
-            if status == TaskStatus.PENDING:
+            if rules.cancel_action(task_id, TaskStatus(row["status"])) == "cancel":
                 c.execute(
-                    "UPDATE tasks SET status = 'cancelled', error = 'cancelled by request', "
-                    "error_code = 'cancelled', not_before = NULL, finished_at = ?, updated_at = ? "
-                    "WHERE id = ?",
-                    (now, now, task_id),
+                    "UPDATE tasks SET status = 'cancelled', error = ?, error_code = ?, "
+                    "not_before = NULL, finished_at = ?, updated_at = ? WHERE id = ?",
+                    (rules.CANCELLED_BY_REQUEST, rules.CANCELLED_CODE, now, now, task_id),
                 )
-            elif status == TaskStatus.PROCESSING:
+            else:
                 c.execute(
                     "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?",
                     (now, task_id),
                 )
-            else:
-                raise Conflict(f"task {task_id} is already {status.value}; nothing to cancel")
             return self._row_to_task(self._require(c, task_id))
 
     def retry(self, task_id: str) -> Task:
         now = time.time()
         with self._tx() as c:
             row = self._require(c, task_id)
-            status = TaskStatus(row["status"])
-            if status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
-                raise Conflict(
-                    f"task {task_id} is {status.value}; "
-                    "only failed or cancelled tasks can be retried"
-                )
+            rules.check_retry(task_id, TaskStatus(row["status"]))
             c.execute(
                 "UPDATE tasks SET status = 'pending', attempts = 0, error = NULL, "
                 "error_code = NULL, "
@@ -662,10 +635,9 @@ class SQLiteBackend(Backend):
         now = time.time()
         with self._tx() as c:
             cur = c.execute(
-                "UPDATE tasks SET status = 'cancelled', error = 'cancelled: queue cleared', "
-                "error_code = 'cancelled', not_before = NULL, finished_at = ?, updated_at = ? "
-                "WHERE status = 'pending'",
-                (now, now),
+                "UPDATE tasks SET status = 'cancelled', error = ?, error_code = ?, "
+                "not_before = NULL, finished_at = ?, updated_at = ? WHERE status = 'pending'",
+                (rules.QUEUE_CLEARED, rules.CANCELLED_CODE, now, now),
             )
             return cur.rowcount
 
@@ -853,9 +825,9 @@ class SQLiteBackend(Backend):
             where.append("input_key LIKE ? ESCAPE '\\'")
             args.append(f"%{escaped}%")
         if cursor:
-            ts, tid = decode_cursor(cursor)
+            created_at, tid = decode_cursor(cursor)
             where.append("(created_at, id) < (?, ?)")
-            args.extend([ts, tid])
+            args.extend([created_at.timestamp(), tid])
         sql = f"SELECT {_COLUMNS} FROM tasks INDEXED BY {index}"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -866,5 +838,5 @@ class SQLiteBackend(Backend):
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = encode_cursor(last["created_at"], last["id"])
+            next_cursor = encode_cursor(_at(last["created_at"]), last["id"])
         return Page(items=items, next_cursor=next_cursor)
