@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from conveyor.backends.sqlite import _COLUMNS, SQLiteBackend
+from conveyor.backends.sql import COLUMNS as _COLUMNS
+from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.models import Progress, TaskStatus, date_partition
 
 # share of each status: mostly history, a live queue on top

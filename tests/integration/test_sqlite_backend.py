@@ -10,9 +10,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
+from conveyor.auth.models import AuditEvent, TokenRecord
+from conveyor.auth.roles import Role
 from conveyor.backends.sqlite import SCHEMA_VERSION, SQLiteBackend
+from conveyor.models import TaskStatus, utcnow
 
 # The schema as Conveyor wrote it at version 1 (before tasks had a gpus column).
 SCHEMA_V1 = """
@@ -112,7 +118,7 @@ def test_a_version_1_database_is_upgraded_on_open_with_gpus_backfilled(tmp_path:
             assert "gpus" in index and "WHERE status = 'pending'" in index
         finally:
             backend.close()
-    assert SCHEMA_VERSION == "2"
+    assert SCHEMA_VERSION == "4"
     backend = SQLiteBackend(path)
     try:
         got = backend.claim("w", ["container", "transcode"], 10, 60.0, max_gpus=2)
@@ -136,3 +142,139 @@ def test_a_gpu_limited_claim_reads_the_pending_work_index_in_claim_order(tmp_pat
         assert "TEMP B-TREE" not in plan, plan
     finally:
         backend.close()
+
+
+# The schema as Conveyor wrote it at 26b0a6e (tasks with gpus, schema version 2, and the
+# auth store's tables as that auth store created them: no token grants, no sessions).
+SCHEMA_26B0A6E = (
+    SCHEMA_V1.replace(
+        "    history TEXT NOT NULL DEFAULT '[]'\n);",
+        "    history TEXT NOT NULL DEFAULT '[]',\n    gpus INTEGER NOT NULL DEFAULT 0\n);",
+    ).replace(
+        "tasks_ready ON tasks (priority DESC, id, not_before, kind)",
+        "tasks_ready ON tasks (priority DESC, id, not_before, kind, gpus)",
+    )
+    + """
+CREATE TABLE IF NOT EXISTS auth_tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    token_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL,
+    created_by TEXT,
+    worker_id TEXT
+);
+CREATE INDEX IF NOT EXISTS auth_tokens_worker ON auth_tokens (worker_id);
+CREATE TABLE IF NOT EXISTS auth_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS auth_nonces (nonce TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_log (
+    id TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    ip TEXT,
+    ok INTEGER NOT NULL,
+    detail TEXT
+);
+"""
+)
+# What the auth store of later versions (still schema version 2) added to those tables
+# by itself when it opened such a file.
+GRANTS_AND_SESSIONS = """
+ALTER TABLE auth_tokens ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE IF NOT EXISTS auth_revoked_sessions (id TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+"""
+
+
+def _layout(path: Path) -> dict[str, list[str]]:
+    """Each table's columns, in order, and each index's columns."""
+    conn = sqlite3.connect(path)
+    try:
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'index') "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        return {
+            n: [str(r[2]) for r in conn.execute(f"PRAGMA index_xinfo('{n}')")]
+            or [str(r[1]) for r in conn.execute(f"PRAGMA table_info('{n}')")]
+            for n in names
+        }
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("grants_added", [False, True], ids=["26b0a6e", "auth-store-upgraded"])
+def test_a_database_an_older_conveyor_wrote_opens_and_works(
+    tmp_path: Path, grants_added: bool
+) -> None:
+    path = tmp_path / "old.db"
+    now = time.time()
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_26B0A6E + (GRANTS_AND_SESSIONS if grants_added else ""))
+    conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '2')")
+    conn.execute(
+        "INSERT INTO tasks (id, kind, status, params, created_at, updated_at, date_partition,"
+        " gpus) VALUES ('01old', 'container', 'pending', '{\"gpus\": 1}', ?, ?, '2026-12-06', 1)",
+        (now, now),
+    )
+    conn.execute(
+        "INSERT INTO auth_tokens (id, name, role, token_hash, created_at, worker_id)"
+        " VALUES ('tok1', 'ops', 'operator', 'hash', ?, NULL)",
+        (now,),
+    )
+    conn.execute(
+        "INSERT INTO audit_log (id, at, actor, role, action, ok) VALUES"
+        " ('01aud', ?, 'admin', 'admin', 'token.create', 1)",
+        (now,),
+    )
+    conn.commit()
+    conn.close()
+
+    for _ in range(2):  # the second open finds nothing left to do
+        backend = SQLiteBackend(path)
+        try:
+            backend.check_ready()  # the schema version is the current one
+            store = backend.auth_store()
+            token = store.get_token("tok1")
+            assert token is not None and token.role == Role.OPERATOR and token.secrets == []
+            assert [e.id for e in store.list_audit().events][-1] == "01aud"
+        finally:
+            backend.close()
+
+    backend = SQLiteBackend(path)
+    try:
+        old = backend.get("01old")
+        assert old is not None and old.gpus == 1 and old.status == TaskStatus.PENDING
+        got = backend.claim("w", ["container"], 5, 60.0, max_gpus=1)
+        assert [c.task.id for c in got] == ["01old"]
+        backend.complete(got[0].lease, [])
+        assert backend.get("01old").status == TaskStatus.COMPLETED  # type: ignore[union-attr]
+        store = backend.auth_store()
+        store.put_token(
+            TokenRecord(
+                id="tok2",
+                name="ci",
+                role=Role.SUBMITTER,
+                token_hash="h2",
+                created_at=utcnow(),
+                secrets=["HF_TOKEN"],
+            )
+        )
+        assert store.get_token("tok2").secrets == ["HF_TOKEN"]  # type: ignore[union-attr]
+        store.revoke_session("s1", utcnow() + timedelta(hours=1))
+        assert store.session_revoked("s1")
+        store.add_audit(AuditEvent(actor="admin", role="admin", action="token.create", ok=True))
+    finally:
+        backend.close()
+
+    # the upgraded file has the layout a new one gets
+    fresh = tmp_path / "new.db"
+    SQLiteBackend(fresh).close()
+    assert _layout(path) == _layout(fresh)

@@ -474,7 +474,7 @@ class PostgresBackend(Backend):
             upgrade(self.conninfo)
 
     def _open_auth_store(self) -> AuthStore:
-        from conveyor.auth.store_sql import PostgresAuthStore
+        from conveyor.backends.sql_auth import PostgresAuthStore
 
         return PostgresAuthStore(self._pool)
 

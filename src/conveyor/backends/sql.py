@@ -1,12 +1,86 @@
-"""Helpers both SQL engines (SQLite and PostgreSQL) share: the aggregate behind
-``metrics_snapshot``."""
+"""Helpers both SQL engines (SQLite and PostgreSQL) share: the task columns and their
+mapping to a ``Task``, the key filter of ``list``, the aggregate behind
+``metrics_snapshot``.  (Their auth store is shared too: ``backends/sql_auth.py``.)"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
 
 from conveyor.metrics_data import DURATION_BUCKETS, HistogramData, MetricsSnapshot
+from conveyor.models import (
+    Attempt,
+    InputRef,
+    OutputFile,
+    Progress,
+    Task,
+    TaskStatus,
+    Trigger,
+)
+
+# The ``tasks`` table, in the order submits write it.
+COLUMNS = (
+    "id, kind, status, priority, input_bucket, input_key, params, outputs, progress, attempts, "
+    "max_attempts, error, error_code, worker_id, lease_token, lease_expires, cancel_requested, "
+    "created_at, updated_at, started_at, finished_at, not_before, date_partition, "
+    "idempotency_key, submitted_by, trigger, history, gpus"
+)
+
+
+class Row(Protocol):
+    """A row read by column name (``sqlite3.Row``, psycopg's dict rows)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def task_from_row(
+    r: Row,
+    *,
+    json_value: Callable[[Any], Any],
+    time_value: Callable[[Any], datetime | None],
+) -> Task:
+    """A ``tasks`` row as a ``Task``; ``json_value`` and ``time_value`` read the engine's
+    JSON and time columns (SQLite: text and UNIX seconds; PostgreSQL: as they come)."""
+    created, updated = time_value(r["created_at"]), time_value(r["updated_at"])
+    assert created is not None and updated is not None
+    return Task(
+        id=r["id"],
+        kind=r["kind"],
+        status=TaskStatus(r["status"]),
+        priority=r["priority"],
+        gpus=r["gpus"],
+        input=InputRef(bucket=r["input_bucket"], key=r["input_key"])
+        if r["input_bucket"] is not None
+        else None,
+        params=json_value(r["params"]),
+        outputs=[OutputFile.model_validate(o) for o in json_value(r["outputs"])],
+        progress=Progress.model_validate(json_value(r["progress"]) or {}),
+        attempts=r["attempts"],
+        max_attempts=r["max_attempts"],
+        error=r["error"],
+        error_code=r["error_code"],
+        worker_id=r["worker_id"],
+        created_at=created,
+        updated_at=updated,
+        started_at=time_value(r["started_at"]),
+        finished_at=time_value(r["finished_at"]),
+        not_before=time_value(r["not_before"]),
+        date_partition=r["date_partition"],
+        idempotency_key=r["idempotency_key"],
+        submitted_by=r["submitted_by"],
+        trigger=Trigger(r["trigger"]),
+        cancel_requested=bool(r["cancel_requested"]),
+        history=[Attempt.model_validate(a) for a in json_value(r["history"])],
+    )
+
+
+def key_pattern(text: str) -> str:
+    """The ``LIKE`` pattern (``ESCAPE '\\'``) of ``list(text=...)``: a substring of the
+    input key in which ``%`` and ``_`` match themselves."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
 
 HISTOGRAM_COLUMNS = 2 + len(DURATION_BUCKETS)
 

@@ -1,4 +1,4 @@
-"""Embedded engine: SQLite in WAL mode holds tasks, queue, workers and logs.
+"""The SQLite engine's tasks: queue, workers and logs, in WAL mode.
 
 One writer connection per process, guarded by a lock, with ``BEGIN
 IMMEDIATE`` so that two processes sharing the file queue up on the write
@@ -25,14 +25,21 @@ from conveyor.auth.store import AuthStore
 from conveyor.backends import rules
 from conveyor.backends.base import Backend
 from conveyor.backends.cursor import decode_cursor, encode_cursor
-from conveyor.backends.sql import MAY_HAVE_EXPIRED, add_snapshot_row, histogram_select
+from conveyor.backends.sql import (
+    COLUMNS,
+    MAY_HAVE_EXPIRED,
+    add_snapshot_row,
+    histogram_select,
+    key_pattern,
+    task_from_row,
+)
+from conveyor.backends.sqlite import schema
 from conveyor.errors import InvalidRequest, LeaseLost, TaskNotFound
 from conveyor.metrics_data import MetricsSnapshot, ThroughputPoint, throughput_windows
 from conveyor.models import (
     Attempt,
     ClaimedTask,
     HeartbeatResult,
-    InputRef,
     Lease,
     LogLine,
     OutputFile,
@@ -41,91 +48,9 @@ from conveyor.models import (
     QueueCounts,
     Task,
     TaskStatus,
-    Trigger,
     WorkerInfo,
     date_partition,
     utcnow,
-)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    input_bucket TEXT,
-    input_key TEXT,
-    params TEXT NOT NULL DEFAULT '{}',
-    outputs TEXT NOT NULL DEFAULT '[]',
-    progress TEXT NOT NULL DEFAULT '{}',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL DEFAULT 3,
-    error TEXT,
-    error_code TEXT,
-    worker_id TEXT,
-    lease_token TEXT,
-    lease_expires REAL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    not_before REAL,
-    date_partition TEXT NOT NULL,
-    idempotency_key TEXT UNIQUE,
-    submitted_by TEXT,
-    trigger TEXT NOT NULL DEFAULT 'api',
-    history TEXT NOT NULL DEFAULT '[]',
-    gpus INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS tasks_date ON tasks (date_partition, created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS tasks_date_status
-    ON tasks (date_partition, status, created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (status, finished_at);
-CREATE INDEX IF NOT EXISTS tasks_kind ON tasks (kind, created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (priority DESC, id, not_before, kind, gpus)
-    WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (lease_expires)
-    WHERE status = 'processing';
-CREATE TABLE IF NOT EXISTS task_logs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    task_id TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    stream TEXT NOT NULL,
-    line TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS task_logs_task ON task_logs (task_id, attempt, seq);
-CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY,
-    info TEXT NOT NULL,
-    last_seen REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-SCHEMA_VERSION = "2"
-
-# Version 1 -> 2: ``gpus`` (GPUs a task needs) got its own column, backfilled
-# from container params (a count or a list of device ids, as
-# ``models.gpus_in_params``), and joined the pending-work index so that a claim
-# filters on it while reading the index.
-_UPGRADE_TO_2 = (
-    "ALTER TABLE tasks ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0",
-    "UPDATE tasks SET gpus = CASE json_type(params, '$.gpus') "
-    "WHEN 'integer' THEN max(json_extract(params, '$.gpus'), 0) "
-    "WHEN 'array' THEN json_array_length(params, '$.gpus') ELSE 0 END "
-    "WHERE kind = 'container' AND json_type(params, '$.gpus') IN ('integer', 'array')",
-    "DROP INDEX IF EXISTS tasks_ready",
-)
-
-_COLUMNS = (
-    "id, kind, status, priority, input_bucket, input_key, params, outputs, progress, attempts, "
-    "max_attempts, error, error_code, worker_id, lease_token, lease_expires, cancel_requested, "
-    "created_at, updated_at, started_at, finished_at, not_before, date_partition, "
-    "idempotency_key, submitted_by, trigger, history, gpus"
 )
 
 
@@ -141,6 +66,10 @@ def _at(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
+def _json(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
 class SQLiteBackend(Backend):
     def __init__(self, path: Path | str, *, backoff_base: float | None = None) -> None:
         self.path = str(path)
@@ -154,36 +83,9 @@ class SQLiteBackend(Backend):
         self._generation = 0  # bumped on every notify; see wait_for_work
         self._closed = False
         self._writer = self._connect()
-        self._upgrade()
-        self._writer.executescript(SCHEMA)
-        self._writer.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-            (SCHEMA_VERSION,),
-        )
-
-    def _upgrade(self) -> None:
-        """Bring a database made by an older Conveyor to this schema, in one transaction.
-
-        Runs before ``SCHEMA`` (whose ``IF NOT EXISTS`` would leave old tables
-        and indexes as they are); a second process opening the file at the
-        same time waits on the write lock and then finds nothing left to do.
-        """
-        with self._tx() as c:
-            if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks'").fetchone() is None:
-                return  # a new database: SCHEMA creates the current tables
-            columns = {r[1] for r in c.execute("PRAGMA table_info(tasks)").fetchall()}
-            if "gpus" not in columns:
-                for sql in _UPGRADE_TO_2:
-                    c.execute(sql)
-                c.execute(
-                    "CREATE INDEX tasks_ready ON tasks (priority DESC, id, not_before, kind, gpus) "
-                    "WHERE status = 'pending'"
-                )
-            c.execute(
-                "UPDATE meta SET value = ? WHERE key = 'schema_version' "
-                "AND CAST(value AS INTEGER) < CAST(? AS INTEGER)",
-                (SCHEMA_VERSION, SCHEMA_VERSION),
-            )
+        # a new file gets the schema, one an older Conveyor wrote the versions it lacks
+        with self._write_lock:
+            schema.upgrade(self._writer)
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteBackend:
@@ -233,39 +135,11 @@ class SQLiteBackend(Backend):
     # -- row mapping -------------------------------------------------------
     @staticmethod
     def _row_to_task(r: sqlite3.Row) -> Task:
-        return Task(
-            id=r["id"],
-            kind=r["kind"],
-            status=TaskStatus(r["status"]),
-            priority=r["priority"],
-            gpus=r["gpus"],
-            input=InputRef(bucket=r["input_bucket"], key=r["input_key"])
-            if r["input_bucket"] is not None
-            else None,
-            params=json.loads(r["params"]),
-            outputs=[OutputFile.model_validate(o) for o in json.loads(r["outputs"])],
-            progress=Progress.model_validate(json.loads(r["progress"] or "{}")),
-            attempts=r["attempts"],
-            max_attempts=r["max_attempts"],
-            error=r["error"],
-            error_code=r["error_code"],
-            worker_id=r["worker_id"],
-            created_at=_at(r["created_at"]),
-            updated_at=_at(r["updated_at"]),
-            started_at=_dt(r["started_at"]),
-            finished_at=_dt(r["finished_at"]),
-            not_before=_dt(r["not_before"]),
-            date_partition=r["date_partition"],
-            idempotency_key=r["idempotency_key"],
-            submitted_by=r["submitted_by"],
-            trigger=Trigger(r["trigger"]),
-            cancel_requested=bool(r["cancel_requested"]),
-            history=[Attempt.model_validate(a) for a in json.loads(r["history"])],
-        )
+        return task_from_row(r, json_value=_json, time_value=_dt)
 
     def _get_row(self, c: sqlite3.Connection, task_id: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = c.execute(
-            f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
+            f"SELECT {COLUMNS} FROM tasks WHERE id = ?", (task_id,)
         ).fetchone()
         return row
 
@@ -298,13 +172,13 @@ class SQLiteBackend(Backend):
         with self._tx() as c:
             if task.idempotency_key:
                 existing = c.execute(
-                    f"SELECT {_COLUMNS} FROM tasks WHERE idempotency_key = ?",
+                    f"SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ?",
                     (task.idempotency_key,),
                 ).fetchone()
                 if existing is not None:
                     return self._row_to_task(existing), False
             c.execute(
-                f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 28)})",
+                f"INSERT INTO tasks ({COLUMNS}) VALUES ({', '.join('?' * 28)})",
                 (
                     task.id,
                     task.kind,
@@ -405,7 +279,7 @@ class SQLiteBackend(Backend):
         marks = ", ".join("?" * len(kinds))
         gpus = "" if max_gpus is None else "AND gpus <= ? "
         sql = (
-            f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_ready "
+            f"SELECT {COLUMNS} FROM tasks INDEXED BY tasks_ready "
             f"WHERE status = 'pending' AND kind IN ({marks}) "
             f"AND (not_before IS NULL OR not_before <= ?) {gpus}"
             "ORDER BY priority DESC, id LIMIT ?"
@@ -580,7 +454,7 @@ class SQLiteBackend(Backend):
         now = time.time()
         with self._tx() as c:
             rows = c.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE status = 'processing' AND lease_expires < ?",
+                f"SELECT {COLUMNS} FROM tasks WHERE status = 'processing' AND lease_expires < ?",
                 (now,),
             ).fetchall()
             for row in rows:
@@ -718,9 +592,9 @@ class SQLiteBackend(Backend):
         version = (
             self._reader().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         )
-        if version is None or version[0] != SCHEMA_VERSION:
+        if version is None or version[0] != schema.SCHEMA_VERSION:
             found = version[0] if version else "none"
-            raise RuntimeError(f"schema version {found}, expected {SCHEMA_VERSION}")
+            raise RuntimeError(f"schema version {found}, expected {schema.SCHEMA_VERSION}")
 
     def workers(self, active_within_s: float = 60.0) -> list[WorkerInfo]:
         rows = (
@@ -774,7 +648,7 @@ class SQLiteBackend(Backend):
             self._local.generation = self._generation
 
     def _open_auth_store(self) -> AuthStore:
-        from conveyor.auth.store_sql import SQLiteAuthStore
+        from conveyor.backends.sqlite.auth import SQLiteAuthStore
 
         return SQLiteAuthStore(Path(self.path))
 
@@ -821,14 +695,13 @@ class SQLiteBackend(Backend):
         if text:
             # a substring of the key (LIKE ignores ASCII case); the index above keeps
             # the newest-first walk, this only filters the rows it passes
-            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("input_key LIKE ? ESCAPE '\\'")
-            args.append(f"%{escaped}%")
+            args.append(key_pattern(text))
         if cursor:
             created_at, tid = decode_cursor(cursor)
             where.append("(created_at, id) < (?, ?)")
             args.extend([created_at.timestamp(), tid])
-        sql = f"SELECT {_COLUMNS} FROM tasks INDEXED BY {index}"
+        sql = f"SELECT {COLUMNS} FROM tasks INDEXED BY {index}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"

@@ -1,54 +1,23 @@
-"""The auth store on SQLite and PostgreSQL: four small tables, one statement each.
+"""The auth store both SQL engines share: a few small tables, one statement each.
 
-SQLite keeps its own connection (WAL lets it sit beside the backend's writer);
-PostgreSQL borrows the backend's pool.  The SQL is the same but for the
-placeholder style and the time type, so both engines share this module.
+The SQL is the same on SQLite and PostgreSQL but for the placeholder style
+and the time type; each engine's ``auth.py`` gives a transaction, its
+placeholder and its time conversion (``backends/sqlite/auth.py``: a
+connection of its own beside the engine's writer; ``backends/postgres/auth.py``:
+the engine's pool).  The tables are created by each engine's migrations.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
 
-from .models import AuditEvent, AuditPage, TokenRecord
-from .roles import Role
-from .store import AuthStore
-
-SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS auth_tokens (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    role TEXT NOT NULL,
-    token_hash TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL,
-    revoked_at REAL,
-    created_by TEXT,
-    worker_id TEXT,
-    secrets TEXT NOT NULL DEFAULT '[]'
-);
-CREATE INDEX IF NOT EXISTS auth_tokens_worker ON auth_tokens (worker_id);
-CREATE TABLE IF NOT EXISTS auth_revoked_sessions (id TEXT PRIMARY KEY, expires_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS auth_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS auth_nonces (nonce TEXT PRIMARY KEY, expires_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS audit_log (
-    id TEXT PRIMARY KEY,
-    at REAL NOT NULL,
-    actor TEXT NOT NULL,
-    role TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT,
-    ip TEXT,
-    ok INTEGER NOT NULL,
-    detail TEXT
-);
-"""
+from conveyor.auth.models import AuditEvent, AuditPage, TokenRecord
+from conveyor.auth.roles import Role
+from conveyor.auth.store import AuthStore
 
 _CRED_COLS = (
     "id, name, role, token_hash, created_at, expires_at, revoked_at, created_by, worker_id, secrets"
@@ -56,7 +25,7 @@ _CRED_COLS = (
 _AUDIT_COLS = "id, at, actor, role, action, target, ip, ok, detail"
 
 
-class _Cursor(Protocol):
+class AuthCursor(Protocol):
     def execute(self, query: Any, params: Any = ...) -> Any: ...
     def fetchone(self) -> Any: ...
     def fetchall(self) -> Any: ...
@@ -71,7 +40,7 @@ class SQLAuthStore(AuthStore):
     ph = "?"
 
     @contextmanager
-    def _tx(self) -> Iterator[_Cursor]:  # pragma: no cover - overridden
+    def _tx(self) -> Iterator[AuthCursor]:  # pragma: no cover - overridden
         raise NotImplementedError
         yield
 
@@ -251,50 +220,6 @@ class SQLAuthStore(AuthStore):
         return AuditPage(events=events, next_cursor=events[-1].id if more and events else None)
 
 
-class SQLiteAuthStore(SQLAuthStore):
-    def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            str(path), timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        with self._lock:
-            # a database made before token grants: add the column the schema now has
-            cols = {r[1] for r in self._conn.execute("PRAGMA table_info(auth_tokens)")}
-            if cols and "secrets" not in cols:
-                try:
-                    self._conn.execute(
-                        "ALTER TABLE auth_tokens ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]'"
-                    )
-                except sqlite3.OperationalError as exc:  # another process added it first
-                    if "duplicate column" not in str(exc):
-                        raise
-            self._conn.executescript(SQLITE_SCHEMA)
-
-    @contextmanager
-    def _tx(self) -> Iterator[_Cursor]:
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
-
-    def _t(self, dt: datetime | None) -> Any:
-        return None if dt is None else dt.timestamp()
-
-    def _dt(self, value: Any) -> datetime | None:
-        return None if value is None else datetime.fromtimestamp(float(value), UTC)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-
 class PostgresAuthStore(SQLAuthStore):
     """Tables from migrations 0002_auth.sql and 0004_auth_grants_sessions.sql;
     connections from the backend's pool."""
@@ -305,6 +230,6 @@ class PostgresAuthStore(SQLAuthStore):
         self._pool = pool
 
     @contextmanager
-    def _tx(self) -> Iterator[_Cursor]:
+    def _tx(self) -> Iterator[AuthCursor]:
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             yield cur
