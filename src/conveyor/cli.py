@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -343,12 +345,40 @@ def _split_types(types: list[str] | None) -> list[str] | None:
     return [t.strip() for raw in types for t in raw.split(",") if t.strip()]
 
 
-DOCUMENT_SUFFIXES = {".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+@dataclass
+class _Kinds:
+    """What the server's kinds take: each one's params, and which a file goes to."""
+
+    default: str | None
+    params: dict[str, list[str]]
+    pick: Callable[[str], str | None]  # a file's name -> the kind that takes it, or None
 
 
-def _kind_for(key: str) -> str:
-    """A PDF or an image is parsed, anything else transcoded."""
-    return "docparse" if Path(key).suffix.lower() in DOCUMENT_SUFFIXES else "transcode"
+def _kinds(client: ConveyorClient) -> _Kinds:
+    """The server's kinds (``GET /api/kinds``); the kinds installed here when the server
+    is older than that path."""
+    try:
+        known = client.request("GET", "/api/kinds")
+    except ClientError as exc:
+        if exc.status != 404:
+            raise
+        from conveyor.processors import ProcessorRegistry
+
+        registry = ProcessorRegistry.load()
+        params = {k: list(p.params_model.model_fields) for k, p in registry.items()}
+        return _Kinds(None, params, registry.kind_for)
+    default = known.get("default")
+    kinds = known.get("kinds") or []
+
+    def pick(key: str) -> str | None:
+        """The kind that takes a file called ``key``, the default kind where several do."""
+        suffix = Path(key).suffix.lower()
+        able = [k["kind"] for k in kinds if suffix and suffix in k.get("suffixes", [])]
+        if not able:
+            return None
+        return default if default in able else str(able[0])
+
+    return _Kinds(default, {k["kind"]: list(k.get("params", [])) for k in kinds}, pick)
 
 
 def _files_prefix(client: ConveyorClient) -> str:
@@ -370,7 +400,9 @@ def submit(
         None, "--types", "-t", help="Transcode types (comma-separated or repeated)."
     ),
     kind: str = typer.Option(
-        None, help="Task kind (default: docparse for a PDF or image, else transcode)."
+        None,
+        help="Task kind (default: the kind that takes the file's suffix, such as docparse "
+        "for a PDF or image, else the server's default kind, transcode).",
     ),
     params: str = typer.Option(None, help="Kind parameters as JSON."),
     pages: str = typer.Option(None, help="docparse: pages to parse, e.g. 1-5,8,10-."),
@@ -405,13 +437,15 @@ def submit(
         else:
             err.print(f"[red]error[/red]: {target!r} is neither a local file nor BUCKET/KEY")
             raise typer.Exit(2)
-        kind = kind or _kind_for(in_key)
+        known = _kinds(client)
+        chosen = kind or known.pick(in_key)  # None: the server's default kind
         body: dict[str, Any] = {
-            "kind": kind,
             "input_bucket": in_bucket,
             "input_key": in_key,
             "priority": priority,
         }
+        if chosen:
+            body["kind"] = chosen
         if upload_key:  # the upload trigger will not queue this upload a second time
             body["idempotency_key"] = upload_key
         if types:
@@ -427,9 +461,12 @@ def submit(
         }
         given = {k: v for k, v in doc_opts.items() if v is not None}
         if given:
-            if kind != "docparse":
+            # the kinds whose params these are; the task's kind must be one of them
+            theirs = [k for k, names in known.params.items() if set(given) <= set(names)]
+            if (chosen or known.default) not in theirs:
                 err.print(
-                    "[red]error[/red]: --pages/--ocr/--langs/--engine/--formats are for docparse"
+                    "[red]error[/red]: --pages/--ocr/--langs/--engine/--formats are for "
+                    + (", ".join(theirs) or "no kind this server runs")
                 )
                 raise typer.Exit(2)
             body["params"] = {**body.get("params", {}), **given}

@@ -4,55 +4,34 @@
 sections (seed 000); ``CONVEYOR_ENV`` picks the section that overrides
 ``default``.  Environment variables override the file.  Secrets never live
 here: they come from the environment or the standard credential chains.
+
+:class:`Settings` holds what the service itself needs.  Each task kind keeps
+its own settings in its processor's folder (a :class:`KindSettings`, the
+processor's ``settings_model``, with its own env prefix ``CONVEYOR_<KIND>_``);
+they are loaded with ``Settings``, from the same environment and the same
+config.yaml, and checked against it.  The names those settings had before they
+moved there (``CONVEYOR_ENCODER``, ``container_runner`` in config.yaml, …)
+keep working: as environment variables, as config.yaml keys, as keyword
+arguments to :func:`load_settings` and as attributes of ``Settings``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 from urllib.parse import urlencode
 
 import yaml
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, field_validator
 from pydantic_settings import (
     BaseSettings,
-    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-
-ALL_TRANSCODE_TYPES = [
-    "mp4_standard",
-    "mp4_smooth",
-    "hdlbr_h265",
-    "lcd_h265",
-    "h265_mute",
-    "custom_mute_preview",
-    "thumbnail",
-]
-DEFAULT_TRANSCODE_TYPES = ["mp4_standard", "mp4_smooth", "thumbnail"]
-
-# The local container runner is not a sandbox: a worker whose operator turns it on
-# while auth is on must also set CONVEYOR_CONTAINER_LOCAL_UNSANDBOXED to this.
-LOCAL_RUNNER_RISK = "i-understand-submitters-run-commands-on-this-host"
-LOCAL_RUNNER_REFUSAL = (
-    "CONVEYOR_CONTAINER_RUNNER=local runs every submitter's command as a plain process "
-    "on this host, with no sandbox, and auth is on here (CONVEYOR_AUTH=on, or a worker "
-    "that joins an API). Refused unless the operator also sets "
-    f"CONVEYOR_CONTAINER_LOCAL_UNSANDBOXED={LOCAL_RUNNER_RISK} "
-    "(see docs/container.md); use CONVEYOR_CONTAINER_RUNNER=docker for a sandbox."
-)
-
-
-def local_runner_guarded(settings: Any) -> bool:
-    """Whether others may submit to this process's worker: auth is on, or it is a
-    worker that talks to an API (which it joined with a credential)."""
-    backend = str(getattr(settings, "backend_url", "") or "")
-    return bool(getattr(settings, "auth", False)) or backend.startswith(("http://", "https://"))
-
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
@@ -76,33 +55,134 @@ def _env(default: Any, name: str, *seed_names: str, **kw: Any) -> Any:
     return Field(default, validation_alias=alias, **kw)
 
 
-class YamlSource(PydanticBaseSettingsSource):
-    """Reads the selected environment section of config.yaml over ``default``."""
+def yaml_config() -> dict[str, Any]:
+    """The selected environment section of config.yaml over ``default`` (``{}`` without
+    a file): ``CONVEYOR_CONFIG`` names the file, ``CONVEYOR_ENV`` the section."""
+    path = Path(os.environ.get("CONVEYOR_CONFIG", "config.yaml"))
+    if not path.is_file():
+        return {}
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of environments")
+    env = os.environ.get("CONVEYOR_ENV", "default")
+    sections = {"default", "development", "production"}
+    if sections & raw.keys():
+        return {**(raw.get("default") or {}), **(raw.get(env) or {})}
+    return raw
 
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+
+class YamlSource(PydanticBaseSettingsSource):
+    """Reads config.yaml (:func:`yaml_config`); ``keys`` maps a field to its key in the
+    file where the two differ (a kind's settings: ``<kind>_<field>``)."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], keys: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(settings_cls)
-        path = Path(os.environ.get("CONVEYOR_CONFIG", "config.yaml"))
-        self.data: dict[str, Any] = {}
-        if path.is_file():
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            if not isinstance(raw, dict):
-                raise ValueError(f"{path}: expected a mapping of environments")
-            env = os.environ.get("CONVEYOR_ENV", "default")
-            sections = {"default", "development", "production"}
-            if sections & raw.keys():
-                self.data = {**(raw.get("default") or {}), **(raw.get(env) or {})}
-            else:
-                self.data = raw
+        self.keys = dict(keys or {})
+        self.data = yaml_config()
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self.data.get(field_name), field_name, False
+        key = self.keys.get(field_name, field_name)
+        return self.data.get(key), key, False
 
     def __call__(self) -> dict[str, Any]:
-        fields = self.settings_cls.model_fields
-        return {k: v for k, v in self.data.items() if k in fields}
+        out: dict[str, Any] = {}
+        for name in self.settings_cls.model_fields:
+            key = self.keys.get(name, name)
+            if key in self.data:
+                out[name] = self.data[key]
+        return out
+
+
+K = TypeVar("K", bound="KindSettings")
+
+
+class KindSettings(BaseSettings):
+    """A task kind's own settings: its processor's ``settings_model``.
+
+    A subclass sets ``model_config = SettingsConfigDict(env_prefix="CONVEYOR_<KIND>_")``:
+    a field ``foo`` is then read from ``CONVEYOR_<KIND>_FOO`` and from config.yaml's
+    ``<kind>_foo`` (its *key*, also its name as an attribute of :class:`Settings`).  A
+    field that had other names before lists every env name it answers to in its
+    ``validation_alias`` (the prefixed one first) and its older key in ``keys``.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    # field -> its config.yaml key, where that is not <kind>_<field>
+    keys: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def key(cls, field: str) -> str:
+        """``field``'s key in config.yaml, as a keyword of ``load_settings`` and as an
+        attribute of ``Settings``."""
+        if field in cls.keys:
+            return cls.keys[field]
+        prefix = str(cls.model_config.get("env_prefix") or "").lower()
+        return prefix.removeprefix("conveyor_") + field
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        keys = {name: cls.key(name) for name in cls.model_fields}
+        return (init_settings, env_settings, YamlSource(settings_cls, keys), file_secret_settings)
+
+    @classmethod
+    def load(cls, values: Mapping[str, Any] | None = None) -> Self:
+        """From the environment and config.yaml, with ``values`` (by key) over both."""
+        given = values or {}
+        return cls(**{f: given[cls.key(f)] for f in cls.model_fields if cls.key(f) in given})
+
+    @classmethod
+    def of(cls, source: Any) -> Self:
+        """This kind's settings as ``source`` holds them: a :class:`Settings` (loaded with
+        it), or any object with some of the keys as attributes (a test's namespace: the
+        rest take their defaults, and the environment is not read); None: the defaults."""
+        if isinstance(source, cls):
+            return source
+        values: dict[str, Any] = {}
+        if isinstance(source, Settings):
+            values = source.kind_settings(cls).model_dump()
+        own = vars(source) if source is not None and hasattr(source, "__dict__") else {}
+        for name in cls.model_fields:
+            key = cls.key(name)
+            if key in own:
+                values[name] = own[key]
+        return cls.model_validate(values)
+
+    def check(self, settings: Settings) -> None:
+        """Rules across this kind's settings and the service's; raise ValueError."""
+
+
+@cache
+def kind_settings_models() -> tuple[type[KindSettings], ...]:
+    """The settings models of the installed kinds (``conveyor.processors`` entry points)."""
+    from conveyor.processors import installed
+
+    models: list[type[KindSettings]] = []
+    for proc in installed().values():
+        model = proc.settings_model
+        if model is not KindSettings and model not in models:
+            models.append(model)
+    return tuple(models)
+
+
+def _kind_keys(models: tuple[type[KindSettings], ...]) -> dict[str, tuple[type[KindSettings], str]]:
+    """key -> (model, field) over ``models``."""
+    return {m.key(f): (m, f) for m in models for f in m.model_fields}
 
 
 class Settings(BaseSettings):
+    """What the service needs, whatever kinds it runs; each kind's own settings come
+    with it (:meth:`kind_settings`)."""
+
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
     data_dir: Path = _env(Path("data"), "DATA_DIR")
@@ -129,29 +209,6 @@ class Settings(BaseSettings):
     retry_backoff_base: float = _env(5.0, "RETRY_BACKOFF_BASE")
     max_upload_bytes: int = _env(20 * 1024**3, "MAX_UPLOAD_BYTES")
 
-    default_transcode_types: Annotated[list[str], NoDecode] = _env(
-        lambda: list(DEFAULT_TRANSCODE_TYPES), "DEFAULT_TRANSCODE_TYPES", "DEFAULT_TRANSCODE_TYPES"
-    )
-    transcode_profiles: dict[str, dict[str, Any]] = _env(dict, "TRANSCODE_PROFILES")
-    preview_seconds: float = _env(10.0, "PREVIEW_SECONDS")
-    ffmpeg: str = _env("ffmpeg", "FFMPEG")
-    ffprobe: str = _env("ffprobe", "FFPROBE")
-    encoder: str = _env("auto", "ENCODER")
-    # docparse: page processes per task (0 = one per CPU core) and an optional
-    # mineru-api server (seed 000's GPU parser) the mineru engine sends work to
-    docparse_workers: int = _env(0, "DOCPARSE_WORKERS", ge=0, le=256)
-    mineru_api_url: str = _env("", "MINERU_API_URL", "MINERU_API_URL")
-    # docparse limits on input (docs/docparse.md): pixels a page or image frame may
-    # take (big pages are rendered for OCR at down to min_dpi), pixels a document may
-    # take, and each page process's address space (MiB, 0 = none) and time per page
-    docparse_max_page_pixels: int = _env(36_000_000, "DOCPARSE_MAX_PAGE_PIXELS", ge=1_000_000)
-    docparse_min_dpi: int = _env(150, "DOCPARSE_MIN_DPI", ge=36, le=200)
-    docparse_max_document_pixels: int = _env(
-        20_000_000_000, "DOCPARSE_MAX_DOCUMENT_PIXELS", ge=1_000_000
-    )
-    docparse_page_memory_mb: int = _env(1536, "DOCPARSE_PAGE_MEMORY_MB", ge=0)
-    docparse_page_timeout: float = _env(600.0, "DOCPARSE_PAGE_TIMEOUT", gt=0, le=86400)
-
     trigger_enabled: bool = _env(True, "TRIGGER_ENABLED")
     trigger_interval: float = _env(2.0, "TRIGGER_INTERVAL")
     trigger_settle_seconds: float = _env(2.0, "TRIGGER_SETTLE_SECONDS")
@@ -163,35 +220,6 @@ class Settings(BaseSettings):
     # instead of listing the input bucket
     s3_events_queue_url: str = _env("", "S3_EVENTS_QUEUE_URL", "S3_EVENTS_QUEUE_URL")
 
-    # container tasks (docs/container.md)
-    container_runner: str = _env("auto", "CONTAINER_RUNNER")  # auto | docker | local | off
-    docker_host: str = _env("", "DOCKER_HOST", "DOCKER_HOST")
-    container_network: str = _env("", "CONTAINER_NETWORK")  # "" = the engine's default
-    container_grace: float = _env(10.0, "CONTAINER_GRACE")
-    container_reap_interval: float = _env(300.0, "CONTAINER_REAP_INTERVAL")
-    container_sync_interval: float = _env(30.0, "CONTAINER_SYNC_INTERVAL")  # 0: after only
-    # the container sandbox (docs/container.md "Runners" and "The Docker sandbox"):
-    # the uid:gid Docker jobs run as, their process limit, the caps on what one attempt
-    # may leave in its output folder, registries allowed although they are loopback or
-    # link-local; the local runner's uid[:gid] or user name ("" = the worker's own) and
-    # the flag without which it is refused while auth is on (LOCAL_RUNNER_RISK)
-    container_user: str = _env("65534:65534", "CONTAINER_USER")
-    container_pids_limit: int = _env(512, "CONTAINER_PIDS_LIMIT", ge=16, le=4_194_304)
-    container_max_output_bytes: int = _env(10 * 1024**3, "CONTAINER_MAX_OUTPUT_BYTES", ge=1)
-    container_max_output_files: int = _env(100_000, "CONTAINER_MAX_OUTPUT_FILES", ge=1)
-    container_local_registries: Annotated[list[str], NoDecode] = _env(
-        list, "CONTAINER_LOCAL_REGISTRIES"
-    )
-    container_local_user: str = _env("", "CONTAINER_LOCAL_USER")
-    container_local_unsandboxed: str = _env("", "CONTAINER_LOCAL_UNSANDBOXED")
-    gpus: str = _env("auto", "GPUS")  # auto (nvidia-smi) | none | 0,1,2,3
-    # seed 003's POST /train runs this image and command with the body as arguments
-    train_image: str = _env("conveyor/train-mlp:latest", "TRAIN_IMAGE")
-    train_command: Annotated[list[str], NoDecode] = _env(
-        lambda: ["python", "/app/train.py"], "TRAIN_COMMAND"
-    )
-    train_gpus: int = _env(0, "TRAIN_GPUS", ge=0, le=64)
-
     # security (docs/security.md): off by default for the embedded, loopback-only `conveyor up`
     auth: bool = _env(False, "AUTH")
     worker_credential_ttl: float = _env(30 * 86400.0, "WORKER_CREDENTIAL_TTL")
@@ -200,6 +228,48 @@ class Settings(BaseSettings):
     max_request_bytes: int = _env(1024 * 1024, "MAX_REQUEST_BYTES", ge=1024)  # JSON and forms
     max_json_depth: int = _env(32, "MAX_JSON_DEPTH", ge=2, le=1000)
     auth_rate_limit: int = _env(20, "AUTH_RATE_LIMIT", ge=1)  # login/enroll tries per IP a minute
+
+    # each kind's settings (its processor's settings_model), loaded with these
+    _kinds: dict[type[KindSettings], KindSettings] = PrivateAttr(default_factory=dict)
+
+    def __init__(self, **values: Any) -> None:
+        """``values`` may also hold the kinds' settings, by key (``container_runner=…``):
+        they go to the kind's settings, which are loaded and checked here too."""
+        models = kind_settings_models()
+        keys = _kind_keys(models)
+        own = {k: v for k, v in values.items() if k not in keys or k in type(self).model_fields}
+        super().__init__(**own)
+        for model in models:
+            given = {k: v for k, v in values.items() if k in keys and keys[k][0] is model}
+            section = model.load(given)
+            section.check(self)
+            self._kinds[model] = section
+
+    def kind_settings(self, model: type[K]) -> K:
+        """A kind's settings, as loaded with these (from the environment and config.yaml
+        now, for a kind that was not installed when these were)."""
+        section = self._kinds.get(model)
+        if section is None:
+            section = model.load()
+            section.check(self)
+            self._kinds[model] = section
+        assert isinstance(section, model)
+        return section
+
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            """The kinds' settings by the names they had here (``settings.container_runner``)."""
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                if name.startswith("_"):
+                    raise
+                models = (*self.__pydantic_private__.get("_kinds", {}), *kind_settings_models())
+                found = _kind_keys(tuple(dict.fromkeys(models))).get(name)
+                if found is None:
+                    raise
+                return getattr(self.kind_settings(found[0]), found[1])
 
     def model_post_init(self, __context: Any) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -232,7 +302,6 @@ class Settings(BaseSettings):
         "retry_backoff_base",
         "trigger_interval",
         "trigger_settle_seconds",
-        "preview_seconds",
         "worker_credential_ttl",
         "enrollment_ttl",
         "session_ttl",
@@ -241,69 +310,6 @@ class Settings(BaseSettings):
     @classmethod
     def _durations(cls, v: Any) -> float:
         return parse_duration(v)
-
-    @field_validator("default_transcode_types", mode="before")
-    @classmethod
-    def _csv(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            if v.strip().startswith("["):
-                return json.loads(v)
-            return [t.strip() for t in v.split(",") if t.strip()]
-        return v
-
-    @field_validator(
-        "container_grace", "container_reap_interval", "container_sync_interval", mode="before"
-    )
-    @classmethod
-    def _container_durations(cls, v: Any) -> float:
-        return parse_duration(v)
-
-    @field_validator("container_runner")
-    @classmethod
-    def _container_runner(cls, v: str) -> str:
-        if v not in ("auto", "docker", "local", "off"):
-            raise ValueError("container_runner must be auto, docker, local or off")
-        return v
-
-    @field_validator("container_user")
-    @classmethod
-    def _container_user(cls, v: str) -> str:
-        if not re.fullmatch(r"\d{1,10}(:\d{1,10})?", v.strip()):
-            raise ValueError("container_user must be a numeric uid or uid:gid, e.g. 65534:65534")
-        return v.strip()
-
-    @field_validator("container_local_registries", mode="before")
-    @classmethod
-    def _registries(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [r.strip().lower() for r in v.split(",") if r.strip()]
-        return v
-
-    @model_validator(mode="after")
-    def _local_runner_risk(self) -> Settings:
-        """The local runner runs submitters' commands on this host: where others may
-        submit (auth on, or a worker joined to an API) its operator must say so."""
-        if (
-            self.container_runner == "local"
-            and local_runner_guarded(self)
-            and self.container_local_unsandboxed != LOCAL_RUNNER_RISK
-        ):
-            raise ValueError(LOCAL_RUNNER_REFUSAL)
-        return self
-
-    @field_validator("train_command", mode="before")
-    @classmethod
-    def _train_command(cls, v: Any) -> Any:
-        if isinstance(v, str):  # a JSON list, or words split on spaces
-            return json.loads(v) if v.strip().startswith("[") else v.split()
-        return v
-
-    @field_validator("encoder")
-    @classmethod
-    def _encoder(cls, v: str) -> str:
-        if v not in ("auto", "cpu", "nvenc"):
-            raise ValueError("encoder must be auto, cpu or nvenc")
-        return v
 
     @classmethod
     def settings_customise_sources(

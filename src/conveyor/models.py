@@ -79,25 +79,29 @@ class Attempt(BaseModel):
 
 
 def gpus_in_params(kind: str, params: dict[str, Any]) -> int:
-    """GPUs a task asks for in its params: a count or a list of device ids (container).
+    """GPUs a task asks for in its params, by its kind's rule (a processor's
+    ``gpus_in_params``; none for a kind not installed here).
 
     The service derives ``Task.gpus`` through the kind's processor at submit;
     this is the same rule for records written before ``gpus`` was a field
     (the SQL migrations backfill with it, DynamoDB records read with it).
     """
-    if kind != "container":
-        return 0
-    want = params.get("gpus")
-    if isinstance(want, list):
-        return len(want)
-    if isinstance(want, int) and not isinstance(want, bool):
-        return max(0, want)
-    return 0
+    from conveyor.processors import installed
+
+    proc = installed().get(kind)
+    return proc.gpus_in_params(params) if proc is not None else 0
+
+
+def _default_kind() -> str:
+    """The kind a task gets when none is named: the installed kinds' default."""
+    from conveyor.processors import default_kind
+
+    return default_kind()
 
 
 class Task(BaseModel):
     id: str = Field(default_factory=new_task_id)
-    kind: str = "transcode"
+    kind: str = Field(default_factory=_default_kind)
     status: TaskStatus = TaskStatus.PENDING
     priority: int = 0
     # GPUs the task needs on one worker; a claim passes over tasks needing more than are free

@@ -10,9 +10,8 @@ import hashlib
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -40,16 +39,11 @@ from conveyor.models import (
     WorkerInfo,
 )
 from conveyor.processors import ProcessorRegistry
-from conveyor.processors.base import Processor
+from conveyor.processors.base import ConsoleLink, KindForm, Processor
 from conveyor.storage import BlobStore, ObjectInfo, validate_bucket, validate_key
 from conveyor.waiting import WaitReason, why_waiting
 
 log = logging.getLogger(__name__)
-
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".mov", ".avi", ".mkv", ".wmv", ".flv", ".webm", ".m4v", ".mpeg", ".mpg"}
-)
-
 
 _TASK_ID_RE = re.compile(r"^[0-9A-Za-z]{26}$")  # a ULID: the shape of a task id
 
@@ -60,16 +54,16 @@ def upload_dedup_key(obj: ObjectInfo) -> str:
     return f"upload:{digest}"
 
 
-def is_video_key(key: str) -> bool:
-    return PurePosixPath(key).suffix.lower() in VIDEO_EXTENSIONS
-
-
 class SubmitRequest(BaseModel):
     """What a face hands the service; seed 002's body is a valid instance."""
 
-    kind: str = "transcode"
+    kind: str | None = Field(
+        None, description="the kind of task; none: the default kind (GET /api/kinds)"
+    )
     input_bucket: str | None = None
     input_key: str | None = None
+    # the transcoding API's body names its types at the top level: a field of this request
+    # that is a kind's param (its processor's ``request_fields``) goes into params
     transcode_types: list[str] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(0, ge=-100, le=100)
@@ -108,19 +102,45 @@ class BulkResult(BaseModel):
     errors: list[BulkError] = Field(default_factory=list)
 
 
-class TranscodeTypeInfo(BaseModel):
-    name: str
-    description: str = ""
-
-
-class SubmitOptions(BaseModel):
-    """What a form needs to offer: kinds, transcode types and their defaults."""
+@dataclass
+class SubmitOptions:
+    """What a form needs to offer: every kind, and for the add-task page the kinds it
+    offers (each with its fieldset, the default first), the kinds' own pages, and the
+    files the kinds take (for the file picker)."""
 
     kinds: list[str]
+    default_kind: str | None
     input_bucket: str
-    transcode_types: list[TranscodeTypeInfo]
-    default_transcode_types: list[str]
     max_upload_bytes: int
+    forms: dict[str, KindForm] = field(default_factory=dict)
+    links: list[ConsoleLink] = field(default_factory=list)
+    accept: list[str] = field(default_factory=list)
+
+
+class KindInfo(BaseModel):
+    """What a client needs to know of a kind to submit to it (``GET /api/kinds``)."""
+
+    kind: str
+    suffixes: list[str]
+    content_types: list[str]
+    params: list[str]
+    default: bool = False
+    runs_code: bool = False
+
+
+# the request's own fields; any other field of it is a kind's param (``request_fields``)
+_REQUEST_FIELDS = frozenset(
+    {
+        "kind",
+        "input_bucket",
+        "input_key",
+        "params",
+        "priority",
+        "idempotency_key",
+        "max_attempts",
+        "timeout_s",
+    }
+)
 
 
 MAX_BULK = 1000
@@ -150,24 +170,21 @@ class ConveyorService:
         tasks:run_code for a kind that runs its code, a grant for every secret it asks
         for, and, when its tasks are its own (submitter, developer), may touch only its
         own files (``check_object``)."""
-        processor = self.registry.get(req.kind)
+        kind = req.kind if req.kind is not None else self.registry.default_kind()
+        processor = self.registry.get(kind)
         if caller is not None:
             self._check_may_run(caller, processor)
         owner = caller.name if caller is not None and sees_only_own_tasks(caller.role) else None
         params = dict(req.params)
-        if req.kind == "transcode":
-            types = (
-                req.transcode_types
-                if req.transcode_types is not None
-                else params.get("transcode_types")
-            )
-            if types is None or types == []:
-                if req.transcode_types == [] or params.get("transcode_types") == []:
-                    raise InvalidRequest("transcode_types is empty: name at least one type")
-                types = list(self.settings.default_transcode_types)
-            params["transcode_types"] = types
-        elif req.transcode_types is not None:
-            raise InvalidRequest(f"transcode_types only applies to transcode tasks, not {req.kind}")
+        for name in sorted(set(type(req).model_fields) - _REQUEST_FIELDS):
+            value = getattr(req, name)
+            if value is None:
+                continue
+            if name not in processor.request_fields:
+                owners = ", ".join(self.registry.request_field_kinds(name)) or "no"
+                raise InvalidRequest(f"{name} only applies to {owners} tasks, not {kind}")
+            params[name] = value
+        params = processor.with_defaults(params)
 
         input_ref: InputRef | None = None
         if req.input_bucket is not None or req.input_key is not None:
@@ -178,9 +195,7 @@ class ConveyorService:
             input_ref = InputRef(bucket=bucket, key=key)
         if processor.requires_input():
             if input_ref is None:
-                raise InvalidRequest(
-                    f"{req.kind} tasks need an input: give input_bucket and input_key"
-                )
+                raise InvalidRequest(f"{kind} tasks need an input: give input_bucket and input_key")
             if not self.storage.exists(input_ref.bucket, input_ref.key):
                 raise ObjectNotFound(f"input object not found: {input_ref.bucket}/{input_ref.key}")
         params = processor.validate(params, input_ref)
@@ -190,7 +205,7 @@ class ConveyorService:
             params["timeout_s"] = req.timeout_s
 
         task = Task(
-            kind=req.kind,
+            kind=kind,
             priority=req.priority,
             gpus=processor.gpus_needed(params),
             input=input_ref,
@@ -423,23 +438,64 @@ class ConveyorService:
         horizon = since + timedelta(seconds=hours * 3600)
         return [p for p in points if p.start < horizon]
 
+    # -- what the kinds offer -------------------------------------------------------
     def submit_options(self) -> SubmitOptions:
-        types: list[TranscodeTypeInfo] = []
         try:
-            profiles = getattr(self.registry.get("transcode"), "profiles", {}) or {}
+            default: str | None = self.registry.default_kind()
         except ConveyorError:
-            profiles = {}
-        for name, profile in profiles.items():
-            types.append(
-                TranscodeTypeInfo(name=name, description=getattr(profile, "description", ""))
-            )
+            default = None
+        forms: dict[str, KindForm] = {}
+        links: list[ConsoleLink] = []
+        accept: list[str] = []
+        order = sorted(self.registry.items(), key=lambda item: (item[0] != default, item[0]))
+        for kind, proc in order:
+            form = proc.form()
+            if form is not None:
+                forms[kind] = form
+                accept += sorted(proc.content_types) + sorted(proc.suffixes)
+            links += proc.console_links()
         return SubmitOptions(
             kinds=self.registry.kinds(),
+            default_kind=default,
             input_bucket=self.settings.input_bucket,
-            transcode_types=types,
-            default_transcode_types=list(self.settings.default_transcode_types),
             max_upload_bytes=self.settings.max_upload_bytes,
+            forms=forms,
+            links=links,
+            accept=list(dict.fromkeys(accept)),
         )
+
+    def kinds(self) -> list[KindInfo]:
+        """Every kind: what it takes, its params, which is the default."""
+        try:
+            default: str | None = self.registry.default_kind()
+        except ConveyorError:
+            default = None
+        return [
+            KindInfo(
+                kind=kind,
+                suffixes=sorted(proc.suffixes),
+                content_types=sorted(proc.content_types),
+                params=list(proc.params_model.model_fields),
+                default=kind == default,
+                runs_code=proc.runs_caller_code,
+            )
+            for kind, proc in self.registry.items()
+        ]
+
+    def params_from_form(self, kind: str, values: dict[str, list[str]]) -> dict[str, Any]:
+        """The params the console's add-task page holds for a task of ``kind``."""
+        return self.registry.get(kind).params_from_form(values)
+
+    def upload_kind(self, key: str, content_type: str | None = None) -> str | None:
+        """The kind an upload to the input bucket is queued as, or None: not queued."""
+        return self.registry.kind_for(key, content_type, upload=True)
+
+    def describe(self, task: Task) -> list[tuple[str, str]]:
+        """What the console shows of ``task`` beside its params (its processor's tags)."""
+        try:
+            return self.registry.get(task.kind).describe(task)
+        except ConveyorError:
+            return []
 
     # -- health --------------------------------------------------------------------
     def health(self) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from conveyor.config import Settings
 from conveyor.models import Task
+from conveyor.processors.container.settings import ContainerSettings
 from conveyor.service import SubmitRequest
 
 _ARG = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -57,11 +57,13 @@ class TrainRequest(BaseModel):
         return args
 
 
-def submit_request(body: TrainRequest, settings: Settings) -> SubmitRequest:
+def submit_request(body: TrainRequest, settings: Any) -> SubmitRequest:
+    """``settings``: the service's (or the container kind's own)."""
+    cfg = ContainerSettings.of(settings)
     params: dict[str, Any] = {
-        "image": settings.train_image or None,
-        "command": [*settings.train_command, *body.arguments()],
-        "gpus": settings.train_gpus if body.gpus is None else body.gpus,
+        "image": cfg.train_image or None,
+        "command": [*cfg.train_command, *body.arguments()],
+        "gpus": cfg.train_gpus if body.gpus is None else body.gpus,
     }
     return SubmitRequest(
         kind="container",

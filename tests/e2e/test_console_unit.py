@@ -21,11 +21,12 @@ from fastapi.testclient import TestClient
 from conveyor.api.app import create_app
 from conveyor.backends.base import Backend
 from conveyor.backends.sqlite import SQLiteBackend
-from conveyor.config import ALL_TRANSCODE_TYPES, load_settings
+from conveyor.config import load_settings
 from conveyor.console.i18n import LANGS, Translator, catalogue, negotiate
 from conveyor.console.render import STATIC, TEMPLATES
 from conveyor.errors import ConveyorError, ProcessorError
 from conveyor.models import InputRef, Task, TaskStatus, Trigger, WorkerInfo
+from conveyor.processors.transcode.settings import ALL_TRANSCODE_TYPES
 from conveyor.runtime import Runtime
 
 CONSOLE = TEMPLATES.parent

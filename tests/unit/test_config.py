@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.config import DEFAULT_TRANSCODE_TYPES, load_settings, parse_duration
+from conveyor.config import load_settings, parse_duration
+from conveyor.processors.transcode.settings import DEFAULT_TRANSCODE_TYPES
 
 
 @pytest.fixture(autouse=True)

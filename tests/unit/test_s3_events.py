@@ -11,13 +11,15 @@ import pytest
 
 from conveyor.errors import ObjectNotFound
 from conveyor.models import Trigger
+from conveyor.processors import ProcessorRegistry
 from conveyor.service import ConveyorService, SubmitRequest, upload_dedup_key
 from conveyor.storage import ObjectInfo
 from conveyor.triggers.s3_events import (
     MalformedEvent,
     S3EventConsumer,
+    S3ObjectEvent,
     parse_message,
-    video_uploads,
+    uploads,
 )
 
 
@@ -103,6 +105,19 @@ def sns_wrap(body: str) -> str:
     )
 
 
+REGISTRY = ProcessorRegistry.load()
+
+
+def upload_kind(key: str) -> str | None:
+    """The kind the installed kinds queue an upload called ``key`` as (the service's rule)."""
+    return REGISTRY.kind_for(key, upload=True)
+
+
+def video_uploads(body: str) -> list[S3ObjectEvent]:
+    """The uploads in ``body`` queued as transcode tasks."""
+    return [ev for ev, kind in uploads(body, upload_kind) if kind == "transcode"]
+
+
 # -- parsing ----------------------------------------------------------------------
 
 
@@ -113,7 +128,7 @@ def test_plain_put() -> None:
     assert ev.sequencer == "0055AED6DCD90281E5"
     assert ev.event_name == "ObjectCreated:Put"
     assert ev.event_time == "2026-11-22T09:00:00.000Z"
-    assert ev.is_video
+    assert upload_kind(ev.key) == "transcode"
 
 
 def test_multipart_complete_keeps_multipart_etag() -> None:
@@ -146,7 +161,7 @@ def test_sns_wrapped_event() -> None:
 def test_keys_are_url_decoded(raw: str, decoded: str) -> None:
     [ev] = parse_message(event(record(raw)))
     assert ev.key == decoded
-    assert ev.is_video
+    assert upload_kind(ev.key) == "transcode"
 
 
 def test_only_object_created_records() -> None:
@@ -160,8 +175,18 @@ def test_only_object_created_records() -> None:
 
 def test_non_video_is_parsed_but_not_an_upload() -> None:
     body = event(record("docs/readme.txt"), record("photo.JPG"), record("ok.WEBM"))
-    assert [ev.is_video for ev in parse_message(body)] == [False, False, True]
+    assert [upload_kind(ev.key) for ev in parse_message(body)] == [None, None, "transcode"]
     assert [ev.key for ev in video_uploads(body)] == ["ok.WEBM"]
+
+
+def test_each_upload_is_queued_as_the_kind_that_takes_it() -> None:
+    body = event(
+        record("clips/a.mov"), record("papers/report.PDF"), record("scan.png"), record("x.txt")
+    )
+    assert [(ev.key, kind) for ev, kind in uploads(body, upload_kind)] == [
+        ("clips/a.mov", "transcode"),
+        ("papers/report.PDF", "docparse"),
+    ]
 
 
 def test_staged_outputs_are_no_uploads() -> None:
@@ -253,6 +278,9 @@ class FakeService:
     missing_keys: set[str] = field(default_factory=set)
     calls: list[tuple[SubmitRequest, Trigger]] = field(default_factory=list)
     tasks: dict[str, str] = field(default_factory=dict)
+
+    def upload_kind(self, key: str, content_type: str | None = None) -> str | None:
+        return upload_kind(key)
 
     def submit(
         self, req: SubmitRequest, *, trigger: Trigger, submitted_by: str | None = None

@@ -18,6 +18,7 @@ from . import (
     routes_docs,
     routes_files,
     routes_health,
+    routes_kinds,
     routes_metrics,
     routes_tasks,
     routes_train,
@@ -68,6 +69,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(routes_docs.router)  # /openapi.json, /docs, /redoc: need a token
     app.include_router(routes_tasks.router)
     app.include_router(routes_files.router)
+    app.include_router(routes_kinds.router)  # what each kind takes
     app.include_router(routes_train.router)  # seed 003's paths
     app.include_router(routes_metrics.router)  # /metrics, read from the backend
     app.include_router(routes_auth.router)  # tokens, worker enrollment, audit

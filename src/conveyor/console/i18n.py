@@ -4,12 +4,18 @@ The language comes from the ``lang`` cookie (set by the switch on every
 page), else from the browser's ``Accept-Language``, else English.  Every
 string a template shows goes through :class:`Translator`; a unit test keeps
 the two catalogues' keys identical and the templates free of bare text.
+
+The words of a task kind (its name, its form, its pages) are its processor's
+``labels``, not this folder's: the catalogue of a language is the console's
+own, plus the labels of every installed kind (and of any other processor the
+app serves, added by :func:`add_labels`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -20,10 +26,27 @@ DEFAULT_LANG = "en"
 COOKIE = "lang"
 
 
+_added: list[Mapping[str, Mapping[str, str]]] = []
+
+
+def add_labels(labels: Mapping[str, Mapping[str, str]]) -> None:
+    """Words of a kind the app serves although it is not installed (a processor a test
+    or an embedding program registered by hand): ``{language: {key: text}}``."""
+    if labels and labels not in _added:
+        _added.append(labels)
+        catalogue.cache_clear()
+
+
 @cache
 def catalogue(lang: str) -> dict[str, str]:
+    from conveyor.processors import installed
+
     data = json.loads((LOCALES / f"{lang}.json").read_text(encoding="utf-8"))
-    return {str(k): str(v) for k, v in data.items()}
+    out = {str(k): str(v) for k, v in data.items()}
+    for labels in [*(proc.labels for proc in installed().values()), *_added]:
+        for key, text in (labels.get(lang) or {}).items():
+            out.setdefault(str(key), str(text))
+    return out
 
 
 def _match(tag: str) -> str | None:

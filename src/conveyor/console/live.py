@@ -85,7 +85,13 @@ class Stream:
         self.first = True
 
     def _ctx(self, **ctx: Any) -> dict[str, Any]:
-        return {"t": self.t, "lang": self.t.lang, **self.viewer, **ctx}
+        return {
+            "t": self.t,
+            "lang": self.t.lang,
+            "describe": self.service.describe,
+            **self.viewer,
+            **ctx,
+        }
 
     def _fragment(self, name: str, **ctx: Any) -> str:
         return render_string(f"fragments/{name}.html", self._ctx(**ctx))

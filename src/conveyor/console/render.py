@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse
 from conveyor import __version__
 from conveyor.auth.roles import Permission, allows, roles_with, sees_only_own_tasks
 from conveyor.models import Task, TaskStatus
+from conveyor.processors.base import FormField
 
 from .i18n import COOKIE, LANGS, Translator, negotiate
 
@@ -79,13 +80,25 @@ def to_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
 
 
+def form_rows(fields: tuple[FormField, ...]) -> list[list[FormField]]:
+    """A kind's fields in rows: consecutive ``inline`` fields share one."""
+    rows: list[list[FormField]] = []
+    for f in fields:
+        if f.inline and rows and rows[-1][-1].inline:
+            rows[-1].append(f)
+        else:
+            rows.append([f])
+    return rows
+
+
 def query(base: str, **params: Any) -> str:
     clean = {k: v for k, v in params.items() if v not in (None, "", [])}
     return f"{base}?{urlencode(clean, doseq=True)}" if clean else base
 
 
+_loaders: list[FileSystemLoader] = [FileSystemLoader(str(TEMPLATES))]
 env = Environment(
-    loader=FileSystemLoader(str(TEMPLATES)),
+    loader=ChoiceLoader(_loaders),
     autoescape=select_autoescape(["html"], default_for_string=True),
     undefined=StrictUndefined,
     trim_blocks=True,
@@ -101,12 +114,21 @@ env.globals.update(
     iso=iso,
     utc_text=utc_text,
     pct=pct,
+    form_rows=form_rows,
     LANGS=LANGS,
     PREFIX=PREFIX,
     STATUSES=[s.value for s in TaskStatus],
     version=__version__,
 )
 env.filters["tojson_pretty"] = to_json
+
+
+def add_templates(folder: Path) -> None:
+    """Templates of a kind's own console pages (its processor's ``routers`` render them
+    with the console's layout); the console's own templates win a name both have."""
+    loader = FileSystemLoader(str(folder))
+    if all(loader.searchpath != known.searchpath for known in _loaders):
+        _loaders.append(loader)
 
 
 def request_lang(request: Request) -> str:
@@ -138,6 +160,8 @@ def context(request: Request, **ctx: Any) -> dict[str, Any]:
         "run_code_roles": t("list.sep").join(
             t(f"role.{r.value}") for r in roles_with(Permission.TASKS_RUN_CODE)
         ),
+        # what the task's kind shows of it beside its params (its processor's tags)
+        "describe": request.app.state.service.describe,
         "principal": principal if auth_on else None,
         "auth_on": auth_on,
         "can": can,

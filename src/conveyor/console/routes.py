@@ -35,7 +35,13 @@ from conveyor.api.security import (
 from conveyor.auth.roles import allows
 from conveyor.errors import ConveyorError, Forbidden, InvalidRequest, NotFound, Unauthenticated
 from conveyor.models import Task, TaskStatus, Trigger
-from conveyor.service import BulkResult, ConveyorService, QueueStatus, SubmitRequest
+from conveyor.service import (
+    BulkResult,
+    ConveyorService,
+    QueueStatus,
+    SubmitOptions,
+    SubmitRequest,
+)
 
 from . import live, views
 from .i18n import COOKIE, LANGS, Translator
@@ -301,40 +307,35 @@ async def tasks(
     )
 
 
-DOCPARSE_FORM_DEFAULTS: dict[str, Any] = {
-    "dp_engine": "auto",
-    "dp_ocr": "auto",
-    "dp_langs": ["eng", "chi_sim"],
-    "dp_pages": "",
-    "dp_formats": ["markdown", "content_list"],
-}
-
-
-def docparse_params(form: dict[str, Any]) -> dict[str, Any]:
-    """The docparse fieldset as task params; the processor validates them like the API's."""
-    params: dict[str, Any] = {
-        "engine": form["dp_engine"],
-        "ocr": form["dp_ocr"],
-        "ocr_langs": form["dp_langs"],
-        "formats": form["dp_formats"],
-    }
-    if form["dp_pages"]:
-        params["pages"] = form["dp_pages"]
-    return params
+def kind_form_values(
+    opts: SubmitOptions, data: dict[str, list[str]] | None = None
+) -> dict[str, str | list[str]]:
+    """Every kind's fields on the add-task page: as posted (``data``), else their defaults."""
+    values: dict[str, str | list[str]] = {}
+    for kform in opts.forms.values():
+        for f in kform.fields:
+            if data is None or (not f.multiple and f.name not in data):
+                values[f.name] = f.initial()
+            elif f.multiple:
+                values[f.name] = [v for v in data.get(f.name, []) if v]
+            else:
+                values[f.name] = first(data, f.name)
+    return values
 
 
 @router.get("/tasks/new", dependencies=[require(Permission.TASKS_SUBMIT)])
 async def new_task(request: Request, service: ConveyorService = Depends(get_service)) -> Response:
     opts = await call(service.submit_options)
     form = {
-        "kind": "transcode",
+        "kind": opts.default_kind
+        if opts.default_kind in opts.forms
+        else next(iter(opts.forms), ""),
         "source": "upload",
         "bucket": opts.input_bucket,
         "key": "",
-        "types": opts.default_transcode_types,
         "priority": 0,
         "idempotency_key": "",
-        **DOCPARSE_FORM_DEFAULTS,
+        "fields": kind_form_values(opts),
     }
     return await page(
         request, "new.html", section="new", sse_url=live.stream_url("nav"), opts=opts, form=form
@@ -349,33 +350,29 @@ async def submit_task(
 ) -> Response:
     data = await read_form(request)
     t = translator(request)
-    kind = first(data, "kind", "transcode") or "transcode"
+    opts: SubmitOptions = await call(service.submit_options)
+    kind = first(data, "kind") or opts.default_kind or ""
     form: dict[str, Any] = {
         "kind": kind,
         "source": first(data, "source", "existing"),
         "bucket": first(data, "bucket"),
         "key": first(data, "key"),
-        "types": [v for v in data.get("transcode_types", []) if v],
         "priority": first(data, "priority", "0") or "0",
         "idempotency_key": first(data, "idempotency_key"),
-        "dp_engine": first(data, "dp_engine", "auto"),
-        "dp_ocr": first(data, "dp_ocr", "auto"),
-        "dp_langs": [v for v in data.get("dp_langs", []) if v],
-        "dp_pages": first(data, "dp_pages"),
-        "dp_formats": [v for v in data.get("dp_formats", []) if v],
+        "fields": kind_form_values(opts, data),
     }
     try:
         try:
             priority = int(form["priority"])
         except ValueError:
             raise InvalidRequest(t("new.bad_priority")) from None
+        params = await call(service.params_from_form, kind, data)
         try:
             req = SubmitRequest(
                 kind=kind,
                 input_bucket=form["bucket"] or None,
                 input_key=form["key"] or None,
-                transcode_types=form["types"] if kind == "transcode" else None,
-                params=docparse_params(form) if kind == "docparse" else {},
+                params=params,
                 priority=priority,
                 idempotency_key=form["idempotency_key"] or None,
             )
@@ -391,7 +388,6 @@ async def submit_task(
         if res.created:
             await audit(request, "submit", target=res.task.id)
     except ConveyorError as exc:
-        opts = await call(service.submit_options)
         return await page(
             request,
             "new.html",

@@ -1,21 +1,55 @@
 """Processor registry: kinds come from the ``conveyor.processors`` entry points.
 
 A user adds a kind by installing a package that declares an entry point in
-that group; nothing in the core needs to change.
+that group; nothing in the core needs to change: the service, the faces and
+the upload triggers ask the registry (and through it the kind's processor,
+``conveyor.processors.base``) whatever they need to know about a kind.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
-from conveyor.errors import UnknownKind
+from conveyor.errors import InvalidRequest, UnknownKind
 from conveyor.processors.base import Processor, ProcessorContext
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "conveyor.processors"
+
+
+@cache
+def installed() -> dict[str, type[Processor]]:
+    """The processor classes the installed packages declare, by kind."""
+    found: dict[str, type[Processor]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found[ep.name] = ep.load()
+        except Exception:  # a broken plug-in must not take the service down
+            log.exception("could not load processor %r", ep.name)
+    if "transcode" not in found:  # running from a source tree without metadata
+        from conveyor.processors.transcode import TranscodeProcessor
+
+        found["transcode"] = TranscodeProcessor
+    return found
+
+
+def default_kind() -> str:
+    """The kind a task gets when none is named, among the installed ones."""
+    return _default_of({k: cls.submit_default for k, cls in installed().items()})
+
+
+def _default_of(flags: dict[str, bool]) -> str:
+    chosen = sorted(k for k, is_default in flags.items() if is_default)
+    if chosen:
+        return chosen[0]
+    if len(flags) == 1:
+        return next(iter(flags))
+    known = ", ".join(sorted(flags)) or "none"
+    raise InvalidRequest(f"kind is missing: name the kind of task ({known})")
 
 
 class ProcessorRegistry:
@@ -25,16 +59,11 @@ class ProcessorRegistry:
     @classmethod
     def load(cls, settings: Any = None) -> ProcessorRegistry:
         found: dict[str, Processor] = {}
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        for kind, proc_cls in installed().items():
             try:
-                proc_cls = ep.load()
-                found[ep.name] = proc_cls(settings)
+                found[kind] = proc_cls(settings)
             except Exception:  # a broken plug-in must not take the service down
-                log.exception("could not load processor %r", ep.name)
-        if "transcode" not in found:  # running from a source tree without metadata
-            from conveyor.processors.transcode import TranscodeProcessor
-
-            found["transcode"] = TranscodeProcessor(settings)
+                log.exception("could not load processor %r", kind)
         return cls(found)
 
     def get(self, kind: str) -> Processor:
@@ -50,5 +79,29 @@ class ProcessorRegistry:
     def items(self) -> list[tuple[str, Processor]]:
         return sorted(self._processors.items())
 
+    def default_kind(self) -> str:
+        """The kind a submit without one gets: the one whose processor says
+        ``submit_default`` (the only one, if there is just one kind)."""
+        return _default_of({k: p.submit_default for k, p in self._processors.items()})
 
-__all__ = ["Processor", "ProcessorContext", "ProcessorRegistry"]
+    def kind_for(
+        self, key: str, content_type: str | None = None, *, upload: bool = False
+    ) -> str | None:
+        """The kind an object called ``key`` is an input of (``upload``: one that arrived
+        in the input bucket), or None when no kind takes it.  Where several do, the
+        default kind wins, then the first by name."""
+        able = [k for k, p in self.items() if p.accepts(key, content_type, upload=upload)]
+        if not able:
+            return None
+        try:
+            default = self.default_kind()
+        except InvalidRequest:
+            default = ""
+        return default if default in able else able[0]
+
+    def request_field_kinds(self, name: str) -> list[str]:
+        """The kinds whose params include the submit request's top-level field ``name``."""
+        return [k for k, p in self.items() if name in p.request_fields]
+
+
+__all__ = ["Processor", "ProcessorContext", "ProcessorRegistry", "default_kind", "installed"]

@@ -1,9 +1,29 @@
-"""The processor interface: one per task kind, unaware of backend and face.
+"""The processor interface: one per task kind, unaware of backend and engine.
 
 A processor validates its own parameters (at submit time, so bad requests
 fail before they are queued), says what this host can do for it (probed at
 worker start), and runs one task inside a context that hands it a private
 temp dir, storage, progress and log callbacks, and a cancellation event.
+
+Everything else the service, the faces and the upload triggers know about a
+kind, they ask its processor through the hooks below (each has a default, so
+a new kind declares only what it needs); core code never names a kind:
+
+* what it accepts: ``suffixes``, ``content_types``, ``upload_suffixes`` and
+  :meth:`Processor.accepts` (``conveyor submit FILE`` and the upload triggers
+  pick a kind by them);
+* its params (``params_model``, :meth:`~Processor.validate`), the defaults a submit
+  gets (:meth:`~Processor.with_defaults`), the request fields that are its params
+  (``request_fields``), and whether it is the kind a submit without one gets
+  (``submit_default``);
+* its settings (``settings_model``: a ``conveyor.config.KindSettings`` with its own
+  env prefix), as ``self.config``;
+* its console form (:meth:`~Processor.form`, :meth:`~Processor.params_from_form`),
+  its labels in English and Simplified Chinese (``labels``), its pages
+  (:meth:`~Processor.console_links`) and how a task is described
+  (:meth:`~Processor.describe`);
+* its gauges on ``/metrics`` (:meth:`~Processor.gauges`) and the routes it adds
+  to the app (:meth:`~Processor.routers`).
 
 Outputs go through ``ctx.outputs`` (a ``conveyor.outputs.Stager``), never
 straight to their final keys: they are staged under the attempt's own prefix
@@ -17,18 +37,23 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
+from conveyor.config import KindSettings
 from conveyor.errors import InputRejected, ObjectNotFound, ProcessorError
 from conveyor.models import InputRef, OutputFile, Task
 from conveyor.outputs import Stager, attempt_staging
 from conveyor.storage.base import BlobStore
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+    from prometheus_client.core import Metric
 
 
 def _lease_held() -> None:
@@ -70,15 +95,105 @@ class ProcessorContext:
         return self.outputs
 
 
+# -- what a kind shows on the console's add-task page ------------------------------------
+@dataclass(frozen=True)
+class Choice:
+    """One option of a select or a set of checkboxes.  ``label`` and ``hint`` are keys of
+    the console's catalogue (the processor's ``labels``), shown as ``text`` and
+    ``hint_text`` when the catalogue has no such key."""
+
+    value: str
+    label: str = ""
+    text: str = ""
+    hint: str = ""
+    hint_text: str = ""
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One input of a kind's fieldset on the add-task page.
+
+    ``name`` is the input's name (unique on the page: start it with something of the
+    kind's own), ``param`` the task parameter it fills; ``label``, ``placeholder`` and
+    ``hint`` are catalogue keys.  ``widget``: ``text`` and ``number`` (the param is left
+    out when empty), ``select`` (one value), ``checkboxes`` (a list; ``cards`` is the
+    same with each choice's hint shown under it).  Consecutive ``inline`` fields share
+    a row."""
+
+    name: str
+    param: str
+    widget: Literal["text", "number", "select", "checkboxes", "cards"] = "text"
+    label: str = ""
+    choices: tuple[Choice, ...] = ()
+    default: str | tuple[str, ...] = ""
+    placeholder: str = ""
+    hint: str = ""
+    maxlength: int = 200
+    inline: bool = False
+
+    @property
+    def multiple(self) -> bool:
+        return self.widget in ("checkboxes", "cards")
+
+    def initial(self) -> str | list[str]:
+        if self.multiple:
+            return list(self.default) if isinstance(self.default, tuple) else [self.default]
+        return self.default if isinstance(self.default, str) else ",".join(self.default)
+
+
+@dataclass(frozen=True)
+class KindForm:
+    """A kind's fieldset on the add-task page: its legend and hint (catalogue keys)."""
+
+    legend: str
+    fields: tuple[FormField, ...] = ()
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class ConsoleLink:
+    """A page of the kind's own in the console (its ``routers`` serve it), linked from the
+    add-task page for callers with ``permission``."""
+
+    path: str  # under the console's /admin
+    label: str  # a catalogue key
+    permission: str = "tasks:submit"
+
+
 class Processor(ABC):
     kind: ClassVar[str]
     params_model: ClassVar[type[BaseModel]]
+    # the kind's settings (conveyor.config.KindSettings: env CONVEYOR_<KIND>_*), loaded with
+    # the service's and handed to the processor as ``self.config``; none by default
+    settings_model: ClassVar[type[KindSettings]] = KindSettings
     # a kind that runs code the caller supplies (container): submitting one needs the
     # tasks:run_code permission, which the service checks at submit
     runs_caller_code: ClassVar[bool] = False
 
+    # -- what it accepts: ``conveyor submit FILE`` and the upload triggers pick a kind by it
+    # file suffixes (lower case, with the dot) and content types ("video/*" matches a family)
+    suffixes: ClassVar[frozenset[str]] = frozenset()
+    content_types: ClassVar[frozenset[str]] = frozenset()
+    # the suffixes an upload to the input bucket is queued for (None: all of ``suffixes``)
+    upload_suffixes: ClassVar[frozenset[str] | None] = None
+
+    # -- submitting
+    # the kind a submit without one gets (the transcoding API's body names none): one
+    # installed kind says so
+    submit_default: ClassVar[bool] = False
+    # fields of the submit request that are this kind's params, given at the top level
+    # (conveyor.service.SubmitRequest); any other kind refuses them
+    request_fields: ClassVar[tuple[str, ...]] = ()
+
+    # -- the console's words for it: {language: {key: text}}, English ("en") and Simplified
+    # Chinese ("zh-CN"), merged into its catalogue; "kind.<kind>" names the kind
+    labels: ClassVar[Mapping[str, Mapping[str, str]]] = {}
+
     def __init__(self, settings: Any = None) -> None:
+        """``settings``: the service's (``conveyor.config.Settings``), which carry the
+        kind's own; or any object with the kind's settings by key (tests), or None."""
         self.settings = settings
+        self.config = self.settings_model.of(settings)
 
     def validate(self, params: dict[str, Any], input_ref: InputRef | None) -> dict[str, Any]:
         """Return normalised params or raise ``InvalidParams`` naming the problem."""
@@ -96,6 +211,29 @@ class Processor(ABC):
 
     def requires_input(self) -> bool:
         return True
+
+    # -- what it accepts -----------------------------------------------------------------
+    def accepts(self, key: str, content_type: str | None = None, *, upload: bool = False) -> bool:
+        """Whether an object called ``key`` (of ``content_type``, when known) is an input
+        of this kind; ``upload``: one that arrived in the input bucket, queued without
+        anyone choosing the kind."""
+        suffix = PurePosixPath(key).suffix.lower()
+        if upload:
+            wanted = self.suffixes if self.upload_suffixes is None else self.upload_suffixes
+            return bool(suffix) and suffix in wanted
+        if suffix and suffix in self.suffixes:
+            return True
+        if content_type:
+            ctype = content_type.split(";")[0].strip().lower()
+            family = ctype.split("/")[0] + "/*"
+            return ctype in self.content_types or family in self.content_types
+        return False
+
+    # -- submit time -----------------------------------------------------------------------
+    def with_defaults(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` as submitted, with what the submitter left out filled in, before they
+        are validated (raise ``InvalidRequest`` for a request that cannot be completed)."""
+        return params
 
     # -- what a task touches, for the service's access rules (validated params) ----------
     def objects_read(self, params: dict[str, Any]) -> list[InputRef]:
@@ -120,6 +258,12 @@ class Processor(ABC):
         """GPUs a task with these (validated) params needs on one worker: ``Task.gpus``."""
         return 0
 
+    @classmethod
+    def gpus_in_params(cls, params: dict[str, Any]) -> int:
+        """The same, read from params as stored, unvalidated: for records written before
+        ``Task.gpus`` was a field (``conveyor.models.gpus_in_params``)."""
+        return 0
+
     def gpu_devices(self) -> list[str]:
         """The GPUs this host gives the kind's tasks; the worker claims by how many are free."""
         return []
@@ -127,6 +271,45 @@ class Processor(ABC):
     def probe(self) -> dict[str, Any] | None:
         """What this host offers for the kind, or None when it cannot run it."""
         return {}
+
+    # -- faces -------------------------------------------------------------------------------
+    def form(self) -> KindForm | None:
+        """The kind's fieldset on the console's add-task page; None keeps the kind off that
+        page.  By default a kind that takes an input file is offered, with no fields."""
+        return KindForm(legend=f"kind.{self.kind}") if self.requires_input() else None
+
+    def params_from_form(self, values: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+        """The task params the add-task page's fields hold (``values``: every submitted
+        input by name); the processor validates them as it does the API's."""
+        form = self.form()
+        params: dict[str, Any] = {}
+        for f in form.fields if form is not None else ():
+            got = [v.strip() for v in values.get(f.name, ()) if v.strip()]
+            if f.multiple:
+                params[f.param] = got
+            elif got:
+                params[f.param] = got[0]
+        return params
+
+    def console_links(self) -> list[ConsoleLink]:
+        """Pages of the kind's own, linked from the add-task page."""
+        return []
+
+    def describe(self, task: Task) -> list[tuple[str, str]]:
+        """What the console shows of a task of this kind beside its params: tags, each a
+        catalogue key and the text shown without one."""
+        return []
+
+    def gauges(self, recent: Callable[[int], list[Task]]) -> list[Metric]:
+        """The kind's own gauges on ``/metrics`` (Prometheus metric families, always
+        declared); ``recent(n)`` reads its ``n`` newest completed tasks from the backend."""
+        return []
+
+    def routers(self) -> list[APIRouter]:
+        """Routes the kind adds to the app (a face of its own: API paths, console pages);
+        mounted before the console's, so a console page of its own wins over
+        ``/admin/tasks/{id}``."""
+        return []
 
     @abstractmethod
     def run(self, ctx: ProcessorContext) -> list[OutputFile]:

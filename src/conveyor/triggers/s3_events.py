@@ -2,8 +2,9 @@
 
 The input bucket sends ``s3:ObjectCreated:*`` notifications to a queue
 (``deploy/aws/conveyor.yaml`` or ``conveyor aws init`` sets that up);
-:class:`S3EventConsumer` long-polls that queue and turns every new video into
-a ``transcode`` task.
+:class:`S3EventConsumer` long-polls that queue and turns every new upload a
+kind takes into a task of that kind (``ConveyorService.upload_kind``: a video a
+transcode, a PDF a docparse task, by the kinds' processors).
 
 The parsing is pure and apart from the loop so it can be tested on real
 notification samples:
@@ -13,8 +14,8 @@ notification samples:
   ``s3:TestEvent`` S3 sends when a notification is configured (ignored);
 * object keys arrive URL-encoded with ``+`` for a space and are decoded with
   :func:`urllib.parse.unquote_plus`;
-* only ``ObjectCreated:*`` records count, and only keys with a video
-  extension become tasks (:func:`conveyor.service.is_video_key`).
+* only ``ObjectCreated:*`` records count, and only keys a kind takes become
+  tasks (:func:`uploads`).
 
 One upload is one task however it was seen: the idempotency key is
 :func:`conveyor.service.upload_dedup_key` of bucket + key + ETag, the key the
@@ -23,7 +24,7 @@ listing and in an event once its quotes are stripped).  A record without an
 ETag falls back to its sequencer, which S3 makes unique per object version.
 
 Delivery is at least once, so the consumer deletes a message only once
-everything in it has been submitted (or deliberately skipped: not a video,
+everything in it has been submitted (or deliberately skipped: no kind takes it,
 malformed, a key or bucket the service refuses, an object already gone);
 a message whose submit failed for any other reason is left on the queue and
 comes back after its visibility timeout, then to the dead-letter queue.
@@ -34,13 +35,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
 from conveyor.errors import InvalidRequest, NotFound
 from conveyor.models import Trigger
-from conveyor.service import ConveyorService, SubmitRequest, is_video_key, upload_dedup_key
+from conveyor.service import ConveyorService, SubmitRequest, upload_dedup_key
 from conveyor.storage import ObjectInfo
 from conveyor.storage.base import is_staging_key
 
@@ -74,10 +76,6 @@ class S3ObjectEvent:
     @property
     def dedup_key(self) -> str:
         return upload_dedup_key(self.object_info())
-
-    @property
-    def is_video(self) -> bool:
-        return is_video_key(self.key)
 
 
 def _load(body: str | bytes) -> dict[str, Any]:
@@ -144,7 +142,7 @@ def parse_message(body: str | bytes) -> list[S3ObjectEvent]:
     """Every ``ObjectCreated`` record in one SQS message body (``[]`` for a test event).
 
     Raises :class:`MalformedEvent` for a body that is not an S3 notification.
-    Non-video keys are kept: filter with :attr:`S3ObjectEvent.is_video`.
+    Every key is kept: :func:`uploads` keeps those a kind takes.
     """
     doc = _unwrap(body)
     if is_test_event(doc):
@@ -160,16 +158,22 @@ def parse_message(body: str | bytes) -> list[S3ObjectEvent]:
     return out
 
 
-def video_uploads(body: str | bytes) -> list[S3ObjectEvent]:
-    """The uploads in a message body that should become tasks, one per dedup key."""
+def uploads(
+    body: str | bytes, kind_for: Callable[[str], str | None]
+) -> list[tuple[S3ObjectEvent, str]]:
+    """The uploads in a message body that should become tasks, one per dedup key, each
+    with its kind (``kind_for``: ``ConveyorService.upload_kind``; None: not a task)."""
     seen: set[str] = set()
-    out: list[S3ObjectEvent] = []
+    out: list[tuple[S3ObjectEvent, str]] = []
     for ev in parse_message(body):
         # staged outputs (conveyor.outputs) are no uploads, even in a shared bucket
-        if not ev.is_video or is_staging_key(ev.key) or ev.dedup_key in seen:
+        if is_staging_key(ev.key) or ev.dedup_key in seen:
+            continue
+        kind = kind_for(ev.key)
+        if kind is None:
             continue
         seen.add(ev.dedup_key)
-        out.append(ev)
+        out.append((ev, kind))
     return out
 
 
@@ -184,7 +188,7 @@ class ConsumerStats:
 
 
 class S3EventConsumer:
-    """Long-polls the notification queue and submits a task per uploaded video.
+    """Long-polls the notification queue and submits a task per upload a kind takes.
 
     ``sqs_client`` is a boto3 SQS client (any endpoint).  ``poll_once`` is one
     receive (waiting up to ``wait_time_s`` for a message, so an idle consumer
@@ -229,21 +233,22 @@ class S3EventConsumer:
         ok = True
         seen: set[str] = set()
         for ev in events:
-            if not ev.is_video:
-                log.debug("Skipping non-video upload %s/%s", ev.bucket, ev.key)
+            kind = self.service.upload_kind(ev.key)
+            if kind is None:
+                log.debug("Skipping upload %s/%s: no kind takes it", ev.bucket, ev.key)
                 self.stats.skipped += 1
                 continue
             if ev.dedup_key in seen:
                 continue
             seen.add(ev.dedup_key)
-            ok = self._submit(ev) and ok
+            ok = self._submit(ev, kind) and ok
         return ok
 
-    def _submit(self, ev: S3ObjectEvent) -> bool:
+    def _submit(self, ev: S3ObjectEvent, kind: str) -> bool:
         try:
             res = self.service.submit(
                 SubmitRequest(
-                    kind="transcode",
+                    kind=kind,
                     input_bucket=ev.bucket,
                     input_key=ev.key,
                     idempotency_key=ev.dedup_key,

@@ -1,6 +1,8 @@
 """Upload trigger for stores without event notifications: poll the input bucket.
 
-An object becomes a task only once it has looked the same (size and etag)
+An object becomes a task of the kind that takes it (``ConveyorService.upload_kind``:
+a video a transcode, a PDF a docparse task, by the kinds' processors); an object no
+kind takes is skipped.  It becomes a task only once it has looked the same (size and etag)
 on two scans ``settle`` seconds apart, so a file still being copied into
 the folder is not picked up half-way.  The dedup key is bucket + key +
 etag, so one upload is one task even when it is seen twice or the watcher
@@ -15,7 +17,7 @@ import time
 
 from conveyor.errors import ConveyorError
 from conveyor.models import Trigger
-from conveyor.service import ConveyorService, SubmitRequest, is_video_key, upload_dedup_key
+from conveyor.service import ConveyorService, SubmitRequest, upload_dedup_key
 from conveyor.storage import ObjectInfo
 
 log = logging.getLogger("conveyor.trigger")
@@ -48,8 +50,9 @@ class UploadWatcher:
             present.add(obj.key)
             if self._done.get(obj.key) == obj.etag:
                 continue
-            if not is_video_key(obj.key):
-                log.debug("Skipping non-video upload %s/%s", obj.bucket, obj.key)
+            kind = self.service.upload_kind(obj.key, obj.content_type)
+            if kind is None:
+                log.debug("Skipping upload %s/%s: no kind takes it", obj.bucket, obj.key)
                 self._done[obj.key] = obj.etag
                 continue
             seen = self._candidates.get(obj.key)
@@ -59,7 +62,7 @@ class UploadWatcher:
                     continue
             elif now - seen[1] < self.settle:
                 continue
-            if self._submit(obj):
+            if self._submit(obj, kind):
                 created += 1
             self._done[obj.key] = obj.etag
             self._candidates.pop(obj.key, None)
@@ -69,11 +72,11 @@ class UploadWatcher:
             self._candidates.pop(gone, None)
         return created
 
-    def _submit(self, obj: ObjectInfo) -> bool:
+    def _submit(self, obj: ObjectInfo, kind: str) -> bool:
         try:
             res = self.service.submit(
                 SubmitRequest(
-                    kind="transcode",
+                    kind=kind,
                     input_bucket=obj.bucket,
                     input_key=obj.key,
                     idempotency_key=upload_dedup_key(obj),

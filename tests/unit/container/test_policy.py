@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from conveyor.config import LOCAL_RUNNER_RISK, load_settings
+from conveyor.config import load_settings
 from conveyor.errors import InvalidParams
 from conveyor.models import Task, WorkerInfo
 from conveyor.processors.container import ContainerProcessor
 from conveyor.processors.container.params import check_image, internal_registry
+from conveyor.processors.container.settings import LOCAL_RUNNER_RISK
 from conveyor.waiting import why_waiting
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.config import ALL_TRANSCODE_TYPES
 from conveyor.processors.transcode.profiles import (
     SEED_PROFILES,
     Profile,
     ProfileConfigError,
     build_profile_table,
 )
+from conveyor.processors.transcode.settings import ALL_TRANSCODE_TYPES
 
 
 def test_seed_table_is_exactly_the_seven_types_in_order() -> None:

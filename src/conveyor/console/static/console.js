@@ -237,7 +237,13 @@
     }
     function sync() {
       var kind = form.querySelector("input[name=kind]:checked");
-      if (kind) form.setAttribute("data-kind", kind.value);
+      if (kind) {
+        form.setAttribute("data-kind", kind.value);
+        // each kind's own fieldset (its processor's form): only the chosen kind's shows
+        Array.prototype.forEach.call(form.querySelectorAll("[data-for-kind]"), function (fs) {
+          fs.hidden = fs.getAttribute("data-for-kind") !== kind.value;
+        });
+      }
       form.setAttribute("data-mode", mode());
       file.required = mode() === "upload";
       key.required = mode() === "existing";

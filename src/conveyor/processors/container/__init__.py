@@ -36,7 +36,6 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
-from conveyor.config import LOCAL_RUNNER_REFUSAL, LOCAL_RUNNER_RISK, local_runner_guarded
 from conveyor.errors import (
     InvalidParams,
     LeaseLost,
@@ -46,14 +45,21 @@ from conveyor.errors import (
 )
 from conveyor.models import InputRef, OutputFile
 from conveyor.outputs import task_staging
-from conveyor.processors.base import Processor, ProcessorContext
+from conveyor.processors.base import ConsoleLink, Processor, ProcessorContext
 from conveyor.storage.base import ObjectInfo
 
 from .gpus import GpuAllocator, inventory
+from .labels import LABELS
 from .local import LocalRunner
 from .params import ContainerParams, registry_refusal
 from .runner import OutputSource, Runner, RunnerError, RunSpec
 from .sandbox import FileEntry, Limits, OutputsTooLarge, Snapshot, clean_name, private_dir
+from .settings import (
+    LOCAL_RUNNER_REFUSAL,
+    LOCAL_RUNNER_RISK,
+    ContainerSettings,
+    local_runner_guarded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +221,10 @@ class OutputSync:
 class ContainerProcessor(Processor):
     kind: ClassVar[str] = "container"
     params_model: ClassVar[type[BaseModel]] = ContainerParams
+    settings_model = ContainerSettings
+    config: ContainerSettings
     runs_caller_code: ClassVar[bool] = True  # submitting one needs tasks:run_code
+    labels: ClassVar[dict[str, dict[str, str]]] = LABELS
 
     def __init__(self, settings: Any = None) -> None:
         super().__init__(settings)
@@ -225,41 +234,51 @@ class ContainerProcessor(Processor):
         self._docker_error = ""
         # why this worker does not take container tasks (the worker reports it)
         self.unavailable_reason = ""
-        temp = self._setting("temp_dir", None)
+        temp = getattr(settings, "temp_dir", None) if settings is not None else None
         self._local_state = Path(temp) / "conveyor-local-jobs" if temp else None
         self._local_runner: LocalRunner | None = None
         self._gpus: GpuAllocator | None = None
         self._reaper: threading.Thread | None = None
         self._reaper_stop = threading.Event()
 
-    # -- settings, with defaults when run without them ------------------------------------
-    def _setting(self, name: str, default: Any) -> Any:
-        return getattr(self.settings, name, default) if self.settings is not None else default
-
     @property
     def mode(self) -> str:
-        return str(self._setting("container_runner", "auto"))
+        return self.config.runner
 
     @property
     def limits(self) -> Limits:
         return Limits(
-            int(self._setting("container_max_output_bytes", 10 * 1024**3)),
-            int(self._setting("container_max_output_files", 100_000)),
+            self.config.max_output_bytes,
+            self.config.max_output_files,
         )
 
     @property
     def _local(self) -> LocalRunner:
         with self._lock:
             if self._local_runner is None:
-                user = local_user(str(self._setting("container_local_user", "")))
+                user = local_user(self.config.local_user)
                 self._local_runner = LocalRunner(self._local_state, user)
             return self._local_runner
 
     def requires_input(self) -> bool:
         return False
 
+    # -- its console page --------------------------------------------------------------------
+    def console_links(self) -> list[ConsoleLink]:
+        return [ConsoleLink("/tasks/run", "run.link", "tasks:run_code")]
+
     def gpus_needed(self, params: dict[str, Any]) -> int:
         return ContainerParams.model_validate(params).gpu_count
+
+    @classmethod
+    def gpus_in_params(cls, params: dict[str, Any]) -> int:
+        """``gpus``: a count or a list of device ids."""
+        want = params.get("gpus")
+        if isinstance(want, list):
+            return len(want)
+        if isinstance(want, int) and not isinstance(want, bool):
+            return max(0, want)
+        return 0
 
     # -- what a deployment accepts at submit ------------------------------------------------
     def validate(self, params: dict[str, Any], input_ref: InputRef | None) -> dict[str, Any]:
@@ -277,7 +296,7 @@ class ContainerProcessor(Processor):
         return out
 
     def policy_refusal(self, p: ContainerParams) -> tuple[str, str] | None:
-        refused = registry_refusal(p.image, self._setting("container_local_registries", []))
+        refused = registry_refusal(p.image, self.config.local_registries)
         if refused is not None:
             return "image", refused
         if self.mode in ("docker", "off") and (p.runner == "local" or not p.image):
@@ -295,9 +314,9 @@ class ContainerProcessor(Processor):
                         from .docker_runner import DockerRunner
 
                         runner = DockerRunner(
-                            self._setting("docker_host", "") or None,
-                            user=str(self._setting("container_user", "65534:65534")),
-                            pids_limit=int(self._setting("container_pids_limit", 512)),
+                            self.config.docker_host or None,
+                            user=self.config.user,
+                            pids_limit=self.config.pids_limit,
                         )
                         runner.client.ping()
                         self._docker = runner
@@ -310,7 +329,7 @@ class ContainerProcessor(Processor):
     def gpus(self) -> GpuAllocator:
         with self._lock:
             if self._gpus is None:
-                self._gpus = GpuAllocator(inventory(str(self._setting("gpus", "auto"))))
+                self._gpus = GpuAllocator(inventory(self.config.gpus))
             return self._gpus
 
     def gpu_devices(self) -> list[str]:
@@ -321,10 +340,10 @@ class ContainerProcessor(Processor):
         if (
             self.settings is not None
             and local_runner_guarded(self.settings)
-            and self._setting("container_local_unsandboxed", "") != LOCAL_RUNNER_RISK
+            and self.config.local_unsandboxed != LOCAL_RUNNER_RISK
         ):
             return LOCAL_RUNNER_REFUSAL
-        spec = str(self._setting("container_local_user", ""))
+        spec = self.config.local_user
         try:
             user = local_user(spec)
         except (KeyError, ValueError):
@@ -378,8 +397,8 @@ class ContainerProcessor(Processor):
             caps = {
                 "runners": ["docker"],
                 "engine": getattr(engine, "version", lambda: "")(),
-                "user": str(self._setting("container_user", "65534:65534")),
-                "pids_limit": int(self._setting("container_pids_limit", 512)),
+                "user": self.config.user,
+                "pids_limit": self.config.pids_limit,
             }
             if caps["user"].split(":")[0] == "0":
                 log.warning("CONVEYOR_CONTAINER_USER=%s: container jobs run as root", caps["user"])
@@ -400,7 +419,7 @@ class ContainerProcessor(Processor):
             log.warning("Removed %d orphan(s) left by dead workers (%s runner)", n, runner.name)
 
     def _start_reaper(self, runners: list[Runner]) -> None:
-        interval = float(self._setting("container_reap_interval", 300.0))
+        interval = self.config.reap_interval
         with self._lock:
             if self._reaper is not None or not runners:
                 return
@@ -457,7 +476,7 @@ class ContainerProcessor(Processor):
                 retryable=False,
                 code="no_engine",
             )
-        refused = registry_refusal(p.image, self._setting("container_local_registries", []))
+        refused = registry_refusal(p.image, self.config.local_registries)
         if refused is not None:
             raise ProcessorError(refused, retryable=False, code="invalid_params")
         return engine
@@ -548,8 +567,8 @@ class ContainerProcessor(Processor):
                 cpus=p.cpus,
                 memory=p.memory,
                 shm_size=p.shm_size,
-                network=str(self._setting("container_network", "")) or None,
-                grace_s=float(self._setting("container_grace", 10.0)),
+                network=self.config.network or None,
+                grace_s=self.config.grace,
                 limits=limits,
             )
             where = f"image {p.image}" if runner.name == "docker" else "a local process"
@@ -559,9 +578,7 @@ class ContainerProcessor(Processor):
                 + (f" on GPU(s) {','.join(devices)}" if devices else "")
             )
             ctx.report_progress(0.0, "running", "")
-            sync = OutputSync(
-                ctx, scratch, float(self._setting("container_sync_interval", 30)), limits
-            )
+            sync = OutputSync(ctx, scratch, self.config.sync_interval, limits)
             try:
                 result = runner.run(
                     spec, on_line, ctx.cancel_event, on_running=sync.attach, on_exit=collect
@@ -726,4 +743,4 @@ class ContainerProcessor(Processor):
         return outputs
 
 
-__all__ = ["ContainerParams", "ContainerProcessor"]
+__all__ = ["ContainerParams", "ContainerProcessor", "ContainerSettings"]

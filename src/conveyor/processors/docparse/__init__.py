@@ -18,12 +18,21 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from conveyor.errors import InputRejected, ProcessorError, TaskCancelled
-from conveyor.models import InputRef, OutputFile
-from conveyor.processors.base import Processor, ProcessorContext, download_input, publishing
+from conveyor.models import InputRef, OutputFile, Task
+from conveyor.processors.base import (
+    Choice,
+    FormField,
+    KindForm,
+    Processor,
+    ProcessorContext,
+    download_input,
+    publishing,
+)
 from conveyor.processors.docparse.assemble import assemble
 from conveyor.processors.docparse.inputs import DocInfo
 from conveyor.processors.docparse.limits import DocLimits
@@ -36,29 +45,45 @@ from conveyor.processors.docparse.mineru import (
     parse_inprocess,
 )
 from conveyor.processors.docparse.ocr import OcrUnavailable, check_languages, tesseract_languages
-from conveyor.processors.docparse.params import DocparseParams
+from conveyor.processors.docparse.params import DEFAULT_LANGS, DocparseParams
+from conveyor.processors.docparse.settings import DocparseSettings
 from conveyor.storage.base import validate_key
+
+from .labels import LABELS
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 
 _CONTENT_TYPES = {".md": "text/markdown; charset=utf-8", ".json": "application/json"}
+SPEED_SAMPLE = 20  # recent completed tasks in conveyor_docparse_pages_per_second
 
 
 class DocparseProcessor(Processor):
-    """Settings (all optional): ``docparse_workers`` (page processes, 0 = CPU count)
-    and ``mineru_api_url``; ``MINERU_API_URL`` in the environment works too.
+    """Settings (``DocparseSettings``, all optional): ``docparse_workers`` (page
+    processes, 0 = CPU count), the limits on input and ``mineru_api_url``;
+    ``MINERU_API_URL`` in the environment works too.
     """
 
     kind = "docparse"
     params_model = DocparseParams
+    settings_model = DocparseSettings
+    config: DocparseSettings
+    # a PDF, or a scan as an image; an upload is queued only for a PDF (an image in an
+    # input bucket is more often a photo, or a transcode's thumbnail, than a scan)
+    suffixes = frozenset({".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff"})
+    content_types = frozenset({"application/pdf", "image/png", "image/jpeg", "image/tiff"})
+    upload_suffixes = frozenset({".pdf"})
+    labels: ClassVar[dict[str, dict[str, str]]] = LABELS
 
     def __init__(self, settings: Any = None) -> None:
         super().__init__(settings)
-        self.workers = int(getattr(settings, "docparse_workers", 0) or 0) or (os.cpu_count() or 1)
-        self.mineru_api_url: str = getattr(settings, "mineru_api_url", "") or os.environ.get(
+        self.workers = int(self.config.workers or 0) or (os.cpu_count() or 1)
+        self.mineru_api_url: str = self.config.mineru_api_url or os.environ.get(
             "MINERU_API_URL", ""
         )
-        self.limits = DocLimits.from_settings(settings)  # docs/docparse.md, "Limits on input"
+        self.limits = DocLimits.from_settings(self.config)  # docs/docparse.md, "Limits on input"
 
     # -- submit time -----------------------------------------------------------------
     def validate(self, params: dict[str, Any], input_ref: InputRef | None) -> dict[str, Any]:
@@ -66,6 +91,68 @@ class DocparseProcessor(Processor):
         if normalised.get("output_prefix"):
             validate_key(normalised["output_prefix"])
         return normalised
+
+    # -- faces -----------------------------------------------------------------------
+    def form(self) -> KindForm:
+        def choices(field: str, *values: str) -> tuple[Choice, ...]:
+            return tuple(Choice(v, f"docparse.{field}_{v}", v) for v in values)
+
+        fields = (
+            FormField(
+                "dp_engine",
+                "engine",
+                "select",
+                "docparse.engine",
+                choices("engine", "auto", "lite", "mineru"),
+                default="auto",
+                inline=True,
+            ),
+            FormField(
+                "dp_ocr",
+                "ocr",
+                "select",
+                "docparse.ocr",
+                choices("ocr", "auto", "force", "off"),
+                default="auto",
+                inline=True,
+            ),
+            FormField(
+                "dp_langs",
+                "ocr_langs",
+                "checkboxes",
+                "docparse.langs",
+                choices("lang", *DEFAULT_LANGS),
+                default=tuple(DEFAULT_LANGS),
+            ),
+            FormField(
+                "dp_formats",
+                "formats",
+                "checkboxes",
+                "docparse.formats",
+                choices("format", "markdown", "content_list"),
+                default=("markdown", "content_list"),
+            ),
+            FormField(
+                "dp_pages",
+                "pages",
+                "text",
+                "docparse.pages",
+                placeholder="docparse.pages_placeholder",
+            ),
+        )
+        return KindForm(legend="docparse.form", fields=fields, hint="docparse.hint")
+
+    def gauges(self, recent: Callable[[int], list[Task]]) -> list[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        pages = GaugeMetricFamily(
+            "conveyor_docparse_pages_per_second",
+            f"Pages per second of run time over the last {SPEED_SAMPLE} docparse tasks",
+        )
+        value = pages_per_second(recent(SPEED_SAMPLE))
+        if value is not None:
+            pages.add_metric([], value)
+        return [pages]
 
     # -- worker start ----------------------------------------------------------------
     def probe(self) -> dict[str, Any] | None:
@@ -331,6 +418,24 @@ class DocparseProcessor(Processor):
         return published
 
 
+def pages_per_second(tasks: Iterable[Task]) -> float | None:
+    """Pages parsed per second of task run time, from the ``pages`` the outputs of
+    ``tasks`` record (``_publish`` puts it there)."""
+    pages, seconds = 0, 0.0
+    for t in tasks:
+        if t.started_at is None or t.finished_at is None:
+            continue
+        elapsed = max(0.0, (t.finished_at - t.started_at).total_seconds())
+        n = max(
+            (o.meta.get("pages", 0) for o in t.outputs if isinstance(o.meta.get("pages"), int)),
+            default=0,
+        )
+        if n and elapsed > 0:
+            pages += n
+            seconds += elapsed
+    return pages / seconds if seconds else None
+
+
 def _base_name(key: str) -> str:
     """``docs/report.pdf`` -> ``report``: MinerU names its files after the input."""
     stem = PurePosixPath(key).stem or "document"
@@ -348,4 +453,4 @@ def _check_cancel(ctx: ProcessorContext) -> None:
         raise TaskCancelled("cancelled")
 
 
-__all__ = ["DocparseParams", "DocparseProcessor"]
+__all__ = ["DocparseParams", "DocparseProcessor", "DocparseSettings"]

@@ -41,16 +41,17 @@ class DocLimits:
 
     @classmethod
     def from_settings(cls, settings: object) -> DocLimits:
-        def get(name: str, default: float) -> float:
-            value = getattr(settings, name, None)
-            return default if value is None else value
+        """The limits ``settings`` set: the service's settings, the kind's own, or any
+        object with their names as attributes (``docparse_max_page_pixels``, …)."""
+        from .settings import DocparseSettings
 
+        cfg = DocparseSettings.of(settings)
         return cls(
-            max_page_pixels=int(get("docparse_max_page_pixels", MAX_PAGE_PIXELS)),
-            min_dpi=int(get("docparse_min_dpi", MIN_DPI)),
-            max_document_pixels=int(get("docparse_max_document_pixels", MAX_DOCUMENT_PIXELS)),
-            page_memory_mb=int(get("docparse_page_memory_mb", PAGE_MEMORY_MB)),
-            page_timeout_s=float(get("docparse_page_timeout", PAGE_TIMEOUT_S)),
+            max_page_pixels=cfg.max_page_pixels,
+            min_dpi=cfg.min_dpi,
+            max_document_pixels=cfg.max_document_pixels,
+            page_memory_mb=cfg.page_memory_mb,
+            page_timeout_s=cfg.page_timeout,
         )
 
     def render_dpi(self, width_pt: float, height_pt: float, want: int = OCR_DPI) -> int:

@@ -11,18 +11,28 @@ import logging
 import re
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Any, cast, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, cast, get_args
 
 from conveyor.errors import (
     InputRejected,
     InvalidParams,
+    InvalidRequest,
     ProcessorError,
     TaskCancelled,
 )
-from conveyor.models import InputRef, OutputFile
-from conveyor.processors.base import Processor, ProcessorContext, download_input, publishing
+from conveyor.models import InputRef, OutputFile, Task
+from conveyor.processors.base import (
+    Choice,
+    FormField,
+    KindForm,
+    Processor,
+    ProcessorContext,
+    download_input,
+    publishing,
+)
 from conveyor.processors.transcode.command import OutputPlan, build_command, plan_outputs
 from conveyor.processors.transcode.encoders import (
     EncoderMode,
@@ -46,39 +56,66 @@ from conveyor.processors.transcode.runner import (
     run_ffmpeg,
     tidy_lines,
 )
+from conveyor.processors.transcode.settings import TranscodeSettings
 from conveyor.storage.base import validate_key
+
+from .labels import LABELS
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREVIEW_SECONDS = 10.0
+SPEED_SAMPLE = 20  # recent completed tasks averaged into conveyor_transcode_speed_ratio
 _SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+# the video files it takes (the upload trigger queues these, and only these)
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".mov", ".avi", ".mkv", ".wmv", ".flv", ".webm", ".m4v", ".mpeg", ".mpg"}
+)
 
 
 class TranscodeProcessor(Processor):
-    """Settings (all optional): ``transcode_profiles``, ``ffmpeg``, ``ffprobe``,
-    ``encoder`` (auto | cpu | nvenc) and ``preview_seconds``; read with
-    defaults so a bare ``TranscodeProcessor(None)`` works in tests and tools.
+    """Settings (``TranscodeSettings``, all optional): ``transcode_profiles``, ``ffmpeg``,
+    ``ffprobe``, ``encoder`` (auto | cpu | nvenc), ``preview_seconds`` and the
+    ``default_transcode_types``; read with defaults so a bare ``TranscodeProcessor(None)``
+    works in tests and tools.
     """
 
     kind = "transcode"
     params_model = TranscodeParams
+    settings_model = TranscodeSettings
+    config: TranscodeSettings
+    suffixes = VIDEO_SUFFIXES
+    content_types = frozenset({"video/*"})
+    # the transcoding API's body: POST /api/queue/add without a kind is a transcode, and
+    # its transcode_types sit at the top level of the body
+    submit_default = True
+    request_fields = ("transcode_types",)
+    labels: ClassVar[dict[str, dict[str, str]]] = LABELS
 
     def __init__(self, settings: Any = None) -> None:
         super().__init__(settings)
-        self.ffmpeg: str = getattr(settings, "ffmpeg", None) or "ffmpeg"
-        self.ffprobe: str = getattr(settings, "ffprobe", None) or "ffprobe"
-        mode = getattr(settings, "encoder", None) or "auto"
+        self.ffmpeg: str = self.config.ffmpeg or "ffmpeg"
+        self.ffprobe: str = self.config.ffprobe or "ffprobe"
+        mode = self.config.encoder or "auto"
         if mode not in get_args(EncoderMode):
             raise ValueError(f"encoder must be auto, cpu or nvenc, not {mode!r}")
         self.encoder_mode: EncoderMode = cast(EncoderMode, mode)
-        self.preview_seconds = float(
-            getattr(settings, "preview_seconds", None) or DEFAULT_PREVIEW_SECONDS
-        )
-        self.profiles: dict[str, Profile] = build_profile_table(
-            getattr(settings, "transcode_profiles", None) or {}
-        )
+        self.preview_seconds = float(self.config.preview_seconds or DEFAULT_PREVIEW_SECONDS)
+        self.profiles: dict[str, Profile] = build_profile_table(self.config.profiles or {})
 
     # -- submit time -----------------------------------------------------------------
+    def with_defaults(self, params: dict[str, Any]) -> dict[str, Any]:
+        """No types named: the configured defaults (``DEFAULT_TRANSCODE_TYPES``); an empty
+        list is a mistake, not a request for the defaults."""
+        types = params.get("transcode_types")
+        if types == []:
+            raise InvalidRequest("transcode_types is empty: name at least one type")
+        if types is None:
+            return {**params, "transcode_types": list(self.config.default_types)}
+        return params
+
     def validate(self, params: dict[str, Any], input_ref: InputRef | None) -> dict[str, Any]:
         normalised = super().validate(params, input_ref)
         for t in normalised["transcode_types"]:
@@ -94,6 +131,47 @@ class TranscodeProcessor(Processor):
         """Seed types in table order, then user-defined ones alphabetically."""
         extra = sorted(t for t in self.profiles if t not in SEED_PROFILES)
         return [*SEED_PROFILES, *extra]
+
+    # -- faces -----------------------------------------------------------------------
+    def form(self) -> KindForm:
+        """The types as cards, the configured defaults ticked."""
+        choices = tuple(
+            Choice(
+                value=name,
+                label=f"ttype.{name}",
+                text=name,
+                hint=f"tdesc.{name}",
+                hint_text=self.profiles[name].description,
+            )
+            for name in self.known_types()
+        )
+        field = FormField(
+            name="transcode_types",
+            param="transcode_types",
+            widget="cards",
+            choices=choices,
+            default=tuple(self.config.default_types),
+        )
+        return KindForm(legend="transcode.types", fields=(field,), hint="transcode.types_hint")
+
+    def describe(self, task: Task) -> list[tuple[str, str]]:
+        """The types it asked for."""
+        types = task.params.get("transcode_types")
+        if not isinstance(types, list):
+            return []
+        return [(f"ttype.{name}", str(name)) for name in types]
+
+    def gauges(self, recent: Callable[[int], list[Task]]) -> list[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        speed = GaugeMetricFamily(
+            "conveyor_transcode_speed_ratio",
+            f"Mean ffmpeg encode speed (x realtime) of the last {SPEED_SAMPLE} transcodes",
+        )
+        value = encode_speed(recent(SPEED_SAMPLE))
+        if value is not None:
+            speed.add_metric([], value)
+        return [speed]
 
     # -- worker start ----------------------------------------------------------------
     def probe(self) -> dict[str, Any] | None:
@@ -299,6 +377,19 @@ class TranscodeProcessor(Processor):
         return published
 
 
+def encode_speed(tasks: Iterable[Task]) -> float | None:
+    """Mean encode speed (x realtime) recorded on the outputs of ``tasks`` (``run`` puts
+    it in each output's ``encode_speed``)."""
+    speeds = []
+    for t in tasks:
+        for o in t.outputs:
+            v = o.meta.get("encode_speed")
+            if isinstance(v, int | float) and v > 0:
+                speeds.append(float(v))
+                break
+    return sum(speeds) / len(speeds) if speeds else None
+
+
 def _describe(plan: OutputPlan, out: OutputInfo) -> str:
     parts = [f"{out.width}x{out.height} {out.codec}"]
     if out.audio_codec:
@@ -320,4 +411,4 @@ def _check_cancel(ctx: ProcessorContext) -> None:
         raise TaskCancelled("cancelled")
 
 
-__all__ = ["Profile", "TranscodeParams", "TranscodeProcessor"]
+__all__ = ["Profile", "TranscodeParams", "TranscodeProcessor", "TranscodeSettings"]
