@@ -628,90 +628,6 @@ def logs(
         _fail(exc)
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
-def run(
-    args: list[str] = typer.Argument(
-        ..., help="IMAGE, then the command after -- (with --local: only the command)."
-    ),
-    gpus: str = typer.Option(None, "--gpus", help="A GPU count, or device ids such as 0,2."),
-    env: list[str] = typer.Option(None, "--env", "-e", help="NAME=value (repeatable)."),
-    secret: list[str] = typer.Option(
-        None, "--secret", help="A secret's name, resolved on the worker (repeatable)."
-    ),
-    cpus: float = typer.Option(None, help="CPU limit (Docker)."),
-    memory: str = typer.Option(None, help="Memory limit, e.g. 4g."),
-    timeout: float = typer.Option(None, "--timeout", help="Seconds before the job is killed."),
-    max_attempts: int = typer.Option(None, "--max-attempts", help="Attempts before failing."),
-    output_dir: str = typer.Option(None, "--outputs", help="Folder in the container to keep."),
-    local: bool = typer.Option(False, "--local", help="Run as a local process, no image."),
-    priority: int = typer.Option(0, help="Higher runs first."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Stream the log until it ends."),
-    url: str = URL,
-) -> None:
-    """Run a container job: ``conveyor run IMAGE -- CMD ARGS...``.
-
-    It runs code you supply, so it needs a token whose role may run code (developer or
-    admin: the tasks:run_code permission); the code sees only what its sandbox shows it.
-    Secrets (--secret) must be granted to the token by name."""
-    image, command = (None, args) if local else (args[0], args[1:])
-    params: dict[str, Any] = {"command": command}
-    if image:
-        params["image"] = image
-    if local:
-        params["runner"] = "local"
-    if gpus:
-        params["gpus"] = int(gpus) if gpus.isdigit() else [g for g in gpus.split(",") if g]
-    if env:
-        bad = [e for e in env if "=" not in e]
-        if bad:
-            err.print(f"[red]error[/red]: --env takes NAME=value, not {bad[0]!r}")
-            raise typer.Exit(2)
-        params["env"] = dict(e.split("=", 1) for e in env)
-    for key, value in (
-        ("secrets", secret or None),
-        ("cpus", cpus),
-        ("memory", memory),
-        ("max_attempts", max_attempts),
-        ("outputs", output_dir),
-    ):
-        if value is not None:
-            params[key] = value
-    body: dict[str, Any] = {"kind": "container", "params": params, "priority": priority}
-    if timeout:
-        body["timeout_s"] = timeout
-    client = _client(url)
-    try:
-        res = client.add(body)
-    except ClientError as exc:
-        _fail(exc)
-        return
-    task_id = res["task_id"]
-    console.print(f"Task [bold]{task_id}[/bold] {res['message']}", highlight=False)
-    if follow:
-        raise typer.Exit(_follow(client, task_id))
-
-
-def _follow(client: ConveyorClient, task_id: str) -> int:
-    """Print the log as server-sent events arrive; the exit status mirrors the task's."""
-    end: dict[str, Any] = {}
-    try:
-        for event, data in client.follow_logs(task_id):
-            if event == "log":
-                stream = "" if data["stream"] in ("stdout", "worker") else f"[{data['stream']}] "
-                console.print(
-                    f"{data['ts'][11:23]} #{data['attempt']} {stream}{data['line']}",
-                    markup=False,
-                    highlight=False,
-                )
-            elif event == "end":
-                end = data
-    except ClientError as exc:
-        _fail(exc)
-    status = end.get("status") or client.task(task_id)["status"]
-    console.print(f"{task_id}: {status}" + (f" ({end['error']})" if end.get("error") else ""))
-    return 0 if status == "completed" else 1
-
-
 @queue_app.command("status")
 def queue_status(url: str = URL) -> None:
     """Pending, in-flight and today's totals."""
@@ -802,6 +718,22 @@ def status(
             )
             console.print(f"  workers  {q['workers']}")
     raise typer.Exit(0 if h.get("status") == "healthy" else 1)
+
+
+def _add_commands() -> None:
+    """Commands of the installed kinds: each ``conveyor.cli`` entry point is a function
+    that adds its commands to ``app`` (``conveyor run``: the container kind's)."""
+    import logging
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="conveyor.cli"):
+        try:
+            ep.load()(app)
+        except Exception:  # a broken plug-in must not take the CLI down
+            logging.getLogger(__name__).exception("could not load commands %r", ep.name)
+
+
+_add_commands()
 
 
 def main() -> None:

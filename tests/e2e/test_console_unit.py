@@ -30,6 +30,9 @@ from conveyor.processors.transcode.settings import ALL_TRANSCODE_TYPES
 from conveyor.runtime import Runtime
 
 CONSOLE = TEMPLATES.parent
+# the kinds' own console pages and their modules (a processor's console.py)
+KIND_TEMPLATES = sorted((CONSOLE.parent / "processors").glob("*/templates/*.html"))
+KIND_CONSOLES = sorted((CONSOLE.parent / "processors").glob("*/console.py"))
 
 
 @pytest.fixture
@@ -64,8 +67,8 @@ def test_catalogues_have_the_same_keys_and_placeholders() -> None:
 
 def _keys_used() -> tuple[set[str], set[str], set[str]]:
     """Literal keys passed to t(), t.n() (plural stems) and key prefixes built at run time."""
-    sources = [p.read_text(encoding="utf-8") for p in TEMPLATES.rglob("*.html")]
-    sources += [p.read_text(encoding="utf-8") for p in CONSOLE.glob("*.py")]
+    sources = [p.read_text(encoding="utf-8") for p in [*TEMPLATES.rglob("*.html"), *KIND_TEMPLATES]]
+    sources += [p.read_text(encoding="utf-8") for p in [*CONSOLE.glob("*.py"), *KIND_CONSOLES]]
     text = "\n".join(sources)
     plain = set(re.findall(r"\bt\(\s*['\"]([a-z_]+\.[a-z_.]+)['\"]", text))
     plural = set(re.findall(r"\bt\.n\(\s*['\"]([a-z_]+\.[a-z_.]+)['\"]", text))
@@ -156,7 +159,8 @@ class _BareText(HTMLParser):
 
 def test_every_template_string_goes_through_the_translator() -> None:
     jinja = re.compile(r"{#.*?#}|{%.*?%}|{{.*?}}", re.S)
-    for path in sorted(TEMPLATES.rglob("*.html")):
+    assert KIND_TEMPLATES  # the container kind's page
+    for path in [*sorted(TEMPLATES.rglob("*.html")), *KIND_TEMPLATES]:
         parser = _BareText()
         parser.feed(jinja.sub("", path.read_text(encoding="utf-8")))
         assert parser.found == [], f"{path.name}: untranslated text {parser.found}"

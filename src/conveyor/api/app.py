@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,13 +22,14 @@ from . import (
     routes_kinds,
     routes_metrics,
     routes_tasks,
-    routes_train,
     routes_worker,
     routes_worker_files,
 )
 from .errors import RequestContextMiddleware, install_error_handlers
 from .hardening import HardeningMiddleware
 from .security import Permission, require
+
+log = logging.getLogger(__name__)
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -70,7 +72,16 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(routes_tasks.router)
     app.include_router(routes_files.router)
     app.include_router(routes_kinds.router)  # what each kind takes
-    app.include_router(routes_train.router)  # seed 003's paths
+    # the kinds' own faces (the container kind's training routes, its console page):
+    # before the console's, whose /admin/tasks/{id} would take /admin/tasks/run
+    for kind, processor in runtime.service.registry.items():
+        try:
+            routers = processor.routers()
+        except Exception:  # a broken plug-in must not take the API down
+            log.exception("could not mount the routes of kind %r", kind)
+            continue
+        for router in routers:
+            app.include_router(router)
     app.include_router(routes_metrics.router)  # /metrics, read from the backend
     app.include_router(routes_auth.router)  # tokens, worker enrollment, audit
     app.include_router(routes_worker.router)  # remote workers: the worker protocol

@@ -25,18 +25,17 @@ from .render import PREFIX, STATIC
 def mount_console(app: FastAPI) -> None:
     """Serve the console and its assets from ``app`` (static first: the router ends in a 404).
 
-    The kinds' words are their processors' ``labels``."""
+    The kinds' own console pages come with their other routes (``Processor.routers``),
+    mounted by the app before this; their words are their processors' ``labels``."""
     from .i18n import add_labels
     from .routes import router
     from .routes_auth import router as auth_router
-    from .routes_container import router as container_router
 
     for _, processor in app.state.service.registry.items():
         add_labels(processor.labels)
     app.state.console = ConsoleState()
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
     app.include_router(auth_router)  # login, logout, audit: before the catch-all 404
-    app.include_router(container_router)  # before the main router's /tasks/{id}
     app.include_router(router)
 
 

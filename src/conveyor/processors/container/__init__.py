@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -60,6 +60,9 @@ from .settings import (
     ContainerSettings,
     local_runner_guarded,
 )
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +266,13 @@ class ContainerProcessor(Processor):
     def requires_input(self) -> bool:
         return False
 
-    # -- its console page --------------------------------------------------------------------
+    # -- its faces: the training API (POST /train, …) and its console page ------------------
+    def routers(self) -> list[APIRouter]:
+        from .console import router as console_router
+        from .training import router as training_router
+
+        return [training_router, console_router]
+
     def console_links(self) -> list[ConsoleLink]:
         return [ConsoleLink("/tasks/run", "run.link", "tasks:run_code")]
 

@@ -1,15 +1,18 @@
-"""The console's form for container tasks (image, command, env, GPUs, limits).
+"""The container kind's own console page, /admin/tasks/run (image, command, env, GPUs,
+limits), which ``ContainerProcessor.routers`` adds to the app.
 
-Kept apart from the transcode form: the fields have nothing in common but
-the priority. It builds the same ``SubmitRequest`` as ``POST /api/queue/add``
-with ``"kind": "container"``; the processor validates the parameters.  A
-container job runs code the caller supplies: the form is for roles with
-``tasks:run_code`` only (the page says which), and the service checks it again.
+Kept apart from the add-task page, which is built around an input file: a container
+job has none, and its fields have nothing in common with the other kinds' but the
+priority.  It builds the same ``SubmitRequest`` as ``POST /api/queue/add`` with this
+kind; the processor validates the parameters.  A container job runs code the caller
+supplies: the form is for roles with ``tasks:run_code`` only (the page says which),
+and the service checks it again.
 """
 
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -17,15 +20,26 @@ from fastapi.responses import RedirectResponse, Response
 
 from conveyor.api.deps import get_service
 from conveyor.api.security import Permission, Principal, audit, require, submitter_name
+from conveyor.console import live
+from conveyor.console.render import PREFIX, add_templates
+from conveyor.console.routes import (
+    ConsoleRoute,
+    call,
+    error_flash,
+    first,
+    page,
+    read_form,
+    set_flash,
+    translator,
+)
 from conveyor.errors import ConveyorError, InvalidRequest
 from conveyor.models import Trigger
 from conveyor.service import ConveyorService, SubmitRequest
 
-from . import live
-from .render import PREFIX
-from .routes import ConsoleRoute, call, error_flash, first, page, read_form, set_flash, translator
+from . import ContainerProcessor
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
+add_templates(Path(__file__).parent / "templates")  # run.html
 
 FIELDS = ("image", "command", "env", "gpus", "timeout_s", "max_attempts", "priority")
 
@@ -63,7 +77,7 @@ def build_request(form: dict[str, str]) -> SubmitRequest:
     if not -100 <= priority <= 100:
         raise InvalidRequest("priority: from -100 to 100")
     return SubmitRequest(
-        kind="container",
+        kind=ContainerProcessor.kind,
         params=params,
         priority=priority,
         timeout_s=_number(form["timeout_s"], "timeout_s", float),
