@@ -241,14 +241,14 @@ def discard_task(storage: BlobStore, bucket: str, task_id: str) -> int:
 
 
 def settle(backend: CommitBackend, storage: BlobStore, bucket: str, task: Task) -> Task:
-    """After a task's outcome: a completed task's outputs made visible, a failed or
-    cancelled task's staging removed.  Left to the API when the store is reached
+    """After a task's outcome: a completed task's outputs made visible, and every final
+    task's remaining staging removed.  Left to the API when the store is reached
     through it (a remote worker's)."""
     if not storage.can_promote:
         return task
     if task.status == TaskStatus.COMPLETED:
-        return commit(backend, storage, task)
-    if task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        task = commit(backend, storage, task)
+    if task.status.is_final:  # what is left (checkpoints, other attempts') is no use now
         discard_task(storage, bucket, task.id)
     return task
 

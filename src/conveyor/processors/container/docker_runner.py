@@ -84,13 +84,25 @@ class ContainerOutputs(OutputSource):
         self.container, self.path = container, path
 
     def snapshot(self, dest: Path, limits: Limits, want: Want | None = None) -> Snapshot:
+        # A running job is frozen (cgroup freezer) while the engine archives its folder:
+        # the engine's own walk would otherwise race a job swapping a folder for a link
+        # and take what the link names inside the container.  A stopped one cannot move.
+        paused = False
+        with contextlib.suppress(APIError):
+            self.container.pause()
+            paused = True
         try:
-            chunks, _stat = self.container.get_archive(self.path, chunk_size=1024 * 1024)
-        except NotFound:  # the job removed its own output folder
-            return Snapshot()
-        raw = ChunkStream(chunks, stream_budget(limits))
-        with io.BufferedReader(raw, 1024 * 1024) as stream:
-            return extract_tar(stream, dest, limits, want)
+            try:
+                chunks, _stat = self.container.get_archive(self.path, chunk_size=1024 * 1024)
+            except NotFound:  # the job removed its own output folder
+                return Snapshot()
+            raw = ChunkStream(chunks, stream_budget(limits))
+            with io.BufferedReader(raw, 1024 * 1024) as stream:
+                return extract_tar(stream, dest, limits, want)
+        finally:
+            if paused:
+                with contextlib.suppress(DockerException):
+                    self.container.unpause()
 
 
 def _pid_alive(pid: int) -> bool:
