@@ -22,15 +22,14 @@ from typer.testing import CliRunner
 
 from conveyor.backends import open_backend
 from conveyor.backends.postgres import (
-    REAPER_LOCK,
     PostgresBackend,
     SchemaMismatch,
-    _claim_sql,
     latest_version,
     migrations,
     schema_status,
     upgrade,
 )
+from conveyor.backends.postgres.engine import REAPER_LOCK, _claim_sql
 from conveyor.cli_db import db_app
 from conveyor.errors import InvalidRequest
 from conveyor.models import Task, TaskStatus, WorkerInfo

@@ -1,11 +1,15 @@
 """Helpers both SQL engines (SQLite and PostgreSQL) share: the task columns and their
 mapping to a ``Task``, the key filter of ``list``, the aggregate behind
-``metrics_snapshot``.  (Their auth store is shared too: ``backends/sql_auth.py``.)"""
+``metrics_snapshot``, and the loader of a ``queries.sql`` file.  (Their auth store
+is shared too: ``backends/sql_auth.py``; so is the migration runner:
+``backends/migrations.py``.)"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from importlib import resources
 from typing import Any, Protocol
 
 from conveyor.metrics_data import DURATION_BUCKETS, HistogramData, MetricsSnapshot
@@ -130,3 +134,49 @@ def add_snapshot_row(snap: MetricsSnapshot, row: Sequence[Any]) -> None:
     snap.lease_expiries[kind] = snap.lease_expiries.get(kind, 0) + int(expired or 0)
     add_histogram(snap.duration, kind, row[5 : 5 + HISTOGRAM_COLUMNS])
     add_histogram(snap.queue_wait, kind, row[5 + HISTOGRAM_COLUMNS :])
+
+
+_QUERY_NAME = re.compile(r"^--\s*name:\s*([a-z][a-z0-9_]*)\s*$")
+_FRAGMENT = re.compile(r"\{\{\s*([a-z][a-z0-9_]*)\s*\}\}")
+
+
+def load_queries(package: str, filename: str, fragments: dict[str, str]) -> dict[str, str]:
+    """The statements of ``package``/``filename`` by name (procrastinate's layout).
+
+    Each statement follows a ``-- name: <name>`` line; the comment lines around it
+    document it and are not sent.  ``{{ name }}`` is replaced by ``fragments[name]``:
+    the task columns, and the rules of ``backends/rules.py`` rendered as SQL, which
+    live once in Python.  An unknown or unused fragment, or a name given twice, is
+    an error at import time.
+    """
+    text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
+    bodies: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        named = _QUERY_NAME.match(stripped)
+        if named:
+            if named.group(1) in bodies:
+                raise ValueError(f"{filename}: query {named.group(1)!r} is defined twice")
+            current = bodies[named.group(1)] = []
+        elif stripped and not stripped.startswith("--"):
+            if current is None:
+                raise ValueError(f"{filename}: a statement before the first '-- name:' line")
+            current.append(line.rstrip())
+    used: set[str] = set()
+
+    def fill(match: re.Match[str]) -> str:
+        if match.group(1) not in fragments:
+            raise ValueError(f"{filename}: unknown fragment {{{{{match.group(1)}}}}}")
+        used.add(match.group(1))
+        return fragments[match.group(1)]
+
+    queries = {
+        name: _FRAGMENT.sub(fill, "\n".join(lines).strip().removesuffix(";").rstrip())
+        for name, lines in bodies.items()
+    }
+    if unused := set(fragments) - used:
+        raise ValueError(f"{filename}: fragments never used: {sorted(unused)}")
+    if empty := [n for n, q in queries.items() if not q]:
+        raise ValueError(f"{filename}: empty queries: {empty}")
+    return queries

@@ -218,18 +218,3 @@ class SQLAuthStore(AuthStore):
         ]
         more = len(rows) > limit
         return AuditPage(events=events, next_cursor=events[-1].id if more and events else None)
-
-
-class PostgresAuthStore(SQLAuthStore):
-    """Tables from migrations 0002_auth.sql and 0004_auth_grants_sessions.sql;
-    connections from the backend's pool."""
-
-    ph = "%s"
-
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
-
-    @contextmanager
-    def _tx(self) -> Iterator[AuthCursor]:
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            yield cur

@@ -1,14 +1,7 @@
-"""PostgreSQL engine: many hosts, one database, every transition one short statement.
+"""The PostgreSQL engine's tasks: many hosts, one database, every transition one short statement.
 
-``postgresql://user:pass@host:5432/db?pool_max=8`` (``postgres://`` too).
-Besides libpq's own query parameters (``sslmode``, ``connect_timeout``, ...)
-the URL takes ``pool_min`` / ``pool_max`` (connection pool size, default
-1 / 8), ``pool_timeout`` (seconds to wait for a pooled connection),
-``auto_upgrade=1`` (apply missing schema migrations at start-up instead of
-refusing to run) and ``prepare_threshold`` (psycopg's server-side prepared
-statements, default 5 executions; ``none`` turns them off, as a PgBouncer
-in transaction mode older than 1.21 needs; LISTEN itself needs a real
-session, so point such a URL at the server or a session pool).
+The fixed statements are in ``queries.sql`` (loaded by ``queries.py``); the URL's
+options are described in ``url.py``, the schema and its versions in ``schema.py``.
 
 How the contract maps onto PostgreSQL:
 
@@ -32,26 +25,19 @@ How the contract maps onto PostgreSQL:
   ``wait_for_work`` LISTENs on a dedicated connection, so an idle worker
   wakes within milliseconds.  A missed notification costs one poll
   interval, never the task.
-* The schema is versioned (``pg_migrations/NNNN_name.sql``, recorded in
-  ``conveyor_schema``).  ``conveyor db upgrade`` applies what is missing,
-  under an advisory lock so that several hosts may run it at once.  A
-  backend refuses to start on a schema it does not know (newer than this
-  code) or that is not upgraded yet (unless ``auto_upgrade``).
+* A backend refuses to start on a schema it does not know (newer than this
+  code) or that is not upgraded yet (unless ``auto_upgrade``): ``schema.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import dict_row
@@ -62,14 +48,15 @@ from conveyor.auth.store import AuthStore
 from conveyor.backends import rules
 from conveyor.backends.base import Backend
 from conveyor.backends.cursor import decode_cursor, encode_cursor
-from conveyor.backends.sql import MAY_HAVE_EXPIRED, add_snapshot_row, histogram_select
-from conveyor.errors import Conflict, ConveyorError, InvalidRequest, LeaseLost, TaskNotFound
+from conveyor.backends.postgres import schema
+from conveyor.backends.postgres.queries import QUERIES
+from conveyor.backends.postgres.url import parse_url, threshold, truthy
+from conveyor.backends.sql import COLUMNS, add_snapshot_row, key_pattern, task_from_row
+from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
 from conveyor.metrics_data import MetricsSnapshot, ThroughputPoint, throughput_windows
 from conveyor.models import (
-    Attempt,
     ClaimedTask,
     HeartbeatResult,
-    InputRef,
     Lease,
     LogLine,
     OutputFile,
@@ -78,46 +65,23 @@ from conveyor.models import (
     QueueCounts,
     Task,
     TaskStatus,
-    Trigger,
     WorkerInfo,
     date_partition,
     utcnow,
 )
 
-CHANNEL = "conveyor_work"
 # advisory lock keys (the single-bigint key space); "CONVEY" + a number
-MIGRATE_LOCK = 0x434F4E5645590001
+# (0x434F4E5645590001 is schema.MIGRATE_LOCK)
 REAPER_LOCK = 0x434F4E5645590002
 # two-int key space: (LOG_LOCK_CLASS, hashtext(task_id)) serialises one task's log appends
 LOG_LOCK_CLASS = 0x434F4E56
 
-_URL_OPTIONS = ("pool_min", "pool_max", "pool_timeout", "auto_upgrade", "prepare_threshold")
-_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
 Row = dict[str, Any]
 Cursor = psycopg.Cursor[Row]
 
-_COLUMNS = (
-    "id, kind, status, priority, input_bucket, input_key, params, outputs, progress, attempts, "
-    "max_attempts, error, error_code, worker_id, lease_token, lease_expires, cancel_requested, "
-    "created_at, updated_at, started_at, finished_at, not_before, date_partition, "
-    "idempotency_key, submitted_by, trigger, history, gpus"
-)
-_T_COLUMNS = ", ".join(f"t.{c}" for c in _COLUMNS.split(", "))
+_T_COLUMNS = ", ".join(f"t.{c}" for c in COLUMNS.split(", "))
 
-# -- SQL fragments -------------------------------------------------------------------
-_NOTIFY_IF_PENDING = (
-    "LEFT JOIN LATERAL (SELECT pg_notify('" + CHANNEL + "', '') "
-    "WHERE u.status = 'pending') AS n ON true"
-)
-
-
-_SUBMIT = (
-    f"WITH ins AS (INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join(['%s'] * 28)}) "
-    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id) "
-    f"SELECT ins.id, pg_notify('{CHANNEL}', '') FROM ins"
-)
-
+# -- the claim: built per number of kinds ---------------------------------------------
 # One branch per kind, each reading the top of that kind from the partial index
 # tasks_ready (kind, priority DESC, id, gpus) and locking what it reads (SKIP LOCKED:
 # rows other workers are claiming are passed over, never waited for); the merge
@@ -168,245 +132,16 @@ def _claim_sql(n_kinds: int, gpu_filter: bool = False) -> str:
     )
 
 
-_HEARTBEAT = (
-    "WITH w AS ("
-    " INSERT INTO workers (id, info, last_seen)"
-    " VALUES (%(id)s, jsonb_set(%(info)s::jsonb, '{last_seen}', to_jsonb(now())), now())"
-    " ON CONFLICT (id) DO UPDATE SET info = excluded.info, last_seen = excluded.last_seen), "
-    "r AS ("
-    " UPDATE tasks t SET lease_expires = now() + make_interval(secs => %(lease_s)s::float8)"
-    " FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)"
-    " WHERE t.id = l.id AND t.status = 'processing' AND t.lease_token = l.token"
-    " RETURNING t.id, t.cancel_requested) "
-    "SELECT id, cancel_requested FROM r"
-)
-
-_PROGRESS = (
-    "UPDATE tasks SET progress = %s, updated_at = now() "
-    "WHERE id = %s AND status = 'processing' AND lease_token = %s"
-)
-
-_COMPLETE = (
-    "UPDATE tasks SET status = 'completed', outputs = %(outputs)s, progress = %(progress)s, "
-    "error = NULL, error_code = NULL, lease_expires = NULL, "
-    "finished_at = now(), updated_at = now(), "
-    "history = " + rules.close_attempt_sql("'completed'", "NULL") + " "
-    "WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s "
-    f"RETURNING {_COLUMNS}"
-)
-
-_FAIL = (
-    "WITH u AS (UPDATE tasks SET "
-    + rules.end_attempt_sql(
-        retryable="%(retryable)s::boolean",
-        error="%(error)s",
-        code="%(code)s",
-        outcome="'failed'",
-        retry="'retry'",
-    )
-    + " WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s"
-    f" RETURNING {_COLUMNS}) SELECT u.* FROM u {_NOTIFY_IF_PENDING}"
-)
-
-# release: back to pending without counting the attempt, or cancelled if that was asked
-_RELEASE = (
-    "WITH u AS (UPDATE tasks SET "
-    "status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END, "
-    "attempts = CASE WHEN cancel_requested THEN attempts ELSE greatest(attempts - 1, 0) END, "
-    f"error = CASE WHEN cancel_requested THEN '{rules.CANCELLED_BY_REQUEST}' ELSE error END, "
-    f"error_code = CASE WHEN cancel_requested THEN '{rules.CANCELLED_CODE}' "
-    "ELSE error_code END, "
-    "worker_id = CASE WHEN cancel_requested THEN worker_id END, "
-    "progress = CASE WHEN cancel_requested THEN progress ELSE %(progress)s END, "
-    "lease_token = NULL, lease_expires = NULL, "
-    "not_before = CASE WHEN cancel_requested THEN NULL WHEN %(delay_s)s::float8 > 0"
-    " THEN now() + make_interval(secs => %(delay_s)s::float8) ELSE not_before END, "
-    "updated_at = now(), "
-    "finished_at = CASE WHEN cancel_requested THEN now() END, "
-    "history = "
-    + rules.close_attempt_sql(
-        "CASE WHEN cancel_requested THEN 'cancelled' ELSE 'released' END",
-        f"CASE WHEN cancel_requested THEN '{rules.CANCELLED_BY_REQUEST}' ELSE %(error)s::text END",
-    )
-    + " WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s"
-    f" RETURNING {_COLUMNS}) SELECT u.* FROM u {_NOTIFY_IF_PENDING}"
-)
-
-_REAP = (
-    "WITH expired AS ("
-    " SELECT id FROM tasks WHERE status = 'processing' AND lease_expires < now()"
-    " ORDER BY lease_expires FOR UPDATE SKIP LOCKED) "
-    "UPDATE tasks SET "
-    + rules.end_attempt_sql(
-        retryable="true",
-        error=rules.lease_expired_error_sql(),
-        code=f"'{rules.LEASE_EXPIRED_CODE}'",
-        outcome=f"'{rules.LEASE_EXPIRED_CODE}'",
-        retry=f"'{rules.LEASE_EXPIRED_CODE}'",
-    )
-    + " FROM expired WHERE tasks.id = expired.id"
-    " AND tasks.status = 'processing' AND tasks.lease_expires < now()"
-    " RETURNING tasks.status"
-)
-
-_COUNTS = (
-    "SELECT"
-    " (SELECT count(*) FROM tasks WHERE status = 'pending'"
-    "  AND (not_before IS NULL OR not_before <= now())) AS pending,"
-    " (SELECT count(*) FROM tasks WHERE status = 'pending' AND not_before > now()) AS delayed,"
-    " (SELECT count(*) FROM tasks WHERE status = 'processing') AS processing,"
-    " (SELECT count(*) FROM tasks WHERE status = 'completed'"
-    "  AND finished_at >= %(lo)s AND finished_at < %(hi)s) AS completed_today,"
-    " (SELECT count(*) FROM tasks WHERE status = 'failed'"
-    "  AND finished_at >= %(lo)s AND finished_at < %(hi)s) AS failed_today,"
-    " (SELECT count(*) FROM tasks WHERE status = 'cancelled'"
-    "  AND finished_at >= %(lo)s AND finished_at < %(hi)s) AS cancelled_today"
-)
-
-
-# -- schema migrations --------------------------------------------------------------
-class SchemaMismatch(ConveyorError):
-    """The database schema is not the one this Conveyor was built for."""
-
-    code = "schema_mismatch"
-    http_status = 503
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-@dataclass(frozen=True)
-class SchemaStatus:
-    current: int  # 0: no Conveyor schema at all
-    latest: int  # the newest version this code knows
-    pending: list[Migration]
-
-    @property
-    def up_to_date(self) -> bool:
-        return self.current == self.latest
-
-
-def migrations() -> list[Migration]:
-    """The migrations shipped with this package, oldest first."""
-    folder = resources.files("conveyor.backends").joinpath("pg_migrations")
-    found: dict[int, Migration] = {}
-    for entry in folder.iterdir():
-        m = _MIGRATION_NAME.match(entry.name)
-        if m is None:
-            continue
-        version = int(m.group(1))
-        if version in found:
-            raise RuntimeError(f"two migrations with version {version}: {entry.name}")
-        found[version] = Migration(version, m.group(2), entry.read_text(encoding="utf-8"))
-    ordered = [found[v] for v in sorted(found)]
-    if [m.version for m in ordered] != list(range(1, len(ordered) + 1)):
-        raise RuntimeError("migration versions must be 1, 2, 3, ... without gaps")
-    return ordered
-
-
-def latest_version() -> int:
-    return len(migrations())
-
-
-def _schema_version(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT to_regclass('conveyor_schema') IS NOT NULL").fetchone()
-    if row is None or not row[0]:
-        return 0
-    row = conn.execute("SELECT coalesce(max(version), 0) FROM conveyor_schema").fetchone()
-    return int(row[0]) if row else 0
-
-
-def _too_new(current: int, latest: int) -> SchemaMismatch:
-    return SchemaMismatch(
-        f"database schema is at version {current} but this Conveyor knows up to "
-        f"version {latest}: upgrade Conveyor"
-    )
-
-
-def _not_upgraded(current: int, latest: int) -> SchemaMismatch:
-    if current == 0:
-        return SchemaMismatch(
-            f"the database has no Conveyor schema yet (this Conveyor needs version {latest}): "
-            "run `conveyor db upgrade --backend URL` first"
-        )
-    return SchemaMismatch(
-        f"database schema is at version {current} but this Conveyor needs version {latest}: "
-        "run `conveyor db upgrade --backend URL`"
-    )
-
-
-def schema_status(url: str) -> SchemaStatus:
-    conninfo, _ = parse_url(url)
-    known = migrations()
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        current = _schema_version(conn)
-    return SchemaStatus(current, len(known), [m for m in known if m.version > current])
-
-
-def upgrade(url: str) -> list[Migration]:
-    """Apply the missing migrations in one transaction; return those applied.
-
-    Safe to run from several hosts at once: an advisory lock serialises
-    them, and the later ones find nothing left to do.
-    """
-    conninfo, _ = parse_url(url)
-    known = migrations()
-    with psycopg.connect(conninfo, autocommit=True) as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS conveyor_schema ("
-            " version integer PRIMARY KEY,"
-            " name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        current = _schema_version(conn)
-        if current > len(known):
-            raise _too_new(current, len(known))
-        todo = [m for m in known if m.version > current]
-        for m in todo:
-            conn.execute(m.sql)  # several statements, no parameters: simple query protocol
-            conn.execute(
-                "INSERT INTO conveyor_schema (version, name) VALUES (%s, %s)", (m.version, m.name)
-            )
-    return todo
-
-
-# -- URLs and cursors ---------------------------------------------------------------
-def parse_url(url: str) -> tuple[str, dict[str, str]]:
-    """Split a backend URL into a libpq URL and Conveyor's own options."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise InvalidRequest(
-            "PostgreSQL backend URL must start with postgresql:// "
-            "(e.g. postgresql://user:pass@host:5432/conveyor)"
-        )
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k: v for k, v in query if k in _URL_OPTIONS}
-    rest = [(k, v) for k, v in query if k not in _URL_OPTIONS]
-    if not any(k == "application_name" for k, _ in rest):
-        rest.append(("application_name", "conveyor"))
-    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
-    return conninfo, ours
-
-
-def _threshold(value: str) -> int | None:
-    return None if value.strip().lower() in ("none", "off", "") else int(value)
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _lease_lost(task_id: str) -> LeaseLost:
     return LeaseLost(f"lease on task {task_id} is no longer held by this worker")
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SET TIME ZONE 'UTC'")
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 # -- the engine ---------------------------------------------------------------------
@@ -456,25 +191,19 @@ class PostgresBackend(Backend):
                 pool_min=int(opts.get("pool_min", 1)),
                 pool_max=int(opts.get("pool_max", 8)),
                 pool_timeout=float(opts.get("pool_timeout", 30.0)),
-                auto_upgrade=_truthy(opts.get("auto_upgrade")),
-                prepare_threshold=_threshold(opts.get("prepare_threshold", "5")),
+                auto_upgrade=truthy(opts.get("auto_upgrade")),
+                prepare_threshold=threshold(opts.get("prepare_threshold", "5")),
             )
         except ValueError as exc:
             raise InvalidRequest(f"invalid option in the PostgreSQL URL: {exc}") from None
 
     def _check_schema(self, auto_upgrade: bool) -> None:
-        latest = latest_version()
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
-            current = _schema_version(conn)
-        if current > latest:
-            raise _too_new(current, latest)
-        if current < latest:
-            if not auto_upgrade:
-                raise _not_upgraded(current, latest)
-            upgrade(self.conninfo)
+            current = schema.schema_version(conn)
+        schema.check(current, auto_upgrade=auto_upgrade, url=self.conninfo)
 
     def _open_auth_store(self) -> AuthStore:
-        from conveyor.backends.sql_auth import PostgresAuthStore
+        from conveyor.backends.postgres.auth import PostgresAuthStore
 
         return PostgresAuthStore(self._pool)
 
@@ -501,40 +230,11 @@ class PostgresBackend(Backend):
     # -- row mapping -------------------------------------------------------------------
     @staticmethod
     def _row_to_task(r: Row) -> Task:
-        return Task(
-            id=r["id"],
-            kind=r["kind"],
-            status=TaskStatus(r["status"]),
-            priority=r["priority"],
-            gpus=r["gpus"],
-            input=InputRef(bucket=r["input_bucket"], key=r["input_key"])
-            if r["input_bucket"] is not None
-            else None,
-            params=r["params"],
-            outputs=[OutputFile.model_validate(o) for o in r["outputs"]],
-            progress=Progress.model_validate(r["progress"] or {}),
-            attempts=r["attempts"],
-            max_attempts=r["max_attempts"],
-            error=r["error"],
-            error_code=r["error_code"],
-            worker_id=r["worker_id"],
-            created_at=r["created_at"],
-            updated_at=r["updated_at"],
-            started_at=r["started_at"],
-            finished_at=r["finished_at"],
-            not_before=r["not_before"],
-            date_partition=r["date_partition"],
-            idempotency_key=r["idempotency_key"],
-            submitted_by=r["submitted_by"],
-            trigger=Trigger(r["trigger"]),
-            cancel_requested=bool(r["cancel_requested"]),
-            history=[Attempt.model_validate(a) for a in r["history"]],
-        )
+        return task_from_row(r, json_value=_same, time_value=_same)
 
     @staticmethod
     def _get_row(cur: Cursor, task_id: str, *, lock: bool = False) -> Row | None:
-        sql = f"SELECT {_COLUMNS} FROM tasks WHERE id = %s"
-        return cur.execute(sql + (" FOR UPDATE" if lock else ""), (task_id,)).fetchone()
+        return cur.execute(QUERIES["get_for_update" if lock else "get"], (task_id,)).fetchone()
 
     # -- submit ------------------------------------------------------------------------
     def submit(self, task: Task) -> tuple[Task, bool]:
@@ -573,14 +273,13 @@ class PostgresBackend(Backend):
         with self._cursor() as cur:
             for _ in range(3):
                 try:
-                    inserted = cur.execute(_SUBMIT, values).fetchone()
+                    inserted = cur.execute(QUERIES["submit"], values).fetchone()
                 except psycopg.errors.UniqueViolation:
                     raise Conflict(f"task {task.id} already exists") from None
                 if inserted is not None:
                     break
                 existing = cur.execute(
-                    f"SELECT {_COLUMNS} FROM tasks WHERE idempotency_key = %s",
-                    (task.idempotency_key,),
+                    QUERIES["get_by_idempotency_key"], (task.idempotency_key,)
                 ).fetchone()
                 if existing is not None:
                     return self._row_to_task(existing), False
@@ -630,7 +329,7 @@ class PostgresBackend(Backend):
     def heartbeat(self, worker: WorkerInfo, leases: list[Lease], lease_s: float) -> HeartbeatResult:
         with self._cursor() as cur:
             rows = cur.execute(
-                _HEARTBEAT,
+                QUERIES["heartbeat"],
                 {
                     "id": worker.id,
                     "info": worker.model_dump_json(),
@@ -653,7 +352,8 @@ class PostgresBackend(Backend):
     def progress(self, lease: Lease, progress: Progress) -> None:
         with self._cursor() as cur:
             cur.execute(
-                _PROGRESS, (Jsonb(progress.model_dump(mode="json")), lease.task_id, lease.token)
+                QUERIES["progress"],
+                (Jsonb(progress.model_dump(mode="json")), lease.task_id, lease.token),
             )
             if cur.rowcount == 0:
                 raise _lease_lost(lease.task_id)
@@ -661,7 +361,7 @@ class PostgresBackend(Backend):
     def complete(self, lease: Lease, outputs: list[OutputFile]) -> Task:
         with self._cursor() as cur:
             row = cur.execute(
-                _COMPLETE,
+                QUERIES["complete"],
                 {
                     "outputs": Jsonb([o.model_dump(mode="json") for o in outputs]),
                     "progress": Jsonb(
@@ -695,7 +395,7 @@ class PostgresBackend(Backend):
             if task.status != TaskStatus.COMPLETED or not any(o.staged_key for o in task.outputs):
                 return task
             cur.execute(
-                "UPDATE tasks SET outputs = %s::jsonb WHERE id = %s AND status = 'completed'",
+                QUERIES["outputs_committed"],
                 (rules.committed_outputs_json(task.outputs), task_id),
             )
             row = self._get_row(cur, task_id)
@@ -708,7 +408,7 @@ class PostgresBackend(Backend):
     def fail(self, lease: Lease, error: str, *, retryable: bool, code: str | None = None) -> Task:
         with self._cursor() as cur:
             row = cur.execute(
-                _FAIL,
+                QUERIES["fail"],
                 {
                     "retryable": bool(retryable),
                     "error": error,
@@ -728,7 +428,7 @@ class PostgresBackend(Backend):
     def release(self, lease: Lease, *, delay_s: float = 0.0, error: str | None = None) -> Task:
         with self._cursor() as cur:
             row = cur.execute(
-                _RELEASE,
+                QUERIES["release"],
                 {
                     "delay_s": float(max(0.0, delay_s)),
                     "error": error,
@@ -744,13 +444,13 @@ class PostgresBackend(Backend):
 
     def reap(self) -> int:
         with self._tx() as cur:
-            got = cur.execute("SELECT pg_try_advisory_xact_lock(%s) AS got", (REAPER_LOCK,))
+            got = cur.execute(QUERIES["reaper_lock"], (REAPER_LOCK,))
             row = got.fetchone()
             if row is None or not row["got"]:
                 return 0  # another reaper (another host) is at it right now
-            rows = cur.execute(_REAP, self._backoff_params()).fetchall()
+            rows = cur.execute(QUERIES["reap"], self._backoff_params()).fetchall()
             if any(r["status"] == TaskStatus.PENDING for r in rows):
-                cur.execute(f"NOTIFY {CHANNEL}")
+                cur.execute(QUERIES["notify"])
         if rows:
             self._wake_local()
         return len(rows)
@@ -761,16 +461,9 @@ class PostgresBackend(Backend):
             row = self._get_row(cur, task_id, lock=True)
             if row is None:
                 raise TaskNotFound(f"task {task_id} not found")
-            if rules.cancel_action(task_id, TaskStatus(row["status"])) == "cancel":
-                sql = (
-                    "UPDATE tasks SET status = 'cancelled', error = %s, error_code = %s, "
-                    "not_before = NULL, finished_at = now(), updated_at = now() WHERE id = %s"
-                )
-                args: tuple[Any, ...] = (rules.CANCELLED_BY_REQUEST, rules.CANCELLED_CODE, task_id)
-            else:
-                sql = "UPDATE tasks SET cancel_requested = true, updated_at = now() WHERE id = %s"
-                args = (task_id,)
-            row = cur.execute(sql + f" RETURNING {_COLUMNS}", args).fetchone()
+            action = rules.cancel_action(task_id, TaskStatus(row["status"]))
+            query = QUERIES["cancel_pending" if action == "cancel" else "request_cancel"]
+            row = cur.execute(query, (task_id,)).fetchone()
         assert row is not None
         return self._row_to_task(row)
 
@@ -781,25 +474,16 @@ class PostgresBackend(Backend):
                 raise TaskNotFound(f"task {task_id} not found")
             rules.check_retry(task_id, TaskStatus(row["status"]))
             row = cur.execute(
-                "UPDATE tasks SET status = 'pending', attempts = 0, error = NULL, "
-                "error_code = NULL, outputs = '[]', progress = %s, cancel_requested = false, "
-                "not_before = NULL, finished_at = NULL, worker_id = NULL, updated_at = now() "
-                f"WHERE id = %s RETURNING {_COLUMNS}",
-                (Jsonb(Progress().model_dump(mode="json")), task_id),
+                QUERIES["retry"], (Jsonb(Progress().model_dump(mode="json")), task_id)
             ).fetchone()
-            cur.execute(f"NOTIFY {CHANNEL}")
+            cur.execute(QUERIES["notify"])
         assert row is not None
         self._wake_local()
         return self._row_to_task(row)
 
     def clear_pending(self) -> int:
         with self._cursor() as cur:
-            cur.execute(
-                "UPDATE tasks SET status = 'cancelled', error = %s, error_code = %s, "
-                "not_before = NULL, finished_at = now(), updated_at = now() "
-                "WHERE status = 'pending'",
-                (rules.QUEUE_CLEARED, rules.CANCELLED_CODE),
-            )
+            cur.execute(QUERIES["clear_pending"])
             return cur.rowcount
 
     # -- reading -----------------------------------------------------------------------
@@ -815,7 +499,9 @@ class PostgresBackend(Backend):
         except ValueError:
             raise InvalidRequest(f"invalid day {day!r}: expected YYYY-MM-DD") from None
         with self._cursor() as cur:
-            row = cur.execute(_COUNTS, {"lo": lo, "hi": lo + timedelta(days=1)}).fetchone()
+            row = cur.execute(
+                QUERIES["counts"], {"lo": lo, "hi": lo + timedelta(days=1)}
+            ).fetchone()
         assert row is not None
         out = QueueCounts(**{k: int(v) for k, v in row.items()})
         out.by_status = {"pending": out.pending + out.delayed, "processing": out.processing}
@@ -825,57 +511,31 @@ class PostgresBackend(Backend):
         """One aggregate over the ``(status, finished_at)`` index."""
         with self._cursor() as cur:
             rows = cur.execute(
-                "SELECT floor(extract(epoch FROM finished_at - %s) / %s)::int AS w, status, "
-                "count(*) AS n FROM tasks WHERE status IN ('completed', 'failed') "
-                "AND finished_at >= %s GROUP BY 1, 2",
-                (since, max(1, int(bucket_s)), since),
+                QUERIES["throughput"], (since, max(1, int(bucket_s)), since)
             ).fetchall()
         counts = {(int(r["w"]), str(r["status"])): int(r["n"]) for r in rows}
         return throughput_windows(since, bucket_s, counts)
 
     def workers(self, active_within_s: float = 60.0) -> list[WorkerInfo]:
         with self._cursor() as cur:
-            rows = cur.execute(
-                "SELECT info FROM workers "
-                "WHERE last_seen >= now() - make_interval(secs => %s::float8) ORDER BY id",
-                (float(active_within_s),),
-            ).fetchall()
+            rows = cur.execute(QUERIES["workers"], (float(active_within_s),)).fetchall()
         return [WorkerInfo.model_validate(r["info"]) for r in rows]
 
     def ping(self) -> None:
         with self._cursor() as cur:
-            cur.execute("SELECT 1")
+            cur.execute(QUERIES["ping"])
 
     def check_ready(self) -> None:
         """A connection of its own, not the pool's: it fails in seconds, not ``pool_timeout``."""
         with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=3) as conn:
-            current = _schema_version(conn)
-        latest = latest_version()
-        if current > latest:
-            raise _too_new(current, latest)
-        if current < latest:
-            raise _not_upgraded(current, latest)
+            current = schema.schema_version(conn)
+        schema.check(current)
 
     def metrics_snapshot(self, max_rows: int = 100_000) -> MetricsSnapshot:
         """One pass over the table: counts, retries, expiries and both histograms."""
         snap = MetricsSnapshot()
         with self._cursor() as cur:
-            rows = cur.execute(
-                "SELECT kind, st, count(*) AS n, "
-                "coalesce(sum(greatest(attempts - 1, 0)), 0) AS retries, "
-                f"coalesce(sum(CASE WHEN {MAY_HAVE_EXPIRED} THEN (SELECT count(*) "
-                "FROM jsonb_array_elements(history) e WHERE e->>'outcome' = 'lease_expired') "
-                f"ELSE 0 END), 0) AS expired, {histogram_select('run', 'r')}, "
-                f"{histogram_select('wait', 'w')} "
-                "FROM (SELECT kind, status, attempts, history, "
-                "CASE WHEN status = 'pending' AND not_before > now() THEN 'delayed' "
-                "ELSE status END AS st, "
-                "CASE WHEN status = 'completed' AND started_at IS NOT NULL THEN "
-                "greatest(extract(epoch FROM finished_at - started_at), 0)::float8 END AS run, "
-                "CASE WHEN started_at IS NOT NULL THEN "
-                "greatest(extract(epoch FROM started_at - created_at), 0)::float8 END AS wait "
-                "FROM tasks) AS t GROUP BY kind, st"
-            ).fetchall()
+            rows = cur.execute(QUERIES["metrics_snapshot"]).fetchall()
         for r in rows:
             add_snapshot_row(snap, list(r.values()))
         return snap
@@ -889,12 +549,9 @@ class PostgresBackend(Backend):
         with self._tx() as cur:
             # one appender per task at a time: seq order is commit order, so a
             # reader tailing with after_seq never skips a line committed late
-            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOG_LOCK_CLASS, task_id))
+            cur.execute(QUERIES["log_lock"], (LOG_LOCK_CLASS, task_id))
             cur.execute(
-                "INSERT INTO task_logs (task_id, attempt, ts, stream, line) "
-                "SELECT %s, %s, l.ts, l.stream, l.line "
-                "FROM unnest(%s::timestamptz[], %s::text[], %s::text[]) "
-                "WITH ORDINALITY AS l(ts, stream, line, n) ORDER BY l.n",
+                QUERIES["append_logs"],
                 (
                     task_id,
                     attempt,
@@ -907,15 +564,16 @@ class PostgresBackend(Backend):
     def read_logs(
         self, task_id: str, *, attempt: int | None = None, after_seq: int = 0, limit: int = 1000
     ) -> list[LogLine]:
-        sql = "SELECT seq, attempt, ts, stream, line FROM task_logs WHERE task_id = %s AND seq > %s"
-        args: list[Any] = [task_id, after_seq]
+        args: dict[str, Any] = {
+            "task_id": task_id,
+            "after": after_seq,
+            "limit": max(1, min(limit, 10000)),
+        }
         if attempt is not None:
-            sql += " AND attempt = %s"
-            args.append(attempt)
-        sql += " ORDER BY seq LIMIT %s"
-        args.append(max(1, min(limit, 10000)))
+            args["attempt"] = attempt
+        query = QUERIES["read_logs" if attempt is None else "read_attempt_logs"]
         with self._cursor() as cur:
-            rows = cur.execute(sql, args).fetchall()
+            rows = cur.execute(query, args).fetchall()
         return [
             LogLine(
                 seq=r["seq"], attempt=r["attempt"], ts=r["ts"], stream=r["stream"], line=r["line"]
@@ -939,7 +597,7 @@ class PostgresBackend(Backend):
                 keepalives_interval=10,
                 keepalives_count=3,
             )
-            conn.execute(f"LISTEN {CHANNEL}")
+            conn.execute(QUERIES["listen"])
         except psycopg.Error:
             return None
         self._listener = conn
@@ -1025,14 +683,13 @@ class PostgresBackend(Backend):
             where.append("kind = %s")
             args.append(kind)
         if text:  # substring of the key, case-insensitive, as on SQLite
-            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append("input_key ILIKE %s")
-            args.append(f"%{escaped}%")
+            args.append(key_pattern(text))
         if cursor:
             created_at, task_id = decode_cursor(cursor)
             where.append("(created_at, id) < (%s, %s)")
             args.extend([created_at, task_id])
-        sql = f"SELECT {_COLUMNS} FROM tasks"
+        sql = f"SELECT {COLUMNS} FROM tasks"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
