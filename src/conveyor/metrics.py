@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -40,40 +41,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_STATES = ("pending", "delayed", "processing")
 OUTCOMES = ("completed", "failed", "cancelled")
-SPEED_SAMPLE = 20  # recent completed tasks averaged into the speed gauges
 LOAD_FACTOR = 5.0  # a read that took t seconds is reused for at least 5 t seconds
-
-
-def _elapsed(task: Task) -> float:
-    if task.started_at is None or task.finished_at is None:
-        return 0.0
-    return max(0.0, (task.finished_at - task.started_at).total_seconds())
-
-
-def transcode_speed(tasks: Iterable[Task]) -> float | None:
-    """Mean encode speed (x realtime) the transcode processor recorded on its outputs."""
-    speeds = []
-    for t in tasks:
-        for o in t.outputs:
-            v = o.meta.get("encode_speed")
-            if isinstance(v, int | float) and v > 0:
-                speeds.append(float(v))
-                break
-    return sum(speeds) / len(speeds) if speeds else None
-
-
-def docparse_pages_per_second(tasks: Iterable[Task]) -> float | None:
-    """Pages parsed per second of task run time, from the ``pages`` its outputs record."""
-    pages, seconds = 0, 0.0
-    for t in tasks:
-        n = max(
-            (o.meta.get("pages", 0) for o in t.outputs if isinstance(o.meta.get("pages"), int)),
-            default=0,
-        )
-        if n and _elapsed(t) > 0:
-            pages += n
-            seconds += _elapsed(t)
-    return pages / seconds if seconds else None
 
 
 def _histogram(name: str, doc: str, data: dict[str, HistogramData]) -> HistogramMetricFamily:
@@ -126,11 +94,7 @@ class BackendCollector(Collector):
             backend.check_ready()
             snap = backend.metrics_snapshot()
             workers = self.service.workers()
-            recent: dict[str, list[Task]] = {
-                kind: backend.recent_completed(kind, SPEED_SAMPLE)
-                for kind in ("transcode", "docparse")
-                if kind in self.service.registry.kinds() or kind in snap.tasks
-            }
+            gauges = self._kind_gauges(backend)
         except Exception as exc:  # a scrape must answer even when the database is down
             log.warning("metrics: backend read failed: %s", exc)
             up.add_metric([], 0)
@@ -140,7 +104,7 @@ class BackendCollector(Collector):
         out.append(up)
         out.extend(self._task_metrics(snap))
         out.extend(self._worker_metrics(workers))
-        out.extend(self._speed_metrics(recent))
+        out.extend(gauges)
         took = GaugeMetricFamily(
             "conveyor_metrics_read_seconds", "Time the last backend read for /metrics took"
         )
@@ -213,23 +177,21 @@ class BackendCollector(Collector):
             gpus_used.add_metric([w.id], in_use)
         return [active, slots, gpus, gpus_used]
 
-    def _speed_metrics(self, recent: dict[str, list[Task]]) -> list[Metric]:
-        """Always declared; a sample only once a task of that kind has recorded its speed."""
-        speed = GaugeMetricFamily(
-            "conveyor_transcode_speed_ratio",
-            f"Mean ffmpeg encode speed (x realtime) of the last {SPEED_SAMPLE} transcodes",
-        )
-        value = transcode_speed(recent.get("transcode", []))
-        if value is not None:
-            speed.add_metric([], value)
-        pages = GaugeMetricFamily(
-            "conveyor_docparse_pages_per_second",
-            f"Pages per second of run time over the last {SPEED_SAMPLE} docparse tasks",
-        )
-        value = docparse_pages_per_second(recent.get("docparse", []))
-        if value is not None:
-            pages.add_metric([], value)
-        return [speed, pages]
+    def _kind_gauges(self, backend: Any) -> list[Metric]:
+        """Each kind's own gauges (its processor's ``gauges``: the transcode speed ratio,
+        docparse pages per second, ...), always declared, from its recent tasks."""
+        out: list[Metric] = []
+        for kind, processor in self.service.registry.items():
+
+            def recent(n: int, kind: str = kind) -> list[Task]:
+                tasks: list[Task] = backend.recent_completed(kind, n)
+                return tasks
+
+            try:
+                out.extend(processor.gauges(recent))
+            except Exception:  # one kind's gauges must not cost the others theirs
+                log.exception("metrics: the gauges of kind %r failed", kind)
+        return out
 
 
 def build_registry(service: ConveyorService) -> CollectorRegistry:
