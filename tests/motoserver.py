@@ -51,7 +51,7 @@ class MotoServer:
 
     def backend_url(self, suffix: str | None = None, *, max_receives: int | None = None) -> str:
         """An ``aws://`` URL on fresh resources (created by ``ensure_resources``)."""
-        from conveyor.backends.aws_resources import DEFAULT_MAX_RECEIVES, ensure_resources
+        from conveyor.backends.aws.resources import DEFAULT_MAX_RECEIVES, ensure_resources
 
         suffix = suffix or uuid.uuid4().hex[:12]
         name = f"conveyor-{suffix}"

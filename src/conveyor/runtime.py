@@ -42,7 +42,7 @@ def _upload_trigger(
     """Bucket notifications when configured (no listing cost), else polling the bucket."""
     if not settings.s3_events_queue_url:
         return UploadWatcher(service)
-    from conveyor.backends.aws_resources import sqs_client
+    from conveyor.backends.aws.resources import sqs_client
 
     region = settings.aws_region or _region_of(settings.s3_events_queue_url)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_SQS") or os.environ.get("AWS_ENDPOINT_URL")

@@ -26,7 +26,8 @@ import pytest
 from botocore.config import Config
 from typer.testing import CliRunner
 
-from conveyor.cli_aws import CREATED, FOUND, InitPlan, aws_app, init_resources
+from conveyor.backends.aws.provision import CREATED, FOUND, InitPlan, init_resources
+from conveyor.cli_aws import aws_app
 from conveyor.models import Trigger
 from conveyor.service import ConveyorService, SubmitRequest
 from conveyor.triggers.s3_events import S3EventConsumer

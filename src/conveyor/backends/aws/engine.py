@@ -1,4 +1,4 @@
-"""AWS engine: SQS delivers, DynamoDB is the record of truth.
+"""The AWS engine's tasks: SQS delivers, DynamoDB is the record of truth.
 
 URL: ``aws://?queue_url=…&table=…&region=…`` (URL-encode the values).  Optional:
 ``endpoint_url=`` (moto, LocalStack), ``shards=`` (status index shards, default
@@ -9,7 +9,7 @@ a subset of servers and may miss a message, which costs one worker loop since
 ``aux_table=`` (default ``<table>-aux``), ``dlq_url=`` (default: read from the
 queue's redrive policy).  Credentials
 come from the usual boto3 chain (environment, profile, instance role).
-Resources are created by :func:`conveyor.backends.aws_resources.ensure_resources`.
+Resources are created by :func:`conveyor.backends.aws.resources.ensure_resources`.
 
 Record.  One DynamoDB item per task (``task_id``) holds the whole task as a
 JSON document (``doc``) plus the attributes that keys, indexes and
@@ -105,7 +105,7 @@ from botocore.exceptions import ClientError
 
 from conveyor.auth.store import AuthStore
 from conveyor.backends import rules
-from conveyor.backends.aws_resources import dynamodb_client, ensure_resources, sqs_client
+from conveyor.backends.aws.resources import dynamodb_client, ensure_resources, sqs_client
 from conveyor.backends.base import Backend
 from conveyor.backends.cursor import decode_cursor, encode_cursor
 from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
@@ -227,7 +227,7 @@ class AWSBackend(Backend):
         self._local = threading.local()
 
     def _open_auth_store(self) -> AuthStore:
-        from conveyor.auth.store_dynamo import DynamoAuthStore
+        from conveyor.backends.aws.auth import DynamoAuthStore
 
         return DynamoAuthStore(self._ddb, self.aux_table)
 

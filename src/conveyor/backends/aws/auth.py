@@ -1,4 +1,4 @@
-"""The auth store on DynamoDB: items in the backend's auxiliary table (``pk`` + ``sk``).
+"""The AWS engine's auth store: items in its auxiliary DynamoDB table (``pk`` + ``sk``).
 
 * tokens: ``pk = "authtoken"``, ``sk = <id>``, the record as JSON in ``doc``
   (with the secrets granted to it) and ``revoked_at`` apart, so a revoke is one
@@ -19,8 +19,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .models import AuditEvent, AuditPage, TokenRecord
-from .store import AuthStore
+from conveyor.auth.models import AuditEvent, AuditPage, TokenRecord
+from conveyor.auth.store import AuthStore
 
 
 def _s(v: str) -> dict[str, str]:

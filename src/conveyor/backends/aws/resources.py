@@ -1,4 +1,4 @@
-"""Create the AWS resources the ``aws://`` backend uses (idempotent).
+"""The AWS engine's clients and resources: what the ``aws://`` backend uses (idempotent).
 
 * the task table (seed 002): hash key ``task_id``; ``date-index``
   (``date_partition`` + ``created_key``) and ``status-index``
@@ -14,7 +14,8 @@
 * the SQS queue and its dead-letter queue ``<queue>-dlq`` (redrive after
   ``max_receives`` receives).
 
-Used by the test fixtures and meant for a future ``conveyor aws init``.
+``ensure_resources`` creates them; ``conveyor aws init`` (``provision.py``) calls it
+and creates the buckets and the upload-events queue too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3.client import S3Client
     from mypy_boto3_sqs import SQSClient
 
 # SQS counts every receive: claims that pass a message over (other kind, or not
@@ -52,6 +54,20 @@ def dynamodb_client(region: str, endpoint_url: str | None) -> DynamoDBClient:
 def sqs_client(region: str, endpoint_url: str | None) -> SQSClient:
     client: SQSClient = boto3.client(
         "sqs", region_name=region, endpoint_url=endpoint_url, config=BOTO_CONFIG
+    )
+    return client
+
+
+def s3_client(region: str, endpoint_url: str | None) -> S3Client:
+    """For ``conveyor aws init``'s buckets; path-style addressing on another endpoint."""
+    style: Any = "path" if endpoint_url else "auto"
+    client: S3Client = boto3.client(
+        "s3",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        config=Config(
+            retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": style}
+        ),
     )
     return client
 
