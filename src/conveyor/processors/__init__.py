@@ -4,6 +4,20 @@ A user adds a kind by installing a package that declares an entry point in
 that group; nothing in the core needs to change: the service, the faces and
 the upload triggers ask the registry (and through it the kind's processor,
 ``conveyor.processors.base``) whatever they need to know about a kind.
+
+Adding a kind (``tests/integration/test_toy_kind.py`` does all of it):
+
+1. A ``Processor`` subclass with ``kind``, ``params_model`` (pydantic; refuse
+   unknown fields) and ``run(ctx)``, staging its outputs through ``ctx.outputs``.
+2. What it takes: ``suffixes`` / ``content_types`` (``upload_suffixes`` if the
+   upload trigger should queue fewer of them).
+3. Its settings, if any: a ``conveyor.config.KindSettings`` subclass with
+   ``env_prefix="CONVEYOR_<KIND>_"`` as ``settings_model``; read ``self.config``.
+4. Its console words and form: ``labels`` (``kind.<kind>`` and the form's keys,
+   in ``en`` and ``zh-CN``), ``form()`` (``FormField``s); ``describe``,
+   ``gauges``, ``routers`` and ``with_defaults`` as it needs them.
+5. Register it: ``[project.entry-points."conveyor.processors"] <kind> =
+   "package.module:Processor"`` (and ``conveyor.cli`` for commands of its own).
 """
 
 from __future__ import annotations
