@@ -28,7 +28,7 @@ import pytest
 from botocore.config import Config
 
 from conveyor.backends.aws import AWSBackend
-from conveyor.cli_aws import InitPlan, init_resources
+from conveyor.backends.aws.provision import InitPlan, init_resources
 from conveyor.errors import LeaseLost
 from conveyor.models import Lease
 from tests.conftest import FAST_ENV, free_port, make_clip, need_tool, start_process, wait_healthy

@@ -27,7 +27,7 @@ from botocore.config import Config
 from typer.testing import CliRunner
 
 from conveyor.backends.aws.provision import CREATED, FOUND, InitPlan, init_resources
-from conveyor.cli_aws import aws_app
+from conveyor.cli.aws import aws_app
 from conveyor.models import Trigger
 from conveyor.service import ConveyorService, SubmitRequest
 from conveyor.triggers.s3_events import S3EventConsumer

@@ -30,7 +30,7 @@ from conveyor.backends.postgres import (
     upgrade,
 )
 from conveyor.backends.postgres.engine import REAPER_LOCK, _claim_sql
-from conveyor.cli_db import db_app
+from conveyor.cli.db import db_app
 from conveyor.errors import InvalidRequest
 from conveyor.models import Task, TaskStatus, WorkerInfo
 from tests import pgserver

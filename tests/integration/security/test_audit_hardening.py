@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conveyor.auth.roles import Role
-from conveyor.cli_auth import announce_auth, guard_exposure
+from conveyor.cli.auth import announce_auth, guard_exposure
 from conveyor.config import load_settings
 
 from .conftest import SecuredApi

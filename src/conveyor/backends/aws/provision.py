@@ -13,7 +13,7 @@ again (a second run creates nothing):
 S3 events get a queue of their own: the task queue carries the engine's own
 messages (one per dispatch), which an S3 event must not be mistaken for.
 ``deploy/aws/conveyor.yaml`` creates the same resources (plus IAM roles and GPU
-workers) with CloudFormation.  The command itself is ``conveyor.cli_aws``.
+workers) with CloudFormation.  The command itself is ``conveyor.cli.aws``.
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ from . import ContainerProcessor
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``conveyor run`` to the CLI (``conveyor.cli``, which calls this once it has
-    made its helpers)."""
-    from conveyor import cli
+    """Add ``conveyor run`` to the CLI (``conveyor.cli``, which calls this while it is
+    being imported: its helpers are imported here, not at the top)."""
+    from conveyor.cli import common
 
-    app.command(context_settings={"allow_interspersed_args": False})(_run_command(cli))
+    app.command(context_settings={"allow_interspersed_args": False})(_run_command(common))
 
 
 def _run_command(cli: Any) -> Any:
@@ -78,11 +78,11 @@ def _run_command(cli: Any) -> Any:
         }
         if timeout:
             body["timeout_s"] = timeout
-        client = cli._client(url)
+        client = cli.client(url)
         try:
             res = client.add(body)
         except ClientError as exc:
-            cli._fail(exc)
+            cli.fail(exc)
             return
         task_id = res["task_id"]
         cli.console.print(f"Task [bold]{task_id}[/bold] {res['message']}", highlight=False)
@@ -106,7 +106,7 @@ def _run_command(cli: Any) -> Any:
                 elif event == "end":
                     end = data
         except ClientError as exc:
-            cli._fail(exc)
+            cli.fail(exc)
         status = end.get("status") or client.task(task_id)["status"]
         cli.console.print(
             f"{task_id}: {status}" + (f" ({end['error']})" if end.get("error") else "")

@@ -14,7 +14,6 @@ the same resources (plus IAM roles and GPU workers) with CloudFormation.
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from conveyor.backends.aws.provision import (
@@ -25,13 +24,12 @@ from conveyor.backends.aws.provision import (
     queue_name_from_url,
 )
 from conveyor.backends.aws.resources import DEFAULT_MAX_RECEIVES
+from conveyor.cli.common import console, err
 
 aws_app = typer.Typer(
     help="AWS resources: task queue and table, buckets, upload notifications.",
     no_args_is_help=True,
 )
-console = Console()
-err = Console(stderr=True)
 
 EXIT_ERROR = 1
 

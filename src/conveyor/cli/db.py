@@ -11,13 +11,11 @@ itself and needs neither.
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 
+from conveyor.cli.common import console, err
 from conveyor.errors import ConveyorError
 
 db_app = typer.Typer(help="Database schema: status and upgrades.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
 
 BACKEND = typer.Option(
     ...,

@@ -13,23 +13,13 @@ import logging
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from conveyor.cli.common import URL, console, err
+from conveyor.cli.common import fail as _fail
 from conveyor.client import ClientError, ConveyorClient
 
 token_app = typer.Typer(help="API tokens: create (shown once), list, revoke.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
-
-URL = typer.Option(
-    "http://127.0.0.1:9999", "--url", envvar="CONVEYOR_URL", help="Conveyor API to talk to."
-)
-
-
-def _fail(exc: ClientError) -> None:
-    err.print(f"[red]error[/red] ({exc.code}): {exc.message}")
-    raise typer.Exit(2 if exc.status and exc.status < 500 else 1)
 
 
 def is_loopback(host: str) -> bool:
