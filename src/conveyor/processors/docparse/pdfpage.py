@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,15 +141,34 @@ MATH_NAMES = ("cmmi", "cmsy", "cmex", "msam", "msbm", "math", "stix", "symbol", 
 MONO_NAMES = ("mono", "courier", "consol", "menlo", "typewriter", "fixed", "nimbusmon", "cmtt")
 
 
-FontInfo = tuple[bool, bool, bool]  # bold, fixed pitch, math
+# effective size (points), bold, fixed pitch, math
+CharStyle = tuple[float, bool, bool, bool]
 
 
-def _font_info(textpage: pdfium.PdfTextPage, index: int, cache: dict[int, FontInfo]) -> FontInfo:
-    """Bold (from the weight, or the name when no weight is recorded), fixed pitch, math."""
+def _char_style(
+    textpage: pdfium.PdfTextPage, index: int, cache: dict[int, CharStyle], matrix: Any
+) -> CharStyle:
+    """Size as set on the page, bold (from the weight, or the name when no weight is
+    recorded), fixed pitch, math; once per text object (its characters share them).
+
+    The size is the font size operator's times the scale of the text matrix and the
+    CTM, as PDFium gives them for the character: TeX through dvips sets every font
+    at 1 pt and scales it with the matrix, and ``FPDFText_GetFontSize`` (PDFium 159)
+    reports the operand alone.  The scale is the glyph's height across its baseline
+    (the matrix's determinant over its baseline's length), so a turned, slanted or
+    horizontally squeezed font keeps its size.
+    """
     obj = pdfium_c.FPDFText_GetTextObject(textpage.raw, index)
     key = ctypes.cast(obj, ctypes.c_void_p).value or 0
-    if key in cache:
+    if key and key in cache:
         return cache[key]
+    size = float(pdfium_c.FPDFText_GetFontSize(textpage.raw, index))
+    if pdfium_c.FPDFText_GetMatrix(textpage.raw, index, matrix):
+        base = math.hypot(matrix.a, matrix.b)
+        if base > 0:
+            scale = abs(matrix.a * matrix.d - matrix.b * matrix.c) / base
+            if scale > 0:
+                size *= scale
     buf = ctypes.create_string_buffer(256)
     flags = ctypes.c_int(0)
     n = pdfium_c.FPDFText_GetFontInfo(textpage.raw, index, buf, 256, ctypes.byref(flags))
@@ -158,9 +178,11 @@ def _font_info(textpage: pdfium.PdfTextPage, index: int, cache: dict[int, FontIn
         "bold" in name or "black" in name or "heavy" in name or bool(flags.value & FORCE_BOLD)
     )
     mono = bool(flags.value & FIXED_PITCH) or any(m in name for m in MONO_NAMES)
-    math = any(m in name for m in MATH_NAMES)
-    cache[key] = (bold, mono, math)
-    return bold, mono, math
+    is_math = any(m in name for m in MATH_NAMES)
+    style = (size, bold, mono, is_math)
+    if key:
+        cache[key] = style
+    return style
 
 
 @dataclass
@@ -180,7 +202,8 @@ def _raw_chars(page: pdfium.PdfPage) -> tuple[list[_RawChar | str], int]:
     textpage = page.get_textpage()
     try:
         out: list[_RawChar | str] = []
-        font_cache: dict[int, FontInfo] = {}
+        style_cache: dict[int, CharStyle] = {}
+        matrix = pdfium_c.FS_MATRIX()
         printable = 0
         left, right = ctypes.c_double(), ctypes.c_double()
         bottom, top = ctypes.c_double(), ctypes.c_double()
@@ -208,6 +231,13 @@ def _raw_chars(page: pdfium.PdfPage) -> tuple[list[_RawChar | str], int]:
             if text in ("\r", "\n") or text.isspace():
                 out.append(text)
                 continue
+            if unicodedata.category(text) == "Cc":
+                # PDFium's mark for a hyphen it found at a line's end is U+0002: it is
+                # the hyphen (joined with the next line's word later); any other control
+                # code is a glyph whose font maps it to nothing readable
+                if code != 2 or not pdfium_c.FPDFText_IsHyphen(textpage.raw, at):
+                    continue
+                text = "-"
             pdfium_c.FPDFText_GetCharBox(
                 textpage.raw,
                 at,
@@ -226,8 +256,7 @@ def _raw_chars(page: pdfium.PdfPage) -> tuple[list[_RawChar | str], int]:
                     text,
                     (left.value, bottom.value, right.value, top.value),
                     advance,
-                    float(pdfium_c.FPDFText_GetFontSize(textpage.raw, at)),
-                    *_font_info(textpage, at, font_cache),
+                    *_char_style(textpage, at, style_cache, matrix),
                     round(math.degrees(angle) / 90) * 90 % 360 if angle >= 0 else 0,
                 )
             )
