@@ -33,10 +33,10 @@ from pathlib import Path
 
 import httpx
 
-from conveyor.api_connection import ApiConnection
-from conveyor.backends.remote import RemoteBackend
 from conveyor.models import ClaimedTask, Progress, WorkerInfo
-from conveyor.storage.remote import RemoteBlobStore
+from conveyor.remote.connection import ApiConnection
+from conveyor.remote.queue import RemoteQueue
+from conveyor.remote.storage import RemoteBlobStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.conftest import free_port
@@ -80,7 +80,7 @@ def submit(api: httpx.Client) -> None:
 
 
 def idle_wake(url: str, api: httpx.Client, n: int, mode: str) -> list[float]:
-    backend = RemoteBackend(ApiConnection(url), claim_wait_s=1.0 if mode == "claim" else 0.0)
+    backend = RemoteQueue(ApiConnection(url), claim_wait_s=1.0 if mode == "claim" else 0.0)
     got: list[tuple[float, ClaimedTask]] = []
     stop = threading.Event()
 
@@ -115,7 +115,7 @@ def idle_wake(url: str, api: httpx.Client, n: int, mode: str) -> list[float]:
 
 
 def round_trips(url: str, api: httpx.Client, n: int) -> None:
-    backend = RemoteBackend(ApiConnection(url))
+    backend = RemoteQueue(ApiConnection(url))
     for _ in range(8):
         submit(api)
     held = backend.claim("bench-rt", ["transcode"], 8, 300)

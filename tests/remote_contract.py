@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.api.routes_worker import stop_work_signal
-from conveyor.api_connection import ApiConnection
 from conveyor.backends.base import Backend
-from conveyor.backends.remote import RemoteBackend
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.models import (
     ClaimedTask,
@@ -35,9 +33,11 @@ from conveyor.models import (
     TaskStatus,
     WorkerInfo,
 )
+from conveyor.remote.connection import ApiConnection
+from conveyor.remote.queue import RemoteQueue
+from conveyor.remote.storage import RemoteBlobStore
 from conveyor.storage.base import BlobStore
 from conveyor.storage.local import LocalBlobStore
-from conveyor.storage.remote import RemoteBlobStore
 from tests.apiserver import ApiServer, start_api
 
 _shared: ApiServer | None = None
@@ -82,7 +82,7 @@ def fresh_storage(workdir: Path, s3: bool = False) -> BlobStore:
 
 
 class SplitBackend(Backend):
-    def __init__(self, remote: RemoteBackend, engine: Backend) -> None:
+    def __init__(self, remote: RemoteQueue, engine: Backend) -> None:
         self.remote, self.engine = remote, engine
 
     # worker half: over HTTP
@@ -182,7 +182,7 @@ class RemoteOpener:
 
     def __call__(self, *, backoff_base: float = 0.05) -> Backend:
         self.engine.backoff_base = backoff_base
-        return SplitBackend(RemoteBackend(ApiConnection(self.api.url)), self.engine)
+        return SplitBackend(RemoteQueue(ApiConnection(self.api.url)), self.engine)
 
 
 class ServedRemoteStore(RemoteBlobStore):

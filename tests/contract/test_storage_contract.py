@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conveyor.errors import InvalidKey, LeaseLost, ObjectNotFound
+from conveyor.remote.storage import RemoteBlobStore
 from conveyor.storage.base import MAX_KEY_BYTES, MAX_SEGMENT_BYTES, BlobStore, ObjectInfo
-from conveyor.storage.remote import RemoteBlobStore
 
 BUCKET = "input"
 

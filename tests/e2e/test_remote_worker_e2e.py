@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from conveyor.api_connection import ApiConnection
-from conveyor.backends.remote import RemoteBackend
 from conveyor.errors import RemoteUnavailable
+from conveyor.remote.connection import ApiConnection
+from conveyor.remote.queue import RemoteQueue
 from tests.conftest import (
     FAST_ENV,
     free_port,
@@ -226,7 +226,7 @@ def test_remote_worker_over_tls_with_its_own_ca_bundle(tls: Deployment, clips_di
     check_outputs(tls, task)
     print(f"\nremote e2e over HTTPS: transcode {TYPES} in {took:.2f} s")
     # and without the CA bundle the API's certificate is refused, clearly
-    bare = RemoteBackend(ApiConnection(tls.url, retries=0))
+    bare = RemoteQueue(ApiConnection(tls.url, retries=0))
     with pytest.raises(RemoteUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
         bare.ping()
     bare.close()

@@ -20,9 +20,9 @@ import pytest
 from fastapi import FastAPI, Request, Response
 from starlette.middleware.base import RequestResponseEndpoint
 
-from conveyor.api_connection import ApiConnection
 from conveyor.errors import InvalidKey, ObjectNotFound, RemoteUnavailable
-from conveyor.storage.remote import RemoteBlobStore
+from conveyor.remote.connection import ApiConnection
+from conveyor.remote.storage import RemoteBlobStore
 from tests.apiserver import ApiServer, start_api
 from tests.s3server import fresh_store
 

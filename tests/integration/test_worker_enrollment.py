@@ -23,17 +23,17 @@ from typing import Any
 import httpx
 import pytest
 
-from conveyor.api_connection import ApiConnection
-from conveyor.backends.remote import RemoteBackend
 from conveyor.errors import WorkerCredentialRejected
 from conveyor.models import WorkerInfo
-from conveyor.worker.credential import (
+from conveyor.remote.connection import ApiConnection
+from conveyor.remote.credential import (
     CredentialKeeper,
     enroll,
     read_credential_file,
     rotate,
     write_credential_file,
 )
+from conveyor.remote.queue import RemoteQueue
 from tests.apiserver import ApiServer, start_api
 from tests.conftest import FAST_ENV, start_process, wait_task
 
@@ -210,11 +210,9 @@ def test_rotation_rewrites_the_credential_file_atomically(tmp_path: Path) -> Non
         assert current.credential == keeper.current()
         # the file's credential works; the first one was revoked by rotation
         info = WorkerInfo(id="rot")
-        assert RemoteBackend(conn).heartbeat(info, [], 30).lost == []
+        assert RemoteQueue(conn).heartbeat(info, [], 30).lost == []
         with pytest.raises(WorkerCredentialRejected):
-            RemoteBackend(ApiConnection(api.url, credential=first.credential)).heartbeat(
-                info, [], 30
-            )
+            RemoteQueue(ApiConnection(api.url, credential=first.credential)).heartbeat(info, [], 30)
     finally:
         api.stop()
 
@@ -235,10 +233,10 @@ def test_a_call_in_flight_during_rotation_is_sent_again_with_the_new_credential(
         return cred
 
     conn = ApiConnection(auth_api.url, credential=credential)
-    assert RemoteBackend(conn).heartbeat(WorkerInfo(id="flight"), [], 30).lost == []
+    assert RemoteQueue(conn).heartbeat(WorkerInfo(id="flight"), [], 30).lost == []
     assert handed[0] == old.credential and handed[-1] == new.credential
     with pytest.raises(WorkerCredentialRejected):  # and the old one alone is refused
-        RemoteBackend(ApiConnection(auth_api.url, credential=old.credential)).heartbeat(
+        RemoteQueue(ApiConnection(auth_api.url, credential=old.credential)).heartbeat(
             WorkerInfo(id="flight"), [], 30
         )
 

@@ -195,9 +195,9 @@ def test_idle_remote_worker_wakes_on_a_postgres_notify_from_another_host(tmp_pat
     The submit comes from another engine handle, as from a second API host
     sharing the database.
     """
-    from conveyor.api_connection import ApiConnection
     from conveyor.backends.postgres import PostgresBackend
-    from conveyor.backends.remote import RemoteBackend
+    from conveyor.remote.connection import ApiConnection
+    from conveyor.remote.queue import RemoteQueue
     from tests.pgserver import require_cluster
 
     url = require_cluster().rolling_database()
@@ -205,7 +205,7 @@ def test_idle_remote_worker_wakes_on_a_postgres_notify_from_another_host(tmp_pat
     sqlite, api.service.backend = api.service.backend, PostgresBackend(url)
     sqlite.close()
     other_host = PostgresBackend(url)
-    worker = RemoteBackend(ApiConnection(api.url))
+    worker = RemoteQueue(ApiConnection(api.url))
     try:
         assert worker.claim("w1", ["k1"], 1, 30) == []
         woke: list[float] = []
@@ -232,10 +232,10 @@ def test_the_client_retries_until_the_api_is_back_then_says_it_is_unreachable(
     tmp_path: Path,
 ) -> None:
     """An API that is restarting: connection refused, a real fault on a real port."""
-    from conveyor.api_connection import ApiConnection
-    from conveyor.backends.remote import RemoteBackend
     from conveyor.errors import RemoteUnavailable
     from conveyor.models import WorkerInfo
+    from conveyor.remote.connection import ApiConnection
+    from conveyor.remote.queue import RemoteQueue
     from tests.conftest import free_port
 
     port = free_port()
@@ -243,7 +243,7 @@ def test_the_client_retries_until_the_api_is_back_then_says_it_is_unreachable(
     started: list[ApiServer] = []
     later = threading.Timer(0.5, lambda: started.append(start_api(tmp_path / "api", port=port)))
     later.start()
-    worker = RemoteBackend(ApiConnection(url, retries=6, backoff_s=0.1))
+    worker = RemoteQueue(ApiConnection(url, retries=6, backoff_s=0.1))
     try:
         # refused while the API starts, retried with back-off, then answered
         assert worker.heartbeat(WorkerInfo(id="w1"), [], 30).lost == []
@@ -252,17 +252,17 @@ def test_the_client_retries_until_the_api_is_back_then_says_it_is_unreachable(
         for api in started:
             api.stop()
     with pytest.raises(RemoteUnavailable, match=f"cannot reach {url}"):
-        RemoteBackend(ApiConnection(url, retries=2, backoff_s=0.01)).heartbeat(
+        RemoteQueue(ApiConnection(url, retries=2, backoff_s=0.01)).heartbeat(
             WorkerInfo(id="w1"), [], 30
         )
 
 
 def test_a_waiting_claim_returns_the_task_once_submitted(api: ApiServer) -> None:
     """``claim_wait_s`` (``conveyor worker``): the empty claim itself waits on the API."""
-    from conveyor.api_connection import ApiConnection
-    from conveyor.backends.remote import RemoteBackend
+    from conveyor.remote.connection import ApiConnection
+    from conveyor.remote.queue import RemoteQueue
 
-    worker = RemoteBackend(ApiConnection(api.url), claim_wait_s=10)
+    worker = RemoteQueue(ApiConnection(api.url), claim_wait_s=10)
     threading.Timer(0.3, submit, args=(api,)).start()
     got = worker.claim("w1", ["k1"], 1, 30)
     assert [c.task.kind for c in got] == ["k1"]

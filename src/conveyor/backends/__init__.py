@@ -54,9 +54,9 @@ def open_backend(url: str) -> Backend:
 def open_queue(url: str) -> WorkerQueue:
     """What a worker claims from: an engine, or ``https://API`` for a remote worker."""
     if _is_remote(url):
-        from conveyor.backends.remote import RemoteBackend
+        from conveyor.remote.queue import RemoteQueue
 
-        return RemoteBackend.from_url(url)
+        return RemoteQueue.from_url(url)
     return open_backend(url)
 
 

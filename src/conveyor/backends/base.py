@@ -3,7 +3,7 @@
 * ``WorkerQueue`` is the worker's half: claim tasks, renew leases, report
   progress and outcomes, ship log lines, reap expired leases, wait for work.
   That is all a worker needs, wherever it runs; the remote engine
-  (``https://API``, ``conveyor.backends.remote``) implements only this half.
+  (``https://API``, ``conveyor.remote.queue``) implements only this half.
 * ``TaskStore`` is the service's half: submit, read, list and count tasks,
   cancel / retry / clear them, read their logs, the worker registry, the
   numbers behind dashboards and ``/metrics``, recording published outputs,

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from conveyor.cli.common import URL, console, err
 from conveyor.cli.common import fail as _fail
-from conveyor.client import ClientError, ConveyorClient
+from conveyor.remote.client import ClientError, ConveyorClient
 
 token_app = typer.Typer(help="API tokens: create (shown once), list, revoke.", no_args_is_help=True)
 

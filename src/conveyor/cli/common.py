@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
-from conveyor.client import ClientError, ConveyorClient
+from conveyor.remote.client import ClientError, ConveyorClient
 
 console = Console()
 err = Console(stderr=True)

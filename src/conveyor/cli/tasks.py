@@ -18,7 +18,7 @@ from rich.table import Table
 from conveyor.cli.common import URL, console, err
 from conveyor.cli.common import client as _client
 from conveyor.cli.common import fail as _fail
-from conveyor.client import ClientError, ConveyorClient
+from conveyor.remote.client import ClientError, ConveyorClient
 
 queue_app = typer.Typer(help="Queue status and clearing.", no_args_is_help=True)
 

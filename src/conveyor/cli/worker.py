@@ -102,19 +102,19 @@ def _remote_worker(
     import logging
     import os
 
-    from conveyor.api_connection import ApiConnection
-    from conveyor.backends.remote import RemoteBackend
     from conveyor.errors import ConveyorError
     from conveyor.processors import ProcessorRegistry
-    from conveyor.storage import open_storage
-    from conveyor.storage.remote import RemoteBlobStore
-    from conveyor.worker.credential import (
+    from conveyor.remote.connection import ApiConnection
+    from conveyor.remote.credential import (
         DEFAULT_CREDENTIAL_FILE,
         CredentialKeeper,
         enroll,
         read_credential_file,
         write_credential_file,
     )
+    from conveyor.remote.queue import RemoteQueue
+    from conveyor.remote.storage import RemoteBlobStore
+    from conveyor.storage import open_storage
     from conveyor.worker.loop import Worker
 
     settings = load_settings(
@@ -156,7 +156,7 @@ def _remote_worker(
                 ]
         # an empty claim waits on the API for work: an idle worker starts a new
         # task half a round trip after its submit
-        backend = RemoteBackend(conn, claim_wait_s=settings.poll_interval)
+        backend = RemoteQueue(conn, claim_wait_s=settings.poll_interval)
         files = open_storage(storage) if storage else RemoteBlobStore(conn)
         w = Worker(
             settings,

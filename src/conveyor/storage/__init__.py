@@ -16,7 +16,7 @@ def open_storage(url: str) -> BlobStore:
 
         return S3BlobStore.from_url(url)
     if url.startswith(("https://", "http://")):
-        from conveyor.storage.remote import RemoteBlobStore
+        from conveyor.remote.storage import RemoteBlobStore
 
         return RemoteBlobStore.from_url(url)
     raise InvalidRequest(

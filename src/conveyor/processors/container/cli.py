@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from conveyor.client import ClientError, ConveyorClient
+from conveyor.remote.client import ClientError, ConveyorClient
 
 from . import ContainerProcessor
 

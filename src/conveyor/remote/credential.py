@@ -26,10 +26,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from conveyor.api_connection import ApiConnection
 from conveyor.errors import ConveyorError, InvalidRequest, WorkerCredentialRejected
+from conveyor.remote.connection import ApiConnection
 
-log = logging.getLogger("conveyor.worker.credential")
+log = logging.getLogger("conveyor.remote.credential")
 
 DEFAULT_CREDENTIAL_FILE = Path("~/.config/conveyor/worker.json")
 ROTATE_WHEN_LEFT = 1 / 3  # of the credential's lifetime

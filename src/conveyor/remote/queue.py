@@ -22,12 +22,10 @@ default because the contract's ``claim`` returns at once.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from datetime import datetime
 from typing import Any
 
-from conveyor.api_connection import ApiConnection
 from conveyor.backends.base import WorkerQueue
 from conveyor.models import (
     ClaimedTask,
@@ -38,6 +36,7 @@ from conveyor.models import (
     Task,
     WorkerInfo,
 )
+from conveyor.remote.connection import ApiConnection, connect
 
 PREFIX = "/api/worker/v1"
 MAX_WAIT_S = 30.0
@@ -53,7 +52,9 @@ class LogsPartlyShipped(Exception):
         self.sent = sent
 
 
-class RemoteBackend(WorkerQueue):
+class RemoteQueue(WorkerQueue):
+    """A worker queue over HTTP: the worker half of the contract, run by the API's engine."""
+
     def __init__(self, conn: ApiConnection, *, claim_wait_s: float = 0.0) -> None:
         self.conn = conn
         self.claim_wait_s = max(0.0, min(claim_wait_s, MAX_WAIT_S))
@@ -63,15 +64,9 @@ class RemoteBackend(WorkerQueue):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str) -> RemoteBackend:
+    def from_url(cls, url: str) -> RemoteQueue:
         """``CONVEYOR_WORKER_CREDENTIAL`` and ``CONVEYOR_CA_CERT`` come from the environment."""
-        return cls(
-            ApiConnection(
-                url,
-                credential=os.environ.get("CONVEYOR_WORKER_CREDENTIAL") or None,
-                ca_cert=os.environ.get("CONVEYOR_CA_CERT") or None,
-            )
-        )
+        return cls(connect(url))
 
     def _post(self, op: str, body: dict[str, Any], *, idempotent: bool, **kw: Any) -> Any:
         return self.conn.call(f"{PREFIX}/{op}", body, idempotent=idempotent, **kw)

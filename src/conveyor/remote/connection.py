@@ -227,3 +227,14 @@ class ApiConnection:
     def close(self) -> None:
         self.http.close()
         self.plain.close()
+
+
+def connect(url: str) -> ApiConnection:
+    """A connection to ``url`` with the credential and CA bundle the environment names
+    (``CONVEYOR_WORKER_CREDENTIAL``, ``CONVEYOR_CA_CERT``): what ``open_queue`` and
+    ``open_storage`` give a worker for an ``https://`` URL."""
+    return ApiConnection(
+        url,
+        credential=os.environ.get("CONVEYOR_WORKER_CREDENTIAL") or None,
+        ca_cert=os.environ.get("CONVEYOR_CA_CERT") or None,
+    )

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 from urllib.parse import quote
 
-from conveyor.api_connection import ApiConnection
 from conveyor.errors import ObjectNotFound
+from conveyor.remote.connection import ApiConnection, connect
 from conveyor.storage.base import (
     BlobStore,
     BlobWriter,
@@ -90,9 +90,8 @@ class RemoteBlobStore(BlobStore):
 
     @classmethod
     def from_url(cls, url: str) -> RemoteBlobStore:
-        from conveyor.backends.remote import RemoteBackend
-
-        return cls(RemoteBackend.from_url(url).conn)
+        """``CONVEYOR_WORKER_CREDENTIAL`` and ``CONVEYOR_CA_CERT`` come from the environment."""
+        return cls(connect(url))
 
     def put_file(
         self, bucket: str, key: str, path: Path, content_type: str | None = None
