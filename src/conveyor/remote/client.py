@@ -11,6 +11,8 @@ from urllib.parse import quote
 
 import httpx
 
+from conveyor.remote.errors import read_error
+
 
 class ClientError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -30,11 +32,8 @@ class ConveyorClient:
 
     def _check(self, r: httpx.Response) -> Any:
         if r.status_code >= 400:
-            try:
-                err = r.json()["error"]
-                raise ClientError(r.status_code, err.get("code", "error"), err.get("message", ""))
-            except (ValueError, KeyError, TypeError):
-                raise ClientError(r.status_code, "http_error", r.text[:300]) from None
+            e = read_error(r)
+            raise ClientError(e.status, e.code, e.message)
         return r.json()
 
     def request(self, method: str, path: str, **kw: Any) -> Any:

@@ -1,11 +1,10 @@
 """A remote worker's one HTTP connection to the API: reuse, timeouts, retries, errors.
 
-Shared by the ``https://`` backend engine and the storage engine that
-streams through the API, so both use one connection pool and one
-credential (which the worker may rotate while it runs).  Errors come back
-as the same domain errors the local engines raise (``LeaseLost`` for a 409
-``lease_lost``, ``ObjectNotFound``, ``InvalidKey`` ...), so the worker loop
-and the processors cannot tell the engines apart.
+Shared by the remote queue and the remote storage (which streams files
+through the API), so both use one connection pool and one credential
+(which the worker may rotate while it runs).  Errors come back as the same
+domain errors the local engines raise (``conveyor.remote.errors``), so the
+worker loop and the processors cannot tell the engines apart.
 """
 
 from __future__ import annotations
@@ -21,31 +20,11 @@ from urllib.parse import urlsplit
 import httpx
 
 from conveyor import __version__
-from conveyor.errors import (
-    Conflict,
-    ConveyorError,
-    InvalidKey,
-    InvalidRequest,
-    LeaseLost,
-    NotFound,
-    ObjectNotFound,
-    PayloadTooLarge,
-    RemoteUnavailable,
-    TaskNotFound,
-    WorkerCredentialRejected,
-)
+from conveyor.errors import ConveyorError, InvalidRequest, ObjectNotFound, RemoteUnavailable
+from conveyor.remote.errors import domain_error
 
 log = logging.getLogger("conveyor.remote")
 
-_BY_CODE: dict[str, type[ConveyorError]] = {
-    "lease_lost": LeaseLost,
-    "conflict": Conflict,
-    "task_not_found": TaskNotFound,
-    "object_not_found": ObjectNotFound,
-    "not_found": NotFound,
-    "invalid_key": InvalidKey,
-    "payload_too_large": PayloadTooLarge,
-}
 _RETRY_STATUS = (502, 503, 504)
 # never sent: safe to retry whatever the request was
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -58,31 +37,6 @@ def ssl_context(ca_cert: str | None = None) -> ssl.SSLContext:
     cafile = ca_cert or os.environ.get("SSL_CERT_FILE") or None
     capath = None if ca_cert else os.environ.get("SSL_CERT_DIR") or None
     return ssl.create_default_context(cafile=cafile, capath=capath)
-
-
-def error_from(resp: httpx.Response) -> ConveyorError:
-    """The domain error an API error response stands for."""
-    try:
-        err = resp.json()["error"]
-        code, message = str(err.get("code", "error")), str(err.get("message", ""))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        code, message = "http_error", resp.text[:300]
-    status = resp.status_code
-    if status in (401, 403):
-        return WorkerCredentialRejected(
-            f"the API refused this worker's credential ({status} {code}): {message}"
-        )
-    if code in _BY_CODE:
-        return _BY_CODE[code](message)
-    if status in (400, 422):
-        return InvalidRequest(message)
-    if status == 404:
-        return NotFound(message)
-    if status == 409:
-        return Conflict(message)
-    if status >= 500:
-        return RemoteUnavailable(f"the API answered {status} {code}: {message}")
-    return ConveyorError(f"the API answered {status} {code}: {message}")
 
 
 def _retryable(exc: httpx.TransportError, idempotent: bool) -> bool:
@@ -210,7 +164,7 @@ class ApiConnection:
                 if stream:
                     resp.read()
                     resp.close()
-                raise error_from(resp) if auth else _store_error(resp)
+                raise domain_error(resp) if auth else _store_error(resp)
             return resp
         raise AssertionError("unreachable")  # pragma: no cover
 
