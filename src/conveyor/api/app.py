@@ -13,6 +13,7 @@ from conveyor import __version__
 from conveyor.console import console_lifespan, mount_console
 from conveyor.metrics import build_registry
 from conveyor.runtime import Runtime
+from conveyor.web.security import Permission, require
 
 from . import (
     routes_auth,
@@ -27,7 +28,6 @@ from . import (
 )
 from .errors import RequestContextMiddleware, install_error_handlers
 from .hardening import HardeningMiddleware
-from .security import Permission, require
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,7 @@ from conveyor.auth.roles import Role
 from conveyor.auth.service import WorkerCredential
 from conveyor.config import parse_duration
 from conveyor.errors import Forbidden, InvalidRequest, Unauthenticated
-
-from .security import (
+from conveyor.web.security import (
     Permission,
     Principal,
     audit,

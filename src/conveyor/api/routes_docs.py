@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from .security import Permission, require
+from conveyor.web.security import Permission, require
 
 router = APIRouter(include_in_schema=False, dependencies=[require(Permission.API_INFO)])
 

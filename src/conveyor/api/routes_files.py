@@ -15,9 +15,9 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from conveyor.errors import ObjectNotFound
 from conveyor.service import ConveyorService, upload_dedup_key
+from conveyor.web.deps import get_service
+from conveyor.web.security import Permission, Principal, owner_filter, require
 
-from .deps import get_service
-from .security import Permission, Principal, owner_filter, require
 from .uploads import stream_into_store
 
 router = APIRouter(prefix="/api/files", tags=["files"])

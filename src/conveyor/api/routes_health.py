@@ -9,9 +9,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from conveyor.service import ConveyorService
-
-from .deps import get_service
-from .security import Permission, Principal, is_anonymous, owner_filter, require
+from conveyor.web.deps import get_service
+from conveyor.web.security import Permission, Principal, is_anonymous, owner_filter, require
 
 router = APIRouter(tags=["health"])
 

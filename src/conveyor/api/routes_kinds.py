@@ -10,9 +10,8 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 
 from conveyor.service import ConveyorService
-
-from .deps import get_service
-from .security import Permission, require
+from conveyor.web.deps import get_service
+from conveyor.web.security import Permission, require
 
 router = APIRouter(prefix="/api", tags=["tasks"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .security import Permission, require
+from conveyor.web.security import Permission, require
 
 router = APIRouter(tags=["health"])
 

@@ -16,9 +16,15 @@ from pydantic import ConfigDict
 from conveyor.errors import Conflict
 from conveyor.models import LogLine, Task, Trigger
 from conveyor.service import ConveyorService, QueueStatus, SubmitRequest
-
-from .deps import get_service
-from .security import Permission, Principal, audit, owner_filter, require, submitter_name
+from conveyor.web.deps import get_service
+from conveyor.web.security import (
+    Permission,
+    Principal,
+    audit,
+    owner_filter,
+    require,
+    submitter_name,
+)
 
 router = APIRouter(prefix="/api", tags=["tasks"])
 

@@ -35,9 +35,9 @@ from conveyor.models import (
     WorkerInfo,
 )
 from conveyor.service import ConveyorService
+from conveyor.web.deps import get_service
+from conveyor.web.security import require
 
-from .deps import get_service
-from .security import require
 from .work_signal import WorkSignal
 
 router = APIRouter(prefix="/api/worker/v1", tags=["worker"])

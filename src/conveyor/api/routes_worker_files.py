@@ -23,8 +23,8 @@ from conveyor.models import TaskStatus
 from conveyor.outputs import staging_owner
 from conveyor.service import ConveyorService
 from conveyor.storage.base import ObjectInfo, is_staging_key, validate_bucket, validate_stored_key
+from conveyor.web.deps import get_service
 
-from .deps import get_service
 from .routes_worker import Principal, WorkerForbidden, WorkerPrincipal
 from .uploads import CHUNK, stream_into_store
 

@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from conveyor.api.security import (
+from conveyor.auth.roles import Role
+from conveyor.errors import ConveyorError, Forbidden, Unauthenticated
+from conveyor.web.security import (
     SESSION_COOKIE,
     Permission,
     Principal,
@@ -25,12 +27,10 @@ from conveyor.api.security import (
     rate_limit,
     require,
 )
-from conveyor.auth.roles import Role
-from conveyor.errors import ConveyorError, Forbidden, Unauthenticated
 
 from . import live
+from .helpers import ConsoleRoute, call, first, page, read_form, safe_next, translator
 from .render import PREFIX, query, render
-from .routes import ConsoleRoute, call, first, page, read_form, safe_next, translator
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
 

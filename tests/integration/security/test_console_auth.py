@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from conveyor.api.security import SESSION_COOKIE
 from conveyor.auth.roles import Role
+from conveyor.web.security import SESSION_COOKIE
 
 from .conftest import SecuredApi
 from .test_permissions import task_body
@@ -126,7 +126,7 @@ def test_bad_login_is_refused_audited_and_rate_limited(secured: SecuredApi) -> N
     audit = c.get("/admin/audit")
     assert audit.status_code == 200
     assert audit.text.count('data-action="login"') == 4
-    from conveyor.api.security import RateLimiter
+    from conveyor.web.security import RateLimiter
 
     c.app.state.rate_limiters["login"] = RateLimiter(2)  # type: ignore[attr-defined]
     answers = [c.post("/admin/login", data={"token": "x"}) for _ in range(3)]

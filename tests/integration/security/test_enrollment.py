@@ -10,10 +10,10 @@ from datetime import datetime
 
 import pytest
 
-from conveyor.api.security import RateLimiter
 from conveyor.auth import enrollment
 from conveyor.auth.roles import Role
 from conveyor.auth.service import ENROLL_KEY
+from conveyor.web.security import RateLimiter
 
 from .conftest import SecuredApi
 

@@ -8,8 +8,8 @@ from typing import Any
 from fastapi.routing import APIRoute
 from starlette.routing import Mount, Route
 
-from conveyor.api.security import iter_routes, route_permission
 from conveyor.auth.roles import Permission, Role, allows, sees_only_own_tasks
+from conveyor.web.security import iter_routes, route_permission
 
 from .conftest import SecuredApi
 

@@ -18,11 +18,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
-from conveyor.api.deps import get_service
-from conveyor.api.security import Permission, Principal, audit, require, submitter_name
 from conveyor.console import live
-from conveyor.console.render import PREFIX, add_templates
-from conveyor.console.routes import (
+from conveyor.console.helpers import (
     ConsoleRoute,
     call,
     error_flash,
@@ -32,9 +29,12 @@ from conveyor.console.routes import (
     set_flash,
     translator,
 )
+from conveyor.console.render import PREFIX, add_templates
 from conveyor.errors import ConveyorError, InvalidRequest
 from conveyor.models import Trigger
 from conveyor.service import ConveyorService, SubmitRequest
+from conveyor.web.deps import get_service
+from conveyor.web.security import Permission, Principal, audit, require, submitter_name
 
 from . import ContainerProcessor
 

@@ -22,9 +22,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from conveyor.api.deps import get_service
 from conveyor.api.routes_health import health as api_health
-from conveyor.api.security import (
+from conveyor.models import Task, Trigger
+from conveyor.service import ConveyorService, SubmitRequest
+from conveyor.web.deps import get_service
+from conveyor.web.security import (
     Permission,
     Principal,
     audit,
@@ -32,8 +34,6 @@ from conveyor.api.security import (
     require,
     submitter_name,
 )
-from conveyor.models import Task, Trigger
-from conveyor.service import ConveyorService, SubmitRequest
 
 from . import ContainerProcessor
 from .settings import ContainerSettings
