@@ -62,3 +62,14 @@ def text_at(
     if matrix_scaled:
         return f"BT /{font} 1 Tf {size} 0 0 {size} {x} {y} Tm ({escape(text)}) Tj ET\n"
     return f"BT /{font} {size} Tf 1 0 0 1 {x} {y} Tm ({escape(text)}) Tj ET\n"
+
+
+def rule(x0: float, y0: float, x1: float, y1: float, width: float = 0.5) -> str:
+    return f"{width} w {x0} {y0} m {x1} {y1} l S\n"
+
+
+def box(x: float, y: float, w: float, h: float, *, fill: float | None = None) -> str:
+    """A rectangle from (x, y) (bottom-left), stroked, or filled in grey ``fill``."""
+    if fill is None:
+        return f"0.5 w {x} {y} {w} {h} re S\n"
+    return f"{fill} g {x} {y} {w} {h} re f 0 g\n"

@@ -14,7 +14,7 @@ from typing import Any
 
 from conveyor.processors.docparse import lite
 from conveyor.processors.docparse.assemble import assemble
-from tests.integration.docparse.rawpdf import text_at, write_pdf
+from tests.integration.docparse.rawpdf import box, rule, text_at, write_pdf
 
 PROSE = (
     "the quick brown fox jumps over a lazy dog while seven wise owls watch from "
@@ -103,3 +103,108 @@ def test_hyphen_marker_joined_and_no_control_characters(tmp_path: Path) -> None:
     assert "hyphenated across" in md
     assert not any(ord(c) < 32 and c not in "\n\t" for c in md)
     assert "type stays out" in md
+
+
+def prose_lines(x: float, y: float, n: int, size: float = 10, lead: float = 12) -> str:
+    out = ""
+    for line in range(n):
+        words = [WORDS[(line * 5 + k) % len(WORDS)] for k in range(10)]
+        out += justified(x, y - line * lead, words, size)
+    return out
+
+
+def test_slide_frames_are_not_tables(tmp_path: Path) -> None:
+    """A beamer theme draws the slide's background, header and footer bars as rectangles:
+    the page became one page-sized table and its title was lost."""
+    w, h = 364, 273
+    slides = []
+    for n in range(3):
+        content = (
+            box(0, 0, w, h, fill=0.95)
+            + box(0, h - 20, w, 20, fill=0.8)  # navigation bar
+            + box(0, 0, w, 10, fill=0.8)  # footline
+            + box(0, h - 45, w, 25, fill=0.9)  # frame title bar
+            + box(2, 2, w - 4, h - 4)  # a frame line around it all
+            + text_at(10, h - 14, "Introduction   Results   Summary", 6)
+            + text_at(10, h - 38, f"Frame title number {n + 1}", 14)
+            + prose_lines(10, h - 70, 6, 9, 11)
+            + text_at(10, 3, "A. Author  Short title  2006", 5)
+        )
+        slides.append(content)
+    pdf = write_pdf(tmp_path / "slides.pdf", slides, size=(w, h))
+    _md, items = parse(pdf, tmp_path)
+    assert not any(i["type"] == "table" for i in items)
+    texts = [i["text"] for i in items if i["type"] == "text"]
+    for n in range(3):
+        assert f"Frame title number {n + 1}" in texts
+
+
+def test_line_numbers_in_the_margin_are_left_out(tmp_path: Path) -> None:
+    """Line numbers beside every line (AAS manuscripts): read as text they made two-column
+    tables with the lines they number, and a paragraph of each bare number."""
+    pages = []
+    for page in range(2):
+        content = ""
+        y = 700.0
+        for line in range(30):
+            number = page * 30 + line + 1
+            content += text_at(50 - 3 * len(str(number)), y, str(number), 6)
+            if line % 10 != 9:  # a blank line every ten: numbered all the same
+                words = [WORDS[(line * 3 + k) % len(WORDS)] for k in range(11)]
+                content += justified(72, y, words, 10)
+            y -= 12
+        pages.append(content)
+    pdf = write_pdf(tmp_path / "lineno.pdf", pages)
+    md, items = parse(pdf, tmp_path)
+    assert not any(i["type"] == "table" for i in items)
+    bare = [i for i in items if i["type"] == "text" and i["text"].strip().isdigit()]
+    assert bare == []
+    assert not any(w.isdigit() for w in md.split())
+
+
+def test_ruled_every_fifth_row_and_spaces_in_cells(tmp_path: Path) -> None:
+    """A government table ruled every five rows came out as 12 rows of five states each;
+    a cell's words kept their space only where the gap was wide."""
+    states = ["New York", "New Jersey", "North Dakota", "South Carolina", "West Virginia"] * 3
+    x = [72, 200, 300, 400]
+    top = 700.0
+    content = ""
+    for k in range(4):
+        content += rule(x[k], top, x[k], top - 20 - 15 * 12)
+    content += rule(x[0], top, x[-1], top) + rule(x[0], top - 20, x[-1], top - 20)
+    content += text_at(76, top - 14, "State", 9, "F2") + text_at(204, top - 14, "Permits", 9, "F2")
+    content += text_at(304, top - 14, "Denied", 9, "F2")
+    for row, state in enumerate(states):
+        y = top - 20 - 10 - row * 12
+        content += f"BT /F1 1 Tf 9 0 0 9 76 {y} Tm ({state}) Tj ET\n"
+        content += text_at(204, y, str(1000 + row * 37), 9) + text_at(304, y, str(row * 3), 9)
+        if row % 5 == 4:
+            content += rule(x[0], y - 3, x[-1], y - 3)
+    pdf = write_pdf(tmp_path / "every5.pdf", [content])
+    md, items = parse(pdf, tmp_path)
+    tables = [i for i in items if i["type"] == "table"]
+    assert len(tables) == 1
+    body = tables[0]["table_body"]
+    assert body.count("<tr>") == 16
+    assert "<tr><td>New York</td><td>1000</td><td>0</td></tr>" in body
+    assert "<tr><td>West Virginia</td><td>1148</td><td>12</td></tr>" in body
+    assert "| South Carolina | 1111 | 9 |" in md
+
+
+def test_contents_and_index_are_not_tables(tmp_path: Path) -> None:
+    """A table of contents (dot leaders, page numbers down the right) and a two-column
+    index line up like tables: 11 spurious ones came of them."""
+    toc = text_at(72, 720, "Contents", 16, "F2")
+    for k in range(12):
+        y = 690 - k * 14
+        toc += text_at(72, y, f"{k + 1}  {' '.join(WORDS[k : k + 3]).title()}", 10)
+        toc += text_at(300, y, " ." * 40, 10) + text_at(520, y, str(3 + k * 4), 10)
+    index = text_at(72, 720, "Index", 16, "F2")
+    for k in range(20):
+        y = 690 - k * 12
+        index += text_at(72, y, f"{WORDS[k]}, {k + 2}, {k * 3 + 10}", 9)
+        index += text_at(320, y, f"{WORDS[-k - 1]} {WORDS[k]}, {k * 5 + 40}", 9)
+    pdf = write_pdf(tmp_path / "toc.pdf", [toc, index])
+    md, items = parse(pdf, tmp_path)
+    assert not any(i["type"] == "table" for i in items), md
+    assert "Contents" in md and "Index" in md

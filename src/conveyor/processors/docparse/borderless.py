@@ -35,6 +35,36 @@ LIST_MARKER = re.compile(
 )
 
 
+# a table of contents' dot leaders; an index entry's page list ("fit, 97, 104-106")
+DOT_LEADER = re.compile(r"(?:\.\s?){4,}|…{2,}|(?:·\s?){3,}")
+PAGE = r"(?:\d{1,4}|[ivxlc]{1,6})(?:[–-]\d{1,4})?"
+INDEX_ENTRY = re.compile(rf"^\S.*?,\s*{PAGE}(?:,\s*{PAGE})*,?$")
+
+
+def _contents_or_index(cells: Sequence[Sequence[str]]) -> bool:
+    """A table of contents (dot leaders, or a last column of page numbers that only go
+    up) or an index (entries ending in page numbers) lines up like a table; it is not one."""
+    rows = [row for row in cells if any(row)]
+    if sum(1 for row in rows if any(DOT_LEADER.search(c) for c in row)) >= 0.3 * len(rows):
+        return True
+    filled = [c for row in rows for c in row if c]
+    if sum(1 for c in filled if INDEX_ENTRY.match(c)) >= 0.5 * len(filled):
+        return True
+    last = [row[-1] for row in rows if row[-1]]
+    if len(last) >= 4 and all(c.isdigit() and len(c) <= 4 for c in last):
+        pages = [int(c) for c in last]
+        text = [c for row in rows for c in row[:-1] if c]
+        if (
+            pages == sorted(pages)
+            and len(set(pages)) > 1
+            and text
+            and sum(1 for c in text if sum(ch.isalpha() for ch in c) > len(c) / 2)
+            >= 0.8 * len(text)
+        ):
+            return True
+    return False
+
+
 @dataclass
 class InkWord:
     """Characters set close together on one row (OCR's words are :class:`ocr.Word`)."""
@@ -169,6 +199,8 @@ def _table(rows: Sequence[Row], gaps: Sequence[Span]) -> BorderlessTable | None:
         column = [row[col] for row in cells if row[col]]
         if not column or all(LIST_MARKER.match(c) for c in column):
             return None  # an empty column, or a list's markers
+    if _contents_or_index(cells):
+        return None
     words = [w for r in rows for w in r.words]
     chars = [c for w in words for c in w.chars]
     if sum(c.mono for c in chars) >= MONO_SHARE * len(chars) or _fixed_pitch(chars):

@@ -29,7 +29,6 @@ from conveyor.processors.docparse.borderless import find_borderless
 from conveyor.processors.docparse.captions import attach_captions
 from conveyor.processors.docparse.inputs import DocInfo, PrepareJob, prepare
 from conveyor.processors.docparse.layout import (
-    Char,
     Line,
     body_size,
     chars_to_lines,
@@ -41,6 +40,7 @@ from conveyor.processors.docparse.layout import (
     shared_area,
 )
 from conveyor.processors.docparse.limits import OCR_DPI, DocLimits, InputTooLarge
+from conveyor.processors.docparse.lineno import line_numbers
 from conveyor.processors.docparse.model import Block, PageResult
 from conveyor.processors.docparse.ocr import (
     TURNED_BELOW_CONF,
@@ -75,6 +75,7 @@ from conveyor.processors.docparse.pool import (
     shared_pool,
     wait_any,
 )
+from conveyor.processors.docparse.ruled import ruled_tables
 from conveyor.processors.docparse.scanfigures import find_figures
 from conveyor.processors.docparse.tables import Grid, find_tables, to_html, to_markdown
 
@@ -206,21 +207,9 @@ def _text_blocks(
     limits: DocLimits,
 ) -> list[Block]:
     cap = limits.max_page_pixels
-    grids = _tables(find_tables(content.segments))
-    free: list[Char] = []
-    in_cells: dict[tuple[int, int, int], list[Char]] = {}
-    for ch in content.chars:
-        cx, cy = (ch.x0 + ch.x1) / 2, (ch.y0 + ch.y1) / 2
-        placed = False
-        if ch.x1 > ch.x0:
-            for gi, grid in enumerate(grids):
-                cell = grid.cell_of(cx, cy)
-                if cell is not None:
-                    in_cells.setdefault((gi, *cell), []).append(ch)
-                    placed = True
-                    break
-        if not placed:
-            free.append(ch)
+    numbers = line_numbers(content.chars)  # in the margin: not text, nor a table's column
+    chars = [c for c in content.chars if id(c) not in numbers] if numbers else content.chars
+    ruled, free = ruled_tables(chars, content.segments, content.width * content.height)
     anchored: list[Block] = []
     for found in find_borderless(free):
         taken = {id(c) for c in found.chars}
@@ -240,14 +229,8 @@ def _text_blocks(
     for block in blocks:
         if block.type == "equation":  # its picture too, as the text cannot hold its layout
             block.img_path = save_region(page, content.to_shown(block.bbox), images_dir, cap) or ""
-    for gi, grid in enumerate(grids):
-        cells: dict[tuple[int, int], str] = {}
-        for (g, r, c), chars in in_cells.items():
-            if g == gi:
-                text = ""
-                for ln in chars_to_lines(chars):
-                    text = join_words(text, ln.text)
-                cells[(r, c)] = text
+    for found_ruled in ruled:
+        grid, cells = found_ruled.grid, found_ruled.cells
         table = _table_block(grid, cells)
         if table is not None:
             table.img_path = save_region(page, content.to_shown(table.bbox), images_dir, cap) or ""

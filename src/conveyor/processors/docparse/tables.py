@@ -13,6 +13,7 @@ import bisect
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 Segment = tuple[float, float, float, float]  # x0, y0, x1, y1; points, origin top-left
 
@@ -27,6 +28,9 @@ class Grid:
     # the rules themselves: where one is missing between two cells, they are one
     hrules: list[Segment] = field(default_factory=list)
     vrules: list[Segment] = field(default_factory=list)
+    # (row, k): the vertical grid line k is not a rule in that row, whatever is drawn
+    # there (a word runs across it: a spanning header whose rule stops short of it)
+    open_v: set[tuple[int, int]] = field(default_factory=set)
     _merges: dict[tuple[int, int], tuple[int, int, int, int]] | None = field(
         default=None, repr=False, compare=False
     )
@@ -97,7 +101,7 @@ class Grid:
             mid_y = (self.ys[r] + self.ys[r + 1]) / 2
             for c in range(cols_n):
                 mid_x = (self.xs[c] + self.xs[c + 1]) / 2
-                if c + 1 < cols_n and not ruled(down[c + 1], mid_y):
+                if c + 1 < cols_n and ((r, c + 1) in self.open_v or not ruled(down[c + 1], mid_y)):
                     parent[find((r, c))] = find((r, c + 1))
                 if r + 1 < rows_n and not ruled(across[r + 1], mid_x):
                     parent[find((r, c))] = find((r + 1, c))
@@ -186,6 +190,81 @@ def find_tables(segments: Sequence[Segment]) -> list[Grid]:
             )
     grids.sort(key=lambda g: (g.ys[0], g.xs[0]))
     return grids
+
+
+class Boxed(Protocol):
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+# a row holding text lines that line up across its cells is that many rows, ruled or not
+MIN_SPLIT_CELLS = 2
+SHORT_LINE = 24  # characters: a row of two wrapped lines splits only if its lines are short
+
+
+def split_rows(grid: Grid, items: Sequence[Boxed], texts: Sequence[str] | None = None) -> Grid:
+    """The grid with a row boundary wherever its text shows one (a table ruled every
+    five rows is still five rows to a rule).
+
+    Within a grid row, the text lines are bands of ink across the row; a white
+    band between two of them is a row boundary when at least two cells have
+    text on both sides of it.  A cell whose text wraps onto a second line
+    beside one-line neighbours has text on one side only, so it stays one cell.
+    Two-line rows are split only when their lines are short (data, not prose).
+    """
+    rows_n, cols_n = grid.shape
+    by_row: dict[int, list[tuple[float, float, int, int]]] = {}
+    for n, it in enumerate(items):
+        if it.x1 <= it.x0:
+            continue
+        cy, cx = (it.y0 + it.y1) / 2, (it.x0 + it.x1) / 2
+        if not (grid.xs[0] <= cx <= grid.xs[-1] and grid.ys[0] <= cy <= grid.ys[-1]):
+            continue
+        r = min(bisect.bisect_left(grid.ys, cy) - 1, rows_n - 1)
+        c = min(bisect.bisect_left(grid.xs, cx) - 1, cols_n - 1)
+        half = 0.3 * (it.y1 - it.y0)  # the core of the glyph: ascenders and descenders
+        by_row.setdefault(max(r, 0), []).append((cy - half, cy + half, max(c, 0), n))
+    new_ys: list[float] = []
+    for row_items in by_row.values():
+        row_items.sort()
+        bands: list[list[tuple[float, float, int, int]]] = []
+        bottom = -1e9
+        for core in row_items:
+            if bands and core[0] <= bottom:
+                bands[-1].append(core)
+                bottom = max(bottom, core[1])
+            else:
+                bands.append([core])
+                bottom = core[1]
+        if len(bands) < 2:
+            continue
+        cols_in = [{core[2] for core in band} for band in bands]
+        if len(bands) == 2 and texts is not None:
+            per_cell: dict[tuple[int, int], int] = {}
+            for b, band in enumerate(bands):
+                for core in band:
+                    key = (b, core[2])
+                    per_cell[key] = per_cell.get(key, 0) + len(texts[core[3]])
+            if max(per_cell.values()) > SHORT_LINE:
+                continue
+        for k in range(1, len(bands)):
+            above = set().union(*cols_in[:k])
+            below = set().union(*cols_in[k:])
+            if len(above & below) >= MIN_SPLIT_CELLS:
+                top_of_next = min(it[0] for it in bands[k])
+                bottom_of_prev = max(it[1] for it in bands[k - 1])
+                new_ys.append((top_of_next + bottom_of_prev) / 2)
+    if not new_ys:
+        return grid
+    x0, x1 = grid.xs[0], grid.xs[-1]
+    return Grid(
+        xs=list(grid.xs),
+        ys=sorted([*grid.ys, *new_ys]),
+        hrules=[*grid.hrules, *((x0, y, x1, y) for y in new_ys)],
+        vrules=list(grid.vrules),
+    )
 
 
 Spans = dict[tuple[int, int], tuple[int, int, int, int]]  # as Grid.merged() gives them
