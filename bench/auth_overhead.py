@@ -14,10 +14,10 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from conveyor.api.app import create_app
 from conveyor.auth.roles import Role
 from conveyor.config import load_settings
-from conveyor.runtime import Runtime
+from conveyor.server.app import create_app
+from conveyor.server.runtime import Runtime
 
 
 def run(n: int, auth: bool, mode: str) -> float:

@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CONVEYOR_CONFIG"] = str(data / "none.yaml")
         from fastapi.testclient import TestClient
 
-        from conveyor.api.app import create_app
         from conveyor.config import load_settings
-        from conveyor.runtime import Runtime
+        from conveyor.server.app import create_app
+        from conveyor.server.runtime import Runtime
 
         settings = load_settings(data_dir=data, backend_url=f"sqlite:///{db}")
         runtime = Runtime.build(settings, with_worker=False, with_trigger=False)

@@ -44,7 +44,7 @@ from conveyor.processors.transcode import TranscodeProcessor
 from conveyor.processors.transcode.command import build_command, plan_outputs
 from conveyor.processors.transcode.encoders import detect_encoders
 from conveyor.processors.transcode.probe import probe_input
-from conveyor.runtime import Runtime
+from conveyor.server.runtime import Runtime
 from conveyor.service import SubmitRequest
 from conveyor.storage.local import LocalBlobStore
 

@@ -19,11 +19,11 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from conveyor.api.app import create_app
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.config import Settings
 from conveyor.processors import ProcessorRegistry
-from conveyor.runtime import Runtime
+from conveyor.server.app import create_app
+from conveyor.server.runtime import Runtime
 from conveyor.service import ConveyorService
 from conveyor.storage.local import LocalBlobStore
 from tests.conftest import free_port

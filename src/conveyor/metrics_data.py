@@ -1,7 +1,7 @@
 """What a task store reports for dashboards and ``/metrics``: plain models, no engine.
 
 ``TaskStore.throughput`` answers ``ThroughputPoint`` windows and
-``TaskStore.metrics_snapshot`` a ``MetricsSnapshot``; ``conveyor.metrics``
+``TaskStore.metrics_snapshot`` a ``MetricsSnapshot``; ``conveyor.api.metrics``
 turns the snapshot into Prometheus families and the console draws the
 windows.  Engines fill them; the SQL engines share the aggregate query
 helpers in ``conveyor.backends.sql``.

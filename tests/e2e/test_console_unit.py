@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from conveyor.api.app import create_app
 from conveyor.backends.base import Backend
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.config import load_settings
@@ -27,7 +26,8 @@ from conveyor.console.render import STATIC, TEMPLATES
 from conveyor.errors import ConveyorError, ProcessorError
 from conveyor.models import InputRef, Task, TaskStatus, Trigger, WorkerInfo
 from conveyor.processors.transcode.settings import ALL_TRANSCODE_TYPES
-from conveyor.runtime import Runtime
+from conveyor.server.app import create_app
+from conveyor.server.runtime import Runtime
 
 CONSOLE = TEMPLATES.parent
 # the kinds' own console pages and their modules (a processor's console.py)

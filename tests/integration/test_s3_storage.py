@@ -232,9 +232,9 @@ def test_presigned_url_downloads_with_plain_httpx(
 def test_api_download_redirects_to_a_presigned_url(
     s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conveyor.api.app import create_app
     from conveyor.config import load_settings
-    from conveyor.runtime import Runtime
+    from conveyor.server.app import create_app
+    from conveyor.server.runtime import Runtime
 
     fresh_store()  # empty buckets
     monkeypatch.setenv("CONVEYOR_CONFIG", str(tmp_path / "none.yaml"))

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from conveyor.api.app import create_app
 from conveyor.config import load_settings
-from conveyor.runtime import Runtime
+from conveyor.server.app import create_app
+from conveyor.server.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -1,4 +1,4 @@
-"""Why a pending task waits: ``conveyor.waiting.why_waiting`` over reported workers."""
+"""Why a pending task waits: ``conveyor.service.waiting.why_waiting`` over reported workers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from conveyor.console.i18n import LANGS, catalogue
 from conveyor.models import Task, TaskStatus, WorkerInfo, utcnow
-from conveyor.waiting import WaitReason, why_waiting
+from conveyor.service.waiting import WaitReason, why_waiting
 
 
 def worker(gpus: int = 0, in_use: int = 0, kinds: tuple[str, ...] = ("container",)) -> WorkerInfo:

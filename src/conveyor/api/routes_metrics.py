@@ -1,4 +1,4 @@
-"""``GET /metrics`` in the Prometheus text format (see ``conveyor.metrics``)."""
+"""``GET /metrics`` in the Prometheus text format (see ``conveyor.api.metrics``)."""
 
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ def _serve(
 
     import uvicorn
 
-    from conveyor.api.app import create_app
-    from conveyor.runtime import Runtime
+    from conveyor.server.app import create_app
+    from conveyor.server.runtime import Runtime
 
     guard_exposure(settings, insecure)
     runtime = Runtime.build(

@@ -46,7 +46,7 @@ def worker(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from conveyor.runtime import build_service
+    from conveyor.server.runtime import build_service
     from conveyor.worker.loop import Worker
 
     if enroll and not join:

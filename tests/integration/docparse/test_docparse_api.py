@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from conveyor.api.app import create_app
 from conveyor.config import load_settings
-from conveyor.runtime import Runtime
+from conveyor.server.app import create_app
+from conveyor.server.runtime import Runtime
 from tests.docparse_samples import (
     HEADINGS,
     make_encrypted_pdf,

@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from conveyor.api.app import create_app
 from conveyor.config import load_settings
-from conveyor.runtime import Runtime
+from conveyor.server.app import create_app
+from conveyor.server.runtime import Runtime
 
 _DIR = Path(tempfile.mkdtemp(prefix="conveyor-schemathesis-"))
 _settings = load_settings(data_dir=_DIR, auth=True, auth_rate_limit=100_000, trigger_enabled=False)

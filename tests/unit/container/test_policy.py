@@ -13,7 +13,7 @@ from conveyor.models import Task, WorkerInfo
 from conveyor.processors.container import ContainerProcessor
 from conveyor.processors.container.params import check_image, internal_registry
 from conveyor.processors.container.settings import LOCAL_RUNNER_RISK
-from conveyor.waiting import why_waiting
+from conveyor.service.waiting import why_waiting
 
 
 @pytest.fixture(autouse=True)

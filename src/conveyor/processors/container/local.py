@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from conveyor.procutil import die_with_parent, kill_group
+from conveyor.processors.procutil import die_with_parent, kill_group
 
 from .runner import (
     LineSplitter,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from conveyor.errors import ProcessorError, TaskCancelled
-from conveyor.procutil import kill_group, popen_group
+from conveyor.processors.procutil import kill_group, popen_group
 
 # Lines in ffmpeg's stderr that blame the input, not the machine: retrying will not help.
 INPUT_ERROR_MARKERS = (

@@ -40,8 +40,8 @@ from conveyor.models import (
 )
 from conveyor.processors import ProcessorRegistry
 from conveyor.processors.base import ConsoleLink, KindForm, Processor
+from conveyor.service.waiting import WaitReason, why_waiting
 from conveyor.storage import BlobStore, ObjectInfo, validate_bucket, validate_key
-from conveyor.waiting import WaitReason, why_waiting
 
 log = logging.getLogger(__name__)
 

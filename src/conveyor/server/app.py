@@ -1,4 +1,9 @@
-"""FastAPI app factory: one router per area, errors in one shape."""
+"""The web app: the REST API (one router per area, errors in one shape), the kinds'
+own routes and the console at /admin, around one ``Runtime``.
+
+It lives above both faces, so neither imports the other: ``api`` and ``console``
+share only ``conveyor.web``.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from conveyor import __version__
-from conveyor.console import console_lifespan, mount_console
-from conveyor.metrics import build_registry
-from conveyor.runtime import Runtime
-from conveyor.web.security import Permission, require
-
-from . import (
+from conveyor.api import (
     routes_auth,
     routes_docs,
     routes_files,
@@ -26,8 +26,12 @@ from . import (
     routes_worker,
     routes_worker_files,
 )
-from .errors import RequestContextMiddleware, install_error_handlers
-from .hardening import HardeningMiddleware
+from conveyor.api.errors import RequestContextMiddleware, install_error_handlers
+from conveyor.api.hardening import HardeningMiddleware
+from conveyor.api.metrics import build_registry
+from conveyor.console import console_lifespan, mount_console
+from conveyor.server.runtime import Runtime
+from conveyor.web.security import Permission, require
 
 log = logging.getLogger(__name__)
 
