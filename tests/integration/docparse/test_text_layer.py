@@ -208,3 +208,31 @@ def test_contents_and_index_are_not_tables(tmp_path: Path) -> None:
     md, items = parse(pdf, tmp_path)
     assert not any(i["type"] == "table" for i in items), md
     assert "Contents" in md and "Index" in md
+
+
+def test_a_turned_margin_stamp_is_not_text(tmp_path: Path) -> None:
+    """arXiv's identifier runs up the left margin, turned a quarter: it became 22
+    one-letter headings."""
+    stamp = "BT /F1 20 Tf 0 1 -1 0 40 200 Tm (arXiv:2101.00001v1 [cs.CL] 1 Jan 2021) Tj ET\n"
+    content = stamp + text_at(72, 720, "A Paper Title", 16, "F2") + prose_lines(72, 690, 8)
+    pdf = write_pdf(tmp_path / "stamp.pdf", [content])
+    md, items = parse(pdf, tmp_path)
+    assert "arXiv" not in md
+    assert [i["text"] for i in items if i.get("text_level")] == ["A Paper Title"]
+
+
+def test_headings_against_the_document_body_size(tmp_path: Path) -> None:
+    """Body size judged per page: on a page of 8 pt references, 10 pt lines were
+    headings.  Judged over the document, they are text; headings in small caps,
+    capitals or numbered and set apart at body size are found."""
+    page1 = text_at(72, 720, "1. INTRODUCTION", 10) + prose_lines(72, 700, 20)
+    page1 += text_at(72, 440, "2.1. Related work", 10) + prose_lines(72, 420, 10)
+    page2 = prose_lines(72, 720, 3)
+    y = 670.0
+    for k in range(30):
+        page2 += text_at(72, y, f"[{k + 1}] A. Author, B. Author, Journal {k} (2001) {k * 7}", 8)
+        y -= 9.5
+    pdf = write_pdf(tmp_path / "refs.pdf", [page1, page2])
+    _md, items = parse(pdf, tmp_path)
+    headings = [i["text"] for i in items if i.get("text_level")]
+    assert headings == ["1. INTRODUCTION", "2.1. Related work"]

@@ -5,6 +5,13 @@ Two passes over the spool: the first learns the document's heading sizes
 and footers, the second streams the outputs, so neither the document nor its
 outputs are ever held in memory.
 
+Headings found on a page for their size alone are judged again against the
+document's body size (the size most of its characters are set in, over
+every text page): judged per page, a page of references in 8 pt made its
+10 pt lines headings.  A heading that is not bigger than the document's body
+text becomes text again (joined with the paragraph it was cut from), and a
+short line bigger than it becomes a heading.
+
 Running headers and footers (a page number, a report title repeated at the
 top of every page) are left out of both outputs, as MinerU discards them: a
 short text block in the top or bottom tenth of a page whose text, digits
@@ -21,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conveyor.processors.docparse.layout import HEADING_RATIO, SENTENCE_END, join_words
 from conveyor.processors.docparse.model import (
     HeadingKey,
     content_item,
@@ -46,7 +54,7 @@ RunningKey = tuple[str, str]
 def running_key(block: dict[str, Any], page: dict[str, Any]) -> RunningKey | None:
     """Where and what a block would be as a running header/footer, or None."""
     height = float(page.get("height") or 0)
-    if block["type"] != "text" or height <= 0:
+    if block["type"] not in ("text", "title") or height <= 0:
         return None
     y0, y1 = float(block["bbox"][1]), float(block["bbox"][3])
     if y1 <= height * MARGIN:
@@ -74,12 +82,82 @@ def read_spool(spool: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
+def document_body(spool: Path) -> float:
+    """The size most characters of the document's text pages are set in."""
+    counts: dict[float, int] = {}
+    for page in read_spool(spool):
+        if page.get("method") == "text":
+            for size, n in (page.get("sizes") or {}).items():
+                counts[float(size)] = counts.get(float(size), 0) + int(n)
+    return max(counts, key=lambda k: counts[k]) if counts else 0.0
+
+
+def _joinable(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """``b`` goes on the paragraph ``a`` (the next block in reading order)."""
+    if a["type"] != "text" or b["type"] != "text":
+        return False
+    sa, sb = float(a.get("size") or 0), float(b.get("size") or 0)
+    ax0, _ay0, ax1, ay1 = a["bbox"]
+    bx0, by0, bx1, _by1 = b["bbox"]
+    size = max(sa, sb, 1.0)
+    return (
+        abs(sa - sb) < 0.6
+        and min(ax1, bx1) - max(ax0, bx0) > 0.5 * min(ax1 - ax0, bx1 - bx0)
+        and -0.5 * size <= by0 - ay1 <= 0.9 * size
+    )
+
+
+def reclassify(page: dict[str, Any], body: float) -> list[dict[str, Any]]:
+    """The page's blocks with headings judged against the document's body size."""
+    blocks = page["blocks"]
+    if body <= 0 or page.get("method") != "text":
+        return list(blocks)
+    out: list[dict[str, Any]] = []
+    changed: list[bool] = []
+    for block in blocks:
+        b, moved = block, False
+        size = float(block.get("size") or 0)
+        text = str(block.get("text", ""))
+        if block["type"] == "title" and block.get("by_size") and size < HEADING_RATIO * body:
+            b, moved = {**block, "type": "text"}, True
+        elif (
+            block["type"] == "text"
+            and size >= HEADING_RATIO * body
+            and len(text) <= 200
+            and int(block.get("lines", 1)) <= 3
+            and not text.endswith(SENTENCE_END)
+            and any(c.isalpha() for c in text)
+        ):
+            b = {**block, "type": "title", "by_size": True}
+        if out and (moved or changed[-1]) and _joinable(out[-1], b):
+            prev = out[-1]
+            x0, y0, x1, y1 = prev["bbox"]
+            out[-1] = {
+                **prev,
+                "text": join_words(str(prev.get("text", "")), text),
+                "bbox": [
+                    min(x0, b["bbox"][0]),
+                    min(y0, b["bbox"][1]),
+                    max(x1, b["bbox"][2]),
+                    max(y1, b["bbox"][3]),
+                ],
+                "lines": int(prev.get("lines", 1)) + int(b.get("lines", 1)),
+            }
+            changed[-1] = True
+            continue
+        out.append(b)
+        changed.append(moved)
+    return out
+
+
 def assemble(spool: Path, markdown: Path | None, content_list: Path | None) -> Assembled:
     keys: set[HeadingKey] = set()
     seen: dict[RunningKey, int] = {}
     n_pages = 0
+    body = document_body(spool)
     for page in read_spool(spool):
         n_pages += 1
+        page["blocks"] = reclassify(page, body)
         keys.update(heading_key(b) for b in page["blocks"] if b["type"] == "title")
         for rk in {k for b in page["blocks"] if (k := running_key(b, page)) is not None}:
             seen[rk] = seen.get(rk, 0) + 1
@@ -94,7 +172,7 @@ def assemble(spool: Path, markdown: Path | None, content_list: Path | None) -> A
         first_md, first_item = True, True
         for page in read_spool(spool):
             out.pages += 1
-            for block in page["blocks"]:
+            for block in reclassify(page, body):
                 if running and running_key(block, page) in running:
                     out.discarded += 1
                     continue

@@ -7,6 +7,7 @@ blocks in reading order.  Coordinates are points, origin top-left.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ class Char:
     bold: bool = False
     mono: bool = False  # a fixed-pitch font: code, aligned by spaces
     math: bool = False  # set in a math font (TeX's cmmi/cmsy/cmex, Cambria Math, STIX...)
+    caps: bool = False  # set in a small caps font
 
 
 @dataclass
@@ -47,6 +49,9 @@ class Line:
     # the only line of its paragraph (OCR knows paragraphs; a text layer does not)
     solo: bool = False
     math: int = 0  # characters that are mathematics (font or symbol)
+    caps: bool = False  # set in small caps
+    # further from the line before it (in its column) than the page's lines usually are
+    spaced: bool = False
 
     @property
     def height(self) -> float:
@@ -64,6 +69,7 @@ class _Builder:
     bold: int = 0
     n: int = 0
     math: int = 0
+    caps: int = 0
 
     def add(self, ch: Char) -> None:
         if self.n == 0:
@@ -75,6 +81,7 @@ class _Builder:
         self.sizes.append(ch.size)
         self.bold += ch.bold
         self.math += is_math(ch)
+        self.caps += ch.caps
         self.n += 1
 
     def line(self) -> Line | None:
@@ -92,6 +99,7 @@ class _Builder:
             bold=self.bold >= 0.8 * self.n,
             chars=self.n,
             math=self.math,
+            caps=self.caps >= 0.8 * self.n,
         )
 
 
@@ -183,11 +191,17 @@ def chars_to_lines(chars: Iterable[Char]) -> list[Line]:
     return lines
 
 
-def body_size(lines: Sequence[Line]) -> float:
-    """The size most characters are set in."""
+def size_counts(lines: Sequence[Line]) -> Counter[float]:
+    """Characters per size (to half a point)."""
     counts: Counter[float] = Counter()
     for ln in lines:
         counts[round(ln.size * 2) / 2] += ln.chars
+    return counts
+
+
+def body_size(lines: Sequence[Line]) -> float:
+    """The size most characters are set in."""
+    counts = size_counts(lines)
     return counts.most_common(1)[0][0] if counts else 0.0
 
 
@@ -254,20 +268,44 @@ def reading_order(lines: Sequence[Line], page_w: float) -> list[Line]:
     return out
 
 
+# "2.", "3.1", "3.1.2.", "A.", "IV." and a capital: how numbered headings start
+NUMBERED = re.compile(r"^(?:\d{1,2}(?:\.\d{1,2}){0,3}\.?|[A-Z]\.|[IVX]{1,5}\.)\s+\S")
+HEADING_MAX_WORDS = 12
+
+
 def _is_heading(ln: Line, body: float, ratio: float, bold_headings: bool) -> bool:
+    """Bigger than the body text; or, at about its size, a short line that does not end
+    like a sentence and stands out: bold, small caps or all capitals, or numbered like
+    a section and set apart from the line before."""
     if body <= 0:
         return False
     if ln.size >= body * ratio:
         return len(ln.text) <= 200
     if ln.solo and _looks_like_title(ln.text) and ln.size >= 0.9 * body:
         return True
-    return (
-        bold_headings
-        and ln.bold
-        and ln.size >= body * 0.95
-        and len(ln.text) <= BOLD_HEADING_MAX_CHARS
-        and not ln.text.endswith((".", "。", ":", "："))
-    )
+    if not bold_headings or ln.size < body * 0.85 or ln.text.endswith(SENTENCE_END):
+        return False
+    if ln.bold and ln.size >= body * 0.95 and len(ln.text) <= BOLD_HEADING_MAX_CHARS:
+        return True
+    words = ln.text.split()
+    if len(words) > HEADING_MAX_WORDS or not any(c.isalpha() for c in ln.text):
+        return False
+    numbered = bool(NUMBERED.match(ln.text))
+    capitals = _all_capitals(ln.text)
+    if ln.caps and (numbered or ln.spaced or capitals):
+        return True  # small caps: "1. Introduction" in AAS's and many journals' style
+    if capitals and (numbered or ln.spaced):
+        return True
+    first = words[1] if numbered and len(words) > 1 else words[0]
+    return numbered and ln.spaced and first[:1].isupper()
+
+
+SENTENCE_END = (".", ",", ":", ";", "。", "，", "：", "；")
+
+
+def _all_capitals(text: str) -> bool:
+    letters = [c for c in text if c.isalpha()]
+    return len(letters) >= 4 and all(c.isupper() for c in letters)
 
 
 # a line this much mathematics (and at least this many symbols) is a displayed formula
@@ -294,6 +332,24 @@ def _looks_like_title(text: str) -> bool:
     )
 
 
+def _mark_spaced(lines: Sequence[Line]) -> None:
+    """Mark the lines further below the line before them (in their column) than the
+    page's lines usually are: headings are set apart, list items and paragraphs not."""
+    gaps: list[float] = []
+    last: dict[int, Line] = {}
+    pairs: list[tuple[Line, float | None]] = []
+    for ln in lines:
+        before = last.get(ln.column)
+        gap = ln.y0 - before.y1 if before is not None else None
+        if gap is not None and 0 <= gap < 1.5 * max(ln.size, 1.0):
+            gaps.append(gap)
+        pairs.append((ln, gap))
+        last[ln.column] = ln
+    usual = sorted(gaps)[len(gaps) // 2] if gaps else 0.0
+    for ln, gap in pairs:
+        ln.spaced = gap is None or gap >= usual + 0.3 * max(ln.size, 1.0)
+
+
 def lines_to_blocks(
     lines: Sequence[Line],
     body: float,
@@ -305,6 +361,7 @@ def lines_to_blocks(
     blocks: list[Block] = []
     cur: Block | None = None
     prev: Line | None = None
+    _mark_spaced(lines)
     for ln in lines:
         if _is_equation(ln):
             kind = "equation"
@@ -321,6 +378,7 @@ def lines_to_blocks(
         )
         if joinable and cur is not None:
             cur.text = join_words(cur.text, ln.text)
+            cur.lines += 1
             x0, y0, x1, y1 = cur.bbox
             cur.bbox = (min(x0, ln.x0), min(y0, ln.y0), max(x1, ln.x1), max(y1, ln.y1))
         else:
@@ -330,6 +388,7 @@ def lines_to_blocks(
                 text=ln.text,
                 size=ln.size,
                 bold=ln.bold,
+                by_size=kind == "title" and ln.size >= body * heading_ratio,
             )
             blocks.append(cur)
         prev = ln

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,7 @@ from conveyor.processors.docparse.layout import (
     order_blocks,
     reading_order,
     shared_area,
+    size_counts,
 )
 from conveyor.processors.docparse.limits import OCR_DPI, DocLimits, InputTooLarge
 from conveyor.processors.docparse.lineno import line_numbers
@@ -160,7 +161,8 @@ def _parse_page(job: PageJob, pixels: list[int]) -> dict[str, Any]:
                 for obj, box in images
                 if box[2] - box[0] >= MIN_FIGURE_PT and box[3] - box[1] >= MIN_FIGURE_PT
             ]
-            blocks = _text_blocks(page, content, figures, Path(job.images_dir), job.limits)
+            blocks, sizes = _text_blocks(page, content, figures, Path(job.images_dir), job.limits)
+            result.sizes = dict(sizes)
             for block in blocks:  # read where the text runs left to right, kept as shown
                 block.bbox = content.to_shown(block.bbox)
             if content.scanned:
@@ -205,7 +207,9 @@ def _text_blocks(
     figures: list[Any],
     images_dir: Path,
     limits: DocLimits,
-) -> list[Block]:
+) -> tuple[list[Block], Counter[float]]:
+    """The page's blocks in reading order, and its characters per text size (the
+    document's body size, which decides its headings, is known only at the end)."""
     cap = limits.max_page_pixels
     numbers = line_numbers(content.chars)  # in the margin: not text, nor a table's column
     chars = [c for c in content.chars if id(c) not in numbers] if numbers else content.chars
@@ -224,7 +228,8 @@ def _text_blocks(
             )
         )
     lines = chars_to_lines(free)
-    body = body_size(lines)
+    sizes = size_counts(lines)
+    body = sizes.most_common(1)[0][0] if sizes else 0.0
     blocks = lines_to_blocks(reading_order(lines, content.width), body)
     for block in blocks:
         if block.type == "equation":  # its picture too, as the text cannot hold its layout
@@ -244,7 +249,7 @@ def _text_blocks(
         )
         if rel:
             anchored.append(Block(type="image", bbox=box, img_path=rel))
-    return attach_captions(order_blocks(blocks, anchored, content.width))
+    return attach_captions(order_blocks(blocks, anchored, content.width)), sizes
 
 
 def _ocr_blocks(

@@ -28,6 +28,10 @@ class Block:
     table_html: str = ""
     table_md: str = ""
     caption: str = ""  # of a table or image
+    lines: int = 1  # text lines joined into it
+    # a heading only for its size against the page's body text: the document's body
+    # size decides in the end (assemble.reclassify)
+    by_size: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type, "bbox": [round(v, 2) for v in self.bbox]}
@@ -35,9 +39,13 @@ class Block:
             value = getattr(self, name)
             if value:
                 d[name] = value
-        if self.type == "title":
+        if self.type in ("title", "text"):
             d["size"] = round(self.size * 2) / 2
             d["bold"] = self.bold
+            if self.lines > 1:
+                d["lines"] = self.lines
+            if self.by_size:
+                d["by_size"] = True
         return d
 
 
@@ -51,6 +59,7 @@ class PageResult:
     blocks: list[dict[str, Any]] = field(default_factory=list)
     chars: int = 0
     ocr_words: int = 0
+    sizes: dict[float, int] = field(default_factory=dict)  # characters per text size
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +71,7 @@ class PageResult:
             "blocks": self.blocks,
             "chars": self.chars,
             "ocr_words": self.ocr_words,
+            "sizes": {str(k): v for k, v in self.sizes.items()},
         }
 
 

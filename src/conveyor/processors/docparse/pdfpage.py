@@ -12,6 +12,7 @@ import ctypes
 import hashlib
 import math
 import os
+import re
 import tempfile
 import unicodedata
 from dataclasses import dataclass
@@ -141,8 +142,10 @@ MATH_NAMES = ("cmmi", "cmsy", "cmex", "msam", "msbm", "math", "stix", "symbol", 
 MONO_NAMES = ("mono", "courier", "consol", "menlo", "typewriter", "fixed", "nimbusmon", "cmtt")
 
 
-# effective size (points), bold, fixed pitch, math
-CharStyle = tuple[float, bool, bool, bool]
+# small caps fonts by name: TeX's cmcsc/*-sc, OpenType "SmallCaps", "SC" suffixes
+SMALL_CAPS = re.compile(r"csc|smallcap|small-cap|smcp|(?:^|[-+_])sc(?:$|[-_])|caps$")
+# effective size (points), bold, fixed pitch, math, small caps
+CharStyle = tuple[float, bool, bool, bool, bool]
 
 
 def _char_style(
@@ -179,7 +182,7 @@ def _char_style(
     )
     mono = bool(flags.value & FIXED_PITCH) or any(m in name for m in MONO_NAMES)
     is_math = any(m in name for m in MATH_NAMES)
-    style = (size, bold, mono, is_math)
+    style = (size, bold, mono, is_math, bool(SMALL_CAPS.search(name.split("+")[-1])))
     if key:
         cache[key] = style
     return style
@@ -194,6 +197,7 @@ class _RawChar:
     bold: bool
     mono: bool
     math: bool
+    caps: bool  # a small caps font
     angle: int  # clockwise degrees of its baseline in user space, to the nearest 90
 
 
@@ -296,7 +300,18 @@ def chars_in(raw: list[_RawChar | str], frame: PageFrame) -> list[Char]:
             adv = frame.box(*ch.advance)
             x0, x1 = min(x0, adv[0]), max(x1, adv[2])
         chars.append(
-            Char(ch.text, x0, y0, x1, y1, size=ch.size, bold=ch.bold, mono=ch.mono, math=ch.math)
+            Char(
+                ch.text,
+                x0,
+                y0,
+                x1,
+                y1,
+                size=ch.size,
+                bold=ch.bold,
+                mono=ch.mono,
+                math=ch.math,
+                caps=ch.caps,
+            )
         )
     return chars
 
@@ -347,6 +362,9 @@ def read_page(page: pdfium.PdfPage) -> tuple[PageContent, list[tuple[Any, Box]]]
     shown = PageFrame.of(page)
     raw, printable = _raw_chars(page)
     frame = shown.turned(reading_rotation(raw, shown.rotation))
+    # text running another way than the page's own (an arXiv stamp up the margin, a
+    # chart's turned axis label) is not part of its headings and paragraphs
+    raw = [ch for ch in raw if isinstance(ch, str) or (360 - ch.angle) % 360 == frame.rotation]
     images = image_boxes(page, frame)
     content = PageContent(
         chars=chars_in(raw, frame),
