@@ -58,7 +58,15 @@ def options_for(argv: list[str], output: str) -> list[str]:
 @pytest.mark.parametrize(
     ("src", "box", "expected"),
     [
-        ((1920, 1080), (848, 480), (848, 476)),
+        ((1920, 1080), (848, 480), (848, 480)),  # within 1 % of the box's aspect: its size
+        ((1280, 720), (848, 480), (848, 480)),
+        ((854, 480), (848, 480), (848, 480)),
+        ((850, 478), (848, 480), (848, 476)),  # snapping would stretch 478 up to 480: no
+        ((640, 360), (848, 480), (640, 360)),  # smaller than the box: never upscaled
+        ((1440, 1080), (848, 480), (640, 480)),  # 4:3 is no near miss of 848:480
+        ((1920, 1040), (848, 480), (848, 458)),  # 1.846 is 4.5 % off: fitted, not snapped
+        ((1920, 1080), (416, 234), (416, 234)),
+        ((1920, 1080), (853, 480), (852, 480)),  # an odd box snaps to an even size
         ((1920, 1080), (640, 360), (640, 360)),
         ((1920, 1080), (1920, 1080), (1920, 1080)),
         ((3840, 2160), (1280, 720), (1280, 720)),
@@ -78,12 +86,24 @@ def test_fit_within(
 def test_fit_within_invariants_over_many_sizes() -> None:
     for sw in range(64, 4000, 97):
         for sh in range(48, 2300, 89):
-            for bw, bh in ((848, 480), (640, 360), (1280, 720), (1920, 1080)):
+            for bw, bh in ((848, 480), (640, 360), (1280, 720), (1920, 1080), (416, 234)):
                 w, h = fit_within(sw, sh, bw, bh)
                 assert w % 2 == 0 and h % 2 == 0
                 assert w <= max(2, min(sw, bw)) and h <= max(2, min(sh, bh)), "no upscale"
-                # aspect kept to within the rounding of one even step on each side
-                assert abs(w / h - sw / sh) <= (sw / sh) * (2 / h + 2 / w) + 1e-9
+                # aspect kept to within the rounding of one even step on each side, or
+                # within the 1 % a snap to the box's own size may stretch it
+                slack = max(2 / h + 2 / w, 0.01)
+                assert abs(w / h - sw / sh) <= (sw / sh) * slack + 1e-9
+
+
+def test_snap_to_the_named_size_only_within_one_percent() -> None:
+    """848x480 is 0.6 % narrower than 16:9: 16:9 inputs get 848x480, as promised."""
+    assert fit_within(1920, 1080, 848, 480) == (848, 480)
+    # 1 % either side of 848:480 snaps; just beyond does not
+    assert fit_within(1712, 960, 848, 480) == (848, 480)  # +0.94 %
+    assert fit_within(1680, 960, 848, 480) == (848, 480)  # -0.94 %
+    assert fit_within(1716, 960, 848, 480) != (848, 480)  # +1.2 %
+    assert fit_within(1676, 960, 848, 480) != (848, 480)  # -1.2 %
 
 
 def test_preview_is_always_shorter_than_the_input() -> None:

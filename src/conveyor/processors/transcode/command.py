@@ -41,12 +41,25 @@ class OutputPlan:
         return self.profile.name
 
 
+# An input whose aspect is this close to a box's is scaled to the box's very size: users
+# were promised 848x480 for mp4_standard, not the 848x476 that 16:9 gives exactly.
+SNAP_TOLERANCE = Fraction(1, 100)
+
+
 def fit_within(src_w: int, src_h: int, max_w: int | None, max_h: int | None) -> tuple[int, int]:
     """Largest even size inside the box with the source's aspect, never above the source.
+
+    When the source's aspect is within 1 % of the box's and the source is at least
+    as large as the box both ways, the result is the box itself (made even): the
+    named size, stretched by under 1 %, and still never an upscale.
 
     Computed exactly (fractions) rather than left to scale expressions, so
     the output check can demand the very size that was asked for.
     """
+    if max_w is not None and max_h is not None and src_w >= max_w and src_h >= max_h:
+        ratio = Fraction(src_w * max_h, src_h * max_w)
+        if abs(ratio - 1) <= SNAP_TOLERANCE:
+            return max(2, max_w // 2 * 2), max(2, max_h // 2 * 2)
     scale = Fraction(1)
     if max_w is not None and src_w > max_w:
         scale = min(scale, Fraction(max_w, src_w))
