@@ -23,6 +23,7 @@ def test_normalises_and_dedupes() -> None:
     assert out == {
         "transcode_types": ["thumbnail", "mp4_smooth"],
         "output_prefix": "a/b",
+        "segment_seconds": None,
         "timeout_s": None,
     }
 
@@ -32,7 +33,7 @@ def test_unknown_type_names_it_and_lists_the_known_ones() -> None:
         TranscodeProcessor(None).validate({"transcode_types": ["mp4_standard", "4k_hdr"]}, REF)
     msg = str(err.value)
     assert msg.startswith("unknown transcode type '4k_hdr'; known types: mp4_standard, mp4_smooth")
-    assert msg.endswith("thumbnail")
+    assert msg.endswith("thumbnail, hls, dash, cmaf")
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,10 @@
 The order of ``run`` is the point: reject a bad input before encoding,
 encode everything in one pass, check every output, and only then publish —
 so a task either completes with all its renditions or publishes nothing.
+Streaming groups (``hls``, ``dash``, ``cmaf``: see ``profiles.StreamGroup``) are
+part of the same pass: their rungs are branches of the same graph, and their
+playlists, manifests and segments are checked (``streaming.py``) and staged with
+the rest.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar, cast, get_args
 
@@ -33,7 +38,13 @@ from conveyor.processors.base import (
     download_input,
     publishing,
 )
-from conveyor.processors.transcode.command import OutputPlan, build_command, plan_outputs
+from conveyor.processors.transcode.command import (
+    GroupPlan,
+    OutputPlan,
+    build_command,
+    plan_groups,
+    plan_outputs,
+)
 from conveyor.processors.transcode.encoders import (
     EncoderMode,
     Encoders,
@@ -44,8 +55,11 @@ from conveyor.processors.transcode.encoders import (
 from conveyor.processors.transcode.params import TranscodeParams
 from conveyor.processors.transcode.probe import MediaInfo, OutputInfo, probe_input, verify_output
 from conveyor.processors.transcode.profiles import (
+    BUILTIN_GROUPS,
     SEED_PROFILES,
+    Entry,
     Profile,
+    StreamGroup,
     build_profile_table,
 )
 from conveyor.processors.transcode.runner import (
@@ -57,6 +71,7 @@ from conveyor.processors.transcode.runner import (
     tidy_lines,
 )
 from conveyor.processors.transcode.settings import TranscodeSettings
+from conveyor.processors.transcode.streaming import GroupResult, unnamed_files, verify_group
 from conveyor.storage.base import validate_key
 
 from .labels import LABELS
@@ -68,6 +83,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREVIEW_SECONDS = 10.0
 SPEED_SAMPLE = 20  # recent completed tasks averaged into conveyor_transcode_speed_ratio
+# files staged side by side: a streaming group is hundreds of small files, and each
+# put is a round trip (S3, the API) or an fsync (a local folder)
+STAGE_THREADS = 8
 _SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 # the video files it takes (the upload trigger queues these, and only these)
 VIDEO_SUFFIXES = frozenset(
@@ -103,7 +121,7 @@ class TranscodeProcessor(Processor):
             raise ValueError(f"encoder must be auto, cpu or nvenc, not {mode!r}")
         self.encoder_mode: EncoderMode = cast(EncoderMode, mode)
         self.preview_seconds = float(self.config.preview_seconds or DEFAULT_PREVIEW_SECONDS)
-        self.profiles: dict[str, Profile] = build_profile_table(self.config.profiles or {})
+        self.profiles: dict[str, Entry] = build_profile_table(self.config.profiles or {})
 
     # -- submit time -----------------------------------------------------------------
     def with_defaults(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -128,9 +146,11 @@ class TranscodeProcessor(Processor):
         return normalised
 
     def known_types(self) -> list[str]:
-        """Seed types in table order, then user-defined ones alphabetically."""
-        extra = sorted(t for t in self.profiles if t not in SEED_PROFILES)
-        return [*SEED_PROFILES, *extra]
+        """Seed types in table order, the built-in streaming groups, then user-defined
+        ones alphabetically."""
+        builtin = [*SEED_PROFILES, *BUILTIN_GROUPS]
+        extra = sorted(t for t in self.profiles if t not in builtin)
+        return [*builtin, *extra]
 
     # -- faces -----------------------------------------------------------------------
     def form(self) -> KindForm:
@@ -190,10 +210,13 @@ class TranscodeProcessor(Processor):
         if ctx.task.input is None:
             raise InputRejected("a transcode task needs an input video (bucket and key)")
         src_ref = ctx.task.input
-        profiles = [self.profiles[t] for t in params.transcode_types]
+        entries = [self.profiles[t] for t in params.transcode_types]
+        profiles = [e for e in entries if isinstance(e, Profile)]
+        groups = [e for e in entries if isinstance(e, StreamGroup)]
         encoders = detect_encoders(self.ffmpeg, self.encoder_mode)
-        for p in profiles:
-            encoders.for_codec(p.codec)  # before the download: this host may lack x265
+        # before the download: this host may lack x265
+        for codec in {p.codec for p in profiles} | {r.codec for g in groups for r in g.ladder}:
+            encoders.for_codec(codec)
 
         ctx.report_progress(0.0, "download", f"downloading {src_ref.bucket}/{src_ref.key}")
         src = self._download(ctx, src_ref)
@@ -209,22 +232,33 @@ class TranscodeProcessor(Processor):
         outdir = ctx.workdir / "out"
         outdir.mkdir(parents=True, exist_ok=True)
         plans = plan_outputs(info, profiles, outdir, self.preview_seconds)
-        result, encoders = self._encode(ctx, src, info, plans, encoders, started)
+        group_plans = plan_groups(info, groups, outdir, params.segment_seconds)
+        for gp in group_plans:
+            gp.dir.mkdir(parents=True, exist_ok=True)
+            ctx.log(_describe_group_plan(gp, info))
+        result, encoders = self._encode(ctx, src, info, plans, group_plans, encoders, started)
         _check_cancel(ctx)
 
         ctx.report_progress(94.0, "verify", "checking every output with ffprobe")
-        checked = self._verify_all(plans, info, result, src)
+        checked, streams = self._verify_all(plans, group_plans, info, result, src)
         speed = info.duration / result.elapsed if result.elapsed else 0.0
         ctx.log(
-            f"Transcode completed: {len(plans)} output(s) in {result.elapsed:.2f} s "
-            f"({speed:.2f}x realtime)"
+            f"Transcode completed: {len(plans) + len(group_plans)} output(s) in "
+            f"{result.elapsed:.2f} s ({speed:.2f}x realtime)"
         )
         for plan, out in checked:
             ctx.log(f"  {plan.name}: {_describe(plan, out)}")
+        for res in streams:
+            ctx.log(f"  {res.plan.name}: {_describe_group(res)}")
+            for stray in unnamed_files(res):
+                ctx.log(f"  {res.plan.name}: {stray.name} is named by no playlist; not published")
         prefix = params.output_prefix or _default_prefix(src_ref.key)
-        outputs = self._publish(ctx, checked, prefix, encoders)
+        items = _rendition_items(checked, prefix, encoders)
+        items += [i for res in streams for i in _group_items(res, prefix, encoders)]
+        outputs = self._publish(ctx, items)
         for o in outputs:  # feeds conveyor_transcode_speed_ratio on /metrics
-            o.meta["encode_speed"] = round(speed, 3)
+            if o.meta.get("role") in (None, "master", "manifest"):
+                o.meta["encode_speed"] = round(speed, 3)
         total = sum(o.size for o in outputs)
         ctx.log(
             f"Upload completed: {len(outputs)} file(s), {total} bytes to "
@@ -262,6 +296,7 @@ class TranscodeProcessor(Processor):
         src: Path,
         info: MediaInfo,
         plans: list[OutputPlan],
+        groups: list[GroupPlan],
         encoders: Encoders,
         started: float,
     ) -> tuple[FFmpegResult, Encoders]:
@@ -270,7 +305,7 @@ class TranscodeProcessor(Processor):
         Returns the result and the encoders that produced it.
         """
         try:
-            return self._encode_once(ctx, src, info, plans, encoders, started), encoders
+            return self._encode_once(ctx, src, info, plans, groups, encoders, started), encoders
         except FFmpegFailed as exc:
             if encoders.uses_gpu and gpu_failure(exc.tail):
                 ctx.log(
@@ -279,7 +314,7 @@ class TranscodeProcessor(Processor):
                 )
                 cpu = encoders.cpu_only()
                 try:
-                    return self._encode_once(ctx, src, info, plans, cpu, started), cpu
+                    return self._encode_once(ctx, src, info, plans, groups, cpu, started), cpu
                 except FFmpegFailed as again:
                     exc = again
             if blames_input(exc.tail):
@@ -293,15 +328,17 @@ class TranscodeProcessor(Processor):
         src: Path,
         info: MediaInfo,
         plans: list[OutputPlan],
+        groups: list[GroupPlan],
         encoders: Encoders,
         started: float,
     ) -> FFmpegResult:
-        argv = build_command(self.ffmpeg, src, info, plans, encoders)
+        argv = build_command(self.ffmpeg, src, info, plans, encoders, groups)
         throttle = Throttle(0.5)
+        what = _what(plans, groups)
 
         def progress(pct: float, speed: float | None) -> None:
             if throttle.ready(force=pct >= 100):
-                msg = f"encoding {len(plans)} output(s)" + (f" at {speed:g}x" if speed else "")
+                msg = f"encoding {what}" + (f" at {speed:g}x" if speed else "")
                 ctx.report_progress(3.0 + 0.9 * pct, "transcode", msg)
 
         timeout = None
@@ -310,7 +347,7 @@ class TranscodeProcessor(Processor):
         env = None
         if ctx.gpus and encoders.uses_gpu:
             env = {"CUDA_VISIBLE_DEVICES": ",".join(ctx.gpus)}
-        ctx.report_progress(3.0, "transcode", f"encoding {len(plans)} output(s)")
+        ctx.report_progress(3.0, "transcode", f"encoding {what}")
         return run_ffmpeg(
             argv,
             duration=info.duration,
@@ -321,17 +358,28 @@ class TranscodeProcessor(Processor):
         )
 
     def _verify_all(
-        self, plans: list[OutputPlan], info: MediaInfo, result: FFmpegResult, src: Path
-    ) -> list[tuple[OutputPlan, OutputInfo]]:
-        """Every output checked; a short output is blamed on the input, with ffmpeg's hint."""
+        self,
+        plans: list[OutputPlan],
+        groups: list[GroupPlan],
+        info: MediaInfo,
+        result: FFmpegResult,
+        src: Path,
+    ) -> tuple[list[tuple[OutputPlan, OutputInfo]], list[GroupResult]]:
+        """Every output and group checked; a short one is blamed on the input, with
+        ffmpeg's hint."""
         try:
             # ffprobe start-up dominates a check, so the checks run side by side
-            with ThreadPoolExecutor(max_workers=min(8, len(plans))) as pool:
+            with ThreadPoolExecutor(max_workers=8) as pool:
                 found = list(pool.map(lambda p: self._verify(p, info), plans))
+
+                def side_by_side(*calls: Callable[[], Any]) -> list[Any]:
+                    return list(pool.map(lambda call: call(), calls))
+
+                streams = [verify_group(self.ffprobe, g, side_by_side) for g in groups]
         except InputRejected as exc:
             hint = tidy_lines(result.stderr_tail, str(src))
             raise InputRejected(f"{exc.message} (ffmpeg: {hint})" if hint else exc.message) from exc
-        return list(zip(plans, found, strict=True))
+        return list(zip(plans, found, strict=True)), streams
 
     def _verify(self, plan: OutputPlan, info: MediaInfo) -> OutputInfo:
         return verify_output(
@@ -345,36 +393,41 @@ class TranscodeProcessor(Processor):
             input_duration=info.duration,
         )
 
-    def _publish(
-        self,
-        ctx: ProcessorContext,
-        checked: list[tuple[OutputPlan, OutputInfo]],
-        prefix: str,
-        encoders: Encoders,
-    ) -> list[OutputFile]:
-        """Stage all outputs or none: a failure or cancel part-way removes what was staged."""
-        published: list[OutputFile] = []
-        with publishing(ctx, published):
-            for i, (plan, out) in enumerate(checked):
-                _check_cancel(ctx)
-                p = plan.profile
-                key = validate_key(f"{prefix}/{p.name}.{p.ext}")
-                ctx.report_progress(
-                    95.0 + 5.0 * i / len(checked), "upload", f"uploading {plan.name}"
-                )
-                meta: dict[str, Any] = {
-                    "width": out.width,
-                    "height": out.height,
-                    "codec": out.codec,
-                    "encoder": encoders.for_codec(p.codec),
-                    "audio": out.audio_codec,
-                }
-                if not p.is_still:
-                    meta["duration"] = out.duration
-                published.append(
-                    ctx.stager.put_file(plan.name, key, plan.path, p.content_type, meta)
-                )
-        return published
+    def _publish(self, ctx: ProcessorContext, items: list[_Item]) -> list[OutputFile]:
+        """Stage all outputs or none, several at a time: a failure or cancel part-way waits
+        for the puts under way and removes everything staged.  Outputs in ``items`` order."""
+        staged: list[OutputFile] = []
+        if not items:
+            return staged
+        results: list[OutputFile | None] = [None] * len(items)
+        throttle = Throttle(0.5)
+        with publishing(ctx, staged):
+            _check_cancel(ctx)
+            pool = ThreadPoolExecutor(min(STAGE_THREADS, len(items)), "transcode-stage")
+            futures: dict[Future[OutputFile], int] = {}
+            try:
+                for i, it in enumerate(items):
+                    put = pool.submit(
+                        ctx.stager.put_file, it.name, it.key, it.path, it.content_type, it.meta
+                    )
+                    futures[put] = i
+                for done, put in enumerate(as_completed(futures), start=1):
+                    results[futures[put]] = put.result()
+                    _check_cancel(ctx)
+                    if throttle.ready(force=done == len(items)):
+                        ctx.report_progress(
+                            95.0 + 4.9 * done / len(items),
+                            "upload",
+                            f"uploaded {done} of {len(items)} file(s)",
+                        )
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+                for put, i in futures.items():  # what finished after a failure: removed too
+                    finished = put.done() and not put.cancelled()
+                    if results[i] is None and finished and put.exception() is None:
+                        results[i] = put.result()
+                staged.extend(r for r in results if r is not None)
+        return staged
 
 
 def encode_speed(tasks: Iterable[Task]) -> float | None:
@@ -388,6 +441,92 @@ def encode_speed(tasks: Iterable[Task]) -> float | None:
                 speeds.append(float(v))
                 break
     return sum(speeds) / len(speeds) if speeds else None
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One file to stage: the output's name, its final key, the local file, how it is
+    served and what the task's record says about it."""
+
+    name: str
+    key: str
+    path: Path
+    content_type: str | None
+    meta: dict[str, Any]
+
+
+def _rendition_items(
+    checked: list[tuple[OutputPlan, OutputInfo]], prefix: str, encoders: Encoders
+) -> list[_Item]:
+    items = []
+    for plan, out in checked:
+        p = plan.profile
+        meta: dict[str, Any] = {
+            "width": out.width,
+            "height": out.height,
+            "codec": out.codec,
+            "encoder": encoders.for_codec(p.codec),
+            "audio": out.audio_codec,
+        }
+        if not p.is_still:
+            meta["duration"] = out.duration
+        key = validate_key(f"{prefix}/{p.name}.{p.ext}")
+        items.append(_Item(plan.name, key, plan.path, p.content_type, meta))
+    return items
+
+
+def _group_items(res: GroupResult, prefix: str, encoders: Encoders) -> list[_Item]:
+    """A group's files under ``<prefix>/<group>/``: the entry points carry the group's
+    summary, variant playlists their rendition, segments only where they belong (a
+    long video has thousands; the task's record stays small)."""
+    group = res.plan.name
+    summary = res.meta()
+    summary["encoders"] = sorted({encoders.for_codec(r.rung.codec) for r in res.plan.rungs})
+    facts = {r.playlist: r for r in res.renditions if r.playlist}
+    items = []
+    for f in res.files:
+        meta: dict[str, Any] = {"group": group, "role": f.role}
+        if f.role in ("master", "manifest"):
+            meta = {**summary, "role": f.role}
+        elif f.rendition is not None:
+            meta["rendition"] = f.rendition
+        r = facts.get(f.rel) if f.role == "playlist" else None
+        if r is not None:
+            meta["codec"] = r.codec
+            if r.width:
+                meta["width"], meta["height"] = r.width, r.height
+        key = validate_key(f"{prefix}/{group}/{f.rel}")
+        items.append(_Item(f"{group}/{f.rel}", key, f.path, f.content_type, meta))
+    return items
+
+
+def _what(plans: list[OutputPlan], groups: list[GroupPlan]) -> str:
+    text = f"{len(plans)} output(s)"
+    if groups:
+        rungs = sum(len(g.rungs) for g in groups)
+        text += f" and {len(groups)} streaming group(s) of {rungs} rung(s)"
+    return text if plans else text.split(" and ", 1)[-1]
+
+
+def _describe_group_plan(plan: GroupPlan, info: MediaInfo) -> str:
+    rungs = ", ".join(f"{r.name} {r.width}x{r.height}" for r in plan.rungs)
+    text = f"Streaming group {plan.name} ({plan.group.kind}, {plan.group.segments}): {rungs}"
+    text += " + AAC audio" if plan.audio else ", no audio"
+    if plan.dropped:
+        text += (
+            f"; dropped {', '.join(plan.dropped)} (above the input's {info.width}x{info.height})"
+        )
+    return text + (
+        f"; {plan.segment_seconds:g} s segments, keyframe every {plan.gop} frames on every rung"
+    )
+
+
+def _describe_group(res: GroupResult) -> str:
+    return (
+        f"{', '.join(e.name for e in res.plan.entry_points)} + "
+        f"{len(res.renditions)} rendition(s), {len(res.files)} file(s), {res.size} bytes, "
+        f"{res.duration:.2f} s, longest segment {res.longest_segment:.3f} s"
+    )
 
 
 def _describe(plan: OutputPlan, out: OutputInfo) -> str:

@@ -18,6 +18,8 @@ class TranscodeParams(BaseModel):
     transcode_types: list[str] = Field(min_length=1)
     # Publish under this key prefix instead of "<input key without extension>/".
     output_prefix: str | None = None
+    # Streaming groups' segment length for this task, over each group's own (default 4 s).
+    segment_seconds: float | None = Field(None, ge=1, le=60)
     # Read by the worker for its per-task timeout; kept so validation does not drop it.
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400)  # as SubmitRequest.timeout_s
 

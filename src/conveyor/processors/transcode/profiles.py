@@ -17,13 +17,20 @@ Choices made for the seed types (documented again in the README):
   start before the download ends.
 * H.265 in MP4 is tagged ``hvc1`` (in the command builder) so Apple players
   accept it.
+
+Adaptive streaming (issue 18) adds a second kind of row, the output group
+(``StreamGroup``: ``hls``, ``dash``, ``cmaf``): a ladder of ``Rung`` rows and
+one audio rendition, written as playlists/manifests and segments under
+``<prefix>/<group>/``.  Its rungs join the same ``split`` graph as every
+other rendition, so a task still decodes its input once.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -118,11 +125,7 @@ class Profile(BaseModel):
             raise ValueError("frame_at only applies to jpeg stills")
         if self.bufsize and not self.maxrate:
             raise ValueError("bufsize needs maxrate")
-        for opt in (*self.extra_options, *self.cpu_options, *self.nvenc_options):
-            if not _OPTION_RE.match(opt):
-                raise ValueError(f"invalid encoder option name {opt!r}")
-            if opt in _RESERVED_OPTIONS:
-                raise ValueError(f"option {opt!r} is set by Conveyor and cannot be overridden")
+        _check_options(self.extra_options, self.cpu_options, self.nvenc_options)
         return self
 
     @property
@@ -137,6 +140,14 @@ class Profile(BaseModel):
     @property
     def is_preview(self) -> bool:
         return self.duration == "preview"
+
+
+def _check_options(*groups: dict[str, str], reserved: frozenset[str] = _RESERVED_OPTIONS) -> None:
+    for opt in (o for g in groups for o in g):
+        if not _OPTION_RE.match(opt):
+            raise ValueError(f"invalid encoder option name {opt!r}")
+        if opt in reserved:
+            raise ValueError(f"option {opt!r} is set by Conveyor and cannot be overridden")
 
 
 def _double(rate: str) -> str:
@@ -243,30 +254,238 @@ SEED_PROFILES: dict[str, Profile] = {
 }
 
 
+# -- adaptive streaming: output groups ---------------------------------------------------
+GroupKind = Literal["hls", "dash", "cmaf"]
+GROUP_KINDS: tuple[str, ...] = get_args(GroupKind)
+SegmentType = Literal["mpegts", "fmp4"]
+# A rung's keyframes are the group's business: every rung must cut at the same instants.
+_GOP_OPTIONS = frozenset(
+    ("g", "keyint_min", "force_key_frames", "sc_threshold", "forced-idr", "no-scenecut")
+)
+_GOP_X265_PARAMS = re.compile(r"(^|:)(keyint|min-keyint|scenecut|open-gop|no-open-gop)=")
+# the folder of a group's audio rendition (HLS), so no rung may take the name
+AUDIO_RENDITION = "audio"
+
+
+class Rung(BaseModel):
+    """One video rendition of a streaming ladder: a box, a quality and a bitrate cap.
+
+    The keyframe options are not here: the group sets them, the same for every rung."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,30}$")
+    codec: Literal["h264", "h265"] = "h264"
+    max_width: int | None = Field(None, ge=16, le=8192)
+    max_height: int | None = Field(None, ge=16, le=8192)
+    crf: int = Field(23, ge=0, le=51)
+    # required: players pick a rung by its declared bandwidth (the cap, plus the audio)
+    maxrate: str = Field(pattern=_BITRATE_RE)
+    bufsize: str | None = Field(None, pattern=_BITRATE_RE)
+    # None: the group's (whose default is medium / p4)
+    preset: str | None = Field(None, pattern=r"^[a-z0-9]+$")
+    nvenc_preset: str | None = Field(None, pattern=r"^p[1-7]$")
+    extra_options: dict[str, str] = Field(default_factory=dict)
+    cpu_options: dict[str, str] = Field(default_factory=dict)
+    nvenc_options: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("maxrate") and not data.get("bufsize"):
+            data = {**data, "bufsize": _double(str(data["maxrate"]))}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rung:
+        if self.name == AUDIO_RENDITION:
+            raise ValueError(f"a rung cannot be called {AUDIO_RENDITION!r} (the audio's folder)")
+        _check_options(
+            self.extra_options,
+            self.cpu_options,
+            self.nvenc_options,
+            reserved=_RESERVED_OPTIONS | _GOP_OPTIONS,
+        )
+        if _GOP_X265_PARAMS.search(self.cpu_options.get("x265-params", "")):
+            raise ValueError("keyframe placement (keyint, scenecut, open-gop) is set by the group")
+        return self
+
+    def box_area(self) -> float:
+        return float(self.max_width or math.inf) * float(self.max_height or math.inf)
+
+    def as_profile(self, group: StreamGroup) -> Profile:
+        """The rung as a video-only profile, for the encoder arguments."""
+        cpu = dict(self.cpu_options)
+        if self.codec == "h265":  # x265 reads its GOP rules from x265-params only
+            user = cpu.get("x265-params", "")
+            cpu["x265-params"] = ":".join(x for x in ("scenecut=0:open-gop=0", user) if x)
+        return Profile(
+            name=f"{group.name}-{self.name}"[:63],
+            codec=self.codec,
+            max_width=self.max_width,
+            max_height=self.max_height,
+            crf=self.crf,
+            maxrate=self.maxrate,
+            bufsize=self.bufsize,
+            audio=False,
+            preset=self.preset or group.preset,
+            nvenc_preset=self.nvenc_preset or group.nvenc_preset,
+            extra_options=self.extra_options,
+            cpu_options=cpu,
+            nvenc_options=self.nvenc_options,
+        )
+
+
+# The default ladder (Apple's HLS authoring sizes): H.264, capped CRF, High profile down to
+# 540p and Main below, for old phones.  Rungs above the input are dropped at run time.
+DEFAULT_LADDER: tuple[Rung, ...] = (
+    Rung(
+        name="1080p",
+        max_width=1920,
+        max_height=1080,
+        crf=23,
+        maxrate="6000k",
+        extra_options={"profile:v": "high"},
+    ),
+    Rung(
+        name="720p",
+        max_width=1280,
+        max_height=720,
+        crf=23,
+        maxrate="3000k",
+        extra_options={"profile:v": "high"},
+    ),
+    Rung(
+        name="540p",
+        max_width=960,
+        max_height=540,
+        crf=23,
+        maxrate="2000k",
+        extra_options={"profile:v": "high"},
+    ),
+    Rung(
+        name="360p",
+        max_width=640,
+        max_height=360,
+        crf=24,
+        maxrate="800k",
+        extra_options={"profile:v": "main"},
+    ),
+    Rung(
+        name="234p",
+        max_width=416,
+        max_height=234,
+        crf=25,
+        maxrate="300k",
+        extra_options={"profile:v": "main"},
+    ),
+)
+
+# what each kind writes at the top of its folder: the files a player opens
+ENTRY_POINTS: dict[str, tuple[str, ...]] = {
+    "hls": ("master.m3u8",),
+    "dash": ("manifest.mpd",),
+    "cmaf": ("manifest.mpd", "master.m3u8"),
+}
+
+
+class StreamGroup(BaseModel):
+    """An adaptive-streaming output group: a ladder of renditions plus one audio rendition,
+    segmented with keyframes aligned across rungs, under ``<prefix>/<name>/``.
+
+    ``hls``: ``master.m3u8`` and one playlist per rendition (MPEG-TS segments, or fMP4
+    with ``segment_type: fmp4``).  ``dash``: ``manifest.mpd`` and fMP4 segments.
+    ``cmaf``: one set of fMP4 segments that both a ``manifest.mpd`` and a ``master.m3u8``
+    point at, so HLS and DASH players share it (and it is encoded once)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME_RE)
+    description: str = ""
+    kind: GroupKind
+    ladder: tuple[Rung, ...] = Field(default=DEFAULT_LADDER, min_length=1, max_length=12)
+    # target segment length; keyframes are forced at every multiple of it
+    segment_seconds: float = Field(4.0, ge=1, le=60)
+    # HLS only (DASH and CMAF segments are always fMP4); default mpegts
+    segment_type: SegmentType | None = None
+    audio: bool = True
+    audio_bitrate: str = Field("128k", pattern=_BITRATE_RE)
+    audio_channels: int = Field(2, ge=1, le=8)
+    # every rung's encoder preset unless the rung names its own
+    preset: str = Field("medium", pattern=r"^[a-z0-9]+$")
+    nvenc_preset: str = Field("p4", pattern=r"^p[1-7]$")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StreamGroup:
+        names = [r.name for r in self.ladder]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rung names must differ: {', '.join(names)}")
+        if self.kind != "hls" and self.segment_type not in (None, "fmp4"):
+            raise ValueError(f"{self.kind} segments are fMP4; segment_type applies to hls only")
+        if self.segments == "mpegts" and any(r.codec == "h265" for r in self.ladder):
+            raise ValueError("H.265 in HLS needs fMP4 segments: set segment_type: fmp4")
+        return self
+
+    @property
+    def segments(self) -> SegmentType:
+        return (self.segment_type or "mpegts") if self.kind == "hls" else "fmp4"
+
+    @property
+    def entry_points(self) -> tuple[str, ...]:
+        return ENTRY_POINTS[self.kind]
+
+
+BUILTIN_GROUPS: dict[str, StreamGroup] = {
+    g.name: g
+    for g in (
+        StreamGroup(
+            name="hls",
+            kind="hls",
+            description="HLS ladder (1080p to 234p H.264 + AAC, MPEG-TS segments): "
+            "master.m3u8 and a playlist per rendition",
+        ),
+        StreamGroup(
+            name="dash",
+            kind="dash",
+            description="MPEG-DASH ladder (1080p to 234p H.264 + AAC, fMP4 segments): manifest.mpd",
+        ),
+        StreamGroup(
+            name="cmaf",
+            kind="cmaf",
+            description="CMAF ladder: one set of fMP4 segments served by both "
+            "manifest.mpd (DASH) and master.m3u8 (HLS)",
+        ),
+    )
+}
+
+# A row of the table: a file rendition or a streaming group.
+Entry = Profile | StreamGroup
+
+
 class ProfileConfigError(ValueError):
     """A user profile in the config is invalid; the message names it and the field."""
 
 
 def build_profile_table(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, Profile]:
-    """The seed table plus (and overridden by) user profiles from the config.
+) -> dict[str, Entry]:
+    """The seed table and the built-in groups plus (and overridden by) user profiles.
 
     A user entry that names a seed type is merged over that seed row, so
     ``{"mp4_standard": {"crf": 20}}`` changes just the quality; a new name
-    must say at least its codec.
+    must say at least its codec, or ``kind: hls|dash|cmaf`` for a streaming group
+    (``{"hls": {"segment_seconds": 6}}`` changes a built-in group; a ``ladder``
+    given replaces the ladder).
     """
-    table = dict(SEED_PROFILES)
+    table: dict[str, Entry] = {**SEED_PROFILES, **BUILTIN_GROUPS}
     for name, raw in (overrides or {}).items():
-        base = table[name].model_dump(exclude_unset=False) if name in table else {}
-        if name in table:
-            # derived fields must follow a changed codec/container, not stick to the seed's
-            for derived in ("container", "content_type", "frame_at", "bufsize"):
-                if derived not in raw:
-                    base.pop(derived, None)
-        data = {**base, **dict(raw), "name": name}
+        current = table.get(name)
+        kind = raw.get("kind", current.kind if isinstance(current, StreamGroup) else None)
         try:
-            table[name] = Profile.model_validate(data)
+            if kind is not None:
+                table[name] = _group_row(name, raw, current, kind)
+            else:
+                table[name] = _profile_row(name, raw, current)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or "profile"
@@ -274,3 +493,23 @@ def build_profile_table(
                 f"transcode profile {name!r} is invalid: {where}: {first['msg']}"
             ) from exc
     return table
+
+
+def _profile_row(name: str, raw: Mapping[str, Any], current: Entry | None) -> Profile:
+    base = current.model_dump(exclude_unset=False) if isinstance(current, Profile) else {}
+    if base:
+        # derived fields must follow a changed codec/container, not stick to the seed's
+        for derived in ("container", "content_type", "frame_at", "bufsize"):
+            if derived not in raw:
+                base.pop(derived, None)
+    return Profile.model_validate({**base, **dict(raw), "name": name})
+
+
+def _group_row(name: str, raw: Mapping[str, Any], current: Entry | None, kind: Any) -> StreamGroup:
+    if kind not in GROUP_KINDS:
+        raise ProfileConfigError(
+            f"transcode profile {name!r} is invalid: kind: must be one of "
+            f"{', '.join(GROUP_KINDS)} (leave it out for a file rendition)"
+        )
+    base = current.model_dump(exclude_unset=False) if isinstance(current, StreamGroup) else {}
+    return StreamGroup.model_validate({**base, **dict(raw), "name": name})
