@@ -1,4 +1,4 @@
-"""Prometheus metrics, read from the backend at scrape time.
+"""Prometheus metrics, read from the backend (through the service) at scrape time.
 
 Every number here comes from the shared engine (SQLite file, PostgreSQL,
 DynamoDB), not from counters kept in one process: several API processes
@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -88,13 +87,9 @@ class BackendCollector(Collector):
             "conveyor_backend_up", "1 when the last read of the backend succeeded"
         )
         try:
-            backend = self.service.backend
-            # fails in seconds when the database is down, where a pooled read would wait
-            # for the pool's timeout and the scrape would time out instead of reporting it
-            backend.check_ready()
-            snap = backend.metrics_snapshot()
+            snap = self.service.metrics_snapshot()  # fails in seconds when the database is down
             workers = self.service.workers()
-            gauges = self._kind_gauges(backend)
+            gauges = self._kind_gauges()
         except Exception as exc:  # a scrape must answer even when the database is down
             log.warning("metrics: backend read failed: %s", exc)
             up.add_metric([], 0)
@@ -177,15 +172,14 @@ class BackendCollector(Collector):
             gpus_used.add_metric([w.id], in_use)
         return [active, slots, gpus, gpus_used]
 
-    def _kind_gauges(self, backend: Any) -> list[Metric]:
+    def _kind_gauges(self) -> list[Metric]:
         """Each kind's own gauges (its processor's ``gauges``: the transcode speed ratio,
         docparse pages per second, ...), always declared, from its recent tasks."""
         out: list[Metric] = []
         for kind, processor in self.service.registry.items():
 
             def recent(n: int, kind: str = kind) -> list[Task]:
-                tasks: list[Task] = backend.recent_completed(kind, n)
-                return tasks
+                return self.service.recent_completed(kind, n)
 
             try:
                 out.extend(processor.gauges(recent))

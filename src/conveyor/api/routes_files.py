@@ -66,14 +66,14 @@ async def get_file(
     bucket, key = await run_in_threadpool(
         lambda: service.check_object(bucket, key, owner=owner_filter(principal))
     )
-    path = service.storage.local_path(bucket, key)
+    path = service.file_path(bucket, key)
     if path is not None:
         if not path.is_file():
             raise ObjectNotFound(f"object not found: {bucket}/{key}")
         return FileResponse(path, filename=path.name)
-    if not await run_in_threadpool(service.storage.exists, bucket, key):
+    if not await run_in_threadpool(service.file_exists, bucket, key):
         raise ObjectNotFound(f"object not found: {bucket}/{key}")
-    url = await run_in_threadpool(service.storage.url, bucket, key)
+    url = await run_in_threadpool(service.file_url, bucket, key)
     if url is None:
         raise ObjectNotFound(f"object {bucket}/{key} cannot be downloaded from this store")
     return RedirectResponse(url, status_code=307)

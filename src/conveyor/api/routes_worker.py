@@ -2,9 +2,9 @@
 
 A remote worker (``conveyor worker --backend https://API``) holds no
 database or queue credentials: it claims, heartbeats, reports progress and
-outcomes, and ships its log through these routes, which call the same
-backend the API uses.  Fencing is the backend's: a stale lease is refused
-with ``409 lease_lost``.
+outcomes, and ships its log through these routes, which call the service's
+``WorkerProtocol`` and so the same engine the API uses.  Fencing is the
+engine's: a stale lease is refused with ``409 lease_lost``.
 
 Every route authenticates through the one dependency :func:`worker_principal`.
 """
@@ -20,7 +20,6 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from conveyor import outputs
 from conveyor.auth.roles import Permission
 from conveyor.auth.service import OPEN_PRINCIPAL
 from conveyor.auth.service import Principal as AuthPrincipal
@@ -96,7 +95,7 @@ def work_signal(request: Request, service: ConveyorService) -> WorkSignal:
     """The app's one :class:`WorkSignal`, made on first use."""
     signal: WorkSignal | None = getattr(request.app.state, "work_signal", None)
     if signal is None:
-        signal = request.app.state.work_signal = WorkSignal(service.backend)
+        signal = request.app.state.work_signal = WorkSignal(service.worker_protocol)
     return signal
 
 
@@ -190,14 +189,14 @@ async def claim(
 ) -> ClaimResponse:
     _own(principal, body.worker_id)
     signal = work_signal(request, service)
-    backend = service.backend
+    protocol = service.worker_protocol
     # read before the query: a submit after it bumps the generation (see WorkSignal)
     generation = signal.generation
     args = (body.worker_id, list(body.kinds), body.capacity, body.lease_s, body.max_gpus)
-    claimed = await run_in_threadpool(backend.claim, *args)
+    claimed = await run_in_threadpool(protocol.claim, *args)
     if not claimed and body.wait_s > 0:
         generation = await signal.wait(generation, body.wait_s)
-        claimed = await run_in_threadpool(backend.claim, *args)
+        claimed = await run_in_threadpool(protocol.claim, *args)
     return ClaimResponse(claimed=claimed, generation=generation)
 
 
@@ -224,14 +223,14 @@ async def heartbeat(body: HeartbeatBody, principal: Principal, service: Service)
     for lease in body.leases:
         _own(principal, lease.worker_id)
     return await run_in_threadpool(
-        service.backend.heartbeat, body.worker, list(body.leases), body.lease_s
+        service.worker_protocol.heartbeat, body.worker, list(body.leases), body.lease_s
     )
 
 
 @router.post("/progress", status_code=204, summary="Report a task's progress")
 async def progress(body: ProgressBody, principal: Principal, service: Service) -> Response:
     _own(principal, body.lease.worker_id)
-    await run_in_threadpool(service.backend.progress, body.lease, body.progress)
+    await run_in_threadpool(service.worker_protocol.progress, body.lease, body.progress)
     return Response(status_code=204)
 
 
@@ -240,28 +239,12 @@ async def complete(
     body: CompleteBody, principal: Principal, service: Service, background: BackgroundTasks
 ) -> Task:
     _own(principal, body.lease.worker_id)
-    out = service.settings.output_bucket
-
-    def call() -> Task:
-        current = service.backend.get(body.lease.task_id)
-        # the attempt is the engine's, not what the caller says: staging of another attempt
-        # of the task is never named (the token fences the completion itself)
-        attempt = current.attempts if current is not None else body.lease.attempt
-        outputs.check_staged(body.outputs, body.lease.task_id, attempt, out)
-        return service.backend.complete(body.lease, list(body.outputs))
-
-    task = await run_in_threadpool(call)
+    protocol = service.worker_protocol
+    task = await run_in_threadpool(protocol.complete, body.lease, list(body.outputs))
     # the worker cannot move objects in the API's store: the API makes them visible, after
     # answering (a slow store must not time the worker out; the sweep finishes any crash)
-    background.add_task(_publish, service, task)
+    background.add_task(protocol.publish, task)
     return task
-
-
-def _publish(service: ConveyorService, task: Task) -> None:
-    try:
-        outputs.settle(service.backend, service.storage, service.settings.output_bucket, task)
-    except Exception:
-        log.warning("outputs of task %s not published yet; the sweep will", task.id, exc_info=True)
 
 
 @router.post("/fail", summary="Fail a task's attempt (retried when retryable)")
@@ -269,11 +252,8 @@ async def fail(body: FailBody, principal: Principal, service: Service) -> Task:
     _own(principal, body.lease.worker_id)
 
     def call() -> Task:
-        task = service.backend.fail(
+        return service.worker_protocol.fail(
             body.lease, body.error, retryable=body.retryable, code=body.code
-        )
-        return outputs.settle(
-            service.backend, service.storage, service.settings.output_bucket, task
         )
 
     return await run_in_threadpool(call)
@@ -284,7 +264,7 @@ async def release(body: ReleaseBody, principal: Principal, service: Service) -> 
     _own(principal, body.lease.worker_id)
 
     def call() -> Task:
-        return service.backend.release(body.lease, delay_s=body.delay_s, error=body.error)
+        return service.worker_protocol.release(body.lease, delay_s=body.delay_s, error=body.error)
 
     return await run_in_threadpool(call)
 
@@ -295,12 +275,14 @@ async def logs(body: LogsBody, principal: Principal, service: Service) -> Respon
     if principal.worker_id is not None:  # a credential writes only its own tasks' logs
 
         def owner() -> str | None:
-            task = service.backend.get(body.task_id)
+            task = service.worker_protocol.task(body.task_id)
             return task.worker_id if task else None
 
         if await run_in_threadpool(owner) != principal.worker_id:
             raise WorkerForbidden(f"task {body.task_id} is not run by this worker")
     lines = [(e.ts, e.stream, e.line) for e in body.lines]
     if lines:
-        await run_in_threadpool(service.backend.append_logs, body.task_id, body.attempt, lines)
+        await run_in_threadpool(
+            service.worker_protocol.append_logs, body.task_id, body.attempt, lines
+        )
     return Response(status_code=204)

@@ -11,14 +11,14 @@ object store.  Keys are validated by the storage contract's own checks.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints
 
-from conveyor.errors import Conflict, InvalidKey, InvalidRequest, LeaseLost, ObjectNotFound
+from conveyor.errors import Conflict, InvalidKey, LeaseLost, ObjectNotFound
 from conveyor.models import TaskStatus
 from conveyor.outputs import staging_owner
 from conveyor.service import ConveyorService
@@ -32,9 +32,6 @@ router = APIRouter(prefix="/api/worker/v1", tags=["worker"])
 Service = Annotated[ConveyorService, Depends(get_service)]
 
 PRESIGN_S = 3600
-# S3 takes at most 5 GiB in one PUT; above that the worker streams through the
-# API, whose S3 writer uploads in parts.
-MAX_PRESIGNED_PUT = 5 * 1024**3
 
 
 class ListResponse(BaseModel):
@@ -70,21 +67,20 @@ class AbortUpload(BaseModel):
 @router.get("/files/{bucket}/{key:path}", summary="Download an object (or 307 to a presigned URL)")
 async def get_object(bucket: str, key: str, principal: Principal, service: Service) -> Response:
     bucket, key = await _object(principal, bucket, key, service, write=False)
-    storage = service.storage
-    path = storage.local_path(bucket, key)
+    path = service.file_path(bucket, key)
     if path is not None:
         if not path.is_file():
             raise ObjectNotFound(f"object not found: {bucket}/{key}")
         return FileResponse(path, media_type="application/octet-stream")
-    info = await run_in_threadpool(storage.stat, bucket, key)
+    info = await run_in_threadpool(service.file_info, bucket, key)
     if info is None:
         raise ObjectNotFound(f"object not found: {bucket}/{key}")
-    url = await run_in_threadpool(storage.url, bucket, key, PRESIGN_S)
+    url = await run_in_threadpool(service.file_url, bucket, key, PRESIGN_S)
     if url is not None:
         return RedirectResponse(url, status_code=307)
 
     def chunks() -> Iterator[bytes]:
-        with storage.open(bucket, key) as fh:
+        with service.open_file(bucket, key) as fh:
             while block := fh.read(CHUNK):
                 yield block
 
@@ -98,7 +94,7 @@ async def get_object(bucket: str, key: str, principal: Principal, service: Servi
 @router.get("/stat/{bucket}/{key:path}", summary="An object's size, etag and time")
 async def stat_object(bucket: str, key: str, principal: Principal, service: Service) -> ObjectInfo:
     bucket, key = await _object(principal, bucket, key, service, write=False)
-    info = await run_in_threadpool(service.storage.stat, bucket, key)
+    info = await run_in_threadpool(service.file_info, bucket, key)
     if info is None:
         raise ObjectNotFound(f"object not found: {bucket}/{key}")
     return info
@@ -143,7 +139,7 @@ async def _object(
     owner = staging_owner(key)
     if owner is None:
         raise InvalidKey(f"{key!r} is not a staged object's key")
-    task = await run_in_threadpool(service.backend.get, owner[0])
+    task = await run_in_threadpool(service.worker_protocol.task, owner[0])
     held = (
         task is not None
         and task.status == TaskStatus.PROCESSING
@@ -175,7 +171,7 @@ async def put_object(
 @router.delete("/files/{bucket}/{key:path}", status_code=204, summary="Delete an object")
 async def delete_object(bucket: str, key: str, principal: Principal, service: Service) -> Response:
     bucket, key = await _object(principal, bucket, key, service, write=True)
-    await run_in_threadpool(service.storage.delete, bucket, key)
+    await run_in_threadpool(service.delete_file, bucket, key)
     return Response(status_code=204)
 
 
@@ -199,7 +195,7 @@ async def list_objects(
 
     def page() -> ListResponse:
         items: list[ObjectInfo] = []
-        for info in service.storage.list(bucket, prefix, start_after):
+        for info in service.list_files(bucket, prefix, start_after):
             items.append(info)
             if len(items) == limit:
                 return ListResponse(items=items, next_start_after=info.key)
@@ -223,27 +219,17 @@ async def upload_target(
     worker then streams the object through ``PUT /files``.
     """
     bucket, key = await _object(principal, bucket, key, service, write=True)
-    storage: Any = service.storage
-    multipart = getattr(storage, "presign_multipart", None)
-    if multipart is not None and size > storage.multipart_threshold:
-        upload_id, part_size, urls = await run_in_threadpool(
-            multipart, bucket, key, size, PRESIGN_S, content_type
-        )
+    target = await run_in_threadpool(
+        service.worker_protocol.upload_target, bucket, key, size, content_type, PRESIGN_S
+    )
+    if target.multipart is not None:
+        upload_id, part_size, urls = target.multipart
         return UploadTarget(
-            multipart=MultipartTarget(upload_id=upload_id, part_size=part_size, urls=list(urls))
+            multipart=MultipartTarget(upload_id=upload_id, part_size=part_size, urls=urls)
         )
-    presign = getattr(storage, "presign_put", None)
-    if presign is None or size > MAX_PRESIGNED_PUT:
+    if target.url is None:
         return UploadTarget()
-    url, headers = await run_in_threadpool(presign, bucket, key, PRESIGN_S, content_type)
-    return UploadTarget(url=url, headers=headers)
-
-
-def _multipart_store(service: ConveyorService) -> Any:
-    storage = service.storage
-    if not hasattr(storage, "complete_multipart"):
-        raise InvalidRequest("this API's store takes no presigned multipart uploads")
-    return storage
+    return UploadTarget(url=target.url, headers=target.headers)
 
 
 @router.post(
@@ -253,11 +239,9 @@ async def complete_upload(
     bucket: str, key: str, body: CompleteUpload, principal: Principal, service: Service
 ) -> ObjectInfo:
     bucket, key = await _object(principal, bucket, key, service, write=True)
-    storage = _multipart_store(service)
-    info: ObjectInfo = await run_in_threadpool(
-        storage.complete_multipart, bucket, key, body.upload_id, list(body.etags)
+    return await run_in_threadpool(
+        service.worker_protocol.complete_multipart, bucket, key, body.upload_id, list(body.etags)
     )
-    return info
 
 
 @router.post(
@@ -267,6 +251,5 @@ async def abort_upload(
     bucket: str, key: str, body: AbortUpload, principal: Principal, service: Service
 ) -> Response:
     bucket, key = await _object(principal, bucket, key, service, write=True)
-    storage = _multipart_store(service)
-    await run_in_threadpool(storage.abort_multipart, bucket, key, body.upload_id)
+    await run_in_threadpool(service.worker_protocol.abort_multipart, bucket, key, body.upload_id)
     return Response(status_code=204)

@@ -28,7 +28,7 @@ async def stream_into_store(
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"upload of {declared} bytes exceeds the limit of {limit} bytes")
-    writer = await run_in_threadpool(service.storage.writer, bucket, key, content_type)
+    writer = await run_in_threadpool(service.file_writer, bucket, key, content_type)
     try:
         buf = bytearray()
         async for chunk in request.stream():

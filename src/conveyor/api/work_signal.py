@@ -17,8 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-
-from conveyor.backends.base import WorkerQueue
+from typing import Protocol
 
 log = logging.getLogger("conveyor.api.work_signal")
 
@@ -28,9 +27,16 @@ POLL_S = 2.0
 MIN_INTERVAL_S = 0.02
 
 
+class Waiter(Protocol):
+    """What blocks until work may be there (``WorkerQueue.wait_for_work``'s signature)."""
+
+    def wait_for_work(self, timeout: float) -> None: ...
+
+
 class WorkSignal:
-    def __init__(self, backend: WorkerQueue) -> None:
-        self._backend = backend
+    def __init__(self, waiter: Waiter) -> None:
+        """``waiter``: the service's ``WorkerProtocol`` (its engine's ``wait_for_work``)."""
+        self._waiter = waiter
         self._lock = threading.Lock()
         self._generation = 0
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -56,7 +62,7 @@ class WorkSignal:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                self._backend.wait_for_work(POLL_S)
+                self._waiter.wait_for_work(POLL_S)
             except Exception:
                 if self._stop.is_set():  # the engine closed under us at shutdown
                     break

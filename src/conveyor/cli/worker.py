@@ -46,8 +46,7 @@ def worker(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from conveyor.server.runtime import build_service
-    from conveyor.worker.loop import Worker
+    from conveyor.server.runtime import build_service, local_worker
 
     if enroll and not join:
         err.print("[red]error[/red]: --enroll needs --join https://API")
@@ -74,15 +73,8 @@ def worker(
         max_concurrent_tasks=concurrency,
     )
     service = build_service(settings)
-    Worker(
-        settings,
-        service.backend,
-        service.storage,
-        service.registry,
-        worker_id=worker_id,
-        concurrency=concurrency,
-    ).run_forever()
-    service.backend.close()
+    local_worker(service, worker_id=worker_id, concurrency=concurrency).run_forever()
+    service.close()
 
 
 def _remote_worker(

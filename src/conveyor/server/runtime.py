@@ -36,6 +36,25 @@ def build_service(settings: Settings) -> ConveyorService:
     return ConveyorService(settings, backend, storage, registry)
 
 
+def local_worker(
+    service: ConveyorService,
+    *,
+    worker_id: str | None = None,
+    concurrency: int | None = None,
+) -> Worker:
+    """A worker on the service's own engine and store: besides running tasks, it makes
+    their outputs visible and sweeps what crashed attempts left (``store``)."""
+    return Worker(
+        service.settings,
+        service.backend,
+        service.storage,
+        service.registry,
+        store=service.backend,
+        worker_id=worker_id,
+        concurrency=concurrency,
+    )
+
+
 def _upload_trigger(
     settings: Settings, service: ConveyorService
 ) -> UploadWatcher | S3EventConsumer:
@@ -78,14 +97,7 @@ class Runtime:
         service = build_service(settings)
         rt = cls(service=service)
         if with_worker:
-            rt.worker = Worker(
-                settings,
-                service.backend,
-                service.storage,
-                service.registry,
-                store=service.backend,  # a local engine: the worker publishes and sweeps
-                concurrency=concurrency,
-            )
+            rt.worker = local_worker(service, concurrency=concurrency)
         else:
             rt.reaper = Reaper(
                 service.backend,
@@ -116,4 +128,4 @@ class Runtime:
             self.worker.stop()
         if self.reaper is not None:
             self.reaper.stop()
-        self.service.backend.close()
+        self.service.close()

@@ -1,7 +1,9 @@
 """The service layer: every rule about tasks lives here, for every face.
 
 The API, the console, the CLI (through the API) and the upload trigger all
-call these methods; none of them touches a backend or storage directly.
+call these methods; none of them touches a backend or storage directly.  What a
+remote worker asks of the API is :class:`~conveyor.service.workers.WorkerProtocol`
+(``ConveyorService.worker_protocol``), next to it.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydantic import BaseModel, Field
 
@@ -28,6 +33,7 @@ from conveyor.errors import (
     ObjectNotFound,
     TaskNotFound,
 )
+from conveyor.metrics_data import MetricsSnapshot
 from conveyor.models import (
     InputRef,
     LogLine,
@@ -41,7 +47,11 @@ from conveyor.models import (
 from conveyor.processors import ProcessorRegistry
 from conveyor.processors.base import ConsoleLink, KindForm, Processor
 from conveyor.service.waiting import WaitReason, why_waiting
+
+if TYPE_CHECKING:
+    from conveyor.service.workers import WorkerProtocol
 from conveyor.storage import BlobStore, ObjectInfo, validate_bucket, validate_key
+from conveyor.storage.base import BlobWriter
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +275,13 @@ class ConveyorService:
         """Tokens, sessions, enrollment and audit, kept in this backend (conveyor.auth)."""
         return AuthService(self.settings, self.backend.auth_store())
 
+    @cached_property
+    def worker_protocol(self) -> WorkerProtocol:
+        """What a remote worker asks of the API (``/api/worker/v1``)."""
+        from conveyor.service.workers import WorkerProtocol
+
+        return WorkerProtocol(self)
+
     # -- reading ---------------------------------------------------------------
     def get(self, task_id: str, owner: str | None = None, *, explain: bool = False) -> Task:
         """``owner``: the submitter whose tasks alone the caller may touch (None: any);
@@ -438,6 +455,21 @@ class ConveyorService:
         horizon = since + timedelta(seconds=hours * 3600)
         return [p for p in points if p.start < horizon]
 
+    # -- metrics -------------------------------------------------------------------
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """What ``/metrics`` reports of the tasks, in one aggregate read of the engine.
+
+        The engine is asked whether it is ready first: that fails in seconds when the
+        database is down, where a pooled read would wait for the pool's timeout (and a
+        scrape would time out instead of reporting it)."""
+        self.backend.check_ready()
+        return self.backend.metrics_snapshot()
+
+    def recent_completed(self, kind: str, n: int) -> list[Task]:
+        """The ``n`` tasks of ``kind`` that completed last (a kind's gauges read them)."""
+        tasks: list[Task] = self.backend.recent_completed(kind, n)
+        return tasks
+
     # -- what the kinds offer -------------------------------------------------------
     def submit_options(self) -> SubmitOptions:
         try:
@@ -496,6 +528,10 @@ class ConveyorService:
             return self.registry.get(task.kind).describe(task)
         except ConveyorError:
             return []
+
+    def close(self) -> None:
+        """Release the engine's connections (the process is stopping)."""
+        self.backend.close()
 
     # -- health --------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -595,6 +631,37 @@ class ConveyorService:
             f"'{owner}/' in buckets {' and '.join(dict.fromkeys(mine))}"
             + ("" if write else ", and the output folders of your own tasks")
         )
+
+    # the objects themselves: the caller checked its access first (``check_object``)
+    def file_path(self, bucket: str, key: str) -> Path | None:
+        """The object's file when the store is a local folder (served as it is), else None."""
+        return self.storage.local_path(bucket, key)
+
+    def file_info(self, bucket: str, key: str) -> ObjectInfo | None:
+        return self.storage.stat(bucket, key)
+
+    def file_exists(self, bucket: str, key: str) -> bool:
+        return self.storage.exists(bucket, key)
+
+    def file_url(self, bucket: str, key: str, expires_s: int = 3600) -> str | None:
+        """A URL the caller downloads the object from itself (S3: presigned), or None."""
+        return self.storage.url(bucket, key, expires_s)
+
+    def open_file(self, bucket: str, key: str) -> AbstractContextManager[BinaryIO]:
+        return self.storage.open(bucket, key)
+
+    def file_writer(self, bucket: str, key: str, content_type: str | None = None) -> BlobWriter:
+        """A writer whose object appears, whole, only when it commits."""
+        return self.storage.writer(bucket, key, content_type)
+
+    def delete_file(self, bucket: str, key: str) -> None:
+        self.storage.delete(bucket, key)
+
+    def list_files(
+        self, bucket: str, prefix: str = "", start_after: str | None = None
+    ) -> Iterator[ObjectInfo]:
+        """The objects under ``prefix``, in key order."""
+        return self.storage.list(bucket, prefix, start_after)
 
     def _owns_task(self, task_id: str, owner: str) -> bool:
         if not _TASK_ID_RE.match(task_id):

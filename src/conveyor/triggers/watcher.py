@@ -46,7 +46,7 @@ class UploadWatcher:
         now = time.monotonic()
         created = 0
         present: set[str] = set()
-        for obj in self.service.storage.list(self.bucket):
+        for obj in self.service.list_files(self.bucket):
             present.add(obj.key)
             if self._done.get(obj.key) == obj.etag:
                 continue
