@@ -1,7 +1,8 @@
-"""Settings from env vars (``CONVEYOR_*`` plus seed 002's names) and config.yaml.
+"""Settings from env vars (``CONVEYOR_*`` plus older names such as ``INPUT_BUCKET``) and
+config.yaml.
 
 ``config.yaml`` may hold ``default``, ``development`` and ``production``
-sections (seed 000); ``CONVEYOR_ENV`` picks the section that overrides
+sections; ``CONVEYOR_ENV`` picks the section that overrides
 ``default``.  Environment variables override the file.  Secrets never live
 here: they come from the environment or the standard credential chains.
 
@@ -47,9 +48,10 @@ def parse_duration(value: Any) -> float:
     return n * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[unit]
 
 
-def _env(default: Any, name: str, *seed_names: str, **kw: Any) -> Any:
-    """A field read from ``CONVEYOR_<NAME>`` or any of seed 002's names."""
-    alias = AliasChoices(f"CONVEYOR_{name}", *seed_names)
+def _env(default: Any, name: str, *older_names: str, **kw: Any) -> Any:
+    """A field read from ``CONVEYOR_<NAME>`` or any of its older names (``INPUT_BUCKET``,
+    ``SQS_QUEUE_URL``, ...: the transcoding service's)."""
+    alias = AliasChoices(f"CONVEYOR_{name}", *older_names)
     if callable(default):
         return Field(default_factory=default, validation_alias=alias, **kw)
     return Field(default, validation_alias=alias, **kw)
@@ -212,7 +214,7 @@ class Settings(BaseSettings):
     trigger_enabled: bool = _env(True, "TRIGGER_ENABLED")
     trigger_interval: float = _env(2.0, "TRIGGER_INTERVAL")
     trigger_settle_seconds: float = _env(2.0, "TRIGGER_SETTLE_SECONDS")
-    # seed 000/002 AWS names: together they choose the aws backend and s3 storage
+    # the AWS deployments' names: together they choose the aws backend and s3 storage
     aws_region: str = _env("", "AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
     sqs_queue_url: str = _env("", "SQS_QUEUE_URL", "SQS_QUEUE_URL")
     dynamodb_table: str = _env("", "DYNAMODB_TABLE", "DYNAMODB_TABLE")

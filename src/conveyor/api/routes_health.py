@@ -1,4 +1,5 @@
-"""Liveness and readiness, with the paths seeds 002 and 004 use."""
+"""Liveness and readiness, at the transcoding service's path (``/api/health``) and the
+monitoring path (``/api/v1/monitoring/health``) their clients already call."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ async def ready(service: ConveyorService = Depends(get_service)) -> JSONResponse
 
 @router.get(
     "/api/v1/monitoring/health",
-    summary="Health, readiness and queue, as seed 004 names it",
+    summary="Health, readiness and queue in one document (the monitoring path)",
     description="The queue's counts only for a caller with a token that may read tasks "
     "(a submitter's own counts); an anonymous probe gets health and readiness alone.",
 )

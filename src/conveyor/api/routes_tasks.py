@@ -1,4 +1,5 @@
-"""Seed 002's task and queue paths, kept as its users know them."""
+"""The task and queue paths of the transcoding service's REST API, kept as its clients
+know them."""
 
 from __future__ import annotations
 

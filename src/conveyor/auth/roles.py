@@ -24,7 +24,7 @@ class Permission(StrEnum):
     TASKS_READ = "tasks:read"
     TASKS_SUBMIT = "tasks:submit"
     # tasks that run code the caller supplies (kinds whose processor says runs_caller_code:
-    # container; seed 003's /train): that code sees what its sandbox shows it
+    # container; the training agent's /train): that code sees what its sandbox shows it
     TASKS_RUN_CODE = "tasks:run_code"
     TASKS_CANCEL = "tasks:cancel"  # a submitter's own tasks; every task for operators
     TASKS_RETRY = "tasks:retry"

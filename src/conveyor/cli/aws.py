@@ -5,7 +5,7 @@ it is safe to run again (a second run creates nothing): the task table and
 queues, the buckets, and the upload-events queue with the input bucket's
 notification (see :mod:`conveyor.backends.aws.provision`, which does the work).
 
-Names come from options or the environment (seed 002's ``SQS_QUEUE_URL``,
+Names come from options or the environment (the transcoding service's ``SQS_QUEUE_URL``,
 ``DYNAMODB_TABLE``, ``INPUT_BUCKET``, ``OUTPUT_BUCKET``, ``AWS_REGION``);
 credentials from boto3's usual chain.  ``deploy/aws/conveyor.yaml`` creates
 the same resources (plus IAM roles and GPU workers) with CloudFormation.

@@ -65,7 +65,7 @@ def upload_dedup_key(obj: ObjectInfo) -> str:
 
 
 class SubmitRequest(BaseModel):
-    """What a face hands the service; seed 002's body is a valid instance."""
+    """What a face hands the service; the transcoding service's body is a valid instance."""
 
     kind: str | None = Field(
         None, description="the kind of task; none: the default kind (GET /api/kinds)"
@@ -578,7 +578,8 @@ class ConveyorService:
         return {"status": "ready" if ok else "unready", "checks": checks}
 
     def monitoring_health(self, *, queue: bool = True, owner: str | None = None) -> dict[str, Any]:
-        """Seed 004's health document: liveness, readiness, queue and workers in one read.
+        """The monitoring path's health document: liveness, readiness, queue and workers in one
+        read.
 
         ``queue=False`` for an anonymous caller (a probe needs no counts); ``owner``: a
         submitter, who sees its own counts."""

@@ -18,11 +18,11 @@ from conveyor.processors.transcode.command import (
 )
 from conveyor.processors.transcode.encoders import Encoders
 from conveyor.processors.transcode.probe import MediaInfo
-from conveyor.processors.transcode.profiles import SEED_PROFILES, build_profile_table
+from conveyor.processors.transcode.profiles import BUILTIN_PROFILES, build_profile_table
 
 CPU = Encoders(h264="libx264", h265="libx265", jpeg="mjpeg", nvdec=False, ffmpeg_version="5.1")
 GPU = Encoders(h264="h264_nvenc", h265="hevc_nvenc", jpeg="mjpeg", nvdec=True, ffmpeg_version="5.1")
-ALL = list(SEED_PROFILES.values())
+ALL = list(BUILTIN_PROFILES.values())
 OUT = Path("/work/out")
 
 
@@ -187,7 +187,7 @@ def test_low_res_input_is_never_upscaled() -> None:
 
 def test_single_output_needs_no_split() -> None:
     info = media()
-    plans = plan_outputs(info, [SEED_PROFILES["mp4_smooth"]], OUT, 10.0)
+    plans = plan_outputs(info, [BUILTIN_PROFILES["mp4_smooth"]], OUT, 10.0)
     graph = filter_graph(info, plans)
     assert "split" not in graph and graph.startswith("[0:0]scale=640:360")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conveyor.processors.transcode.profiles import (
-    SEED_PROFILES,
+    BUILTIN_PROFILES,
     Profile,
     ProfileConfigError,
     build_profile_table,
@@ -14,7 +14,7 @@ from conveyor.processors.transcode.settings import ALL_TRANSCODE_TYPES
 
 
 def test_seed_table_is_exactly_the_seven_types_in_order() -> None:
-    assert list(SEED_PROFILES) == ALL_TRANSCODE_TYPES
+    assert list(BUILTIN_PROFILES) == ALL_TRANSCODE_TYPES
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,7 @@ def test_seed_table_is_exactly_the_seven_types_in_order() -> None:
     ],
 )
 def test_seed_rows(name: str, codec: str, box: tuple[int, int], audio: bool, ext: str) -> None:
-    p = SEED_PROFILES[name]
+    p = BUILTIN_PROFILES[name]
     assert (p.codec, (p.max_width, p.max_height), p.audio, p.ext) == (codec, box, audio, ext)
     assert p.content_type == ("image/jpeg" if ext == "jpg" else "video/mp4")
     assert p.description, "every seed row says what it is for"
@@ -39,13 +39,13 @@ def test_seed_rows(name: str, codec: str, box: tuple[int, int], audio: bool, ext
 
 
 def test_rule_columns() -> None:
-    assert SEED_PROFILES["custom_mute_preview"].is_preview
-    assert SEED_PROFILES["thumbnail"].is_still
-    assert SEED_PROFILES["thumbnail"].frame_at == pytest.approx(0.1)
-    assert [n for n, p in SEED_PROFILES.items() if p.is_preview] == ["custom_mute_preview"]
+    assert BUILTIN_PROFILES["custom_mute_preview"].is_preview
+    assert BUILTIN_PROFILES["thumbnail"].is_still
+    assert BUILTIN_PROFILES["thumbnail"].frame_at == pytest.approx(0.1)
+    assert [n for n, p in BUILTIN_PROFILES.items() if p.is_preview] == ["custom_mute_preview"]
     # the LCD row's reason to exist: banding-aware adaptive quantisation
-    assert "aq-mode=3" in SEED_PROFILES["lcd_h265"].cpu_options["x265-params"]
-    assert SEED_PROFILES["lcd_h265"].nvenc_options
+    assert "aq-mode=3" in BUILTIN_PROFILES["lcd_h265"].cpu_options["x265-params"]
+    assert BUILTIN_PROFILES["lcd_h265"].nvenc_options
 
 
 def test_user_profile_needs_little_and_gets_defaults() -> None:
@@ -58,7 +58,7 @@ def test_user_profile_needs_little_and_gets_defaults() -> None:
         True,
     )
     assert tiny.max_height is None
-    assert set(SEED_PROFILES) < set(table)
+    assert set(BUILTIN_PROFILES) < set(table)
 
 
 def test_override_merges_over_the_seed_row() -> None:
@@ -66,7 +66,7 @@ def test_override_merges_over_the_seed_row() -> None:
     p = table["mp4_standard"]
     assert (p.crf, p.maxrate, p.bufsize) == (20, "2M", "4M")  # bufsize follows maxrate
     assert (p.max_width, p.max_height, p.codec) == (848, 480, "h264")
-    assert SEED_PROFILES["mp4_standard"].crf == 23, "the seed table itself is untouched"
+    assert BUILTIN_PROFILES["mp4_standard"].crf == 23, "the seed table itself is untouched"
 
 
 def test_still_profile_defaults() -> None:

@@ -22,8 +22,8 @@ from conveyor.processors.transcode.encoders import Encoders
 from conveyor.processors.transcode.probe import MediaInfo
 from conveyor.processors.transcode.profiles import (
     BUILTIN_GROUPS,
+    BUILTIN_PROFILES,
     DEFAULT_LADDER,
-    SEED_PROFILES,
     ProfileConfigError,
     StreamGroup,
     build_profile_table,
@@ -69,7 +69,7 @@ def command(
     encoders: Encoders = CPU,
     segment_seconds: float | None = None,
 ) -> list[str]:
-    plans = plan_outputs(info, [SEED_PROFILES[p] for p in profiles], OUT, 10.0)
+    plans = plan_outputs(info, [BUILTIN_PROFILES[p] for p in profiles], OUT, 10.0)
     gplans = plan_groups(info, groups, OUT, segment_seconds)
     return build_command("ffmpeg", Path("/work/in.mp4"), info, plans, encoders, gplans)
 
@@ -93,7 +93,7 @@ def value(args: list[str], option: str) -> str:
 # -- the table -------------------------------------------------------------------------
 def test_builtin_groups_and_the_default_ladder() -> None:
     table = build_profile_table()
-    assert [t for t in table if t not in SEED_PROFILES] == ["hls", "dash", "cmaf"]
+    assert [t for t in table if t not in BUILTIN_PROFILES] == ["hls", "dash", "cmaf"]
     assert (HLS.kind, DASH.kind, CMAF.kind) == ("hls", "dash", "cmaf")
     assert (HLS.segments, DASH.segments, CMAF.segments) == ("mpegts", "fmp4", "fmp4")
     assert HLS.entry_points == ("master.m3u8",) and DASH.entry_points == ("manifest.mpd",)
@@ -409,7 +409,7 @@ def test_per_stream_names_each_option_for_its_stream() -> None:
 
 def test_graph_numbering_puts_renditions_first() -> None:
     info = media()
-    plans = plan_outputs(info, [SEED_PROFILES["mp4_smooth"]], OUT, 10.0)
+    plans = plan_outputs(info, [BUILTIN_PROFILES["mp4_smooth"]], OUT, 10.0)
     groups = plan_groups(info, [DASH], OUT)
     graph = filter_graph(info, plans, groups)
     assert "[s0]scale=640:360,setsar=1,format=yuv420p[v0]" in graph

@@ -1,10 +1,10 @@
 """The AWS engine's clients and resources: what the ``aws://`` backend uses (idempotent).
 
-* the task table (seed 002): hash key ``task_id``; ``date-index``
+* the task table (``DYNAMODB_TABLE``): hash key ``task_id``; ``date-index``
   (``date_partition`` + ``created_key``) and ``status-index``
   (``status_shard`` + ``created_key``), both projecting everything.
   ``created_key`` is ``<created_at ISO-8601 UTC, microseconds>#<task id>``:
-  seed 002 sorts on ``created_at`` alone, which leaves ties in an undefined
+  the transcoding service sorted on ``created_at`` alone, which leaves ties in an undefined
   order; appending the id makes the range key unique, so keyset paging is
   exact.  ``status_shard`` is ``<status>#<n>`` with ``n = crc32(id) % shards``
   so that one hot status (thousands of ``pending`` tasks) is spread over

@@ -1,6 +1,6 @@
 """The ``container`` kind: a command in a container, logged and retried.
 
-Seed 003's training agent, on the durable queue: every output line goes to
+The training agent's jobs, on the durable queue: every output line goes to
 the task's log as it is printed (shipped with each heartbeat, so a node that
 dies loses seconds, not the log), the worker's timeout and cancel stop the
 job with SIGTERM then SIGKILL, the container is removed in every outcome,

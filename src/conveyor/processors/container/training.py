@@ -40,7 +40,7 @@ from .settings import ContainerSettings
 
 _ARG = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
-router = APIRouter(tags=["seed 003 (training)"])
+router = APIRouter(tags=["training agent"])
 
 
 class TrainRequest(BaseModel):
@@ -55,7 +55,7 @@ class TrainRequest(BaseModel):
     batch_size: int = Field(32, ge=1, le=1_000_000)
     gpus: int | None = Field(None, ge=0, le=64, description="default CONVEYOR_TRAIN_GPUS")
     priority: int = Field(0, ge=-100, le=100)
-    max_attempts: int = Field(3, ge=1, le=100, description="seed 003 retried 3 times")
+    max_attempts: int = Field(3, ge=1, le=100, description="the training agent retried 3 times")
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400)
 
     @model_validator(mode="after")
@@ -96,7 +96,8 @@ def submit_request(body: TrainRequest, settings: Any) -> SubmitRequest:
 
 
 def train_view(task: Task) -> dict[str, Any]:
-    """A task as seed 003's ``GET /train/{id}`` showed a job, plus what Conveyor adds."""
+    """A task as the training agent's ``GET /train/{id}`` showed a job, plus what Conveyor
+    adds."""
     return {
         "task_id": task.id,
         "status": task.status.value,
@@ -143,7 +144,7 @@ async def train_status(
     return train_view(await run_in_threadpool(service.get, task_id, owner_filter(principal)))
 
 
-@router.get("/stats", summary="Task counts, as seed 003's /stats")
+@router.get("/stats", summary="Task counts, as the training agent's /stats")
 async def stats(
     service: ConveyorService = Depends(get_service),
     principal: Principal = require(Permission.TASKS_READ),
@@ -165,7 +166,9 @@ async def stats(
 
 
 @router.get(
-    "/health", summary="Health, as seed 003's /health", dependencies=[require(Permission.PUBLIC)]
+    "/health",
+    summary="Health, as the training agent's /health",
+    dependencies=[require(Permission.PUBLIC)],
 )
 async def health(service: ConveyorService = Depends(get_service)) -> JSONResponse:
     return await api_health(service)

@@ -1,6 +1,6 @@
 """The ``docparse`` kind: a PDF (or a scanned image) to Markdown, a content list and images.
 
-Seed 000 runs MinerU on GPU workers for this.  Here the default ``lite``
+MinerU, run on GPU workers, is the usual tool for this.  Here the default ``lite``
 engine does it on any CPU, offline, from permissive libraries (PDFium for
 text and images, tesseract for scanned pages); the ``mineru`` engine hands
 the document to MinerU where a worker has it.  Both write the same files:

@@ -19,7 +19,7 @@ class DocparseSettings(KindSettings):
 
     # page processes per task (0 = one per CPU core)
     workers: int = Field(0, ge=0, le=256)
-    # an optional mineru-api server (seed 000's GPU parser) the mineru engine sends work to
+    # an optional mineru-api server (MinerU's GPU parser) the mineru engine sends work to
     mineru_api_url: str = Field(
         "",
         validation_alias=AliasChoices(

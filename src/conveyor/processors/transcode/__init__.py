@@ -56,7 +56,7 @@ from conveyor.processors.transcode.params import TranscodeParams
 from conveyor.processors.transcode.probe import MediaInfo, OutputInfo, probe_input, verify_output
 from conveyor.processors.transcode.profiles import (
     BUILTIN_GROUPS,
-    SEED_PROFILES,
+    BUILTIN_PROFILES,
     Entry,
     Profile,
     StreamGroup,
@@ -146,9 +146,9 @@ class TranscodeProcessor(Processor):
         return normalised
 
     def known_types(self) -> list[str]:
-        """Seed types in table order, the built-in streaming groups, then user-defined
+        """Built-in types in table order, the built-in streaming groups, then user-defined
         ones alphabetically."""
-        builtin = [*SEED_PROFILES, *BUILTIN_GROUPS]
+        builtin = [*BUILTIN_PROFILES, *BUILTIN_GROUPS]
         extra = sorted(t for t in self.profiles if t not in builtin)
         return [*builtin, *extra]
 

@@ -1,6 +1,7 @@
 """The ffmpeg command, as a pure function of input facts and the profile table.
 
-Seed 002 ran one ffmpeg per rendition, decoding the input seven times.  Here
+The transcoding service ran one ffmpeg per rendition, decoding the input seven
+times.  Here
 one process decodes once and ``split`` feeds every rendition's scaler and
 encoder, so the job is bound by the encoders, not by repeated decoding.
 Nothing here touches the disk or spawns anything, so every rule (sizes,

@@ -1,5 +1,5 @@
 """The transcode kind's words on the console, in English and Simplified Chinese: its name,
-its fieldset on the add-task page, and a label and a description for each seed type and
+its fieldset on the add-task page, and a label and a description for each built-in type and
 built-in streaming group (``ttype.<type>``, ``tdesc.<type>``; user-defined types show
 their name and description)."""
 

@@ -1,12 +1,13 @@
 """The rendition table: every transcode type is one row of data, not code.
 
-Seed 002 names seven types but leaves sizes, bitrates and preview length
-open.  Keeping the choices in one declarative table means the README, the
+The transcoding service named seven types but left sizes, bitrates and preview
+length open.  Keeping the choices in one declarative table means the README, the
 command builder, the output checks and user-defined profiles (from
 ``transcode_profiles`` in the config) all read the same numbers, and a new
 rendition never needs a code change.
 
-Choices made for the seed types (documented again in the README):
+Choices made for the seven built-in types (documented again in
+docs/transcode-profiles.md):
 
 * Quality is driven by CRF (constant quality), capped by ``maxrate`` /
   ``bufsize`` (VBV), so simple scenes stay small and busy scenes cannot blow
@@ -160,9 +161,9 @@ def _double(rate: str) -> str:
     return f"{text}{m.group(2)}"
 
 
-# The seven seed types.  Numbers are starting points tuned for web delivery;
+# The seven built-in types.  Numbers are starting points tuned for web delivery;
 # users override any of them by redefining the type in ``transcode_profiles``.
-SEED_PROFILES: dict[str, Profile] = {
+BUILTIN_PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
         Profile(
@@ -469,15 +470,15 @@ class ProfileConfigError(ValueError):
 def build_profile_table(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Entry]:
-    """The seed table and the built-in groups plus (and overridden by) user profiles.
+    """The built-in types and groups plus (and overridden by) user profiles.
 
-    A user entry that names a seed type is merged over that seed row, so
+    A user entry that names a built-in type is merged over that row, so
     ``{"mp4_standard": {"crf": 20}}`` changes just the quality; a new name
     must say at least its codec, or ``kind: hls|dash|cmaf`` for a streaming group
     (``{"hls": {"segment_seconds": 6}}`` changes a built-in group; a ``ladder``
     given replaces the ladder).
     """
-    table: dict[str, Entry] = {**SEED_PROFILES, **BUILTIN_GROUPS}
+    table: dict[str, Entry] = {**BUILTIN_PROFILES, **BUILTIN_GROUPS}
     for name, raw in (overrides or {}).items():
         current = table.get(name)
         kind = raw.get("kind", current.kind if isinstance(current, StreamGroup) else None)
@@ -498,7 +499,7 @@ def build_profile_table(
 def _profile_row(name: str, raw: Mapping[str, Any], current: Entry | None) -> Profile:
     base = current.model_dump(exclude_unset=False) if isinstance(current, Profile) else {}
     if base:
-        # derived fields must follow a changed codec/container, not stick to the seed's
+        # derived fields must follow a changed codec/container, not stick to the built-in row's
         for derived in ("container", "content_type", "frame_at", "bufsize"):
             if derived not in raw:
                 base.pop(derived, None)

@@ -19,7 +19,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from conveyor.config import KindSettings, parse_duration
 
-# seed 002's seven types, in its order (the profile table: profiles.SEED_PROFILES)
+# the seven built-in types, in table order (the profile table: profiles.BUILTIN_PROFILES)
 ALL_TRANSCODE_TYPES = [
     "mp4_standard",
     "mp4_smooth",
@@ -53,7 +53,7 @@ class TranscodeSettings(KindSettings):
             "default_types", "CONVEYOR_DEFAULT_TRANSCODE_TYPES", "DEFAULT_TRANSCODE_TYPES"
         ),
     )
-    # user-defined renditions (docs/transcode-profiles.md), over the seed table
+    # user-defined renditions (docs/transcode-profiles.md), over the built-in table
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     preview_seconds: float = Field(
         10.0, validation_alias=_names("preview_seconds", "CONVEYOR_PREVIEW_SECONDS")
