@@ -37,6 +37,7 @@ STATUS_MIX = {
     "pending": 0.08,
     "processing": 0.02,
 }
+COLUMN_NAMES = [c.strip() for c in _COLUMNS.split(",")]
 KIND_MIX = {"transcode": 0.70, "docparse": 0.25, "container": 0.05}
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -75,35 +76,40 @@ def rows(n: int, start: float, span_s: float, seed: int) -> Iterator[tuple[Any, 
             history = json.dumps(
                 [{"number": 1, "worker_id": "w1", "started_at": created + 1, "outcome": None}]
             )
-        yield (
-            task_id(int(created * 1000), i, salt),
-            kinds[i],
-            status,
-            0,
-            "input",
-            f"clips/{i % 997}/video-{i}.mp4",
-            params,
-            "[]",
-            done if status == "completed" else running if processing else idle,
-            attempts,
-            3,
-            "encoder crashed" if status == "failed" else None,
-            "failed" if status == "failed" else None,
-            "w1" if attempts else None,
-            f"tok{i}" if processing else None,
-            time.time() + 300 if processing else None,
-            0,
-            created,
-            created + (30 if final else 0),
-            created + 1 if attempts else None,
-            created + 30 if final else None,
-            None,
-            date_partition(datetime.fromtimestamp(created, UTC)),
-            None,
-            "bench",
-            "api",
-            history,
-        )
+        row = {
+            "id": task_id(int(created * 1000), i, salt),
+            "kind": kinds[i],
+            "status": status,
+            "priority": 0,
+            "input_bucket": "input",
+            "input_key": f"clips/{i % 997}/video-{i}.mp4",
+            "params": params,
+            "outputs": "[]",
+            "progress": done if status == "completed" else running if processing else idle,
+            "attempts": attempts,
+            "max_attempts": 3,
+            "error": "encoder crashed" if status == "failed" else None,
+            "error_code": "failed" if status == "failed" else None,
+            "worker_id": "w1" if attempts else None,
+            "lease_token": f"tok{i}" if processing else None,
+            "lease_expires": time.time() + 300 if processing else None,
+            "cancel_requested": 0,
+            "created_at": created,
+            "updated_at": created + (30 if final else 0),
+            "started_at": created + 1 if attempts else None,
+            "finished_at": created + 30 if final else None,
+            "not_before": None,
+            "date_partition": date_partition(datetime.fromtimestamp(created, UTC)),
+            "idempotency_key": None,
+            "submitted_by": "bench",
+            "trigger": "api",
+            "history": history,
+            "gpus": 0,
+        }
+        # in the engine's column order: a column the engine gained (or lost) and this
+        # did not fails here, not in the INSERT
+        assert len(row) == len(COLUMN_NAMES)
+        yield tuple(row[name] for name in COLUMN_NAMES)
 
 
 def load(backend: SQLiteBackend, n: int, days: int, seed: int) -> float:
@@ -111,7 +117,7 @@ def load(backend: SQLiteBackend, n: int, days: int, seed: int) -> float:
     start = now - days * 86400
     c = backend._writer
     c.execute("PRAGMA cache_size = -262144")  # 256 MiB for the load only
-    marks = ", ".join("?" * len(_COLUMNS.split(",")))
+    marks = ", ".join("?" * len(COLUMN_NAMES))
     sql = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({marks})"
     t0 = time.perf_counter()
     chunk = 100_000

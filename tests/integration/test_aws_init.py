@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 from conveyor.backends.aws.provision import CREATED, FOUND, InitPlan, init_resources
 from conveyor.cli.aws import aws_app
 from conveyor.models import Trigger
+from conveyor.processors import ProcessorRegistry
 from conveyor.service import ConveyorService, SubmitRequest
 from conveyor.triggers.s3_events import S3EventConsumer
 
@@ -163,10 +164,15 @@ def test_init_is_idempotent_and_sets_the_notification(moto_endpoint: str, aws_en
 
 
 class _RecordingService:
-    """Stands in for ConveyorService: records what the consumer submits."""
+    """Stands in for ConveyorService: records what the consumer submits; the kind an
+    upload becomes is the installed kinds' answer, as the service's."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[SubmitRequest, Trigger]] = []
+        self.registry = ProcessorRegistry.load()
+
+    def upload_kind(self, key: str, content_type: str | None = None) -> str | None:
+        return self.registry.kind_for(key, content_type, upload=True)
 
     def submit(self, req: SubmitRequest, *, trigger: Trigger, submitted_by: str | None) -> Any:
         self.requests.append((req, trigger))

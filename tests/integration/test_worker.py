@@ -83,8 +83,8 @@ def parts(settings: Settings) -> Iterator[tuple[SQLiteBackend, LocalBlobStore, P
 def _worker(
     settings: Settings, parts: tuple[SQLiteBackend, LocalBlobStore, ProcessorRegistry], **kw: object
 ) -> Worker:
-    backend, store, registry = parts
-    w = Worker(settings, backend, store, registry, **kw)
+    backend, blobs, registry = parts
+    w = Worker(settings, backend, blobs, registry, store=backend, **kw)
     w.start()
     return w
 

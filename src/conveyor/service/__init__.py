@@ -24,7 +24,6 @@ from pydantic import BaseModel, Field
 from conveyor.auth.roles import Permission, roles_with, sees_only_own_tasks
 from conveyor.auth.service import AuthService, Principal
 from conveyor.backends import Backend
-from conveyor.backends.base import ThroughputPoint
 from conveyor.config import Settings
 from conveyor.errors import (
     ConveyorError,
@@ -33,7 +32,7 @@ from conveyor.errors import (
     ObjectNotFound,
     TaskNotFound,
 )
-from conveyor.metrics_data import MetricsSnapshot
+from conveyor.metrics_data import MetricsSnapshot, ThroughputPoint
 from conveyor.models import (
     InputRef,
     LogLine,

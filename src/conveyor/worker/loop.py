@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import EllipsisType
 
 from conveyor import __version__, outputs
 from conveyor.backends import TaskStore, WorkerQueue
@@ -109,19 +108,17 @@ class Worker:
         storage: BlobStore,
         registry: ProcessorRegistry,
         *,
-        store: TaskStore | EllipsisType | None = ...,
+        store: TaskStore | None = None,
         worker_id: str | None = None,
         concurrency: int | None = None,
         kinds: list[str] | None = None,
     ) -> None:
         """``store``: where published outputs are recorded and where the sweep looks
-        tasks up; None for a remote worker (its API does both).  Left out, it is
-        ``queue`` itself when that is a whole local engine, else None."""
+        tasks up: the local engine (``server.runtime.local_worker`` passes it); None for
+        a remote worker, whose API does both."""
         self.settings = settings
         self.queue = queue
-        if isinstance(store, EllipsisType):
-            store = queue if isinstance(queue, TaskStore) else None
-        self.store: TaskStore | None = store
+        self.store = store
         self.storage = storage
         self.registry = registry
         self.id = worker_id or default_worker_id()

@@ -42,7 +42,10 @@ class Harness:
         if gpus is not None:
             settings = settings.model_copy(update={"gpus": gpus})
         registry = ProcessorRegistry({"container": ContainerProcessor(settings)})
-        w = Worker(settings, self.service.backend, self.service.storage, registry, **kw)
+        service = self.service
+        w = Worker(
+            settings, service.backend, service.storage, registry, store=service.backend, **kw
+        )
         w.start()
         self.workers.append(w)
         return w
