@@ -18,6 +18,7 @@ whatever it leaves behind.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -100,7 +101,10 @@ class Stager:
     bucket: str
     prefix: str
     check_lease: Callable[[], None] = lambda: None
-    staged: list[str] = field(default_factory=list)
+    # what this attempt staged, in order (a dict as an ordered set: thousands of segments
+    # of a streaming ladder, staged from several threads at once)
+    staged: dict[str, None] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def stage(self, key: str, path: Path, content_type: str | None = None) -> ObjectInfo:
         """Write ``path`` to the staging twin of final ``key``; the staged object's info."""
@@ -111,8 +115,8 @@ class Stager:
             lambda: self.storage.put_file(self.bucket, staged_key, path, content_type),
             what=f"staging {key}",
         )
-        if staged_key not in self.staged:
-            self.staged.append(staged_key)
+        with self._lock:
+            self.staged[staged_key] = None
         return info
 
     def put_file(
@@ -137,7 +141,9 @@ class Stager:
 
     def discard(self, keys: Iterable[str] | None = None) -> None:
         """Delete staged objects of this attempt (all of them by default); only its own."""
-        for staged_key in list(self.staged if keys is None else keys):
+        with self._lock:
+            wanted = list(self.staged if keys is None else keys)
+        for staged_key in wanted:
             if not staged_key.startswith(self.prefix):
                 continue
             try:
@@ -145,8 +151,8 @@ class Stager:
             except Exception:
                 log.warning("could not remove staged %s; the sweep will", staged_key)
             else:
-                if staged_key in self.staged:
-                    self.staged.remove(staged_key)
+                with self._lock:
+                    self.staged.pop(staged_key, None)
 
     def missing(self, outputs: Iterable[OutputFile]) -> list[str]:
         """Outputs whose staged object is not (or no longer) there with its size: checked
