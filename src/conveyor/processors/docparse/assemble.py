@@ -16,7 +16,7 @@ Running headers and footers (a page number, a report title repeated at the
 top of every page) are left out of both outputs, as MinerU discards them: a
 short text block in the top or bottom tenth of a page whose text, digits
 aside, recurs there on at least half the pages of a document of three pages
-or more.
+or more, or that is a page number alone.
 """
 
 from __future__ import annotations
@@ -69,6 +69,12 @@ def running_key(block: dict[str, Any], page: dict[str, Any]) -> RunningKey | Non
     return zone, re.sub(r"\d+", "#", text)
 
 
+# a page number alone in the top or bottom margin ("12", "- 12 -", "xiv", "Page 3") is
+# a running header or footer however many pages print theirs elsewhere (Texinfo puts
+# it left on even pages, right on odd ones, next to the chapter's title)
+FOLIO = re.compile(r"^(?:page\s*)?[-–—]?\s*(?:#|[ivxlc]{1,6})\s*[-–—]?$")
+
+
 def running_keys(counts: dict[RunningKey, int], pages: int) -> set[RunningKey]:
     if pages < 3:
         return set()
@@ -82,14 +88,57 @@ def read_spool(spool: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def document_body(spool: Path) -> float:
-    """The size most characters of the document's text pages are set in."""
+@dataclass
+class DocumentFacts:
+    body: float  # the size most characters of its text pages are set in
+    pages: int
+    running: set[RunningKey]  # running headers and footers
+
+    def is_running(self, block: dict[str, Any], page: dict[str, Any]) -> bool:
+        key = running_key(block, page) if self.pages >= 3 else None
+        return key is not None and (key in self.running or bool(FOLIO.match(key[1])))
+
+
+def document_facts(spool: Path) -> DocumentFacts:
+    """What the pages say only together: the body size and the running headers."""
     counts: dict[float, int] = {}
+    seen: dict[RunningKey, int] = {}
+    pages = 0
     for page in read_spool(spool):
+        pages += 1
         if page.get("method") == "text":
             for size, n in (page.get("sizes") or {}).items():
                 counts[float(size)] = counts.get(float(size), 0) + int(n)
-    return max(counts, key=lambda k: counts[k]) if counts else 0.0
+        for rk in {k for b in page["blocks"] if (k := running_key(b, page)) is not None}:
+            seen[rk] = seen.get(rk, 0) + 1
+    body = max(counts, key=lambda k: counts[k]) if counts else 0.0
+    return DocumentFacts(body, pages, running_keys(seen, pages))
+
+
+SLIDE_TITLE_MAX_CHARS = 80
+
+
+def _slide_title(blocks: list[dict[str, Any]], page: dict[str, Any], facts: DocumentFacts) -> None:
+    """On a slide (a page wider than tall), the first line under the running header
+    bars, short and not a sentence, is the frame's title, whatever its size (beamer
+    sets it at the body's size, in colour)."""
+    width, height = float(page.get("width") or 0), float(page.get("height") or 0)
+    if width <= height or height <= 0:
+        return
+    for i, b in enumerate(blocks):
+        if b["type"] not in ("text", "title") or facts.is_running(b, page):
+            continue
+        text = str(b.get("text", ""))
+        if (
+            b["type"] == "text"
+            and float(b["bbox"][1]) < 0.3 * height
+            and len(text) <= SLIDE_TITLE_MAX_CHARS
+            and int(b.get("lines", 1)) <= 2
+            and not text.endswith(SENTENCE_END)
+            and any(c.isalpha() for c in text)
+        ):
+            blocks[i] = {**b, "type": "title"}
+        return
 
 
 def _joinable(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -107,9 +156,10 @@ def _joinable(a: dict[str, Any], b: dict[str, Any]) -> bool:
     )
 
 
-def reclassify(page: dict[str, Any], body: float) -> list[dict[str, Any]]:
+def reclassify(page: dict[str, Any], facts: DocumentFacts) -> list[dict[str, Any]]:
     """The page's blocks with headings judged against the document's body size."""
     blocks = page["blocks"]
+    body = facts.body
     if body <= 0 or page.get("method") != "text":
         return list(blocks)
     out: list[dict[str, Any]] = []
@@ -147,22 +197,20 @@ def reclassify(page: dict[str, Any], body: float) -> list[dict[str, Any]]:
             continue
         out.append(b)
         changed.append(moved)
+    _slide_title(out, page, facts)
     return out
 
 
 def assemble(spool: Path, markdown: Path | None, content_list: Path | None) -> Assembled:
     keys: set[HeadingKey] = set()
-    seen: dict[RunningKey, int] = {}
-    n_pages = 0
-    body = document_body(spool)
+    facts = document_facts(spool)
     for page in read_spool(spool):
-        n_pages += 1
-        page["blocks"] = reclassify(page, body)
-        keys.update(heading_key(b) for b in page["blocks"] if b["type"] == "title")
-        for rk in {k for b in page["blocks"] if (k := running_key(b, page)) is not None}:
-            seen[rk] = seen.get(rk, 0) + 1
+        keys.update(
+            heading_key(b)
+            for b in reclassify(page, facts)
+            if b["type"] == "title" and not facts.is_running(b, page)
+        )
     levels = heading_levels(keys)
-    running = running_keys(seen, n_pages)
     out = Assembled()
     md = markdown.open("w", encoding="utf-8") if markdown else None
     cl = content_list.open("w", encoding="utf-8") if content_list else None
@@ -172,8 +220,8 @@ def assemble(spool: Path, markdown: Path | None, content_list: Path | None) -> A
         first_md, first_item = True, True
         for page in read_spool(spool):
             out.pages += 1
-            for block in reclassify(page, body):
-                if running and running_key(block, page) in running:
+            for block in reclassify(page, facts):
+                if facts.is_running(block, page):
                     out.discarded += 1
                     continue
                 out.blocks[block["type"]] = out.blocks.get(block["type"], 0) + 1

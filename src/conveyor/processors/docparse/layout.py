@@ -332,6 +332,119 @@ def _looks_like_title(text: str) -> bool:
     )
 
 
+EQUATION_NUMBER = re.compile(r"^\(\s*[A-Z]?\d{1,3}(?:\.\d{1,3})?[a-z]?\s*\)$")
+
+
+def _bare(ln: Line) -> int:
+    return len(ln.text.replace(" ", ""))
+
+
+def _mathy(ln: Line) -> bool:
+    return _is_equation(ln) or (ln.math >= 2 and ln.math >= 0.3 * max(1, _bare(ln)))
+
+
+def _fragment(ln: Line) -> bool:
+    """A piece of a displayed formula as the text layer cuts it: a superscript, a
+    fraction's numerator, an equation's number."""
+    return _mathy(ln) or _bare(ln) <= 3 or bool(EQUATION_NUMBER.match(ln.text))
+
+
+PAGE_NUMBER = re.compile(r"^(?:\d{1,4}|[ivxlc]{1,6})$")
+ENDS_WITH_LEADER = re.compile(r"(?:\.\s?){3,}\s*(?:\d{1,4}|[ivxlc]{1,6})$")
+
+
+def join_row_numbers(lines: Sequence[Line]) -> list[Line]:
+    """A number alone at the right of a row (a contents entry's page, far from its title)
+    goes back on that row: the text layer's gap before it ended the line, and it came
+    out as a paragraph of one number."""
+    out: list[Line] = []
+    for ln in lines:
+        prev = out[-1] if out else None
+        if (
+            prev is not None
+            and PAGE_NUMBER.match(ln.text)
+            and prev.column == ln.column
+            and prev.x1 < ln.x0
+            and abs((prev.y0 + prev.y1) / 2 - (ln.y0 + ln.y1) / 2) < 0.5 * max(ln.size, 1.0)
+            and not PAGE_NUMBER.match(prev.text)
+        ):
+            out[-1] = Line(
+                text=f"{prev.text} {ln.text}",
+                x0=prev.x0,
+                y0=min(prev.y0, ln.y0),
+                x1=ln.x1,
+                y1=max(prev.y1, ln.y1),
+                size=prev.size,
+                bold=prev.bold,
+                column=prev.column,
+                chars=prev.chars + ln.chars,
+                solo=prev.solo,
+                math=prev.math,
+                caps=prev.caps,
+            )
+            continue
+        out.append(ln)
+    return out
+
+
+def join_displays(lines: Sequence[Line]) -> list[Line]:
+    """Displayed formulas in one piece: the lines the text layer cuts a formula into (its
+    numerators and denominators, sub- and superscripts, its number at the right) that
+    follow each other in reading order, in one column and close together, become one
+    line, which is an equation when it holds enough mathematics.
+
+    A run is started by a line that is mathematics (in a math font, or symbols) and
+    takes the fragments around it; a run with too little mathematics is left as it was.
+    """
+    out: list[Line] = []
+    i = 0
+    while i < len(lines):
+        ln = lines[i]
+        if not _fragment(ln):
+            out.append(ln)
+            i += 1
+            continue
+        j = i + 1
+        x0, y0, x1, y1 = ln.x0, ln.y0, ln.x1, ln.y1
+        while j < len(lines):
+            nxt = lines[j]
+            size = max(nxt.size, ln.size, 1.0)
+            if (
+                not _fragment(nxt)
+                or nxt.column != ln.column
+                or nxt.y0 > y1 + 0.8 * size
+                or nxt.y1 < y0 - 1.5 * size
+            ):
+                break
+            x0, y0, x1, y1 = min(x0, nxt.x0), min(y0, nxt.y0), max(x1, nxt.x1), max(y1, nxt.y1)
+            j += 1
+        run = lines[i:j]
+        math = sum(r.math for r in run)
+        if len(run) < 2 or not any(_mathy(r) for r in run) or math < EQUATION_MIN_MATH:
+            out.append(ln)
+            i += 1
+            continue
+        ordered = sorted(run, key=lambda r: (round((r.y0 + r.y1) / 2 / max(r.size, 1.0)), r.x0))
+        text = " ".join(r.text for r in ordered)
+        out.append(
+            Line(
+                text=text,
+                x0=x0,
+                y0=y0,
+                x1=x1,
+                y1=y1,
+                size=max(r.size for r in run),
+                bold=False,
+                column=ln.column,
+                chars=sum(r.chars for r in run),
+                # every piece of a formula counts: its digits and brackets too
+                math=max(math, int(EQUATION_SHARE * len(text.replace(" ", ""))) + 1),
+            )
+        )
+        i = j
+    return out
+
+
 def _mark_spaced(lines: Sequence[Line]) -> None:
     """Mark the lines further below the line before them (in their column) than the
     page's lines usually are: headings are set apart, list items and paragraphs not."""
@@ -361,6 +474,7 @@ def lines_to_blocks(
     blocks: list[Block] = []
     cur: Block | None = None
     prev: Line | None = None
+    lines = join_row_numbers(join_displays(lines))
     _mark_spaced(lines)
     for ln in lines:
         if _is_equation(ln):
@@ -375,6 +489,7 @@ def lines_to_blocks(
             and abs(prev.size - ln.size) < 0.6
             and 0 - 0.5 * ln.size <= ln.y0 - prev.y1 <= 0.9 * max(ln.size, prev.size)
             and (kind == "text" or len(cur.text) + len(ln.text) < 200)
+            and not ENDS_WITH_LEADER.search(prev.text)
         )
         if joinable and cur is not None:
             cur.text = join_words(cur.text, ln.text)
