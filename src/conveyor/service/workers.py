@@ -42,7 +42,7 @@ MAX_PRESIGNED_PUT = 5 * 1024**3
 
 
 @dataclass
-class UploadTarget:
+class PresignedUpload:
     """Where a worker PUTs an object: a presigned URL (with its headers), presigned parts
     of a multipart upload (``multipart``: upload id, part size, one URL per part), or
     neither (the store cannot presign: the worker streams it through the API)."""
@@ -122,19 +122,19 @@ class WorkerProtocol:
     # -- files -----------------------------------------------------------------------
     def upload_target(
         self, bucket: str, key: str, size: int, content_type: str | None, expires_s: int
-    ) -> UploadTarget:
+    ) -> PresignedUpload:
         """A presigned PUT when the store can make one; presigned parts above its multipart
         threshold; neither for a store that cannot presign (a local folder)."""
         storage: Any = self.service.storage
         multipart = getattr(storage, "presign_multipart", None)
         if multipart is not None and size > storage.multipart_threshold:
             upload_id, part_size, urls = multipart(bucket, key, size, expires_s, content_type)
-            return UploadTarget(multipart=(upload_id, part_size, list(urls)))
+            return PresignedUpload(multipart=(upload_id, part_size, list(urls)))
         presign = getattr(storage, "presign_put", None)
         if presign is None or size > MAX_PRESIGNED_PUT:
-            return UploadTarget()
+            return PresignedUpload()
         url, headers = presign(bucket, key, expires_s, content_type)
-        return UploadTarget(url=url, headers=headers)
+        return PresignedUpload(url=url, headers=headers)
 
     def _multipart_store(self) -> Any:
         storage = self.service.storage
