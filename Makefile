@@ -107,8 +107,8 @@ bench: system-deps venv
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
-# -- seed 002's operator verbs: the API and a worker in the background --------------
-# Logs go to api-server.log and gpu-processor.log as in the seed; pid files to
+# -- the operator verbs: the API and a worker in the background ---------------------
+# Logs go to api-server.log and gpu-processor.log (the names operators know); pid files to
 # $(DATA)/run.  The worker uses NVENC/NVDEC when this host has them, the CPU
 # encoders otherwise.  For a service manager, see deploy/systemd/.
 PORT    ?= 9999

@@ -5,9 +5,9 @@ lease in one backend call, flushes task logs and learns about cancels, so a
 processor that blocks for minutes never lets its lease lapse.
 
 A worker talks to a ``WorkerQueue`` only.  Publishing its outputs and the staging
-sweep also need a ``TaskStore`` (to record and to look up what was published):
-a worker beside a local engine is given it; a remote worker has none, and its
-API publishes and sweeps instead.
+sweep also need two store calls (``outputs.SweepBackend``: look a task up, record
+what was published): a worker beside a local engine is given them; a remote
+worker has none, and its API publishes and sweeps instead.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from conveyor import __version__, outputs
-from conveyor.backends import TaskStore, WorkerQueue
+from conveyor.backends import WorkerQueue
 from conveyor.config import Settings
 from conveyor.errors import (
     LeaseLost,
@@ -108,7 +108,7 @@ class Worker:
         storage: BlobStore,
         registry: ProcessorRegistry,
         *,
-        store: TaskStore | None = None,
+        store: outputs.SweepBackend | None = None,
         worker_id: str | None = None,
         concurrency: int | None = None,
         kinds: list[str] | None = None,

@@ -8,7 +8,7 @@ import threading
 import time
 
 from conveyor import outputs
-from conveyor.backends import TaskStore, WorkerQueue
+from conveyor.backends import WorkerQueue
 from conveyor.storage import BlobStore
 
 log = logging.getLogger("conveyor.reaper")
@@ -23,7 +23,7 @@ class Reaper:
         interval: float,
         storage: BlobStore | None = None,
         output_bucket: str = "output",
-        store: TaskStore | None = None,
+        store: outputs.SweepBackend | None = None,
     ) -> None:
         """The staging sweep runs when both ``storage`` and ``store`` (where the
         sweep looks tasks up and records what it published) are given."""
