@@ -157,3 +157,20 @@ def test_display_formulas_in_one_piece_revtex(tmp_path: Path) -> None:
     blocks = measure.blocks(out.markdown)
     assert blocks.one_word_share < 0.25
     assert len(out.of_type("equation")) >= 5
+
+
+def test_chinese_scan_line_not_read_as_latin_zhlipsum(tmp_path: Path) -> None:
+    """A decorated Chinese line came out as Latin capitals ("FBR MAC FAR SB") and was a
+    heading; continuation lines were headings too.  The Latin-only lines of a CJK page
+    are read again with chi_sim alone (kept when tesseract is as sure), and a line of a
+    paragraph takes the paragraph's size."""
+    need_tool("tesseract")
+    out = parse("scan-zhlipsum", [1], tmp_path)
+    assert "FBR" not in out.markdown
+    assert "贝克特" in out.markdown
+    doc = CORPUS["scan-zhlipsum"]
+    ref = measure.pdftotext(CORPUS[doc.derived_from].file(), doc.scan_pages, layout=True)
+    score = measure.word_score(ref, ref, out.markdown)
+    assert score.recall >= 0.95
+    # headings: the title, the date line and the quotation's source, no paragraph
+    assert all(len(h) <= 40 for h in out.headings), out.headings

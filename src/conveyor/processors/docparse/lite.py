@@ -48,8 +48,10 @@ from conveyor.processors.docparse.ocr import (
     OcrUnavailable,
     Word,
     check_languages,
+    is_cjk_char,
     looks_turned,
     mean_confidence,
+    reread_latin_lines,
     standing_share,
     tesseract_rotation,
     tesseract_words,
@@ -261,7 +263,7 @@ def _ocr_blocks(
     gray = render_gray(page, dpi)
     pixels[0] += gray.size
     flat = Image.fromarray(flatten_paper(gray))
-    words = tesseract_words(flat, job.langs, dpi)
+    words = reread_latin_lines(flat, tesseract_words(flat, job.langs, dpi), job.langs, dpi)
     turn = 0
     if looks_turned(words):  # is the page lying on its side?
         turn = tesseract_rotation(flat, dpi)
@@ -335,6 +337,7 @@ def _ocr_blocks(
 _ASCENDS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789bdfhiklt")
 _DESCENDS = set("gjpqyQ(),;[]{}|/@$")
 CAP_HEIGHT = 0.72  # of the font size, for the Latin faces documents mostly use
+CJK_HEIGHT = 0.9  # an ideograph's ink, of the font size
 
 
 def _cap_height_word(text: str) -> bool:
@@ -361,8 +364,14 @@ def _ocr_lines(words: list[Word]) -> list[Line]:
         text = ""
         for w in ws:
             text = join_words(text, w.text)
+        # the size from the words whose box height says it: ideographs fill about
+        # 0.9 em; Latin words spanning exactly the cap height, 0.72 em (a logo's
+        # raised or lowered letter, TeX's E, makes a Latin box taller)
+        ideographs = sorted(
+            (w.y1 - w.y0) / CJK_HEIGHT for w in ws if w.text and all(is_cjk_char(c) for c in w.text)
+        )
         caps = sorted((w.y1 - w.y0) / CAP_HEIGHT for w in ws if _cap_height_word(w.text))
-        heights = caps or sorted(w.y1 - w.y0 for w in ws)
+        heights = ideographs or caps or sorted(w.y1 - w.y0 for w in ws)
         lines.append(
             Line(
                 text=text,
@@ -377,6 +386,24 @@ def _ocr_lines(words: list[Word]) -> list[Line]:
                 solo=par_lines[(block, par)] == 1,
             )
         )
+    return _paragraph_sizes(lines)
+
+
+def _paragraph_sizes(lines: list[Line]) -> list[Line]:
+    """A line of a paragraph is set in the paragraph's size: a short last line's word
+    boxes (one word, a logo with a raised letter) made it look bigger, and a heading.
+    The first line keeps its own when it is a heading's size above the rest."""
+    by_par: dict[int, list[Line]] = {}
+    for ln in lines:
+        by_par.setdefault(ln.column, []).append(ln)
+    for par in by_par.values():
+        if len(par) < 2:
+            continue
+        rest = sorted(ln.size for ln in par[1:])
+        size = rest[(len(rest) - 1) // 2]  # the lower median: a noisy box is taller
+        for k, ln in enumerate(par):
+            if k > 0 or ln.size < OCR_HEADING_RATIO * size:
+                ln.size = size
     return lines
 
 

@@ -161,3 +161,123 @@ def tesseract_rotation(image: Image.Image, dpi: int) -> int:
     except (KeyError, ValueError):
         return 0
     return rotate if rotate in (90, 180, 270) and confidence >= MIN_ORIENTATION_CONF else 0
+
+
+# -- a line of Chinese read as Latin ----------------------------------------------------
+# Tesseract with eng+chi_sim reads a line in the script its first guess says; a bold
+# or decorated Chinese line can be taken for Latin and come out as capitals ("FBR MAC
+# FAR SB").  On a page that is mostly CJK, a line read as Latin only and not surely is
+# read again with the CJK languages alone; the reading with CJK in it is kept when
+# tesseract is at least as sure of it.
+CJK_LANGS = ("chi_sim", "chi_tra", "jpn", "kor", "chi_sim_vert", "chi_tra_vert", "jpn_vert")
+CJK_PAGE_SHARE = 0.3  # of a page's characters: a CJK page
+SURE_LATIN_CONF = 85.0  # a Latin line read at least this surely stays as it is
+LINE_PAD_PX = 6
+STACK_GAP_PX = 24
+
+
+def is_cjk_char(c: str) -> bool:
+    o = ord(c)
+    return (
+        0x4E00 <= o <= 0x9FFF
+        or 0x3400 <= o <= 0x4DBF
+        or 0x3040 <= o <= 0x30FF
+        or (0xAC00 <= o <= 0xD7AF)
+    )
+
+
+def _cjk_share(text: str) -> float:
+    chars = [c for c in text if not c.isspace()]
+    return sum(1 for c in chars if is_cjk_char(c)) / len(chars) if chars else 0.0
+
+
+def _line_key(w: Word) -> tuple[int, int, int]:
+    return (w.block, w.par, w.line)
+
+
+def reread_latin_lines(
+    image: Image.Image, words: list[Word], langs: Sequence[str], dpi: int
+) -> list[Word]:
+    """``words`` with the Latin-only lines of a CJK page read again in its CJK languages
+    (one more tesseract run for all of them: the lines are stacked in one image)."""
+    cjk = [lang for lang in langs if lang in CJK_LANGS]
+    if not cjk or not words:
+        return words
+    if _cjk_share("".join(w.text for w in words)) < CJK_PAGE_SHARE:
+        return words
+    lines: dict[tuple[int, int, int], list[Word]] = {}
+    for w in words:
+        lines.setdefault(_line_key(w), []).append(w)
+    suspects = []
+    for key, ws in lines.items():
+        text = "".join(w.text for w in ws)
+        confs = [w.conf for w in ws if w.conf >= 0]
+        unsure = not confs or sum(confs) / len(confs) < SURE_LATIN_CONF
+        if _cjk_share(text) == 0 and any(c.isalpha() for c in text) and unsure:
+            suspects.append(key)
+    if not suspects:
+        return words
+    scale = dpi / 72.0
+    crops = []
+    for key in suspects:
+        ws = lines[key]
+        x0 = max(0, int(min(w.x0 for w in ws) * scale) - LINE_PAD_PX)
+        y0 = max(0, int(min(w.y0 for w in ws) * scale) - LINE_PAD_PX)
+        x1 = min(image.width, int(max(w.x1 for w in ws) * scale) + LINE_PAD_PX)
+        y1 = min(image.height, int(max(w.y1 for w in ws) * scale) + LINE_PAD_PX)
+        crops.append((key, (x0, y0, x1, y1), image.crop((x0, y0, x1, y1))))
+    width = max(c.width for _, _, c in crops) + 2 * LINE_PAD_PX
+    height = sum(c.height + STACK_GAP_PX for _, _, c in crops) + STACK_GAP_PX
+    stack = Image.new(image.mode, (width, height), 255 if image.mode == "L" else "white")
+    offsets = []
+    y = STACK_GAP_PX
+    for _key, _box, crop in crops:
+        stack.paste(crop, (LINE_PAD_PX, y))
+        offsets.append(y)
+        y += crop.height + STACK_GAP_PX
+    try:
+        proc = _tesseract(stack, dpi, "-l", "+".join(cjk), "--psm", "6", "tsv")
+    except (OSError, subprocess.SubprocessError):
+        return words
+    if proc.returncode != 0:
+        return words
+    again = parse_tsv(proc.stdout.decode("utf-8", errors="replace"), 1.0)  # pixels
+    replaced: dict[tuple[int, int, int], list[Word]] = {}
+    for (key, box, crop), top in zip(crops, offsets, strict=True):
+        mine = [w for w in again if top <= (w.y0 + w.y1) / 2 <= top + crop.height]
+        text = "".join(w.text for w in mine)
+        confs = [w.conf for w in mine if w.conf >= 0]
+        old = [w.conf for w in lines[key] if w.conf >= 0]
+        if not mine or _cjk_share(text) < 0.5:
+            continue
+        if confs and old and sum(confs) / len(confs) < sum(old) / len(old):
+            continue
+        dx, dy = box[0] - LINE_PAD_PX, box[1] - top
+        block, par, line = key
+        replaced[key] = [
+            Word(
+                w.text,
+                (w.x0 + dx) / scale,
+                (w.y0 + dy) / scale,
+                (w.x1 + dx) / scale,
+                (w.y1 + dy) / scale,
+                w.conf,
+                block,
+                par,
+                line,
+            )
+            for w in mine
+        ]
+    if not replaced:
+        return words
+    out: list[Word] = []
+    done: set[tuple[int, int, int]] = set()
+    for w in words:
+        key = _line_key(w)
+        if key in replaced:
+            if key not in done:
+                out.extend(replaced[key])
+                done.add(key)
+            continue
+        out.append(w)
+    return out
