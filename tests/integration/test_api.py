@@ -151,6 +151,30 @@ def test_add_rejects_bad_requests(
     assert api.get("/api/queue/status").json()["pending"] == 0
 
 
+def test_add_validates_the_body_before_looking_at_storage(api: TestClient) -> None:
+    """Issue 18: an unknown type and a missing input: the answer names the type (400),
+    not the input (404); the input is looked for only once the body is valid."""
+    body = {"input_bucket": "input", "input_key": "missing.mp4", "transcode_types": ["mp5_ultra"]}
+    r = api.post("/api/queue/add", json=body)
+    assert r.status_code == 400, r.text
+    err = _error(r)
+    assert err["code"] == "invalid_params"
+    assert "unknown transcode type 'mp5_ultra'" in err["message"]
+    assert "missing.mp4" not in err["message"]
+    # a bad param of the kind, too
+    r = api.post(
+        "/api/queue/add",
+        json={**body, "transcode_types": ["hls"], "params": {"segment_seconds": 0}},
+    )
+    assert r.status_code == 400 and _error(r)["code"] == "invalid_params", r.text
+    assert "segment_seconds" in _error(r)["message"]
+    # a valid body with a missing input is still 404 about the input
+    r = api.post("/api/queue/add", json={**body, "transcode_types": ["hls"]})
+    assert r.status_code == 404 and _error(r)["code"] == "object_not_found", r.text
+    assert "input/missing.mp4" in _error(r)["message"]
+    assert api.get("/api/queue/status").json()["pending"] == 0
+
+
 def test_invalid_json(api: TestClient) -> None:
     r = api.post(
         "/api/queue/add", content=b"{not json", headers={"content-type": "application/json"}
@@ -210,6 +234,97 @@ def test_files_upload_download_range(api: TestClient) -> None:
     r = api.get("/api/files/input/dir/视频 1.mp4", headers={"Range": "bytes=10-19"})
     assert r.status_code == 206 and r.content == data[10:20]
     assert _error(api.get("/api/files/input/missing.mp4"))["code"] == "object_not_found"
+
+
+# a stream's files as the transcode kind writes them: name, the type its output records
+STREAM_FILES = {
+    "clip/hls/master.m3u8": "application/vnd.apple.mpegurl",
+    "clip/hls/360p/index.m3u8": "application/vnd.apple.mpegurl",
+    "clip/hls/360p/seg_00000.ts": "video/mp2t",
+    "clip/dash/manifest.mpd": "application/dash+xml",
+    "clip/dash/init-0.m4s": "video/mp4",
+    "clip/dash/chunk-0-00001.m4s": "video/iso.segment",
+    "clip/hls-fmp4/360p/init.mp4": "video/mp4",
+}
+SEGMENTS = ("clip/hls/360p/seg_00000.ts", "clip/dash/chunk-0-00001.m4s")
+
+
+def _stream_body(key: str) -> bytes:
+    if key.endswith(".m3u8"):
+        return b"#EXTM3U\n#EXT-X-VERSION:3\n#EXTINF:4.0,\nseg_00000.ts\n#EXT-X-ENDLIST\n"
+    if key.endswith(".mpd"):
+        return b'<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011"/>'
+    return bytes(range(256)) * 8
+
+
+def test_stream_files_served_with_their_types_and_range(api: TestClient) -> None:
+    """The local store keeps no type and guesses .ts as Qt's translation files: the
+    download path serves a stream's files with the types the outputs record, and a
+    segment's ``Range: bytes=0-99`` gets 206 and 100 bytes."""
+    for key, want in STREAM_FILES.items():
+        # uploaded with no type (a local store would keep none anyway)
+        r = api.put(f"/api/files/output/{key}", content=_stream_body(key))
+        assert r.status_code == 201, r.text
+        r = api.get(f"/api/files/output/{key}")
+        assert r.status_code == 200 and r.content == _stream_body(key), key
+        assert r.headers["content-type"] == want, key
+    for key in SEGMENTS:
+        r = api.get(f"/api/files/output/{key}", headers={"Range": "bytes=0-99"})
+        assert r.status_code == 206, key
+        assert r.content == _stream_body(key)[:100] and len(r.content) == 100
+        assert r.headers["content-range"] == f"bytes 0-99/{len(_stream_body(key))}"
+        assert r.headers["content-type"] == STREAM_FILES[key]
+    # any other file keeps its guessed type
+    _upload(api, "doc.pdf", b"%PDF-1.4 x")
+    assert api.get("/api/files/input/doc.pdf").headers["content-type"] == "application/pdf"
+
+
+def test_stream_files_through_the_s3_redirect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On S3 a segment is a redirect to a presigned URL, which answers ``Range`` with 206
+    and the type the object was stored with; playlists and manifests are served by the
+    API itself, so the segments they name relative to themselves resolve to the API's
+    path (a presigned URL's folder is not readable)."""
+    import httpx
+
+    from tests.s3server import require_server
+
+    s3 = require_server()
+    s3.empty_buckets()
+    monkeypatch.setenv("CONVEYOR_CONFIG", str(tmp_path / "none.yaml"))
+    settings = load_settings(data_dir=tmp_path, storage_url=s3.storage_url())
+    runtime = Runtime.build(settings, with_worker=False, with_trigger=False)
+    with TestClient(create_app(runtime)) as api:
+        for key, ctype in STREAM_FILES.items():
+            # as the worker stores an output: with the type it records
+            r = api.put(
+                f"/api/files/output/{key}",
+                content=_stream_body(key),
+                headers={"content-type": ctype},
+            )
+            assert r.status_code == 201, r.text
+        for key, want in STREAM_FILES.items():
+            r = api.get(f"/api/files/output/{key}", follow_redirects=False)
+            if key.endswith((".m3u8", ".mpd")):
+                assert r.status_code == 200, (key, r.status_code)
+                assert r.content == _stream_body(key)
+                assert r.headers["content-type"] == want, key
+                continue
+            assert r.status_code == 307, (key, r.status_code)
+            location = r.headers["location"]
+            assert location.startswith(s3.endpoint_url), location
+            got = httpx.get(location, headers={"Range": "bytes=0-99"}, timeout=30)
+            assert got.status_code == 206, (key, got.status_code, got.text[:200])
+            assert got.content == _stream_body(key)[:100]
+            assert got.headers["content-type"] == want, key
+        # a playlist's relative segment resolves to the API's path, not S3's
+        playlist = api.get("/api/files/output/clip/hls/360p/index.m3u8")
+        segment = httpx.URL(str(playlist.url)).join("seg_00000.ts")
+        assert segment.path == "/api/files/output/clip/hls/360p/seg_00000.ts"
+        # a missing playlist is still a 404
+        r = api.get("/api/files/output/clip/hls/none.m3u8")
+        assert r.status_code == 404 and _error(r)["code"] == "object_not_found"
 
 
 def test_files_rejections(api: TestClient, tmp_path: Path) -> None:

@@ -22,6 +22,14 @@ from .uploads import stream_into_store
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 
+# a playlist larger than this (a day of 1 s segments is about 3 MB) is redirected too
+MAX_SERVED_PLAYLIST = 32 * 1024 * 1024
+
+
+def _read_all(service: ConveyorService, bucket: str, key: str) -> bytes:
+    with service.open_file(bucket, key) as f:
+        return f.read(MAX_SERVED_PLAYLIST + 1)
+
 
 @router.put("/{bucket}/{key:path}", status_code=201, summary="Upload an object (raw body)")
 async def put_file(
@@ -62,16 +70,30 @@ async def get_file(
     service: ConveyorService = Depends(get_service),
     principal: Principal = require(Permission.FILES_READ),
 ) -> Response:
-    """A submitter (or developer) reads its own files and its own tasks' output folders."""
+    """A submitter (or developer) reads its own files and its own tasks' output folders.
+
+    A local store's file is served here (``Range`` answered with 206); on S3 the answer
+    is a redirect to a presigned URL (which answers ``Range`` itself), except for HLS
+    playlists and DASH manifests, served here: they name their segments relative to
+    their own URL, which must stay this path (a presigned URL's folder is not readable).
+    The files of a stream go out with the types their outputs were recorded with."""
     bucket, key = await run_in_threadpool(
         lambda: service.check_object(bucket, key, owner=owner_filter(principal))
     )
+    media_type = service.file_media_type(key)
     path = service.file_path(bucket, key)
     if path is not None:
         if not path.is_file():
             raise ObjectNotFound(f"object not found: {bucket}/{key}")
-        return FileResponse(path, filename=path.name)
-    if not await run_in_threadpool(service.file_exists, bucket, key):
+        return FileResponse(path, filename=path.name, media_type=media_type)
+    if service.file_is_playlist(key):
+        info = await run_in_threadpool(service.file_info, bucket, key)
+        if info is None:
+            raise ObjectNotFound(f"object not found: {bucket}/{key}")
+        if info.size <= MAX_SERVED_PLAYLIST:
+            body = await run_in_threadpool(_read_all, service, bucket, key)
+            return Response(body, media_type=media_type or info.content_type)
+    elif not await run_in_threadpool(service.file_exists, bucket, key):
         raise ObjectNotFound(f"object not found: {bucket}/{key}")
     url = await run_in_threadpool(service.file_url, bucket, key)
     if url is None:

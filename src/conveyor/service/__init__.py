@@ -56,6 +56,17 @@ log = logging.getLogger(__name__)
 
 _TASK_ID_RE = re.compile(r"^[0-9A-Za-z]{26}$")  # a ULID: the shape of a task id
 
+# The types a streaming group's files are recorded with (docs/transcode-profiles.md), by
+# name: a local store keeps no type and guesses from the name, and gets ``.ts`` wrong
+# (Qt's translation files, text/vnd.trolltech.linguist).  Init segments are MP4 files.
+STREAM_MEDIA_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".mpd": "application/dash+xml",
+    ".ts": "video/mp2t",
+    ".m4s": "video/iso.segment",
+}
+PLAYLIST_SUFFIXES = (".m3u8", ".mpd")
+
 
 def upload_dedup_key(obj: ObjectInfo) -> str:
     """One upload, one task: the trigger and an explicit submit share this key."""
@@ -202,12 +213,14 @@ class ConveyorService:
             bucket = req.input_bucket or self.settings.input_bucket
             bucket, key = self.check_object(bucket, req.input_key, owner=owner)
             input_ref = InputRef(bucket=bucket, key=key)
+        # the body first (types, params), storage last: a request with an unknown type and
+        # a missing input is told about the type (issue 18)
+        params = processor.validate(params, input_ref)
         if processor.requires_input():
             if input_ref is None:
                 raise InvalidRequest(f"{kind} tasks need an input: give input_bucket and input_key")
             if not self.storage.exists(input_ref.bucket, input_ref.key):
                 raise ObjectNotFound(f"input object not found: {input_ref.bucket}/{input_ref.key}")
-        params = processor.validate(params, input_ref)
         if caller is not None:
             self._check_task_access(caller, owner, processor, params)
         if req.timeout_s is not None:  # the worker enforces it whatever the kind
@@ -642,6 +655,20 @@ class ConveyorService:
 
     def file_exists(self, bucket: str, key: str) -> bool:
         return self.storage.exists(bucket, key)
+
+    def file_media_type(self, key: str) -> str | None:
+        """The type a stream's file (playlist, manifest, segment) is served with, as its
+        output was recorded; None for any other file (its store's type, or a guess from
+        the name)."""
+        name = key.rsplit("/", 1)[-1].lower()
+        suffix = name[name.rfind(".") :] if "." in name else ""
+        if name.startswith("init") and suffix in (".m4s", ".mp4"):
+            return "video/mp4"
+        return STREAM_MEDIA_TYPES.get(suffix)
+
+    def file_is_playlist(self, key: str) -> bool:
+        """An HLS playlist or DASH manifest: it names other files relative to itself."""
+        return key.lower().endswith(PLAYLIST_SUFFIXES)
 
     def file_url(self, bucket: str, key: str, expires_s: int = 3600) -> str | None:
         """A URL the caller downloads the object from itself (S3: presigned), or None."""
