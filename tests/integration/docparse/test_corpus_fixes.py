@@ -174,3 +174,27 @@ def test_chinese_scan_line_not_read_as_latin_zhlipsum(tmp_path: Path) -> None:
     assert score.recall >= 0.95
     # headings: the title, the date line and the quotation's source, no paragraph
     assert all(len(h) <= 40 for h in out.headings), out.headings
+
+
+def test_deluxetable_columns_from_white_space_aas(tmp_path: Path) -> None:
+    """A deluxetable (rules only above and below) came out as 3 columns of its 6: its
+    columns of figures stand closer than 1 em.  Inside a table, narrower stretches no
+    row inks are column gaps too."""
+    out = parse("aas-sample631", [6], tmp_path)
+    tables = [t for t in out.of_type("table") if "Messier" in t["table_body"]]
+    assert len(tables) == 1
+    assert (
+        "<tr><td>M1</td><td>NGC 1952</td><td>Supernova remnant</td><td>2</td>"
+        "<td>Taurus</td><td>8.4</td></tr>" in tables[0]["table_body"]
+    )
+
+
+def test_side_by_side_tables_and_figures_not_headings_irs(tmp_path: Path) -> None:
+    """The IRS tax table sets three panels side by side: they were one table, its
+    close columns run together ('5,000 5,050 | 503 503 503'), and its bold rows of
+    figures 626 headings."""
+    out = parse("irs-tax-table", [35], tmp_path)
+    tables = out.of_type("table")
+    assert len(tables) == 3
+    assert "<tr><td>5,000</td><td>5,050</td><td>503</td><td>503</td>" in tables[0]["table_body"]
+    assert not any(re.fullmatch(r"[\d,.\s]+", h) for h in out.headings)

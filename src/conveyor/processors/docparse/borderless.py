@@ -277,6 +277,102 @@ def find_borderless(chars: Sequence[Char]) -> list[BorderlessTable]:
             end -= 1
         trimmed = _table(rows[start : end + 1], gaps)
         if trimmed is not None:
-            found.append(trimmed)
+            finer = _finer_gaps(rows[start : end + 1], gaps, em)
+            if finer != list(gaps):
+                trimmed = _table(rows[start : end + 1], finer) or trimmed
+                gaps = finer if len(trimmed.cells[0]) == len(finer) + 1 else gaps
+            found.extend(_side_by_side(rows[start : end + 1], gaps, trimmed))
         i = max(end, i) + 1
     return found
+
+
+FINE_GAP_EM = 0.45  # inside a table, columns of figures may stand this close
+FINE_INKED = 0.15  # of the rows may cross a fine gap (a header spanning the columns)
+
+
+def _finer_gaps(rows: Sequence[Row], gaps: Sequence[Span], em: float) -> list[Span]:
+    """Columns of a table found with 1 em gaps that are several columns: inside each,
+    a stretch at least ``FINE_GAP_EM`` wide that (almost) no row inks, with ink on both
+    sides in most rows, is a column gap too (a deluxetable's close columns of figures,
+    a tax table's 'At least | But less than').  A spanning header may cross it."""
+    if not rows:
+        return list(gaps)
+    lo = min(w.x0 for r in rows for w in r.words)
+    hi = max(w.x1 for r in rows for w in r.words)
+    bounds = [lo, *(g for gap in gaps for g in gap), hi]
+    out: list[Span] = []
+    for k in range(len(gaps) + 1):
+        c0, c1 = bounds[2 * k], bounds[2 * k + 1]
+        width = int(c1 - c0) + 1
+        if width < 3 * FINE_GAP_EM * em:
+            if k < len(gaps):
+                out.append(gaps[k])
+            continue
+        cover = [0] * width
+        for r in rows:
+            seen = [False] * width
+            for w in r.words:
+                if w.x1 <= c0 or w.x0 >= c1:
+                    continue
+                for x in range(max(0, int(w.x0 - c0)), min(width, int(w.x1 - c0) + 1)):
+                    seen[x] = True
+            for x in range(width):
+                cover[x] += seen[x]
+        limit = FINE_INKED * len(rows)
+        x = 0
+        while x < width:
+            if cover[x] > limit:
+                x += 1
+                continue
+            start = x
+            while x < width and cover[x] <= limit:
+                x += 1
+            left, right = cover[:start], cover[x:]
+            if (
+                x - start >= FINE_GAP_EM * em
+                and left
+                and right
+                and max(left) >= 0.5 * len(rows)
+                and max(right) >= 0.5 * len(rows)
+            ):
+                out.append((c0 + start, c0 + x))
+        if k < len(gaps):
+            out.append(gaps[k])
+    return sorted(out)
+
+
+def _side_by_side(
+    rows: Sequence[Row], gaps: Sequence[Span], table: BorderlessTable
+) -> list[BorderlessTable]:
+    """Tables set side by side (a tax table's three panels) line up as one; their header
+    repeats across it.  Split where the first filled row's cells repeat with a period."""
+    n = len(gaps) + 1
+    header = next((row for row in table.cells if sum(1 for c in row if c) >= 2), None)
+    if header is None:
+        return [table]
+    for period in range(1, n // 2 + 1):
+        if n % period or not any(header[:period]):
+            continue
+        if all(header[j] == header[j + period] for j in range(n - period)):
+            break
+    else:
+        return [table]
+    out: list[BorderlessTable] = []
+    for k in range(n // period):
+        lo = gaps[k * period - 1][1] if k else -1e9
+        hi = gaps[(k + 1) * period - 1][0] if (k + 1) * period - 1 < len(gaps) else 1e9
+        panel = [Row([w for w in r.words if lo <= w.x0 and w.x1 <= hi]) for r in rows]
+        panel = [r for r in panel if r.words]
+        words = [w for r in panel for w in r.words]
+        if not words:
+            continue
+        cells = [row[k * period : (k + 1) * period] for row in table.cells]
+        cells = [row for row in cells if any(row)]
+        bbox = (
+            min(w.x0 for w in words),
+            min(w.y0 for w in words),
+            max(w.x1 for w in words),
+            max(w.y1 for w in words),
+        )
+        out.append(BorderlessTable(bbox, cells, [c for w in words for c in w.chars]))
+    return out or [table]

@@ -277,8 +277,8 @@ def _is_heading(ln: Line, body: float, ratio: float, bold_headings: bool) -> boo
     """Bigger than the body text; or, at about its size, a short line that does not end
     like a sentence and stands out: bold, small caps or all capitals, or numbered like
     a section and set apart from the line before."""
-    if body <= 0:
-        return False
+    if body <= 0 or not any(c.isalpha() for c in ln.text):
+        return False  # a row of figures ("5,750 573 573") is never a heading
     if ln.size >= body * ratio:
         return len(ln.text) <= 200
     if ln.solo and _looks_like_title(ln.text) and ln.size >= 0.9 * body:
