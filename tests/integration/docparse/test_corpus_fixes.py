@@ -198,3 +198,12 @@ def test_side_by_side_tables_and_figures_not_headings_irs(tmp_path: Path) -> Non
     assert len(tables) == 3
     assert "<tr><td>5,000</td><td>5,050</td><td>503</td><td>503</td>" in tables[0]["table_body"]
     assert not any(re.fullmatch(r"[\d,.\s]+", h) for h in out.headings)
+
+
+def test_statistical_table_with_dot_leaders_census(tmp_path: Path) -> None:
+    """Dot leaders mark a table of contents when they lead to one page number; a
+    statistical table's lead its row labels to their figures, and it stays a table."""
+    out = parse("census-12s0324", [1], tmp_path)
+    bodies = " ".join(t["table_body"] for t in out.of_type("table"))
+    assert "<td>102.1</td><td>25.5</td><td>76.6</td>" in bodies
+    assert 2 <= len(out.of_type("table")) <= 3

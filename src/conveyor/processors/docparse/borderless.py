@@ -42,10 +42,14 @@ INDEX_ENTRY = re.compile(rf"^\S.*?,\s*{PAGE}(?:,\s*{PAGE})*,?$")
 
 
 def _contents_or_index(cells: Sequence[Sequence[str]]) -> bool:
-    """A table of contents (dot leaders, or a last column of page numbers that only go
-    up) or an index (entries ending in page numbers) lines up like a table; it is not one."""
+    """A table of contents (dot leaders to a page number, or a last column of page
+    numbers that only go up) or an index (entries ending in page numbers) lines up like
+    a table; it is not one."""
     rows = [row for row in cells if any(row)]
-    if sum(1 for row in rows if any(DOT_LEADER.search(c) for c in row)) >= 0.3 * len(rows):
+    # dot leaders lead to one page number; a statistical table's lead to its figures
+    if len(rows[0]) <= 3 and sum(
+        1 for row in rows if any(DOT_LEADER.search(c) for c in row)
+    ) >= 0.3 * len(rows):
         return True
     filled = [c for row in rows for c in row if c]
     if sum(1 for c in filled if INDEX_ENTRY.match(c)) >= 0.5 * len(filled):
