@@ -24,7 +24,7 @@ from conveyor.config import load_settings
 from conveyor.console.i18n import LANGS, Translator, catalogue, negotiate
 from conveyor.console.render import STATIC, TEMPLATES
 from conveyor.errors import ConveyorError, ProcessorError
-from conveyor.models import InputRef, Task, TaskStatus, Trigger, WorkerInfo
+from conveyor.models import InputRef, OutputFile, Task, TaskStatus, Trigger, WorkerInfo
 from conveyor.processors.transcode.settings import ALL_TRANSCODE_TYPES
 from conveyor.server.app import create_app
 from conveyor.server.runtime import Runtime
@@ -390,6 +390,53 @@ def test_task_stream_skips_what_the_page_already_shows_and_follows_the_log(
     seq = svc.logs(task_id)[-1].seq
     ev = _events(app.get(url + "&once=1", headers={"last-event-id": str(seq)}).text)
     assert "log" not in ev  # a reconnecting browser already has that line
+
+
+def test_task_page_plays_a_streaming_group_and_lists_it_by_its_entry_points(
+    app: TestClient,
+) -> None:
+    """A completed task with an HLS group: the page carries the player (the master playlist
+    through the API's download path, the vendored hls.js and its worker), the group's
+    segments and variant playlists are counted on its entry point's row, not listed."""
+    svc = service(app)
+    task_id = add(app, "talks/keynote.mp4")
+    pending = app.get(f"/admin/tasks/{task_id}").text
+    assert 'id="stream-player"' not in pending and "player.js" in pending
+
+    def out(name: str, role: str, size: int, ctype: str, **meta: Any) -> OutputFile:
+        return OutputFile(
+            name=name,
+            bucket="output",
+            key=f"talks/keynote/{name}",
+            size=size,
+            content_type=ctype,
+            meta={"role": role, "group": name.split("/")[0], **meta},
+        )
+
+    m3u8, ts = "application/vnd.apple.mpegurl", "video/mp2t"
+    renditions = [{"name": "720p", "codec": "h264"}, {"name": "audio", "codec": "aac"}]
+    outputs = [
+        out("hls/master.m3u8", "master", 300, m3u8, kind="hls", renditions=renditions),
+        out("hls/720p/index.m3u8", "playlist", 200, m3u8, rendition="720p"),
+        out("hls/720p/seg_00000.ts", "segment", 5000, ts, rendition="720p"),
+        out("hls/audio/seg_00000.ts", "segment", 500, ts, rendition="audio"),
+    ]
+    (claimed,) = svc.backend.claim("w", ["transcode"], 1, 60)
+    svc.backend.complete(claimed.lease, outputs)
+    html = app.get(f"/admin/tasks/{task_id}").text
+    player = re.search(r'<figure class="player" id="stream-player"[^>]*>', html)
+    assert player, html
+    tag = player.group(0)
+    assert 'data-src="/api/files/output/talks/keynote/hls/master.m3u8"' in tag
+    assert "/admin/static/vendor/hls.min.js?v=" in tag
+    assert "/admin/static/vendor/hls.worker.js?v=" in tag
+    assert 'id="rendition"' in html and ">Auto<" in html
+    # the group: one row (its entry point) with its files counted, not 4 rows
+    rows = re.findall(r'<tr data-output="([^"]+)">', html)
+    assert rows == ["hls/master.m3u8"], rows
+    assert "4 files" in html and "HLS · 720p, audio" in html
+    zh = app.get(f"/admin/tasks/{task_id}", cookies={"lang": "zh-CN"}).text
+    assert "清晰度" in zh and ">自动<" in zh and "4 个文件" in zh
 
 
 # -- service and backend additions --------------------------------------------------------------

@@ -72,6 +72,31 @@ def preview(task: Task) -> dict[str, Any]:
     return {"video": video, "image": image}
 
 
+# a stream's files besides its entry points (master.m3u8, manifest.mpd): listed by count
+STREAM_PARTS = ("playlist", "init", "segment")
+
+
+def streams(task: Task) -> dict[str, Any]:
+    """What a completed task offers to stream: its HLS entry points (the page plays the
+    first, and offers the others), and per streaming group the number of files and their
+    size (the outputs table shows a group by its entry points, not its segments)."""
+    players = []
+    if task.status == TaskStatus.COMPLETED:
+        players = [
+            o
+            for o in task.outputs
+            if o.meta.get("role") == "master" and o.name.endswith("master.m3u8")
+        ]
+    groups: dict[str, dict[str, int]] = {}
+    for o in task.outputs:
+        group = o.meta.get("group")
+        if group and o.meta.get("role"):
+            acc = groups.setdefault(str(group), {"files": 0, "size": 0})
+            acc["files"] += 1
+            acc["size"] += o.size
+    return {"players": players, "groups": groups}
+
+
 def static_url(path: str) -> str:
     return f"{PREFIX}/static/{path}?v={__version__}"
 
@@ -110,6 +135,8 @@ env.globals.update(
     short_id=short_id,
     seconds_between=seconds_between,
     preview=preview,
+    streams=streams,
+    STREAM_PARTS=STREAM_PARTS,
     query=query,
     iso=iso,
     utc_text=utc_text,
