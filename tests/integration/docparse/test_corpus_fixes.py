@@ -207,3 +207,13 @@ def test_statistical_table_with_dot_leaders_census(tmp_path: Path) -> None:
     bodies = " ".join(t["table_body"] for t in out.of_type("table"))
     assert "<td>102.1</td><td>25.5</td><td>76.6</td>" in bodies
     assert 2 <= len(out.of_type("table")) <= 3
+
+
+def test_vector_figure_labels_are_not_paragraphs_beamer(tmp_path: Path) -> None:
+    """The slides' TikZ graphs (perfect phylogenies) are vector drawings: their node
+    labels came out as paragraphs of one letter (a third of the deck's paragraphs).
+    A region of paths with sparse short text is a figure, rendered as a picture."""
+    out = parse("beamer-talk", list(range(20, 31)), tmp_path)
+    blocks = measure.blocks(out.markdown)
+    assert blocks.one_word_share < 0.15, blocks
+    assert out.of_type("image")

@@ -81,6 +81,7 @@ from conveyor.processors.docparse.pool import (
 from conveyor.processors.docparse.ruled import ruled_tables
 from conveyor.processors.docparse.scanfigures import find_figures
 from conveyor.processors.docparse.tables import Grid, find_tables, to_html, to_markdown
+from conveyor.processors.docparse.vectorfig import vector_figures
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,24 @@ def _text_blocks(
     chars = [c for c in content.chars if id(c) not in numbers] if numbers else content.chars
     ruled, free = ruled_tables(chars, content.segments, content.width * content.height)
     anchored: list[Block] = []
+    # vector figures: their labels are not the page's text, nor a table
+    drawn = vector_figures(
+        content.drawings,
+        free,
+        content.width,
+        content.height,
+        [t.grid.bbox for t in ruled] + [box for _, box in figures],
+    )
+    if drawn:
+        free = [
+            c
+            for c in free
+            if not any(inside((c.x0 + c.x1) / 2, (c.y0 + c.y1) / 2, box) for box in drawn)
+        ]
+        for box in drawn:
+            rel = save_region(page, content.to_shown(box), images_dir, cap)
+            if rel:
+                anchored.append(Block(type="image", bbox=box, img_path=rel))
     for found in find_borderless(free):
         taken = {id(c) for c in found.chars}
         free = [c for c in free if id(c) not in taken]

@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,7 @@ class PageContent:
     printable: int
     frame: PageFrame  # the frame everything above is in
     shown: PageFrame  # the page as shown, which outputs use
+    drawings: list[Box] = field(default_factory=list)  # each path object's box
 
     @property
     def width(self) -> float:
@@ -318,7 +319,14 @@ def chars_in(raw: list[_RawChar | str], frame: PageFrame) -> list[Char]:
 
 def read_segments(page: pdfium.PdfPage, frame: PageFrame) -> list[Segment]:
     """Straight strokes and thin boxes from the page's paths, in page space."""
+    return read_paths(page, frame)[0]
+
+
+def read_paths(page: pdfium.PdfPage, frame: PageFrame) -> tuple[list[Segment], list[Box]]:
+    """Straight strokes and thin boxes from the page's paths, and each path's box (what
+    a vector drawing is made of), in page space."""
     segments: list[Segment] = []
+    boxes: list[Box] = []
     x, y = ctypes.c_float(), ctypes.c_float()
     for obj in page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_PATH,), max_depth=4):
         m = obj.get_matrix()
@@ -334,6 +342,9 @@ def read_segments(page: pdfium.PdfPage, frame: PageFrame) -> list[Segment]:
             kind = pdfium_c.FPDFPathSegment_GetType(seg)
             close = bool(pdfium_c.FPDFPathSegment_GetClose(seg))
             points.append((*frame.point(px, py), kind, close))
+        if points:
+            xs, ys = [pt[0] for pt in points], [pt[1] for pt in points]
+            boxes.append((min(xs), min(ys), max(xs), max(ys)))
         start: tuple[float, float] | None = None
         prev: tuple[float, float] | None = None
         for px, py, kind, close in points:
@@ -346,7 +357,7 @@ def read_segments(page: pdfium.PdfPage, frame: PageFrame) -> list[Segment]:
             if close and start is not None:
                 segments.append((px, py, start[0], start[1]))
                 prev = start
-    return segments
+    return segments, boxes
 
 
 def image_boxes(page: pdfium.PdfPage, frame: PageFrame) -> list[tuple[Any, Box]]:
@@ -366,9 +377,11 @@ def read_page(page: pdfium.PdfPage) -> tuple[PageContent, list[tuple[Any, Box]]]
     # chart's turned axis label) is not part of its headings and paragraphs
     raw = [ch for ch in raw if isinstance(ch, str) or (360 - ch.angle) % 360 == frame.rotation]
     images = image_boxes(page, frame)
+    segments, drawings = read_paths(page, frame)
     content = PageContent(
         chars=chars_in(raw, frame),
-        segments=read_segments(page, frame),
+        segments=segments,
+        drawings=drawings,
         image_boxes=[box for _, box in images],
         printable=printable,
         frame=frame,
