@@ -217,3 +217,18 @@ def test_vector_figure_labels_are_not_paragraphs_beamer(tmp_path: Path) -> None:
     blocks = measure.blocks(out.markdown)
     assert blocks.one_word_share < 0.15, blocks
     assert out.of_type("image")
+
+
+def test_tex_bold_extended_headings_and_contents_entries_gnuplot(tmp_path: Path) -> None:
+    """TeX's bold extended font (CMBX10) weighs 570 in PDFium and its name says no
+    'bold': its run-in section titles were not headings (61 of 96 found, pymupdf4llm
+    91).  A contents entry, its page number set apart, is never a heading."""
+    doc = CORPUS["gnuplot-manual"]
+    pages = list(range(1, 61))
+    out = parse("gnuplot-manual", pages, tmp_path)
+    expected = [t for t, _level, page in outline(doc.file()) if page in pages]
+    assert measure.headings_found(expected, out.headings) >= 88
+    for entry in ("I Gnuplot 21", "IV Terminal types 237", "Load 101", "Plot 102"):
+        assert entry not in out.headings
+    # a gnuplot comment opening a paragraph is text, not a Markdown heading
+    assert "\\# plot two files using linetypes 1, 2" in out.markdown

@@ -172,6 +172,7 @@ def reclassify(page: dict[str, Any], facts: DocumentFacts) -> list[dict[str, Any
             b, moved = {**block, "type": "text"}, True
         elif (
             block["type"] == "text"
+            and not block.get("contents")
             and size >= HEADING_RATIO * body
             and len(text) <= 200
             and int(block.get("lines", 1)) <= 3

@@ -52,6 +52,7 @@ class Line:
     caps: bool = False  # set in small caps
     # further from the line before it (in its column) than the page's lines usually are
     spaced: bool = False
+    page_ref: bool = False  # ends with a page number set apart: a contents entry
 
     @property
     def height(self) -> float:
@@ -279,6 +280,8 @@ def _is_heading(ln: Line, body: float, ratio: float, bold_headings: bool) -> boo
     a section and set apart from the line before."""
     if body <= 0 or not any(c.isalpha() for c in ln.text):
         return False  # a row of figures ("5,750 573 573") is never a heading
+    if ln.page_ref or ENDS_WITH_LEADER.search(ln.text):
+        return False  # a contents entry
     if ln.size >= body * ratio:
         return len(ln.text) <= 200
     if ln.solo and _looks_like_title(ln.text) and ln.size >= 0.9 * body:
@@ -381,6 +384,7 @@ def join_row_numbers(lines: Sequence[Line]) -> list[Line]:
                 solo=prev.solo,
                 math=prev.math,
                 caps=prev.caps,
+                page_ref=True,
             )
             continue
         out.append(ln)
@@ -504,6 +508,7 @@ def lines_to_blocks(
                 size=ln.size,
                 bold=ln.bold,
                 by_size=kind == "title" and ln.size >= body * heading_ratio,
+                contents=ln.page_ref or bool(ENDS_WITH_LEADER.search(ln.text)),
             )
             blocks.append(cur)
         prev = ln

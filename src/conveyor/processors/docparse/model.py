@@ -32,6 +32,7 @@ class Block:
     # a heading only for its size against the page's body text: the document's body
     # size decides in the end (assemble.reclassify)
     by_size: bool = False
+    contents: bool = False  # a contents entry (its page number set apart): never a heading
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type, "bbox": [round(v, 2) for v in self.bbox]}
@@ -46,6 +47,8 @@ class Block:
                 d["lines"] = self.lines
             if self.by_size:
                 d["by_size"] = True
+            if self.contents:
+                d["contents"] = True
         return d
 
 
@@ -170,4 +173,7 @@ def markdown_piece(block: dict[str, Any], levels: dict[HeadingKey, int]) -> str:
         return f"{caption}\n\n{table}" if caption else table
     if kind == "equation":
         return f"$$\n{block.get('text', '')}\n$$"
-    return str(block.get("text", ""))
+    text = str(block.get("text", ""))
+    # a paragraph that starts like Markdown's own marks (a shell or gnuplot comment's
+    # "#", a quote's ">") is text, not a heading or a quote
+    return "\\" + text if text[:1] in ("#", ">") else text

@@ -143,6 +143,9 @@ MATH_NAMES = ("cmmi", "cmsy", "cmex", "msam", "msbm", "math", "stix", "symbol", 
 MONO_NAMES = ("mono", "courier", "consol", "menlo", "typewriter", "fixed", "nimbusmon", "cmtt")
 
 
+# bold fonts by name: "Bold", "Black", "Semibold", "Demi", and TeX's bold extended
+# families (cmbx10, sfbx1200, ecbx, lmbx): PDFium weighs CMBX10 at 570
+BOLD_NAMES = re.compile(r"bold|black|heavy|demi|(?:cm|sf|ec|tc|lm|cmss)bx|cmb\d|bx\d")
 # small caps fonts by name: TeX's cmcsc/*-sc, OpenType "SmallCaps", "SC" suffixes
 SMALL_CAPS = re.compile(r"csc|smallcap|small-cap|smcp|(?:^|[-+_])sc(?:$|[-_])|caps$")
 # effective size (points), bold, fixed pitch, math, small caps
@@ -178,9 +181,7 @@ def _char_style(
     n = pdfium_c.FPDFText_GetFontInfo(textpage.raw, index, buf, 256, ctypes.byref(flags))
     name = buf.raw[: max(0, n - 1)].decode("utf-8", errors="replace").lower()
     weight = pdfium_c.FPDFText_GetFontWeight(textpage.raw, index)
-    bold = weight >= 600 or (
-        "bold" in name or "black" in name or "heavy" in name or bool(flags.value & FORCE_BOLD)
-    )
+    bold = weight >= 600 or bool(flags.value & FORCE_BOLD) or bool(BOLD_NAMES.search(name))
     mono = bool(flags.value & FIXED_PITCH) or any(m in name for m in MONO_NAMES)
     is_math = any(m in name for m in MATH_NAMES)
     style = (size, bold, mono, is_math, bool(SMALL_CAPS.search(name.split("+")[-1])))

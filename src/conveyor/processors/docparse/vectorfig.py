@@ -29,6 +29,7 @@ MAX_PAGE_SHARE = 0.6  # of the page's area: bigger is a background or a frame
 MAX_LABEL_CHARS = 24  # a figure's lines of text are labels, not sentences
 MAX_LONG_LINES = 0.1  # of its lines may be longer (a legend's entry)
 MAX_TEXT_SHARE = 0.35  # of its area under characters: a boxed text, not a figure
+ALIGNED_TEXT_CHARS = 10  # lines sharing a left edge this long (median) are text
 
 
 def _cells(box: Box, cols: int, rows: int) -> tuple[int, int, int, int]:
@@ -127,6 +128,17 @@ def _sparse_text(box: Box, chars: Sequence[Char]) -> bool:
     lines = chars_to_lines(inside)
     long = sum(1 for ln in lines if len(ln.text) > MAX_LABEL_CHARS)
     if long > MAX_LONG_LINES * len(lines):
+        return False
+    # a boxed code listing: lines that start at one left edge and say something
+    starts: dict[int, list[int]] = {}
+    for ln in lines:
+        starts.setdefault(round(ln.x0 / 2), []).append(len(ln.text))
+    aligned = max(starts.values(), key=len) if starts else []
+    if (
+        len(lines) >= 4
+        and len(aligned) >= 0.4 * len(lines)
+        and sorted(aligned)[len(aligned) // 2] >= ALIGNED_TEXT_CHARS
+    ):
         return False
     # a table's cells are short too, but they line up in rows and columns (shaded
     # rows and rules are its paths)
