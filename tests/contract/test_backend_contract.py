@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from conveyor.backends.base import Backend
+from conveyor.backends.base import Backend, Completion
 from conveyor.backends.rules import backoff_seconds
 from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
 from conveyor.models import (
@@ -580,6 +580,51 @@ def test_complete_records_outputs_and_finishes_the_attempt(backend: Backend) -> 
         assert t.history[-1].outcome == "completed"
         assert t.history[-1].finished_at is not None
     assert backend.claim("w1", [task.kind], 1, LONG_LEASE_S) == []
+
+
+def test_complete_many_fences_each_item_by_its_own_lease(backend: Backend) -> None:
+    """One stale lease in a batch fails that item only; each completed item's log lines
+    are in its log with it, a refused item's are not; a repeated batch (its answer was
+    lost) is answered alike and appends no line twice."""
+    a, b, c = submit(backend, max_attempts=3), submit(backend), submit(backend)
+    ca, cb, cc = (
+        claim_one(backend, a, lease_s=SHORT_LEASE_S),
+        claim_one(backend, b),
+        claim_one(backend, c),
+    )
+    expire(ca)
+    assert backend.reap() == 1
+    fresh = reclaim(backend, a, "w-new")
+    ts = utcnow()
+    out = [OutputFile(name="720p", bucket="output", key="b/720p.mp4", size=7)]
+    items = [
+        Completion(ca.lease, [], [(ts, "worker", "stale line")]),
+        Completion(cb.lease, out, [(ts, "worker", "b 1"), (ts, "worker", "Task completed: b")]),
+        Completion(cc.lease, [], []),
+    ]
+    for _ in range(2):  # the second call repeats the first, whose answer was "lost"
+        got = backend.complete_many(items)
+        assert [type(r) for r in got] == [LeaseLost, type(None), type(None)]
+        assert [ln.line for ln in backend.read_logs(b.id)] == ["b 1", "Task completed: b"]
+        assert backend.read_logs(a.id) == [] and backend.read_logs(c.id) == []
+    done = get(backend, b.id)
+    assert done.status == TaskStatus.COMPLETED and done.outputs == out
+    assert done.history[-1].outcome == "completed" and done.history[-1].finished_at is not None
+    assert get(backend, c.id).status == TaskStatus.COMPLETED
+    assert get(backend, a.id).status == TaskStatus.PROCESSING  # the fresh attempt's, untouched
+    assert backend.complete_many([Completion(fresh.lease, [])]) == [None]
+    assert backend.complete_many([]) == []
+
+
+def test_submit_many_stores_each_task_with_idempotency(backend: Backend) -> None:
+    first = submit(backend, idempotency_key="dup-key")
+    tasks = [make_task(), make_task(idempotency_key="dup-key"), make_task()]
+    got = backend.submit_many(tasks)
+    assert [created for _, created in got] == [True, False, True]
+    assert got[1][0].id == first.id
+    for task, _ in (got[0], got[2]):
+        assert get(backend, task.id).status == TaskStatus.PENDING
+        assert [c.task.id for c in backend.claim("w1", [task.kind], 1, LONG_LEASE_S)] == [task.id]
 
 
 # -- fencing ---------------------------------------------------------------------
@@ -1246,6 +1291,33 @@ def test_wait_for_work_returns_promptly_after_a_submit_from_another_thread(
     assert not thread.is_alive(), "wait_for_work did not return after a submit"
     assert woke[0] - submitted < 2.0
     assert [c.task.kind for c in backend.claim("w1", [kind], 1, LONG_LEASE_S)] == [kind]
+
+
+def test_wait_for_work_wakes_on_a_submit_through_another_handle(
+    open_backend: BackendOpener,
+) -> None:
+    """An idle worker of another process (another handle on the same store) wakes within
+    a fraction of a second of a submit, not after its poll interval: LISTEN/NOTIFY,
+    SQLite's wake sockets, SQS long polling, the API's long poll."""
+    waiting, submitting = open_backend(), open_backend()
+    kind = unique_kind()
+    waiting.wait_for_work(0.0)  # a first call may only get ready to listen
+    assert waiting.claim("w1", [kind], 1, LONG_LEASE_S) == []
+    woke: list[float] = []
+
+    def waiter() -> None:
+        waiting.wait_for_work(10.0)
+        woke.append(time.monotonic())
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    time.sleep(0.5)  # let it block
+    submitted = time.monotonic()
+    submit(submitting, kind=kind)
+    thread.join(10.0)
+    assert not thread.is_alive(), "wait_for_work did not return after the submit"
+    assert woke[0] - submitted < 1.0
+    assert [c.task.kind for c in waiting.claim("w1", [kind], 1, LONG_LEASE_S)] == [kind]
 
 
 def test_a_burst_of_long_log_lines_is_kept_whole_and_once(backend: Backend) -> None:

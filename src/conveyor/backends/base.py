@@ -52,6 +52,13 @@ Worker half (``WorkerQueue``):
 * ``reap`` treats every expired lease as a retryable failure
   (``lease expired``), or ``cancelled`` when a cancel was requested, and
   returns how many it touched. Safe to run from several places at once.
+* ``complete_many`` completes several attempts at once, each fenced by its own
+  lease exactly as ``complete`` (idempotent alike); one lost lease fails that
+  item only (its ``LeaseLost`` is in the answer, in the item's place).  Each
+  item carries the attempt's last log lines, appended before its completion
+  and only with it (in the same transaction where the engine has them), so the
+  log is whole once the outcome shows; a repeated completion appends nothing.
+  It answers what the worker needs (None for a completed item), not the rows.
 * ``append_logs`` appends ``(ts, stream, line)`` entries to an attempt's log.
 * ``wait_for_work`` blocks until new work may be available or the timeout
   passes; it may return early spuriously.
@@ -60,7 +67,8 @@ Service half (``TaskStore``):
 
 * ``submit`` stores a new ``pending`` task. When ``idempotency_key`` is set
   and a task with that key exists, nothing is written and the existing task
-  is returned with ``created=False``.
+  is returned with ``created=False``.  ``submit_many`` does the same for a list,
+  answering in order (the SQL engines in one transaction).
 * ``outputs_committed`` records that a completed task's staged outputs are at
   their final keys (a no-op on a task that is not completed or has nothing
   staged).
@@ -86,10 +94,12 @@ Service half (``TaskStore``):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from conveyor.auth.store import AuthStore
 from conveyor.backends.rules import DEFAULT_BACKOFF_BASE_S, DEFAULT_BACKOFF_MAX_S
+from conveyor.errors import LeaseLost
 from conveyor.metrics_data import (
     MetricsSnapshot,
     ThroughputPoint,
@@ -112,6 +122,7 @@ from conveyor.models import (
 
 __all__ = [
     "Backend",
+    "Completion",
     "Connected",
     "MetricsSnapshot",  # re-exported: the store's answers
     "TaskStore",
@@ -139,6 +150,20 @@ class Connected(ABC):
         """Release connections."""
 
 
+LogEntry = tuple[datetime, str, str]  # (ts, stream, line)
+_COMPLETING = Progress(percent=100.0, phase="completing")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One attempt to complete in ``WorkerQueue.complete_many``: its lease, its outputs,
+    and the log lines to append before the completion (and only with it)."""
+
+    lease: Lease
+    outputs: list[OutputFile]
+    logs: list[LogEntry] = field(default_factory=list)
+
+
 class WorkerQueue(Connected):
     """The worker's half of the contract (see the module docs)."""
 
@@ -162,6 +187,34 @@ class WorkerQueue(Connected):
 
     @abstractmethod
     def complete(self, lease: Lease, outputs: list[OutputFile]) -> Task: ...
+
+    def complete_many(self, items: list[Completion]) -> list[BaseException | None]:
+        """Complete each item under its own lease; per item None (completed, or completed
+        before with that lease) or the exception that refused it (``LeaseLost``).  An
+        error that concerns the whole call (the engine unreachable) is raised.
+
+        This default goes item by item: a fenced progress write checks that the lease
+        is held, then the logs are shipped and the task completed.  A lease found lost
+        ships nothing and the completion decides (a repeat of a completion whose answer
+        was lost is answered alike; any other is refused).  The SQL engines do the whole
+        batch in one transaction."""
+        out: list[BaseException | None] = []
+        for item in items:
+            try:
+                if item.logs:
+                    try:
+                        self.progress(item.lease, _COMPLETING)
+                    except LeaseLost:
+                        pass  # completed already by this lease, or lost: complete() says
+                    else:
+                        self.append_logs(item.lease.task_id, item.lease.attempt, item.logs)
+                        item.logs.clear()  # shipped: a retry of this call sends them once
+                self.complete(item.lease, item.outputs)
+            except LeaseLost as exc:
+                out.append(exc)
+            else:
+                out.append(None)
+        return out
 
     @abstractmethod
     def fail(
@@ -190,6 +243,11 @@ class TaskStore(Connected):
     @abstractmethod
     def submit(self, task: Task) -> tuple[Task, bool]:
         """Store ``task``; return it and whether it was created (idempotency)."""
+
+    def submit_many(self, tasks: list[Task]) -> list[tuple[Task, bool]]:
+        """``submit`` for each task, in order; the SQL engines store them in one
+        transaction."""
+        return [self.submit(t) for t in tasks]
 
     @abstractmethod
     def get(self, task_id: str) -> Task | None: ...

@@ -46,7 +46,7 @@ from psycopg_pool import ConnectionPool
 
 from conveyor.auth.store import AuthStore
 from conveyor.backends import rules
-from conveyor.backends.base import Backend
+from conveyor.backends.base import Backend, Completion
 from conveyor.backends.cursor import decode_cursor, encode_cursor
 from conveyor.backends.postgres import schema
 from conveyor.backends.postgres.queries import QUERIES
@@ -130,6 +130,9 @@ def _claim_sql(n_kinds: int, gpu_filter: bool = False) -> str:
         f"WITH picked AS (SELECT id FROM ({branches}) AS c "
         "ORDER BY priority DESC, id LIMIT %(capacity)s) " + _CLAIM_UPDATE
     )
+
+
+_COMPLETED = Progress(percent=100.0, phase="completed").model_dump(mode="json")
 
 
 def _lease_lost(task_id: str) -> LeaseLost:
@@ -237,10 +240,9 @@ class PostgresBackend(Backend):
         return cur.execute(QUERIES["get_for_update" if lock else "get"], (task_id,)).fetchone()
 
     # -- submit ------------------------------------------------------------------------
-    def submit(self, task: Task) -> tuple[Task, bool]:
-        if task.status != TaskStatus.PENDING:
-            task = task.model_copy(update={"status": TaskStatus.PENDING})
-        values = (
+    @staticmethod
+    def _submit_values(task: Task) -> tuple[Any, ...]:
+        return (
             task.id,
             task.kind,
             task.status.value,
@@ -270,6 +272,16 @@ class PostgresBackend(Backend):
             Jsonb([]),
             task.gpus,
         )
+
+    @staticmethod
+    def _pending(task: Task) -> Task:
+        if task.status != TaskStatus.PENDING:
+            return task.model_copy(update={"status": TaskStatus.PENDING})
+        return task
+
+    def submit(self, task: Task) -> tuple[Task, bool]:
+        task = self._pending(task)
+        values = self._submit_values(task)
         with self._cursor() as cur:
             for _ in range(3):
                 try:
@@ -287,6 +299,40 @@ class PostgresBackend(Backend):
                 raise Conflict(f"could not store task {task.id}: idempotency key keeps changing")
         self._wake_local()
         return task, True
+
+    def submit_many(self, tasks: list[Task]) -> list[tuple[Task, bool]]:
+        """Several submits in one transaction (pipelined: one round trip, one commit);
+        a task whose idempotency key is taken answers the existing task, as ``submit``."""
+        tasks = [self._pending(t) for t in tasks]
+        if not tasks:
+            return []
+        inserted: list[bool] = []
+        with self._tx() as cur:
+            try:
+                cur.executemany(
+                    QUERIES["submit"], [self._submit_values(t) for t in tasks], returning=True
+                )
+            except psycopg.errors.UniqueViolation as exc:
+                raise Conflict(f"a task of this batch already exists: {exc}") from None
+            while True:
+                inserted.append(cur.fetchone() is not None)
+                if not cur.nextset():
+                    break
+        out: list[tuple[Task, bool]] = []
+        for task, created in zip(tasks, inserted, strict=True):
+            if created:
+                out.append((task, True))
+                continue
+            with self._cursor() as cur:
+                existing = cur.execute(
+                    QUERIES["get_by_idempotency_key"], (task.idempotency_key,)
+                ).fetchone()
+            if existing is None:  # pragma: no cover - the conflicting row vanished
+                raise Conflict(f"could not store task {task.id}: idempotency key keeps changing")
+            out.append((self._row_to_task(existing), False))
+        if any(created for _, created in out):
+            self._wake_local()
+        return out
 
     # -- worker protocol ---------------------------------------------------------------
     def claim(
@@ -385,6 +431,50 @@ class PostgresBackend(Backend):
                 raise _lease_lost(lease.task_id)
             row = again
         return self._row_to_task(row)
+
+    def complete_many(self, items: list[Completion]) -> list[BaseException | None]:
+        """The batch in one transaction: the log locks of its tasks, then one statement
+        that completes every row whose lease holds and appends those rows' log lines."""
+        if not items:
+            return []
+        ids = [i.lease.task_id for i in items]
+        log_rows = [(i.lease.task_id, i.lease.attempt, *entry) for i in items for entry in i.logs]
+        with self._tx() as cur:
+            cur.execute(QUERIES["log_locks"], {"class": LOG_LOCK_CLASS, "ids": ids})
+            done = {
+                r["id"]
+                for r in cur.execute(
+                    QUERIES["complete_many"],
+                    {
+                        "ids": ids,
+                        "tokens": [i.lease.token for i in items],
+                        "outputs": [
+                            Jsonb([o.model_dump(mode="json") for o in i.outputs]) for i in items
+                        ],
+                        "progress": Jsonb(_COMPLETED),
+                        "log_ids": [r[0] for r in log_rows],
+                        "log_attempts": [r[1] for r in log_rows],
+                        "log_ts": [r[2] for r in log_rows],
+                        "log_streams": [r[3] for r in log_rows],
+                        "log_lines": [r[4] for r in log_rows],
+                    },
+                ).fetchall()
+            }
+        out: list[BaseException | None] = []
+        for item in items:
+            if item.lease.task_id in done or self._completed_before(item.lease, item.outputs):
+                out.append(None)
+            else:
+                out.append(_lease_lost(item.lease.task_id))
+        return out
+
+    def _completed_before(self, lease: Lease, outputs: list[OutputFile]) -> bool:
+        """Whether the same lease completed the task already (the answer was lost)."""
+        with self._cursor() as cur:
+            again = self._get_row(cur, lease.task_id)
+        return again is not None and rules.completed_by(
+            again["status"], again["lease_token"], lease, self._row_to_task(again).outputs, outputs
+        )
 
     def outputs_committed(self, task_id: str) -> Task:
         with self._tx() as cur:

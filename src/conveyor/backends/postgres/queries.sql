@@ -64,6 +64,37 @@ UPDATE tasks SET status = 'completed', outputs = %(outputs)s, progress = %(progr
 WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s
 RETURNING {{ columns }};
 
+-- name: complete_many
+-- complete, for a batch in one statement: each row fenced by its own lease token; the
+-- log lines of the rows completed are appended in the same statement (the caller holds
+-- each task's log_lock), so a task's log is whole once its outcome shows.  Returns the
+-- ids completed; the engine checks the others for a repeat (rules.completed_by).
+WITH i AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::text[], %(outputs)s::jsonb[])
+        AS i(id, token, outputs)),
+done AS (
+    UPDATE tasks t SET status = 'completed', outputs = i.outputs, progress = %(progress)s,
+        error = NULL, error_code = NULL, lease_expires = NULL,
+        finished_at = now(), updated_at = now(),
+        history = {{ close_completed_attempt }}
+    FROM i WHERE t.id = i.id AND t.status = 'processing' AND t.lease_token = i.token
+    RETURNING t.id),
+logged AS (
+    INSERT INTO task_logs (task_id, attempt, ts, stream, line)
+    SELECT l.task_id, l.attempt, l.ts, l.stream, l.line
+    FROM unnest(%(log_ids)s::text[], %(log_attempts)s::int[], %(log_ts)s::timestamptz[],
+                %(log_streams)s::text[], %(log_lines)s::text[])
+        WITH ORDINALITY AS l(task_id, attempt, ts, stream, line, n)
+    WHERE l.task_id IN (SELECT id FROM done)
+    ORDER BY l.n)
+SELECT id FROM done;
+
+-- name: log_locks
+-- log_lock for several tasks, taken in id order (two batches never wait on each other
+-- in a cycle).
+SELECT count(pg_advisory_xact_lock(%(class)s, hashtext(x)))
+FROM (SELECT x FROM unnest(%(ids)s::text[]) AS x ORDER BY x) AS s;
+
 -- name: outputs_committed
 UPDATE tasks SET outputs = %s::jsonb WHERE id = %s AND status = 'completed';
 

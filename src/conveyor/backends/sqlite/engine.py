@@ -5,25 +5,45 @@ IMMEDIATE`` so that two processes sharing the file queue up on the write
 lock instead of failing half-way ("database is locked" is what Unmanic users
 hit).  Readers use their own per-thread connections and never block the
 writer.  Times are stored as UNIX seconds (REAL) so comparisons are cheap.
+
+Durability: ``synchronous=NORMAL`` by default (a commit survives the process,
+and a power cut keeps the file consistent but may lose the last commits);
+``sqlite:///path?synchronous=full`` syncs the WAL at every commit (huey's
+default), which costs one fsync per transaction: workers batch claims and
+completions so that one transaction serves several tasks.
+
+Waking idle workers: a worker in this process waits on a condition that every
+commit making work claimable notifies; a worker in another process on this host
+binds a Unix datagram socket in ``<database>.wake/`` while it waits, and the same
+commits send one empty datagram to every socket there (a dead worker's socket
+refuses it and is removed).  So a separate ``conveyor worker`` starts a task
+within milliseconds of its submit; the poll interval is only the fallback (a
+filesystem that cannot hold sockets, another host sharing the file).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
+import os
 import secrets
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from conveyor.auth.store import AuthStore
 from conveyor.backends import rules
-from conveyor.backends.base import Backend
+from conveyor.backends.base import Backend, Completion
 from conveyor.backends.cursor import decode_cursor, encode_cursor
 from conveyor.backends.sql import (
     COLUMNS,
@@ -70,13 +90,139 @@ def _json(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
+def _iso(ts: float) -> str:
+    """A time as the history's JSON holds it (pydantic's form of a UTC datetime)."""
+    return _at(ts).isoformat().replace("+00:00", "Z")
+
+
+log = logging.getLogger("conveyor.backends.sqlite")
+
+SYNCHRONOUS = ("normal", "full", "extra")
+_STARTING = Progress(phase="starting").model_dump_json()
+_COMPLETED = Progress(percent=100.0, phase="completed").model_dump_json()
+# the attempt a claim opens, and the one a completion closes (SQLite's JSON functions:
+# the history is never parsed in Python on the hot path)
+_OPEN_ATTEMPT = (
+    "json_insert(history, '$[#]', json_object('number', attempts + 1, 'worker_id', ?, "
+    "'started_at', ?, 'finished_at', NULL, 'outcome', NULL, 'error', NULL))"
+)
+_CLOSE_COMPLETED = (
+    "CASE WHEN json_array_length(history) > 0 AND json_extract(history, '$[#-1].finished_at') "
+    "IS NULL THEN json_set(history, '$[#-1].finished_at', ?, '$[#-1].outcome', 'completed', "
+    "'$[#-1].error', NULL) ELSE history END"
+)
+
+
+class WakeSockets:
+    """Cross-process wake-ups on one host: a folder of Unix datagram sockets, one per
+    waiting backend instance; a commit that makes work claimable pings them all.
+
+    Addresses go through ``/proc/self/fd/<folder fd>/<name>`` where that exists, so a
+    long data directory does not meet the 108-byte limit of a socket path."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._sock: socket.socket | None = None
+        self._name: str | None = None
+        self._dirfd: int | None = None
+        self._peers: list[str] = []
+        self._peers_read = 0.0
+        self._lock = threading.Lock()
+
+    def _address(self, name: str) -> str:
+        if self._dirfd is None:
+            with contextlib.suppress(OSError):
+                self.folder.mkdir(mode=0o700, exist_ok=True)
+                self._dirfd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        proc = f"/proc/self/fd/{self._dirfd}"
+        if self._dirfd is not None and os.path.isdir(proc):
+            return f"{proc}/{name}"
+        return str(self.folder / name)
+
+    def listen(self) -> socket.socket | None:
+        """This instance's socket (bound on first use), or None where sockets cannot be."""
+        with self._lock:
+            if self._sock is not None:
+                return self._sock
+            name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.sock"
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                sock.bind(self._address(name))
+            except OSError as exc:
+                sock.close()
+                log.debug("no wake socket in %s (%s): idle workers poll", self.folder, exc)
+                return None
+            sock.setblocking(False)
+            self._sock, self._name = sock, name
+            self._peers_read = 0.0  # list again: this socket joined
+            return sock
+
+    def ping(self) -> None:
+        """One empty datagram to every waiting instance (this one's too: its listener
+        sleeps in the socket, not on the condition); never blocks."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._peers_read > 1.0:
+                # re-listed at most once a second: an instance lists its peers anew after it
+                # binds, and a new waiter claims once after binding before it sleeps
+                try:
+                    self._peers = [n for n in os.listdir(self.folder) if n.endswith(".sock")]
+                except OSError:
+                    self._peers = []
+                self._peers_read = now
+            peers = list(self._peers)
+        if not peers:
+            return
+        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sender.setblocking(False)
+        try:
+            for name in peers:
+                try:
+                    sender.sendto(b"", self._address(name))
+                except (BlockingIOError, InterruptedError):
+                    pass  # its buffer is full: it has wake-ups waiting already
+                except OSError as exc:
+                    if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):  # its owner is gone
+                        with contextlib.suppress(OSError):
+                            os.unlink(self.folder / name)
+                        with self._lock:
+                            self._peers_read = 0.0
+        finally:
+            sender.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(self.folder / str(self._name))
+                self._sock = None
+            if self._dirfd is not None:
+                os.close(self._dirfd)
+                self._dirfd = None
+
+
 class SQLiteBackend(Backend):
-    def __init__(self, path: Path | str, *, backoff_base: float | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        backoff_base: float | None = None,
+        synchronous: str = "normal",
+    ) -> None:
         self.path = str(path)
+        if synchronous.lower() not in SYNCHRONOUS:
+            raise InvalidRequest(
+                f"sqlite synchronous={synchronous!r}: expected one of {', '.join(SYNCHRONOUS)}"
+            )
+        self.synchronous = synchronous.upper()
+        self._wake: WakeSockets | None = None
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._wake = WakeSockets(Path(self.path + ".wake"))
         if backoff_base is not None:
             self.backoff_base = backoff_base
+        self._listen_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._work = threading.Condition()
@@ -95,14 +241,15 @@ class SQLiteBackend(Backend):
             path = parsed.netloc + path
         if not path:
             raise InvalidRequest("sqlite URL needs a file path, e.g. sqlite:///data/conveyor.db")
-        return cls(path)
+        q = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        return cls(path, synchronous=q.get("synchronous", "normal"))
 
     # -- connections ---------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn
@@ -128,6 +275,15 @@ class SQLiteBackend(Backend):
                 c.execute("COMMIT")
 
     def _notify(self) -> None:
+        """Work may be claimable: wake waiters in this process and on this host."""
+        self._wake_local()
+        if self._wake is not None:
+            try:
+                self._wake.ping()
+            except Exception:  # a wake-up is an optimisation: the waiters still poll
+                log.debug("could not wake other processes", exc_info=True)
+
+    def _wake_local(self) -> None:
         with self._work:
             self._generation += 1
             self._work.notify_all()
@@ -167,51 +323,66 @@ class SQLiteBackend(Backend):
 
     # -- submit --------------------------------------------------------------
     def submit(self, task: Task) -> tuple[Task, bool]:
+        with self._tx() as c:
+            stored, created = self._insert(c, task)
+        if created:
+            self._notify()
+        return stored, created
+
+    def _insert(self, c: sqlite3.Connection, task: Task) -> tuple[Task, bool]:
         if task.status != TaskStatus.PENDING:
             task = task.model_copy(update={"status": TaskStatus.PENDING})
-        with self._tx() as c:
-            if task.idempotency_key:
-                existing = c.execute(
-                    f"SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ?",
-                    (task.idempotency_key,),
-                ).fetchone()
-                if existing is not None:
-                    return self._row_to_task(existing), False
-            c.execute(
-                f"INSERT INTO tasks ({COLUMNS}) VALUES ({', '.join('?' * 28)})",
-                (
-                    task.id,
-                    task.kind,
-                    task.status.value,
-                    task.priority,
-                    task.input.bucket if task.input else None,
-                    task.input.key if task.input else None,
-                    json.dumps(task.params),
-                    json.dumps([o.model_dump(mode="json") for o in task.outputs]),
-                    task.progress.model_dump_json(),
-                    task.attempts,
-                    task.max_attempts,
-                    task.error,
-                    task.error_code,
-                    None,
-                    None,
-                    None,
-                    0,
-                    _ts(task.created_at),
-                    _ts(task.updated_at),
-                    None,
-                    None,
-                    _ts(task.not_before),
-                    task.date_partition,
-                    task.idempotency_key,
-                    task.submitted_by,
-                    task.trigger.value,
-                    "[]",
-                    task.gpus,
-                ),
-            )
-        self._notify()
+        if task.idempotency_key:
+            existing = c.execute(
+                f"SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ?",
+                (task.idempotency_key,),
+            ).fetchone()
+            if existing is not None:
+                return self._row_to_task(existing), False
+        c.execute(
+            f"INSERT INTO tasks ({COLUMNS}) VALUES ({', '.join('?' * 28)})",
+            (
+                task.id,
+                task.kind,
+                task.status.value,
+                task.priority,
+                task.input.bucket if task.input else None,
+                task.input.key if task.input else None,
+                json.dumps(task.params),
+                json.dumps([o.model_dump(mode="json") for o in task.outputs]),
+                task.progress.model_dump_json(),
+                task.attempts,
+                task.max_attempts,
+                task.error,
+                task.error_code,
+                None,
+                None,
+                None,
+                0,
+                _ts(task.created_at),
+                _ts(task.updated_at),
+                None,
+                None,
+                _ts(task.not_before),
+                task.date_partition,
+                task.idempotency_key,
+                task.submitted_by,
+                task.trigger.value,
+                "[]",
+                task.gpus,
+            ),
+        )
         return task, True
+
+    def submit_many(self, tasks: list[Task]) -> list[tuple[Task, bool]]:
+        """Several submits in one transaction (one commit); idempotency as ``submit``."""
+        out: list[tuple[Task, bool]] = []
+        with self._tx() as c:
+            for task in tasks:
+                out.append(self._insert(c, task))
+        if any(created for _, created in out):
+            self._notify()
+        return out
 
     # -- worker protocol -----------------------------------------------------
     def claim(
@@ -231,41 +402,36 @@ class SQLiteBackend(Backend):
         now = time.time()
         claimed: list[ClaimedTask] = []
         with self._tx() as c:
-            rows = c.execute(sql, args).fetchall()
-            for r in rows:
+            ids = [r[0] for r in c.execute(sql, args).fetchall()]
+            for task_id in ids:
                 token = secrets.token_hex(16)
-                attempt = r["attempts"] + 1
-                history = json.loads(r["history"])
-                history.append(
-                    Attempt(number=attempt, worker_id=worker_id, started_at=_at(now)).model_dump(
-                        mode="json"
-                    )
-                )  # type: ignore[arg-type]
-                c.execute(
-                    "UPDATE tasks SET status = 'processing', attempts = ?, worker_id = ?, "
-                    "lease_token = ?, lease_expires = ?, started_at = ?, updated_at = ?, "
-                    "not_before = NULL, progress = ?, history = ? WHERE id = ?",
+                # one statement per task: the attempt is opened in the history by SQLite's
+                # JSON functions, and the row comes back for the worker (RETURNING)
+                row = c.execute(
+                    "UPDATE tasks SET status = 'processing', attempts = attempts + 1, "
+                    "worker_id = ?, lease_token = ?, lease_expires = ?, started_at = ?, "
+                    "updated_at = ?, not_before = NULL, progress = ?, "
+                    f"history = {_OPEN_ATTEMPT} WHERE id = ? RETURNING {COLUMNS}",
                     (
-                        attempt,
                         worker_id,
                         token,
                         now + lease_s,
                         now,
                         now,
-                        Progress(phase="starting").model_dump_json(),
-                        json.dumps(history),
-                        r["id"],
+                        _STARTING,
+                        worker_id,
+                        _iso(now),
+                        task_id,
                     ),
-                )
-                row = self._require(c, r["id"])
+                ).fetchone()
                 claimed.append(
                     ClaimedTask(
                         task=self._row_to_task(row),
                         lease=Lease(
-                            task_id=r["id"],
+                            task_id=task_id,
                             token=token,
                             worker_id=worker_id,
-                            attempt=attempt,
+                            attempt=row["attempts"],
                             expires_at=_at(now + lease_s),
                         ),  # type: ignore[arg-type]
                     )
@@ -279,7 +445,7 @@ class SQLiteBackend(Backend):
         marks = ", ".join("?" * len(kinds))
         gpus = "" if max_gpus is None else "AND gpus <= ? "
         sql = (
-            f"SELECT {COLUMNS} FROM tasks INDEXED BY tasks_ready "
+            "SELECT id FROM tasks INDEXED BY tasks_ready "
             f"WHERE status = 'pending' AND kind IN ({marks}) "
             f"AND (not_before IS NULL OR not_before <= ?) {gpus}"
             "ORDER BY priority DESC, id LIMIT ?"
@@ -323,28 +489,63 @@ class SQLiteBackend(Backend):
                 raise LeaseLost(f"lease on task {lease.task_id} is no longer held by this worker")
 
     def complete(self, lease: Lease, outputs: list[OutputFile]) -> Task:
-        now = time.time()
         with self._tx() as c:
-            done = self._completed_by(c, lease, outputs)
+            done = self._complete_row(c, lease, outputs, [], time.time())
             if done is not None:
-                return done
-            row = self._held(c, lease)
-            # the lease token stays on the completed row: a repeated call (its answer was
-            # lost with a connection) is recognised above and answered the same
-            c.execute(
-                "UPDATE tasks SET status = 'completed', outputs = ?, progress = ?, error = NULL, "
-                "error_code = NULL, lease_expires = NULL, finished_at = ?, "
-                "updated_at = ?, history = ? WHERE id = ?",
-                (
-                    json.dumps([o.model_dump(mode="json") for o in outputs]),
-                    Progress(percent=100.0, phase="completed").model_dump_json(),
-                    now,
-                    now,
-                    self._close_attempt(row["history"], "completed", None, now),
-                    lease.task_id,
-                ),
-            )
+                raise done
             return self._row_to_task(self._require(c, lease.task_id))
+
+    def complete_many(self, items: list[Completion]) -> list[BaseException | None]:
+        """The whole batch in one transaction (one commit, one fsync with
+        ``synchronous=full``), each item fenced by its own lease."""
+        if not items:
+            return []
+        with self._tx() as c:
+            now = time.time()
+            return [self._complete_row(c, i.lease, i.outputs, i.logs, now) for i in items]
+
+    def _complete_row(
+        self,
+        c: sqlite3.Connection,
+        lease: Lease,
+        outputs: list[OutputFile],
+        logs: list[tuple[datetime, str, str]],
+        now: float,
+    ) -> LeaseLost | None:
+        """Complete one attempt inside the caller's transaction; None, or why not.
+
+        The lease token stays on the completed row: a repeated call (its answer was
+        lost with a connection) is recognised and answered the same, and appends no
+        log line twice (its lines came with the first)."""
+        cur = c.execute(
+            "UPDATE tasks SET status = 'completed', outputs = ?, progress = ?, error = NULL, "
+            "error_code = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?, "
+            f"history = {_CLOSE_COMPLETED} "
+            "WHERE id = ? AND status = 'processing' AND lease_token = ?",
+            (
+                json.dumps([o.model_dump(mode="json") for o in outputs]),
+                _COMPLETED,
+                now,
+                now,
+                _iso(now),
+                lease.task_id,
+                lease.token,
+            ),
+        )
+        if cur.rowcount == 1:
+            if logs:
+                c.executemany(
+                    "INSERT INTO task_logs (task_id, attempt, ts, stream, line) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (lease.task_id, lease.attempt, ts.timestamp(), stream, line)
+                        for ts, stream, line in logs
+                    ],
+                )
+            return None
+        if self._completed_by(c, lease, outputs) is not None:
+            return None
+        return LeaseLost(f"lease on task {lease.task_id} is no longer held by this worker")
 
     def _completed_by(
         self, c: sqlite3.Connection, lease: Lease, outputs: list[OutputFile]
@@ -636,12 +837,48 @@ class SQLiteBackend(Backend):
 
     # -- plumbing --------------------------------------------------------------
     def wait_for_work(self, timeout: float) -> None:
-        """Wake at once on a submit in this process; poll across processes.
+        """Wake at once on a submit in this process or, through the wake sockets, in
+        another process on this host; poll otherwise (see the module docs).
 
         A submit that lands between a worker's empty claim and this call is not
         lost: each thread remembers the generation it last saw and returns at
-        once when work was announced since.
+        once when work was announced since; a datagram sent meanwhile waits in the
+        socket.  The first call binds the socket and returns at once, so that the
+        caller's next claim is made with the socket already listening.
         """
+        timeout = max(0.0, float(timeout))
+        with self._work:
+            if getattr(self._local, "generation", 0) != self._generation:
+                self._local.generation = self._generation
+                return
+        sock = None if self._wake is None or self._closed else self._wake.listen()
+        if sock is None:
+            self._wait_local(timeout)
+            return
+        if not getattr(self._local, "listening", False):
+            self._local.listening = True
+            return  # bound just now: claim once more before sleeping
+        if not self._listen_lock.acquire(blocking=False):
+            self._wait_local(timeout)  # another thread listens and relays to us
+            return
+        try:
+            if getattr(self._local, "generation", 0) != self._generation:
+                self._local.generation = self._generation
+                return
+            import select
+
+            got, _, _ = select.select([sock], [], [], timeout)
+            if got:
+                with contextlib.suppress(OSError):
+                    while True:  # drain: one wake-up is enough
+                        sock.recv(16)
+                self._wake_local()
+        finally:
+            self._listen_lock.release()
+        with self._work:
+            self._local.generation = self._generation
+
+    def _wait_local(self, timeout: float) -> None:
         with self._work:
             if getattr(self._local, "generation", 0) == self._generation:
                 self._work.wait(timeout)
@@ -657,7 +894,9 @@ class SQLiteBackend(Backend):
         store = getattr(self, "_auth_store", None)
         if store is not None:
             store.close()
-        self._notify()
+        self._wake_local()
+        if self._wake is not None:
+            self._wake.close()
         with self._write_lock:
             self._writer.close()
         conn = getattr(self._local, "conn", None)
