@@ -48,8 +48,8 @@ TEMPLATE_DB = "conveyor_template"
 USER = "conveyor"
 RUN_AS = "postgres"  # initdb/pg_ctl refuse to run as root
 TRUNCATE = (
-    "TRUNCATE tasks, task_logs, workers, auth_tokens, auth_secrets, auth_nonces, audit_log "
-    "RESTART IDENTITY"
+    "TRUNCATE tasks, task_logs, workers, auth_tokens, auth_secrets, auth_nonces, audit_log, "
+    "events, webhook_endpoints, webhook_deliveries RESTART IDENTITY"
 )
 
 _lock = threading.Lock()

@@ -1,0 +1,113 @@
+-- SQLite schema version 5 (issue 19, docs/events.md): caller data on tasks, the event
+-- outbox, webhook endpoints and their deliveries.
+--
+-- * tasks.external_id (a caller's own id, indexed for GET /api/tasks?external_id=)
+--   and tasks.metadata (a small JSON object returned untouched);
+-- * events: the outbox.  Triggers on tasks write one row per state change in the
+--   transaction that makes the change, whichever statement makes it, so a state
+--   change and its event commit together or not at all.  seq (AUTOINCREMENT: one
+--   writer at a time, so seq order is commit order) is the stream's position;
+--   fanned is set once the dispatcher made the event's deliveries;
+-- * webhook_endpoints: subscriptions (task_id NULL) and one task's own webhooks;
+-- * webhook_deliveries: one event to one endpoint, with its last try (the log).
+--
+-- Which change is which event: a new row is queued; pending -> processing is
+-- started; processing -> pending is retrying when the attempt counted (a failure or
+-- an expired lease) and queued when it did not (a release); any other way back to
+-- pending (a retry of a failed task) is queued; completed, failed, cancelled are
+-- themselves.
+
+ALTER TABLE tasks ADD COLUMN external_id TEXT;
+ALTER TABLE tasks ADD COLUMN metadata TEXT;
+
+CREATE INDEX IF NOT EXISTS tasks_external ON tasks (external_id, created_at DESC, id DESC)
+    WHERE external_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS events (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           TEXT NOT NULL UNIQUE,
+    type         TEXT NOT NULL,
+    task_id      TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    submitted_by TEXT,
+    at           REAL NOT NULL,
+    data         TEXT NOT NULL,
+    fanned       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS events_unfanned ON events (seq) WHERE fanned = 0;
+CREATE INDEX IF NOT EXISTS events_task ON events (task_id, seq);
+CREATE INDEX IF NOT EXISTS events_at ON events (at);
+
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+    id          TEXT PRIMARY KEY,
+    url         TEXT NOT NULL,
+    secret      TEXT NOT NULL,
+    events      TEXT NOT NULL DEFAULT '[]',
+    kinds       TEXT NOT NULL DEFAULT '[]',
+    task_id     TEXT,
+    description TEXT NOT NULL DEFAULT '',
+    created_at  REAL NOT NULL,
+    created_by  TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_endpoints_task ON webhook_endpoints (task_id)
+    WHERE task_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id              TEXT PRIMARY KEY,
+    event_id        TEXT NOT NULL,
+    event_seq       INTEGER NOT NULL,
+    event_type      TEXT NOT NULL,
+    endpoint_id     TEXT NOT NULL,
+    task_id         TEXT NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    created_at      REAL NOT NULL,
+    next_at         REAL,
+    last_at         REAL,
+    last_status     INTEGER,
+    last_error      TEXT,
+    last_latency_ms REAL,
+    last_body       TEXT,
+    UNIQUE (event_id, endpoint_id)
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_at)
+    WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_order
+    ON webhook_deliveries (endpoint_id, task_id, event_seq) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_endpoint
+    ON webhook_deliveries (endpoint_id, event_seq DESC, id DESC);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_task ON webhook_deliveries (task_id, event_seq);
+
+CREATE TRIGGER IF NOT EXISTS tasks_event_insert AFTER INSERT ON tasks
+BEGIN
+    INSERT INTO events (id, type, task_id, kind, status, submitted_by, at, data)
+    VALUES ('evt_' || lower(hex(randomblob(12))), 'queued', NEW.id, NEW.kind, NEW.status,
+            NEW.submitted_by, NEW.updated_at,
+            json_object('external_id', NEW.external_id,
+                        'metadata', json(coalesce(NEW.metadata, '{}')),
+                        'attempt', NEW.attempts));
+END;
+
+CREATE TRIGGER IF NOT EXISTS tasks_event_update AFTER UPDATE OF status ON tasks
+WHEN OLD.status IS NOT NEW.status
+BEGIN
+    INSERT INTO events (id, type, task_id, kind, status, submitted_by, at, data)
+    VALUES ('evt_' || lower(hex(randomblob(12))),
+            CASE
+                WHEN NEW.status = 'processing' THEN 'started'
+                WHEN NEW.status = 'pending' AND OLD.status = 'processing'
+                     AND NEW.attempts >= OLD.attempts THEN 'retrying'
+                WHEN NEW.status = 'pending' THEN 'queued'
+                ELSE NEW.status
+            END,
+            NEW.id, NEW.kind, NEW.status, NEW.submitted_by, NEW.updated_at,
+            json_object('external_id', NEW.external_id,
+                        'metadata', json(coalesce(NEW.metadata, '{}')),
+                        'attempt', NEW.attempts,
+                        'worker_id', coalesce(NEW.worker_id, OLD.worker_id),
+                        'error', NEW.error,
+                        'error_code', NEW.error_code,
+                        'outputs', CASE WHEN NEW.status = 'completed'
+                                        THEN json(NEW.outputs) ELSE json('[]') END));
+END;

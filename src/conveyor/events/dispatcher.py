@@ -1,0 +1,243 @@
+"""The dispatcher: outbox rows become signed POSTs, retried until they are taken.
+
+One loop, in every API process (several are safe: the store leases each delivery to
+one of them):
+
+1. ``sequence`` the events written since the last pass (their place in the stream);
+2. fan them out: one delivery per event and endpoint that wants it (a subscription
+   matching its type and kind, or the task's own webhook), stored with the events
+   marked done in one transaction;
+3. claim the deliveries that are due, at most one per endpoint and task (so one
+   task's events reach an endpoint in order) and POST them, a few at a time.
+
+A POST is signed (``signing``) with the endpoint's secret, goes to the address the
+policy checked just before (``policy``: no second DNS lookup), gives up after
+``timeout_s`` (10 s), follows no redirect and keeps at most 1 KiB of the answer.  A
+2xx answer delivers it; anything else is tried again after ``backoff_base_s *
+2^(tries-1)`` (at most ``backoff_max_s`` apart) until ``max_age_s`` (24 h) after the
+event, then the delivery is given up (``failed``) and the next one of that task goes.
+A dispatcher that dies mid-POST leaves its lease to expire: the delivery is sent
+again (at least once; receivers de-duplicate on ``webhook-id``).  Secrets and
+signatures are never logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from conveyor.backends.events_base import EventStore
+from conveyor.events import signing
+from conveyor.events.model import Delivery, DeliveryState, Endpoint, Event, new_delivery_id
+from conveyor.events.policy import AddressPolicy, Target, WebhookRefused
+from conveyor.events.settings import EventSettings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024  # bytes of a receiver's answer kept in the delivery log
+LEASE_S = 60.0  # a claimed delivery is due again after this long (timeout is at most 60 s)
+
+
+def body_of(event: Event) -> bytes:
+    """The exact bytes sent for ``event``: the same on every try."""
+    return json.dumps(event.payload(), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def backoff_s(settings: EventSettings, tries: int) -> float:
+    return float(min(settings.backoff_base_s * (2 ** max(0, tries - 1)), settings.backoff_max_s))
+
+
+def pinned_url(target: Target) -> str:
+    """The URL with its host replaced by the checked address (the Host header and TLS
+    name stay the host's)."""
+    parts = urlsplit(target.url)
+    ip = ipaddress.ip_address(target.address.split("%", 1)[0])
+    host = f"[{ip}]" if ip.version == 6 else str(ip)
+    return urlunsplit((parts.scheme, f"{host}:{target.port}", parts.path or "/", parts.query, ""))
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: EventStore,
+        settings: EventSettings | None = None,
+        *,
+        policy: AddressPolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings or EventSettings()
+        self.policy = policy or AddressPolicy.from_cidrs(self.settings.cidrs())
+        self._client = httpx.Client(
+            timeout=self.settings.timeout_s,
+            follow_redirects=False,
+            trust_env=False,  # a proxy from the environment would reach what the policy refused
+            headers={"user-agent": "Conveyor-Webhooks/1"},
+        )
+        self._pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="webhook")
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_prune = 0.0
+
+    # -- the loop --------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="event-dispatcher", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.settings.timeout_s + 5)
+            self._thread = None
+        self._pool.shutdown(wait=True)
+        self._client.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # the database is down, say: try again, never die
+                log.exception("event dispatcher pass failed")
+                busy = 0
+            if not busy:
+                self._wake.wait(self.settings.poll_s)
+                self._wake.clear()
+
+    def run_once(self) -> int:
+        """One pass: sequence, fan out, send what is due; how much it did."""
+        self.store.sequence()
+        done = self.fan_out()
+        now = datetime.now(UTC)
+        claimed = self.store.claim_deliveries(now, LEASE_S, self.settings.concurrency * 4)
+        if claimed:
+            list(self._pool.map(self.deliver, claimed))
+        if time.monotonic() - self._last_prune > 3600:
+            self._last_prune = time.monotonic()
+            self.store.prune(now - timedelta(days=self.settings.retention_days))
+        return done + len(claimed)
+
+    def fan_out(self) -> int:
+        total = 0
+        while True:
+            events = self.store.unfanned(500)
+            if not events:
+                return total
+            task_ids = sorted({e.task_id for e in events})
+            endpoints = self.store.endpoints(task_ids=task_ids)
+            now = datetime.now(UTC)
+            deliveries = [
+                Delivery(
+                    id=new_delivery_id(),
+                    event_id=e.id,
+                    event_seq=e.seq,
+                    event_type=e.type.value,
+                    endpoint_id=ep.id,
+                    task_id=e.task_id,
+                    created_at=now,
+                    next_at=now,
+                )
+                for e in events
+                for ep in endpoints
+                if ep.wants(e)
+            ]
+            self.store.fan_out(events, deliveries)
+            total += len(events)
+
+    # -- one delivery ----------------------------------------------------------------
+    def deliver(self, delivery: Delivery) -> DeliveryState:
+        endpoint = self.store.get_endpoint(delivery.endpoint_id)
+        event = self.store.get_event(delivery.event_id)
+        now = datetime.now(UTC)
+        if endpoint is None or event is None:
+            gone = "endpoint deleted" if endpoint is None else "event no longer kept"
+            self.store.record_attempt(
+                delivery.id,
+                state=DeliveryState.FAILED,
+                at=now,
+                next_at=None,
+                status=None,
+                error=gone,
+                latency_ms=None,
+                body=None,
+            )
+            return DeliveryState.FAILED
+        status, error, latency_ms, answer = self.post(endpoint, event)
+        ok = status is not None and 200 <= status < 300
+        at = datetime.now(UTC)
+        tries = delivery.attempts + 1
+        next_at: datetime | None = None
+        if ok:
+            state = DeliveryState.DELIVERED
+        else:
+            next_at = at + timedelta(seconds=backoff_s(self.settings, tries))
+            if next_at > event.at + timedelta(seconds=self.settings.max_age_s):
+                state, next_at = DeliveryState.FAILED, None
+            else:
+                state = DeliveryState.PENDING
+            log.info(
+                "webhook delivery %s of %s to endpoint %s: %s (try %d)",
+                delivery.id,
+                event.id,
+                endpoint.id,
+                error or f"HTTP {status}",
+                tries,
+            )
+        self.store.record_attempt(
+            delivery.id,
+            state=state,
+            at=at,
+            next_at=next_at,
+            status=status,
+            error=error,
+            latency_ms=latency_ms,
+            body=answer,
+        )
+        if state != DeliveryState.PENDING:
+            self._wake.set()  # the task's next event to this endpoint may go now
+        return state
+
+    def post(
+        self, endpoint: Endpoint, event: Event
+    ) -> tuple[int | None, str | None, float | None, str | None]:
+        """``(status, error, latency ms, first KiB of the answer)`` of one signed POST."""
+        try:
+            target = self.policy.resolve(endpoint.url)
+        except WebhookRefused as exc:
+            return None, exc.message, None, None
+        body = body_of(event)
+        headers = signing.headers(endpoint.secret, event.id, int(time.time()), body)
+        headers["host"] = (
+            target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
+        )
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        started = time.perf_counter()
+        try:
+            with self._client.stream(
+                "POST", pinned_url(target), content=body, headers=headers, extensions=extensions
+            ) as resp:
+                kept = b""
+                for chunk in resp.iter_bytes():
+                    kept += chunk
+                    if len(kept) >= MAX_BODY:
+                        break
+                latency = (time.perf_counter() - started) * 1000
+                text = kept[:MAX_BODY].decode("utf-8", "replace")
+                return resp.status_code, None, latency, text
+        except httpx.TimeoutException:
+            return None, f"no answer within {self.settings.timeout_s:g} s", None, None
+        except httpx.HTTPError as exc:
+            return None, f"{type(exc).__name__}: {exc}"[:500], None, None
