@@ -7,6 +7,9 @@ outcomes, and ships its log through these routes, which call the service's
 engine's: a stale lease is refused with ``409 lease_lost``.
 
 Every route authenticates through the one dependency :func:`worker_principal`.
+A task credential (a job running one attempt for an executor: ``conveyor.auth.
+task_credentials``) passes the same dependency and is held to its one task and
+attempt by :func:`_scoped` (``conveyor.service.workers.check_scope``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from conveyor.models import (
     WorkerInfo,
 )
 from conveyor.service import ConveyorService
+from conveyor.service.workers import TaskScopeRefused, check_scope, job_worker_info
 from conveyor.web.deps import get_service
 from conveyor.web.security import require
 
@@ -62,6 +66,15 @@ class WorkerPrincipal:
 
     name: str
     worker_id: str | None = None
+    # a task credential: the one task and attempt it speaks for (None: a worker's own)
+    task_id: str | None = None
+    attempt: int | None = None
+
+    @property
+    def scope(self) -> tuple[str, int] | None:
+        if self.task_id is None or self.attempt is None:
+            return None
+        return self.task_id, self.attempt
 
 
 def worker_principal(
@@ -76,7 +89,12 @@ def worker_principal(
     """
     if caller is OPEN_PRINCIPAL:
         return WorkerPrincipal(name=caller.name)
-    return WorkerPrincipal(name=caller.name, worker_id=caller.worker_id or caller.name)
+    return WorkerPrincipal(
+        name=caller.name,
+        worker_id=caller.worker_id or caller.name,
+        task_id=caller.task_id,
+        attempt=caller.attempt,
+    )
 
 
 Principal = Annotated[WorkerPrincipal, Depends(worker_principal)]
@@ -88,6 +106,20 @@ def _own(principal: WorkerPrincipal, worker_id: str) -> None:
     if principal.worker_id is not None and principal.worker_id != worker_id:
         raise WorkerForbidden(
             f"this credential belongs to worker {principal.worker_id!r}, not {worker_id!r}"
+        )
+
+
+def _scoped(principal: WorkerPrincipal, task_id: str, attempt: int | None, what: str) -> None:
+    """A task credential speaks for its own task and attempt only."""
+    check_scope(principal.scope, task_id, attempt, what)
+
+
+def _unscoped(principal: WorkerPrincipal, what: str) -> None:
+    """What only a worker's own credential may do (claim, wait, issue task credentials)."""
+    if principal.scope is not None:
+        raise TaskScopeRefused(
+            f"a task credential speaks for task {principal.task_id} attempt "
+            f"{principal.attempt} only: it cannot {what}"
         )
 
 
@@ -187,6 +219,7 @@ class LogsBody(_Body):
 async def claim(
     body: ClaimBody, request: Request, principal: Principal, service: Service
 ) -> ClaimResponse:
+    _unscoped(principal, "claim tasks")
     _own(principal, body.worker_id)
     signal = work_signal(request, service)
     protocol = service.worker_protocol
@@ -212,7 +245,10 @@ async def whoami(principal: Principal) -> WhoAmI:
 
 
 @router.post("/wait", summary="Long-poll: return when new work may be available")
-async def wait(body: WaitBody, request: Request, _: Principal, service: Service) -> WaitResponse:
+async def wait(
+    body: WaitBody, request: Request, principal: Principal, service: Service
+) -> WaitResponse:
+    _unscoped(principal, "wait for work")
     generation = await work_signal(request, service).wait(body.since, body.timeout)
     return WaitResponse(generation=generation)
 
@@ -222,14 +258,19 @@ async def heartbeat(body: HeartbeatBody, principal: Principal, service: Service)
     _own(principal, body.worker.id)
     for lease in body.leases:
         _own(principal, lease.worker_id)
+        _scoped(principal, lease.task_id, lease.attempt, "heartbeat")
+    worker = body.worker
+    if principal.scope is not None and principal.worker_id is not None:
+        worker = job_worker_info(worker, principal.scope, principal.worker_id)
     return await run_in_threadpool(
-        service.worker_protocol.heartbeat, body.worker, list(body.leases), body.lease_s
+        service.worker_protocol.heartbeat, worker, list(body.leases), body.lease_s
     )
 
 
 @router.post("/progress", status_code=204, summary="Report a task's progress")
 async def progress(body: ProgressBody, principal: Principal, service: Service) -> Response:
     _own(principal, body.lease.worker_id)
+    _scoped(principal, body.lease.task_id, body.lease.attempt, "progress")
     await run_in_threadpool(service.worker_protocol.progress, body.lease, body.progress)
     return Response(status_code=204)
 
@@ -239,6 +280,7 @@ async def complete(
     body: CompleteBody, principal: Principal, service: Service, background: BackgroundTasks
 ) -> Task:
     _own(principal, body.lease.worker_id)
+    _scoped(principal, body.lease.task_id, body.lease.attempt, "complete")
     protocol = service.worker_protocol
     task = await run_in_threadpool(protocol.complete, body.lease, list(body.outputs))
     # the worker cannot move objects in the API's store: the API makes them visible, after
@@ -250,6 +292,7 @@ async def complete(
 @router.post("/fail", summary="Fail a task's attempt (retried when retryable)")
 async def fail(body: FailBody, principal: Principal, service: Service) -> Task:
     _own(principal, body.lease.worker_id)
+    _scoped(principal, body.lease.task_id, body.lease.attempt, "fail")
 
     def call() -> Task:
         return service.worker_protocol.fail(
@@ -262,6 +305,7 @@ async def fail(body: FailBody, principal: Principal, service: Service) -> Task:
 @router.post("/release", summary="Hand a task back without counting the attempt")
 async def release(body: ReleaseBody, principal: Principal, service: Service) -> Task:
     _own(principal, body.lease.worker_id)
+    _scoped(principal, body.lease.task_id, body.lease.attempt, "release")
 
     def call() -> Task:
         return service.worker_protocol.release(body.lease, delay_s=body.delay_s, error=body.error)
@@ -272,6 +316,7 @@ async def release(body: ReleaseBody, principal: Principal, service: Service) -> 
 @router.post("/logs", status_code=204, summary="Append lines to a task attempt's log")
 async def logs(body: LogsBody, principal: Principal, service: Service) -> Response:
     _own(principal, body.worker_id)
+    _scoped(principal, body.task_id, body.attempt, "logs")
     if principal.worker_id is not None:  # a credential writes only its own tasks' logs
 
         def owner() -> str | None:
@@ -286,3 +331,55 @@ async def logs(body: LogsBody, principal: Principal, service: Service) -> Respon
             service.worker_protocol.append_logs, body.task_id, body.attempt, lines
         )
     return Response(status_code=204)
+
+
+# -- task credentials: a job that runs one attempt elsewhere -------------------------
+class TaskCredentialBody(_Body):
+    lease: Lease
+    ttl_s: float = Field(
+        86400.0,
+        gt=0,
+        le=14 * 86400,
+        description="How long the job may take to start and run (capped at 14 days).",
+    )
+
+
+class TaskCredentialOut(BaseModel):
+    task_id: str
+    attempt: int
+    worker_id: str
+    credential: str = Field(description="speaks for this task and attempt only")
+    expires_at: datetime
+
+
+@router.post(
+    "/task-credential",
+    summary="A credential scoped to one task attempt this worker holds (for the job that runs it)",
+)
+async def task_credential(
+    body: TaskCredentialBody, principal: Principal, service: Service
+) -> TaskCredentialOut:
+    """An executor (``conveyor worker --executor slurm``) holds the lease and runs the
+    attempt as a job elsewhere; the job gets this credential and nothing else."""
+    _unscoped(principal, "issue task credentials")
+    _own(principal, body.lease.worker_id)
+    cred = await run_in_threadpool(
+        service.worker_protocol.task_credential, principal.worker_id, body.lease, body.ttl_s
+    )
+    return TaskCredentialOut(
+        task_id=cred.task_id,
+        attempt=cred.attempt,
+        worker_id=cred.worker_id,
+        credential=cred.credential,
+        expires_at=cred.expires_at,
+    )
+
+
+@router.get("/tasks/{task_id}", summary="A task this worker (or this task credential) runs")
+async def held_task(task_id: str, principal: Principal, service: Service) -> Task:
+    """The task as the engine has it, to the worker running it now (a job started with a
+    task credential reads its task here)."""
+    _scoped(principal, task_id, None, "read a task")
+    return await run_in_threadpool(
+        service.worker_protocol.held_task, principal.worker_id, task_id, principal.attempt
+    )

@@ -22,6 +22,7 @@ from conveyor.errors import Conflict, InvalidKey, LeaseLost, ObjectNotFound
 from conveyor.models import TaskStatus
 from conveyor.outputs import staging_owner
 from conveyor.service import ConveyorService
+from conveyor.service.workers import TaskScopeRefused, check_scope
 from conveyor.storage.base import ObjectInfo, is_staging_key, validate_bucket, validate_stored_key
 from conveyor.web.deps import get_service
 
@@ -126,6 +127,14 @@ async def _object(
     validate_bucket(bucket)
     if not is_staging_key(key):
         bucket, key = service.check_object(bucket, key)
+        scope = principal.scope
+        if scope is not None and not write:  # a task credential reads its task's inputs only
+            reads = await run_in_threadpool(service.worker_protocol.task_reads, scope[0])
+            if (bucket, key) not in reads:
+                raise TaskScopeRefused(
+                    f"this task credential reads only the inputs of task {scope[0]}, "
+                    f"not {bucket}/{key}"
+                )
         if write:
             _writable(principal, bucket, service)
             if principal.worker_id is not None:
@@ -139,6 +148,8 @@ async def _object(
     owner = staging_owner(key)
     if owner is None:
         raise InvalidKey(f"{key!r} is not a staged object's key")
+    # a task credential: its own task's staging (any attempt's, to read), its attempt's to write
+    check_scope(principal.scope, owner[0], owner[1] if write else None, "staged objects")
     task = await run_in_threadpool(service.worker_protocol.task, owner[0])
     held = (
         task is not None
@@ -185,6 +196,11 @@ async def list_objects(
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> ListResponse:
     validate_bucket(bucket)  # keys listed come from the engine, which never yields a bad one
+    if principal.scope is not None and not is_staging_key(prefix):
+        raise TaskScopeRefused(
+            f"this task credential lists only its own task's staging "
+            f"(.conveyor-staging/{principal.scope[0]}/), not {bucket}/{prefix}"
+        )
     if is_staging_key(prefix):  # one task's staging, to the worker running it (checkpoints)
         task_id = prefix.split("/")[1] if prefix.count("/") >= 2 else ""
         if not task_id:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from conveyor.config import Settings
 from conveyor.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated
 
-from . import enrollment
+from . import enrollment, task_credentials
 from .models import AuditEvent, AuditPage, TokenRecord, hash_token, new_token, token_id_of
 from .roles import Permission, Role, allows
 from .store import AuthStore
@@ -37,6 +37,9 @@ SECRET_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_SECRETS = 64
 ENROLL_KEY = "enrollment_hmac_key"
 SESSION_KEY = "session_hmac_key"
+TASK_KEY = "task_credential_hmac_key"
+# how long "this worker still has a live credential" is believed, for task credentials
+WORKER_LIVE_CACHE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class Principal:
     role: Role
     worker_id: str | None = None
     secrets: frozenset[str] = frozenset()  # worker secrets granted to this token
+    # a task credential (conveyor.auth.task_credentials): it speaks for this one task
+    # and attempt only, run for ``worker_id``; None for every other credential
+    task_id: str | None = None
+    attempt: int | None = None
 
     @property
     def label(self) -> str:
@@ -77,6 +84,15 @@ class IssuedToken:
 
 @dataclass(frozen=True)
 class WorkerCredential:
+    worker_id: str
+    credential: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class TaskCredential:
+    task_id: str
+    attempt: int
     worker_id: str
     credential: str
     expires_at: datetime
@@ -128,6 +144,7 @@ class AuthService:
         self.settings = settings
         self.store = store
         self._keys: dict[str, bytes] = {}
+        self._worker_live: dict[str, tuple[float, bool]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -181,6 +198,8 @@ class AuthService:
         return IssuedToken(record, token)
 
     def authenticate(self, token: str) -> Principal:
+        if task_credentials.is_task_credential(token):
+            return self._authenticate_task(token)
         tid = token_id_of(token.strip())
         record = self.store.get_token(tid) if tid else None
         # compare even when the id is unknown, so timing does not tell ids apart
@@ -311,13 +330,70 @@ class AuthService:
         return WorkerCredential(worker_id, issued.token, issued.record.expires_at)
 
     def rotate(self, principal: Principal) -> WorkerCredential:
+        if principal.task_id is not None:
+            raise Forbidden("a task credential cannot be rotated: it lives as long as its attempt")
         if principal.role is not Role.WORKER or not principal.worker_id:
             raise Forbidden("only a worker credential can be rotated")
         cred = self._issue_worker(principal.worker_id, created_by=f"rotate:{principal.token_id}")
         self.store.revoke_token(principal.token_id, datetime.now(UTC))
         return cred
 
+    # -- task credentials ----------------------------------------------------------
+    def issue_task_credential(
+        self, worker_id: str, task_id: str, attempt: int, ttl_s: float
+    ) -> TaskCredential:
+        """A credential that speaks for ``task_id``'s ``attempt`` only, run for ``worker_id``
+        (conveyor.auth.task_credentials).  The caller checked that the worker holds it."""
+        ttl = min(max(ttl_s, 60.0), task_credentials.MAX_TTL_S)
+        now = int(time.time())
+        scope = task_credentials.TaskScope(
+            task_id=task_id,
+            attempt=attempt,
+            worker_id=worker_id,
+            issued_at=now,
+            expires_at=now + round(ttl),
+        )
+        token = task_credentials.sign(self._key(TASK_KEY), scope)
+        exp = datetime.fromtimestamp(scope.expires_at, UTC)
+        return TaskCredential(task_id, attempt, worker_id, token, exp)
+
+    def _authenticate_task(self, token: str) -> Principal:
+        try:
+            scope = task_credentials.verify(self._key(TASK_KEY), token, time.time())
+        except task_credentials.TaskCredentialError as exc:
+            raise Unauthenticated(exc.message) from None
+        if not self._worker_has_live_credential(scope.worker_id):
+            raise Unauthenticated(
+                f"task credential refused: worker {scope.worker_id!r}, which it was issued "
+                "to, has no live credential (revoked or expired)"
+            )
+        return Principal(
+            token_id=f"task:{scope.task_id}.{scope.attempt}",
+            name=scope.worker_id,
+            role=Role.WORKER,
+            worker_id=scope.worker_id,
+            task_id=scope.task_id,
+            attempt=scope.attempt,
+        )
+
+    def _worker_has_live_credential(self, worker_id: str) -> bool:
+        """A task credential lives only while its worker does: revoking the worker
+        (``revoke_worker``) refuses its jobs' credentials too, within seconds."""
+        now = time.monotonic()
+        cached = self._worker_live.get(worker_id)
+        if cached is not None and now - cached[0] < WORKER_LIVE_CACHE_S:
+            return cached[1]
+        live = any(
+            r.role is Role.WORKER and (r.worker_id or r.name) == worker_id and r.active()
+            for r in self.store.list_tokens()
+        )
+        if len(self._worker_live) > 10_000:
+            self._worker_live.clear()
+        self._worker_live[worker_id] = (now, live)
+        return live
+
     def revoke_worker(self, worker_id: str) -> int:
+        self._worker_live.pop(worker_id, None)
         n = self.store.revoke_worker(worker_id, datetime.now(UTC))
         if n == 0:
             raise NotFound(f"worker {worker_id!r} has no live credential")

@@ -1,14 +1,23 @@
 """``conveyor worker``: run a worker on an engine, or join an API as a remote worker
-(``--join https://API``); ``conveyor worker token`` makes an enrollment token."""
+(``--join https://API``); ``conveyor worker token`` makes an enrollment token.
+
+``--executor slurm --partition P [--account A --qos Q]``: a worker on an HPC cluster's
+login node whose attempts run as Slurm jobs on the compute nodes (docs/slurm.md); it
+joins the API as a remote worker, and its jobs reach the API with a credential scoped to
+their one task and attempt."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from conveyor.cli.auth import worker_token
 from conveyor.cli.common import err, load_settings
+
+if TYPE_CHECKING:
+    from conveyor.worker.slurm.jobspec import SlurmConfig
 
 worker_app = typer.Typer(help="Run a worker, or make its enrollment token.")
 worker_app.command("token")(worker_token)
@@ -38,6 +47,55 @@ def worker(
     ca_cert: Path = typer.Option(
         None, "--ca-cert", envvar="CONVEYOR_CA_CERT", help="CA bundle that signed the API's cert."
     ),
+    executor: str = typer.Option(
+        "local",
+        "--executor",
+        envvar="CONVEYOR_EXECUTOR",
+        help="local: run tasks here; slurm: submit each attempt as a Slurm job.",
+    ),
+    partition: str = typer.Option(
+        None, "--partition", envvar="CONVEYOR_SLURM_PARTITION", help="Slurm partition."
+    ),
+    account: str = typer.Option(
+        None, "--account", envvar="CONVEYOR_SLURM_ACCOUNT", help="Slurm account (--account)."
+    ),
+    qos: str = typer.Option(None, "--qos", envvar="CONVEYOR_SLURM_QOS", help="Slurm QOS (--qos)."),
+    slurm: str = typer.Option(
+        "cli",
+        "--slurm",
+        envvar="CONVEYOR_SLURM_API",
+        help="How to reach Slurm: cli (sbatch, squeue, …) or slurmrestd's "
+        "http+unix:///path.socket or http(s)://host:port.",
+    ),
+    kinds: str = typer.Option(
+        None, "--kinds", help="Slurm executor: the kinds it takes, comma-separated (all)."
+    ),
+    job_python: str = typer.Option(
+        None,
+        "--job-python",
+        envvar="CONVEYOR_SLURM_PYTHON",
+        help="Slurm executor: the Python with Conveyor on the compute nodes (this one).",
+    ),
+    output_dir: str = typer.Option(
+        None,
+        "--output-dir",
+        envvar="CONVEYOR_SLURM_OUTPUT_DIR",
+        help="Slurm executor: the folder of each job's output file, on the compute node (/tmp).",
+    ),
+    default_cpus: int = typer.Option(
+        None, "--cpus", help="Slurm executor: CPUs of a task that names none in params.cpus (1)."
+    ),
+    default_mem: int = typer.Option(
+        None,
+        "--mem-mb",
+        help="Slurm executor: memory (MiB) of a task that names none in params.memory.",
+    ),
+    job_env: list[str] = typer.Option(
+        None, "--job-env", help="Slurm executor: NAME or NAME=VALUE for every job (repeat)."
+    ),
+    sbatch_arg: list[str] = typer.Option(
+        None, "--sbatch-arg", help="Slurm executor: one more sbatch option (repeat)."
+    ),
 ) -> None:
     """Run a worker: claim tasks and run them until SIGTERM.
 
@@ -51,6 +109,35 @@ def worker(
     if enroll and not join:
         err.print("[red]error[/red]: --enroll needs --join https://API")
         raise typer.Exit(2)
+    slurm_cfg = None
+    if executor not in ("local", "slurm"):
+        err.print(f"[red]error[/red]: unknown executor {executor!r}: use local or slurm")
+        raise typer.Exit(2)
+    if executor == "slurm":
+        if not (join or (backend or "").startswith(("https://", "http://"))):
+            err.print(
+                "[red]error[/red]: --executor slurm runs on a login node and joins the API: "
+                "give --join https://API (or --backend https://API)"
+            )
+            raise typer.Exit(2)
+        from conveyor.worker.slurm.jobspec import SlurmConfig
+
+        slurm_cfg = SlurmConfig(
+            partition=partition,
+            account=account,
+            qos=qos,
+            api=slurm,
+            job_env=list(job_env or []),
+            extra_args=list(sbatch_arg or []),
+        )
+        if job_python:
+            slurm_cfg.python = job_python
+        if output_dir:
+            slurm_cfg.output_dir = output_dir
+        if default_cpus:
+            slurm_cfg.default_cpus = default_cpus
+        if default_mem:
+            slurm_cfg.default_mem_mb = default_mem
     if join or (backend or "").startswith(("https://", "http://")):
         raise typer.Exit(
             _remote_worker(
@@ -64,6 +151,8 @@ def worker(
                 data_dir=data_dir,
                 concurrency=concurrency,
                 worker_id=worker_id,
+                slurm_cfg=slurm_cfg,
+                kinds=[k.strip() for k in kinds.split(",") if k.strip()] if kinds else None,
             )
         )
     settings = load_settings(
@@ -89,8 +178,11 @@ def _remote_worker(
     data_dir: Path | None,
     concurrency: int | None,
     worker_id: str | None,
+    slurm_cfg: SlurmConfig | None = None,
+    kinds: list[str] | None = None,
 ) -> int:
-    """A worker that reaches tasks and files only through the API; its exit code."""
+    """A worker that reaches tasks and files only through the API; its exit code.  With
+    ``slurm_cfg``: the Slurm executor (its attempts run as Slurm jobs)."""
     import logging
     import os
 
@@ -149,6 +241,16 @@ def _remote_worker(
         # an empty claim waits on the API for work: an idle worker starts a new
         # task half a round trip after its submit
         backend = RemoteQueue(conn, claim_wait_s=settings.poll_interval)
+        if slurm_cfg is not None:
+            return _slurm_executor(
+                settings,
+                backend,
+                conn,
+                slurm_cfg,
+                keeper.worker_id if keeper else worker_id,
+                concurrency,
+                kinds,
+            )
         files = open_storage(storage) if storage else RemoteBlobStore(conn)
         w = Worker(
             settings,
@@ -169,3 +271,57 @@ def _remote_worker(
     if w.fatal is not None:
         return 3  # the API refused the credential: an operator must enroll it again
     return 0
+
+
+def _slurm_executor(
+    settings: Any,
+    queue: Any,
+    conn: Any,
+    cfg: SlurmConfig,
+    worker_id: str | None,
+    concurrency: int | None,
+    kinds: list[str] | None,
+) -> int:
+    """The Slurm executor on this login node until SIGTERM; its exit code."""
+    import socket
+
+    from conveyor.errors import ConveyorError
+    from conveyor.processors import ProcessorRegistry
+    from conveyor.worker.slurm.adapter import open_adapter
+    from conveyor.worker.slurm.executor import SlurmExecutor
+
+    registry = ProcessorRegistry.load(settings)
+    wanted = kinds or registry.kinds()
+    unknown = sorted(set(wanted) - set(registry.kinds()))
+    if unknown:
+        err.print(f"[red]error[/red]: unknown kind(s): {', '.join(unknown)}")
+        return 2
+
+    def secrets_of(task: Any) -> list[str]:
+        try:
+            return list(registry.get(task.kind).secrets_requested(task.params))
+        except ConveyorError:
+            return []
+
+    host = socket.gethostname().split(".")[0]
+    name = worker_id or f"slurm-{host}-{cfg.partition or 'default'}"
+    try:
+        adapter = open_adapter(cfg.api)
+        ex = SlurmExecutor(
+            settings,
+            queue,
+            slurm=adapter,
+            cfg=cfg,
+            conn=conn,
+            worker_id=name,
+            kinds=wanted,
+            concurrency=concurrency,
+            secrets_of=secrets_of,
+        )
+        ex.run_forever()
+    except (ConveyorError, ValueError) as exc:
+        err.print(f"[red]error[/red]: {getattr(exc, 'message', exc)}")
+        return 2
+    finally:
+        queue.close()
+    return 3 if ex.fatal is not None else 0

@@ -30,12 +30,14 @@ def mount_console(app: FastAPI) -> None:
     from .i18n import add_labels
     from .routes import router
     from .routes_auth import router as auth_router
+    from .routes_cluster import router as cluster_router
 
     for _, processor in app.state.service.registry.items():
         add_labels(processor.labels)
     app.state.console = ConsoleState()
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
     app.include_router(auth_router)  # login, logout, audit: before the catch-all 404
+    app.include_router(cluster_router)  # the Slurm cluster page
     app.include_router(router)
 
 

@@ -45,7 +45,7 @@ from conveyor.models import (
 )
 from conveyor.processors import ProcessorRegistry
 from conveyor.processors.base import ConsoleLink, KindForm, Processor
-from conveyor.service.waiting import WaitReason, why_waiting
+from conveyor.service.waiting import WaitReason, scheduler_wait, why_waiting
 
 if TYPE_CHECKING:
     from conveyor.service.workers import WorkerProtocol
@@ -312,9 +312,15 @@ class ConveyorService:
         return why_waiting(task, self.workers())
 
     def explain(self, task: Task) -> tuple[Task, WaitReason | None]:
-        """``task`` with ``waiting_reason`` filled in, and the reason for faces that translate."""
+        """``task`` with ``waiting_reason`` filled in, and the reason for faces that translate.
+
+        A claimed task whose attempt waits in an external scheduler (a pending Slurm job)
+        says the scheduler's reason; faces show it as the attempt's progress message."""
         reason = self.waiting(task)
         if reason is None:
+            held = scheduler_wait(task)
+            if held is not None:
+                return task.model_copy(update={"waiting_reason": held}), None
             return task, None
         return task.model_copy(update={"waiting_reason": reason.text()}), reason
 

@@ -7,6 +7,12 @@ they do not take and why (a container worker without an engine, whose
 operator did not turn the local runner on), so the answer is as fresh as the
 last heartbeat and costs nothing while nobody looks.  Faces show :meth:`WaitReason.text`
 (API, English) or translate ``code`` with the numbers (console).
+
+A task can also wait after it was claimed: an executor that runs attempts in an
+external scheduler (the Slurm executor) holds the lease while the scheduler queues
+the job, and reports that as progress in phase :data:`SCHEDULER_PHASE` with the
+scheduler's own reason as the message (``Slurm job 42 pending: Resources``);
+:func:`scheduler_wait` reads it back as the task's waiting reason.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from dataclasses import dataclass
 from conveyor.models import Task, TaskStatus, WorkerInfo
 
 MAX_DETAIL = 300  # a worker's reason is shown, not stored: keep it to a line
+# the progress phase of an attempt queued in an external scheduler (a pending Slurm job)
+SCHEDULER_PHASE = "scheduler"
 
 
 @dataclass(frozen=True)
@@ -80,4 +88,15 @@ def unavailable_reason(worker: WorkerInfo, kind: str) -> str:
     if not isinstance(unavailable, dict):
         return ""
     why = " ".join(str(unavailable.get(kind) or "").split())
+    return why if len(why) <= MAX_DETAIL else why[: MAX_DETAIL - 1] + "…"
+
+
+def scheduler_wait(task: Task) -> str | None:
+    """Why a claimed task still waits: its attempt is queued in an external scheduler
+    (progress phase :data:`SCHEDULER_PHASE`, the scheduler's reason as the message)."""
+    if task.status != TaskStatus.PROCESSING or task.progress.phase != SCHEDULER_PHASE:
+        return None
+    why = " ".join(task.progress.message.split())
+    if not why:
+        return None
     return why if len(why) <= MAX_DETAIL else why[: MAX_DETAIL - 1] + "…"

@@ -8,6 +8,15 @@ engine knows, and the API makes its outputs visible (the worker cannot move
 objects in the API's store); and the files of the tasks it runs, with presigned
 uploads where the store makes them.  Who may call what (a credential speaks for
 its own worker only) stays with the routes, which know the caller.
+
+Task credentials (``conveyor.auth.task_credentials``): a worker that holds a lease
+but runs the attempt elsewhere (the Slurm executor: a job on a compute node) asks
+for a credential scoped to that task and attempt (:meth:`WorkerProtocol.task_credential`)
+and gives only that to the job.  What such a credential may do is decided here
+(:func:`check_scope`, :meth:`WorkerProtocol.task_reads`, :func:`job_worker_info`) and
+enforced by the routes: report on its own lease, ship its own attempt's log, read its
+task's inputs and its task's staging, write its attempt's staging; never claim, never
+another task.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from conveyor import outputs
-from conveyor.errors import InvalidRequest
+from conveyor.errors import Forbidden, InvalidRequest, LeaseLost
 from conveyor.models import (
     ClaimedTask,
     HeartbeatResult,
@@ -27,11 +36,13 @@ from conveyor.models import (
     OutputFile,
     Progress,
     Task,
+    TaskStatus,
     WorkerInfo,
 )
 from conveyor.storage.base import ObjectInfo
 
 if TYPE_CHECKING:
+    from conveyor.auth.service import TaskCredential
     from conveyor.service import ConveyorService
 
 log = logging.getLogger("conveyor.api")
@@ -50,6 +61,46 @@ class PresignedUpload:
     url: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     multipart: tuple[str, int, list[str]] | None = None
+
+
+class TaskScopeRefused(Forbidden):
+    """A task credential asked for something outside its one task and attempt."""
+
+    code = "task_scope"
+
+
+def check_scope(
+    scope: tuple[str, int] | None, task_id: str, attempt: int | None = None, what: str = ""
+) -> None:
+    """Refuse a task credential (``scope``: its task id and attempt; None for any other
+    caller) speaking for another task, or for another attempt of its own."""
+    if scope is None:
+        return
+    task, number = scope
+    if task_id != task or (attempt is not None and attempt != number):
+        where = f"task {task_id}" + (f" attempt {attempt}" if attempt is not None else "")
+        raise TaskScopeRefused(
+            f"this task credential speaks for task {task} attempt {number} only, "
+            f"not {where}{': ' + what if what else ''}"
+        )
+
+
+def job_worker_info(info: WorkerInfo, scope: tuple[str, int], worker_id: str) -> WorkerInfo:
+    """What a job's heartbeat records: the job under an id of its own (never its executor's,
+    whose record it would overwrite), taking no kinds (it claims nothing, so it never
+    counts as a worker that could take a waiting task)."""
+    task_id, attempt = scope
+    caps = {k: v for k, v in info.capabilities.items() if k != "unavailable"}
+    caps["task_job"] = {"task_id": task_id, "attempt": attempt, "executor": worker_id}
+    return info.model_copy(
+        update={
+            "id": f"{worker_id}/{task_id}.{attempt}",
+            "kinds": [],
+            "concurrency": 1,
+            "running": [task_id],
+            "capabilities": caps,
+        }
+    )
 
 
 class WorkerProtocol:
@@ -118,6 +169,42 @@ class WorkerProtocol:
     def task(self, task_id: str) -> Task | None:
         """The task as the engine has it (who runs it, which attempt), or None."""
         return self.service.backend.get(task_id)
+
+    # -- task credentials --------------------------------------------------------------
+    def held_task(self, worker_id: str | None, task_id: str, attempt: int | None = None) -> Task:
+        """The task, if ``worker_id`` runs it now (and that ``attempt`` of it); else
+        ``LeaseLost``.  ``worker_id`` None: any worker (the API runs without auth)."""
+        task = self.service.backend.get(task_id)
+        if (
+            task is None
+            or task.status != TaskStatus.PROCESSING
+            or (worker_id is not None and task.worker_id != worker_id)
+            or (attempt is not None and task.attempts != attempt)
+        ):
+            which = f"task {task_id}" + (f" attempt {attempt}" if attempt is not None else "")
+            raise LeaseLost(f"{which} is not run by this worker now")
+        return task
+
+    def task_credential(self, worker_id: str | None, lease: Lease, ttl_s: float) -> TaskCredential:
+        """A credential for the job that runs ``lease``'s attempt elsewhere: it speaks for
+        that task and attempt only (conveyor.auth.task_credentials).  Only the worker
+        that holds the attempt gets one."""
+        task = self.held_task(worker_id, lease.task_id, lease.attempt)
+        holder = task.worker_id or lease.worker_id
+        return self.service.auth.issue_task_credential(holder, task.id, lease.attempt, ttl_s)
+
+    def task_reads(self, task_id: str) -> set[tuple[str, str]]:
+        """The objects outside staging a task's job may read: its input and what its
+        processor says it reads (``objects_read``)."""
+        task = self.service.backend.get(task_id)
+        if task is None:
+            return set()
+        refs = [task.input] if task.input is not None else []
+        try:
+            refs += self.service.registry.get(task.kind).objects_read(task.params)
+        except Exception:  # an unknown kind reads nothing more
+            log.debug("no processor for %s here", task.kind, exc_info=True)
+        return {(r.bucket, r.key) for r in refs}
 
     # -- files -----------------------------------------------------------------------
     def upload_target(

@@ -1,0 +1,165 @@
+"""What the Slurm executor costs over plain sbatch (issue 20, show-point 4).
+
+On the one-node test cluster (tests/slurm_cluster.py: Debian's slurmctld, slurmd and
+munge, started here as root; ``make test-deps`` installs them):
+
+* **direct**: N ``sbatch --wrap "sleep S"`` jobs submitted one after another, as a user
+  would; wall time from the first submit until Slurm says the last one ended;
+* **executor**: N container-kind tasks (``sleep S``, the local runner on the node)
+  submitted to a real ``conveyor serve`` (auth on), run by ``conveyor worker --executor
+  slurm`` (enrolled, ``--concurrency N``: it may have all N jobs in Slurm at once, as the
+  direct run has); wall time from the first submit until the last task is completed.
+
+Both on the same partition with the same slots; it prints both wall times and the ratio
+(goal ≤ 1.2).  Each executor job starts Python, reads its task from the API with its
+task credential, runs the command with the same processor as any worker, ships its log
+and completes: that is the overhead measured.
+
+    .venv/bin/python bench/slurm_overhead.py [--tasks 200] [--seconds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.conftest import start_process
+from tests.security.auth_server import auth_server
+from tests.slurm_cluster import SlurmCluster
+
+LOCAL_RUNNER = {
+    "CONVEYOR_CONTAINER_RUNNER": "local",
+    "CONVEYOR_CONTAINER_LOCAL_UNSANDBOXED": "i-understand-submitters-run-commands-on-this-host",
+}
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process used so far (user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def active(cluster: SlurmCluster, prefix: str) -> int:
+    out = cluster.run("squeue", "-h", "-t", "PD,R,CG,CF", "-o", "%j", check=False).stdout
+    return sum(1 for name in out.split() if name.startswith(prefix))
+
+
+def direct(cluster: SlurmCluster, n: int, seconds: float, out: Path) -> float:
+    start = time.monotonic()
+    for i in range(n):
+        cluster.run(
+            "sbatch",
+            "--parsable",
+            f"--job-name=direct-{i}",
+            "--partition=debug",
+            "--ntasks=1",
+            "--cpus-per-task=1",
+            "--no-requeue",
+            f"--output={out}/direct-{i}.out",
+            f"--chdir={out}",
+            f"--wrap=sleep {seconds:g}",
+        )
+    submitted = time.monotonic() - start
+    while active(cluster, "direct-"):
+        time.sleep(0.2)
+    wall = time.monotonic() - start
+    print(f"direct:   {n} sbatch jobs in {wall:.1f} s (submitting took {submitted:.1f} s)")
+    return wall
+
+
+def executor(cluster: SlurmCluster, n: int, seconds: float, root: Path) -> float:
+    (root / "api").mkdir(parents=True)
+    env = {**cluster.env(), "CONVEYOR_LEASE_SECONDS": "30", "CONVEYOR_REAP_INTERVAL": "5"}
+    with auth_server(root / "api", env=env) as api:
+        with api.client(api.admin) as c:
+            r = c.post("/api/workers/enrollment-tokens", json={"name": "bench-exec"})
+            token = r.json()["token"]
+        data = root / "login"
+        data.mkdir()
+        out = root / "job-output"
+        out.mkdir()
+        argv = ["worker", "--executor", "slurm", "--join", api.url, "--enroll", token]
+        argv += ["--name", "bench-exec", "--credential-file", str(data / "worker.json")]
+        argv += ["--data-dir", str(data), "--partition", "debug", "--output-dir", str(out)]
+        argv += ["--concurrency", str(min(n, 256))]
+        proc = start_process(argv, data, root / "executor.log", {**env, **LOCAL_RUNNER})
+        try:
+            time.sleep(3)  # started and enrolled: its start is not what is measured
+            assert proc.poll() is None, (root / "executor.log").read_text()
+            with api.client(api.admin) as c:
+                start = time.monotonic()
+                ids = []
+                for _ in range(n):
+                    body = {"kind": "container", "params": {"command": ["sleep", f"{seconds:g}"]}}
+                    r = c.post("/api/queue/add", json=body)
+                    assert r.status_code == 201, r.text
+                    ids.append(r.json()["task_id"])
+                submitted = time.monotonic() - start
+                while True:  # one cheap read a poll: the counts
+                    q = c.get("/api/queue/status").json()
+                    assert q["failed_today"] == 0, c.get("/api/tasks?status=failed").text
+                    if q["completed_today"] >= n:
+                        break
+                    time.sleep(0.25)
+                wall = time.monotonic() - start
+                used = {"executor": cpu_s(proc.pid), "API": cpu_s(api.srv.proc.pid)}
+                runs = []
+                for task_id in ids[:: max(1, n // 20)]:
+                    t = c.get(f"/api/tasks/{task_id}").json()
+                    a = t["history"][-1]
+                    took = datetime.fromisoformat(a["finished_at"]) - datetime.fromisoformat(
+                        a["started_at"]
+                    )
+                    runs.append(took.total_seconds())
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    print(
+        f"executor: {n} tasks in {wall:.1f} s (submitting took {submitted:.1f} s; "
+        f"claim to completion per task, median {statistics.median(runs):.1f} s; CPU used: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in used.items())
+        + ")"
+    )
+    return wall
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("run as root: the test cluster's slurmd starts jobs as their users")
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="conveyor-slurm-bench-"))
+    cluster = SlurmCluster(root / "slurm", rest=False)
+    cluster.start()
+    try:
+        cpus = cluster.run("sinfo", "-h", "-p", "debug", "-o", "%C", check=False).stdout.strip()
+        print(
+            f"one-node cluster, partition debug (CPUs allocated/idle/other/total {cpus}), "
+            f"{args.tasks} tasks of `sleep {args.seconds:g}`, one CPU each; "
+            f"{os.cpu_count()} cores on this machine"
+        )
+        out = root / "direct-output"
+        out.mkdir()
+        d = direct(cluster, args.tasks, args.seconds, out)
+        e = executor(cluster, args.tasks, args.seconds, root / "executor")
+        print(f"ratio executor/direct: {e / d:.2f} (goal <= 1.2)")
+    finally:
+        cluster.stop()
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
