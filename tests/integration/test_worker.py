@@ -34,11 +34,24 @@ class SleepProcessor(Processor):
     kind: ClassVar[str] = "sleep"
     params_model: ClassVar[type[BaseModel]] = SleepParams
     runs: ClassVar[list[str]] = []
+    # how many run() calls are under way, and the most seen at once
+    running: ClassVar[list[int]] = [0, 0]
+    lock: ClassVar[threading.Lock] = threading.Lock()
 
     def requires_input(self) -> bool:
         return False
 
     def run(self, ctx: ProcessorContext) -> list[OutputFile]:
+        with SleepProcessor.lock:
+            SleepProcessor.running[0] += 1
+            SleepProcessor.running[1] = max(SleepProcessor.running)
+        try:
+            return self._run(ctx)
+        finally:
+            with SleepProcessor.lock:
+                SleepProcessor.running[0] -= 1
+
+    def _run(self, ctx: ProcessorContext) -> list[OutputFile]:
         p = SleepParams.model_validate(ctx.task.params)
         SleepProcessor.runs.append(ctx.task.id)
         ctx.log("sleeping")
@@ -106,15 +119,34 @@ def test_runs_and_logs(settings: Settings, parts: tuple) -> None:
     w = _worker(settings, parts)
     try:
         done = _wait(backend, t.id, TaskStatus.COMPLETED)
+        # the log is whole, in order, once the outcome shows (same transaction)
+        lines = [ln.line for ln in backend.read_logs(t.id)]
+        assert lines[0].startswith("Task received") and lines[-1].startswith("Task completed")
+        assert "sleeping" in lines
         assert done.outputs[0].key == f"{t.id}/out.txt"
         assert done.history[0].outcome == "completed"
-        lines = [ln.line for ln in backend.read_logs(t.id)]
-        assert any(ln.startswith("Task received") for ln in lines)
-        assert "sleeping" in lines
         assert [wi.id for wi in backend.workers()] == [w.id]
     finally:
         w.stop()
     assert not w.temp_root.exists(), "the worker's work folder is removed with its tasks'"
+
+
+def test_many_short_tasks_each_complete_once_with_their_logs(
+    settings: Settings, parts: tuple
+) -> None:
+    """Completions batched: every task completed once, its log whole when it shows."""
+    backend = parts[0]
+    ids = [backend.submit(Task(kind="sleep"))[0].id for _ in range(60)]
+    w = _worker(settings, parts, concurrency=4)
+    try:
+        for i in ids:
+            done = _wait(backend, i, TaskStatus.COMPLETED)
+            assert [a.outcome for a in done.history] == ["completed"]
+            lines = [ln.line for ln in backend.read_logs(i)]
+            assert lines[0].startswith("Task received"), lines
+            assert lines[-1] == f"Task completed: {i} with 1 output(s)", lines
+    finally:
+        w.stop()
 
 
 def test_permanent_failure_not_retried(settings: Settings, parts: tuple) -> None:
@@ -203,10 +235,14 @@ def test_dead_worker_lease_expires_and_old_lease_is_fenced(
         w.stop()
 
 
-def test_concurrency_limit(settings: Settings, parts: tuple) -> None:
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_concurrency_limit(settings: Settings, parts: tuple, prefetch: int) -> None:
+    """At most ``concurrency`` tasks run at once; a worker holds at most ``prefetch``
+    more (claimed, waiting for a slot, their leases renewed), and none without it."""
     backend = parts[0]
-    ids = [backend.submit(Task(kind="sleep", params={"seconds": 0.3}))[0].id for _ in range(6)]
-    w = _worker(settings, parts, concurrency=2)
+    ids = [backend.submit(Task(kind="sleep", params={"seconds": 0.3}))[0].id for _ in range(8)]
+    SleepProcessor.running[:] = [0, 0]
+    w = _worker(settings, parts, concurrency=2, prefetch=prefetch)
     peak = 0
     stop = threading.Event()
 
@@ -225,4 +261,5 @@ def test_concurrency_limit(settings: Settings, parts: tuple) -> None:
         stop.set()
         th.join()
         w.stop()
-    assert peak == 2
+    assert SleepProcessor.running[1] == 2
+    assert 2 <= peak <= 2 + prefetch

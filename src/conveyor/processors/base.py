@@ -60,9 +60,29 @@ def _lease_held() -> None:
     """A context made outside a worker (a test, a one-off run) has no lease to lose."""
 
 
+class _LazyFolder:
+    """``ProcessorContext.workdir``: the folder is made (mode 0700) the first time a
+    processor reads it, so a task whose processor needs no local files costs no mkdir
+    and no rmtree; ``workdir_made`` says whether it was."""
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Path:
+        if obj is None:
+            raise AttributeError("workdir")
+        path: Path = obj.__dict__["_workdir"]
+        if not obj.__dict__.get("workdir_made"):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            obj.__dict__["workdir_made"] = True
+        return path
+
+    def __set__(self, obj: Any, value: Path) -> None:
+        obj.__dict__["_workdir"] = Path(value)
+        obj.__dict__["workdir_made"] = False
+
+
 @dataclass
 class ProcessorContext:
     task: Task
+    # a private folder for the task's files, made on first use (see _LazyFolder below)
     workdir: Path
     storage: BlobStore
     output_bucket: str
@@ -93,6 +113,15 @@ class ProcessorContext:
     def stager(self) -> Stager:
         assert self.outputs is not None  # set in __post_init__
         return self.outputs
+
+    @property
+    def workdir_made(self) -> bool:
+        """Whether ``workdir`` was asked for (and so made)."""
+        return bool(self.__dict__.get("workdir_made"))
+
+
+# installed after @dataclass wrote __init__ (which sets it through the descriptor)
+setattr(ProcessorContext, "workdir", _LazyFolder())  # noqa: B010 - a descriptor, not a value
 
 
 # -- what a kind shows on the console's add-task page ------------------------------------

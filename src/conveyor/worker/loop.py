@@ -1,8 +1,24 @@
 """The worker: claims tasks, runs their processors, heartbeats, reports.
 
-Task threads only run processors; a separate heartbeat thread renews every
-lease in one backend call, flushes task logs and learns about cancels, so a
-processor that blocks for minutes never lets its lease lapse.
+Its per-task cost is kept a small fraction of the backend's:
+
+* a bounded pool of long-lived executor threads (``concurrency`` of them) runs
+  processors; claimed tasks wait for one in a local queue;
+* claims take up to the free capacity in one call, plus a small prefetch (the
+  next tasks, claimed while the current ones run) while recent tasks are short,
+  so a long task never holds a prefetched one back for long; every held lease,
+  prefetched ones included, is renewed by the heartbeat;
+* one thread times every task out (a heap of deadlines), not a timer per task;
+* a task's work folder is made only if its processor asks for ``ctx.workdir``;
+* a task's log lines are buffered and shipped with the heartbeat, and its last
+  ones ("Task completed" included) with its completion: ``complete_many``
+  completes every task that finished meanwhile in one backend call (one
+  transaction on the SQL engines), each fenced by its own lease, the log lines
+  in the same transaction.
+
+A separate heartbeat thread renews every lease in one backend call, flushes task
+logs and learns about cancels, so a processor that blocks for minutes never lets
+its lease lapse.
 
 A worker talks to a ``WorkerQueue`` only.  Publishing its outputs and the staging
 sweep also need two store calls (``outputs.SweepBackend``: look a task up, record
@@ -12,6 +28,8 @@ worker has none, and its API publishes and sweeps instead.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import shutil
@@ -20,6 +38,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +46,7 @@ from pathlib import Path
 
 from conveyor import __version__, outputs
 from conveyor.backends import WorkerQueue
+from conveyor.backends.base import Completion
 from conveyor.config import Settings
 from conveyor.errors import (
     LeaseLost,
@@ -39,7 +59,16 @@ from conveyor.errors import (
 )
 from conveyor.infra_errors import is_infrastructure_error
 from conveyor.logs import current_attempt, current_task, current_worker
-from conveyor.models import ClaimedTask, Lease, Progress, Task, WorkerInfo, utcnow
+from conveyor.models import (
+    ClaimedTask,
+    Lease,
+    OutputFile,
+    Progress,
+    Task,
+    TaskStatus,
+    WorkerInfo,
+    utcnow,
+)
 from conveyor.processors import ProcessorContext, ProcessorRegistry
 from conveyor.storage import BlobStore
 
@@ -53,6 +82,10 @@ MAX_INFRA_RELEASES = 5
 INFRA_PREFIX = "infrastructure unavailable: "
 # no timeout may overflow a timer: 30 days is longer than any task should run
 MAX_TIMEOUT_S = 30 * 86400.0
+# prefetch only while recent tasks ran shorter than this on average (a prefetched
+# task waits for a slot about that long), and complete at most this many at once
+PREFETCH_MAX_RUN_S = 1.0
+MAX_COMPLETION_BATCH = 256
 
 
 def infra_failure(exc: BaseException) -> bool:
@@ -87,9 +120,13 @@ class RunningTask:
     stop_reason: str | None = None  # cancel | timeout | shutdown | lost
     logs: list[tuple[datetime, str, str]] = field(default_factory=list)
     logs_lock: threading.Lock = field(default_factory=threading.Lock)
+    # held while lines taken from ``logs`` are on their way: a task's lines reach the
+    # backend in the order they were written, whichever thread ships them
+    ship_lock: threading.Lock = field(default_factory=threading.Lock)
     last_progress: float = 0.0
     last_phase: str = ""
-    thread: threading.Thread | None = None
+    started: bool = False  # an executor thread has it (False: prefetched, waiting)
+    done: threading.Event = field(default_factory=threading.Event)
     # time.monotonic() until which the lease is surely held (renewed before then)
     held_until: float = 0.0
     stager: outputs.Stager | None = None
@@ -98,6 +135,163 @@ class RunningTask:
         if self.stop_reason is None:
             self.stop_reason = reason
         self.cancel_event.set()
+
+    def take_logs(self) -> list[tuple[datetime, str, str]]:
+        with self.logs_lock:
+            batch, self.logs = self.logs, []
+        return batch
+
+    def put_back(self, lines: list[tuple[datetime, str, str]]) -> None:
+        with self.logs_lock:
+            self.logs[:0] = lines
+
+
+class Timeouts:
+    """Every task's timeout on one thread: a heap of deadlines.
+
+    A cancelled entry stays in the heap until it comes up or the heap is rebuilt
+    (when cancelled entries outnumber live ones), so a fast stream of tasks with
+    hours-long timeouts keeps the heap as small as the tasks running."""
+
+    def __init__(self) -> None:
+        self._heap: list[list[object]] = []  # [deadline, seq, callback or None]
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._cancelled = 0
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, delay_s: float, callback: Callable[[], None]) -> list[object]:
+        entry: list[object] = [time.monotonic() + delay_s, next(self._seq), callback]
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(
+                    target=self._run, name="conveyor-timeouts", daemon=True
+                )
+                self._thread.start()
+            if self._heap[0] is entry:
+                self._cond.notify()
+        return entry
+
+    def cancel(self, entry: list[object]) -> None:
+        with self._cond:
+            if entry[2] is None:
+                return
+            entry[2] = None
+            self._cancelled += 1
+            if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
+                self._heap = [e for e in self._heap if e[2] is not None]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
+
+    def _run(self) -> None:
+        while True:
+            due: list[Callable[[], None]] = []
+            with self._cond:
+                while not self._stopped:
+                    now = time.monotonic()
+                    while self._heap and float(self._heap[0][0]) <= now:  # type: ignore[arg-type]
+                        entry = heapq.heappop(self._heap)
+                        if entry[2] is None:
+                            self._cancelled -= 1
+                        else:
+                            due.append(entry[2])  # type: ignore[arg-type]
+                    if due:
+                        break
+                    wait = float(self._heap[0][0]) - now if self._heap else None  # type: ignore[arg-type]
+                    self._cond.wait(wait)
+                if self._stopped:
+                    return
+            for callback in due:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("a task timeout failed")
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+@dataclass
+class _Waiting:
+    item: Completion
+    done: threading.Event = field(default_factory=threading.Event)
+    result: BaseException | None = None
+    error: BaseException | None = None  # the whole call failed
+
+
+class Completer:
+    """Completions batched: the tasks that finished while the previous call was on its
+    way are completed together in one ``complete_many`` call, each under its own lease.
+    The caller blocks until its task's completion is recorded (or refused).  An outage
+    is retried in place, the whole batch at once: a repeated completion is answered like
+    the first and appends no log line twice."""
+
+    def __init__(self, queue: WorkerQueue, budget_s: float) -> None:
+        self.queue = queue
+        self.budget_s = budget_s
+        self._pending: list[_Waiting] = []
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def complete(self, item: Completion) -> BaseException | None:
+        """None when completed; the item's refusal (``LeaseLost``); raises what failed the
+        whole call."""
+        waiting = _Waiting(item)
+        with self._cond:
+            stopped = self._stopped
+            if not stopped and self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="conveyor-complete", daemon=True
+                )
+                self._thread.start()
+            if not stopped:
+                self._pending.append(waiting)
+                self._cond.notify()
+        if stopped:  # a task that outlived the worker's stop: on its own
+            return self._call([item])[0]
+        waiting.done.wait()
+        if waiting.error is not None:
+            raise waiting.error
+        return waiting.result
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopped:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                batch = self._pending[:MAX_COMPLETION_BATCH]
+                del self._pending[:MAX_COMPLETION_BATCH]
+            try:
+                results = self._call([w.item for w in batch])
+            except BaseException as exc:
+                for w in batch:
+                    w.error = exc
+            else:
+                for w, r in zip(batch, results, strict=True):
+                    w.result = r
+            for w in batch:
+                w.done.set()
+
+    def _call(self, items: list[Completion]) -> list[BaseException | None]:
+        return outputs.retry_infrastructure(
+            lambda: self.queue.complete_many(items), budget_s=self.budget_s, what="completing"
+        )
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
 
 class Worker:
@@ -112,10 +306,13 @@ class Worker:
         worker_id: str | None = None,
         concurrency: int | None = None,
         kinds: list[str] | None = None,
+        prefetch: int | None = None,
     ) -> None:
         """``store``: where published outputs are recorded and where the sweep looks
         tasks up: the local engine (``server.runtime.local_worker`` passes it); None for
-        a remote worker, whose API does both."""
+        a remote worker, whose API does both.  ``prefetch``: tasks claimed beyond the
+        free slots while recent tasks are short (default: the settings', else as many
+        as ``concurrency``; 0: none)."""
         self.settings = settings
         self.queue = queue
         self.store = store
@@ -123,6 +320,9 @@ class Worker:
         self.registry = registry
         self.id = worker_id or default_worker_id()
         self.concurrency = concurrency or settings.max_concurrent_tasks
+        if prefetch is None:
+            prefetch = getattr(settings, "worker_prefetch", None)
+        self.prefetch = self.concurrency if prefetch is None else max(0, prefetch)
         self.lease_s = settings.lease_seconds
         # (bandit B108: a fallback only, Settings always sets temp_dir; each worker gets
         # a folder of its own below this root, and each task one below that)
@@ -134,7 +334,13 @@ class Worker:
             (len(proc.gpu_devices()) for kind, proc in registry.items() if kind in self.kinds),
             default=0,
         )
-        self._running: dict[str, RunningTask] = {}
+        self._running: dict[str, RunningTask] = {}  # claimed: running or waiting for a thread
+        self._ready: deque[RunningTask] = deque()  # claimed, waiting for an executor thread
+        self._ready_cond = threading.Condition()
+        self._executors: list[threading.Thread] = []
+        self._timeouts = Timeouts()
+        self._completer = Completer(queue, max(30.0, self.lease_s))
+        self._run_avg: float | None = None  # recent run time of a task (moving average)
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # stop claiming
         self._stopped = threading.Event()  # heartbeat may end
@@ -208,13 +414,18 @@ class Worker:
             ",".join(self.kinds),
             self.concurrency,
         )
+        for i in range(self.concurrency):
+            t = threading.Thread(target=self._executor, name=f"conveyor-task-{i}", daemon=True)
+            t.start()
+            self._executors.append(t)
         for target, name in ((self._claim_loop, "claim"), (self._heartbeat_loop, "heartbeat")):
             t = threading.Thread(target=target, name=f"conveyor-{name}", daemon=True)
             t.start()
             self._threads.append(t)
 
     def stop(self, *, grace: float | None = None) -> None:
-        """Stop claiming; let running tasks finish for ``grace`` s, then hand them back."""
+        """Stop claiming; hand back at once what waits for a slot; let running tasks
+        finish for ``grace`` s, then hand them back."""
         grace = self.settings.shutdown_grace if grace is None else grace
         if not self._stopping.is_set():
             log.info("Worker %s stopping: no new claims, %d running", self.id, len(self._running))
@@ -222,21 +433,41 @@ class Worker:
         if self._threads and self._threads[0] is not threading.current_thread():
             # a claim in flight returns before we look at what runs (or is released)
             self._threads[0].join(timeout=30)
+        with self._ready_cond:
+            waiting = list(self._ready)
+            self._ready.clear()
+        for rt in waiting:
+            self._release_unstarted(rt)
         deadline = time.monotonic() + grace
         while self._running and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.05)
         with self._lock:
             leftover = list(self._running.values())
         for rt in leftover:
             log.info("Releasing task %s for another worker", rt.task.id)
             rt.stop("shutdown")
         for rt in leftover:
-            if rt.thread is not None:
-                rt.thread.join(timeout=15)
+            rt.done.wait(timeout=15)
+        with self._ready_cond:
+            self._ready_cond.notify_all()  # the executors see _stopping and end
+        for t in self._executors:
+            t.join(timeout=5)
+        self._completer.stop()
         self._stopped.set()
         for t in self._threads:
             t.join(timeout=5)
+        self._timeouts.stop()
         self.work_root.close()
+
+    def _release_unstarted(self, rt: RunningTask) -> None:
+        """A prefetched task no thread took: back to the queue, the attempt not counted."""
+        log.info("Releasing task %s: the worker is stopping", rt.task.id)
+        self._task_log(rt, f"Task released: {rt.task.id}: worker shutting down")
+        self._flush_logs(rt)
+        self._report(lambda: self.queue.release(rt.lease))
+        with self._lock:
+            self._running.pop(rt.task.id, None)
+        rt.done.set()
 
     def run_forever(self) -> None:
         """Blocking entry point for ``conveyor worker``; SIGTERM/SIGINT stop gracefully."""
@@ -259,7 +490,7 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 self._maybe_reap()
-                free = self.concurrency - len(self._running)
+                free = self._free_slots()
                 if free <= 0:
                     self._slot_freed.wait(self.settings.poll_interval)
                     self._slot_freed.clear()
@@ -271,7 +502,7 @@ class Worker:
                         self.queue.release(c.lease)
                     break
                 for c in claimed:
-                    self._launch(c.task, c.lease)
+                    self._enqueue(c.task, c.lease)
                 if not claimed:
                     self.queue.wait_for_work(self.settings.poll_interval)
             except WorkerCredentialRejected as exc:
@@ -280,6 +511,30 @@ class Worker:
             except Exception:
                 log.exception("claim loop error; retrying")
                 self._stopping.wait(min(5.0, self.settings.poll_interval))
+
+    def _free_slots(self) -> int:
+        """How many tasks to claim now: every free slot when a thread has nothing to run;
+        with prefetch, otherwise only once half the capacity is free, so that one claim
+        (one transaction) serves several tasks."""
+        capacity = self.concurrency + self._prefetch_allowance()
+        with self._lock:
+            held = len(self._running)
+        with self._ready_cond:
+            waiting = len(self._ready)
+        free = capacity - held
+        if free <= 0:
+            return 0
+        if waiting == 0 and held - waiting < self.concurrency:
+            return free  # an executor thread is idle
+        return free if free >= max(1, capacity // 2) else 0
+
+    def _prefetch_allowance(self) -> int:
+        """Tasks to hold beyond the free slots: ``prefetch`` while recent tasks are short
+        (a prefetched task then waits well under a second), none otherwise."""
+        avg = self._run_avg
+        if self.prefetch <= 0 or avg is None or avg >= PREFETCH_MAX_RUN_S:
+            return 0
+        return self.prefetch
 
     def _claim(self, slots: int) -> list[ClaimedTask]:
         """Claim only tasks whose GPU request this worker can meet now.
@@ -401,13 +656,51 @@ class Worker:
             raise LeaseLost(f"lease on task {rt.task.id} is no longer held by this worker")
         rt.held_until = sent + self.lease_s
 
-    def _launch(self, task: Task, lease: Lease) -> None:
+    def _enqueue(self, task: Task, lease: Lease) -> None:
         rt = RunningTask(task=task, lease=lease, held_until=time.monotonic() + self.lease_s)
         with self._lock:
             self._running[task.id] = rt
-        t = threading.Thread(target=self._execute, args=(rt,), name=f"task-{task.id}", daemon=True)
-        rt.thread = t
-        t.start()
+        with self._ready_cond:
+            self._ready.append(rt)
+            self._ready_cond.notify()
+
+    def _launch(self, task: Task, lease: Lease) -> None:
+        """Run a task on a thread of its own, outside the pool (an executor adopting work
+        it held before a restart may hold more than ``concurrency``)."""
+        rt = RunningTask(
+            task=task, lease=lease, held_until=time.monotonic() + self.lease_s, started=True
+        )
+        with self._lock:
+            self._running[task.id] = rt
+
+        def run() -> None:
+            current_worker.set(self.id)
+            try:
+                self._execute(rt)
+            finally:
+                rt.done.set()
+
+        threading.Thread(target=run, name=f"task-{task.id}", daemon=True).start()
+
+    def _executor(self) -> None:
+        """One of ``concurrency`` long-lived threads: runs claimed tasks one at a time."""
+        current_worker.set(self.id)
+        while True:
+            with self._ready_cond:
+                while not self._ready and not self._stopping.is_set():
+                    self._ready_cond.wait()
+                if self._stopping.is_set():  # what waits is handed back by stop()
+                    return
+                rt = self._ready.popleft()
+                rt.started = True
+            try:
+                self._execute(rt)
+            except Exception:  # _execute handles its errors; this is a last resort
+                log.exception("task %s: the worker failed to run it", rt.task.id)
+            finally:
+                rt.done.set()
+                current_task.set(None)
+                current_attempt.set(None)
 
     def _task_log(self, rt: RunningTask, line: str, stream: str = "worker") -> None:
         log.info("%s", line)
@@ -415,16 +708,15 @@ class Worker:
             rt.logs.append((utcnow(), stream, line))
 
     def _flush_logs(self, rt: RunningTask) -> None:
-        with rt.logs_lock:
-            batch, rt.logs = rt.logs, []
-        if batch:
-            try:
-                self.queue.append_logs(rt.task.id, rt.lease.attempt, batch)
-            except Exception as exc:
-                unsent = batch[getattr(exc, "sent", 0) :]  # LogsPartlyShipped: keep the rest
-                log.exception("could not ship %d log lines; keeping them", len(unsent))
-                with rt.logs_lock:
-                    rt.logs[:0] = unsent
+        with rt.ship_lock:
+            batch = rt.take_logs()
+            if batch:
+                try:
+                    self.queue.append_logs(rt.task.id, rt.lease.attempt, batch)
+                except Exception as exc:
+                    unsent = batch[getattr(exc, "sent", 0) :]  # LogsPartlyShipped: keep the rest
+                    log.exception("could not ship %d log lines; keeping them", len(unsent))
+                    rt.put_back(unsent)
 
     def _report_progress(self, rt: RunningTask, percent: float, phase: str, message: str) -> None:
         now = time.monotonic()
@@ -449,12 +741,12 @@ class Worker:
         task, lease = rt.task, rt.lease
         current_task.set(task.id)
         current_attempt.set(lease.attempt)
-        current_worker.set(self.id)
         workdir = self.temp_root / f"{task.id}-{lease.attempt}-{uuid.uuid4().hex[:6]}"
         wanted = float(task.params.get("timeout_s") or self.settings.task_timeout)
         timeout_s = min(max(wanted, 1.0), MAX_TIMEOUT_S)
-        timer = threading.Timer(timeout_s, rt.stop, args=("timeout",))
-        timer.daemon = True
+        timer = self._timeouts.add(timeout_s, lambda: rt.stop("timeout"))
+        started = time.monotonic()
+        ctx: ProcessorContext | None = None
         rt.stager = outputs.Stager(
             self.storage,
             self.settings.output_bucket,
@@ -462,14 +754,16 @@ class Worker:
             lambda: self._check_lease(rt),
         )
         try:
-            workdir.mkdir(mode=0o700, parents=True)
             where = f"{task.input.bucket}/{task.input.key}" if task.input else "-"
             self._task_log(
                 rt,
                 f"Task received: {task.id} kind={task.kind} input={where} "
                 f"attempt={lease.attempt}/{task.max_attempts} worker={self.id}",
             )
+            if rt.stop_reason is not None:  # cancelled or lost while it waited for a slot
+                raise TaskCancelled(rt.stop_reason)
             processor = self.registry.get(task.kind)
+            # the work folder is made when the processor first asks for ctx.workdir
             ctx = ProcessorContext(
                 task=task,
                 workdir=workdir,
@@ -485,7 +779,6 @@ class Worker:
                 check_lease=lambda: self._check_lease(rt),
                 outputs=rt.stager,
             )
-            timer.start()
             produced = processor.run(ctx)
             if rt.stop_reason is not None:
                 raise TaskCancelled(rt.stop_reason)
@@ -497,9 +790,8 @@ class Worker:
                     retryable=True,
                     code="outputs_lost",
                 )
-            self._flush_logs(rt)
             try:
-                done = self._call(lambda: self.queue.complete(lease, produced), "completing")
+                self._complete(rt, produced)
             except Exception as exc:
                 if isinstance(exc, LeaseLost) or not infra_failure(exc):
                     raise
@@ -512,8 +804,7 @@ class Worker:
                     "its lease will tell whether it counts",
                 )
                 return
-            self._task_log(rt, f"Task completed: {task.id} with {len(produced)} output(s)")
-            self._settle(done)
+            self._settle_completed(rt, produced)
         except TaskCancelled:
             self._finish_stopped(rt, timeout_s)
         except LeaseLost:
@@ -536,12 +827,45 @@ class Worker:
                 log.exception("unexpected error in task %s", task.id)
                 self._fail(rt, f"internal error: {exc!r}", retryable=True, code="internal")
         finally:
-            timer.cancel()
+            self._timeouts.cancel(timer)
             self._flush_logs(rt)
-            shutil.rmtree(workdir, ignore_errors=True)
+            if ctx is None or ctx.workdir_made:
+                shutil.rmtree(workdir, ignore_errors=True)
+            ran = time.monotonic() - started
+            self._run_avg = ran if self._run_avg is None else 0.8 * self._run_avg + 0.2 * ran
             with self._lock:
                 self._running.pop(task.id, None)
             self._slot_freed.set()
+
+    def _complete(self, rt: RunningTask, produced: list[OutputFile]) -> None:
+        """Complete under the attempt's lease, batched with other tasks' completions; the
+        task's last log lines, "Task completed" included, go with it (the log is whole
+        once the outcome shows).  Raises what refused or failed it, its lines kept."""
+        line = f"Task completed: {rt.task.id} with {len(produced)} output(s)"
+        with rt.ship_lock:  # lines a heartbeat is shipping reach the backend first
+            lines = rt.take_logs()
+        item = Completion(rt.lease, produced, [*lines, (utcnow(), "worker", line)])
+        try:
+            refused = self._completer.complete(item)
+        except BaseException:
+            rt.put_back(lines)
+            raise
+        if refused is not None:
+            rt.put_back(lines)
+            raise refused
+        log.info("%s", line)
+
+    def _settle_completed(self, rt: RunningTask, produced: list[OutputFile]) -> None:
+        """The completed task's outputs made visible, and its staging removed.  Nothing to
+        do (no storage call) for a first attempt that staged nothing: no attempt of the
+        task ever wrote under its staging prefix."""
+        staged = rt.stager is not None and bool(rt.stager.staged)
+        if staged or any(o.staged_key for o in produced) or len(rt.task.history) > 1:
+            self._settle(
+                rt.task.model_copy(
+                    update={"status": TaskStatus.COMPLETED, "outputs": list(produced)}
+                )
+            )
 
     # -- outcomes ------------------------------------------------------------------------
     def _call(self, call: Callable[[], Task], what: str) -> Task:
