@@ -167,9 +167,16 @@ class SplitBackend(Backend):
         limit: int = 20,
         cursor: str | None = None,
         text: str | None = None,
+        external_id: str | None = None,
     ) -> Page:
         return self.engine.list(
-            status=status, date=date, kind=kind, limit=limit, cursor=cursor, text=text
+            status=status,
+            date=date,
+            kind=kind,
+            limit=limit,
+            cursor=cursor,
+            text=text,
+            external_id=external_id,
         )
 
 

@@ -122,6 +122,10 @@ class Task(BaseModel):
     not_before: datetime | None = None
     date_partition: str = ""
     idempotency_key: str | None = None
+    # the caller's own id for the task (indexed: GET /api/tasks?external_id=) and its own
+    # small JSON object, both returned untouched and carried by every event (docs/events.md)
+    external_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
     submitted_by: str | None = None
     trigger: Trigger = Trigger.API
     cancel_requested: bool = False

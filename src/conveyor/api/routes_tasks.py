@@ -67,13 +67,16 @@ async def add_task(
             raise Conflict(
                 "another submitter's task already holds this idempotency_key: use another key"
             )
-    return {
+    out = {
         "task_id": res.task.id,
         "status": res.task.status.value,
         "created": res.created,
         "message": "task queued" if res.created else "existing task returned (idempotency_key)",
         "task": res.task.model_dump(mode="json"),
     }
+    if res.webhook_secret is not None:  # shown this once: it signs this task's webhook
+        out["webhook_secret"] = res.webhook_secret
+    return out
 
 
 @router.get("/queue/status", summary="Queue state and today's totals")
@@ -103,6 +106,7 @@ async def list_tasks(
     kind: str | None = None,
     limit: int = Query(20, ge=1, le=1000),
     cursor: str | None = Query(None, description="next_cursor from the previous page"),
+    external_id: str | None = Query(None, description="the caller's own id given on submit"),
     service: ConveyorService = Depends(get_service),
     principal: Principal = require(Permission.TASKS_READ),
 ) -> dict[str, Any]:
@@ -114,6 +118,7 @@ async def list_tasks(
         limit=limit,
         cursor=cursor,
         owner=owner_filter(principal),
+        external_id=external_id,
     )
     return {
         "tasks": [t.model_dump(mode="json") for t in page.items],

@@ -36,6 +36,7 @@ class Permission(StrEnum):
     METRICS_READ = "metrics:read"
     TOKENS_MANAGE = "tokens:manage"  # API tokens and worker enrollment tokens
     AUDIT_READ = "audit:read"
+    WEBHOOKS_MANAGE = "webhooks:manage"  # event subscriptions, their delivery logs, redelivery
     WORKER_PROTOCOL = "worker:protocol"  # claim, heartbeat, progress, complete, rotate
 
 
@@ -66,6 +67,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.QUEUE_CLEAR,
             Permission.FILES_WRITE,
             Permission.WORKERS_MANAGE,
+            Permission.WEBHOOKS_MANAGE,
         }
     ),
     Role.SUBMITTER: frozenset(_SUBMIT),

@@ -83,7 +83,7 @@ Service half (``TaskStore``):
 * ``list`` returns newest first (``created_at`` then ``id``, descending),
   filtered by status and/or ``date_partition`` and/or kind and/or ``text``
   (a case-insensitive substring of the input key; ``%`` and ``_`` match
-  themselves), with an opaque keyset cursor.
+  themselves) and/or ``external_id`` (exactly; indexed), with an opaque keyset cursor.
 * ``throughput(since, bucket_s)`` counts tasks that finished ``completed``
   or ``failed`` at or after ``since``, per ``bucket_s``-second window
   starting at ``since``: one ``ThroughputPoint`` per window up to now, in
@@ -375,6 +375,7 @@ class TaskStore(Connected):
         limit: int = 20,
         cursor: str | None = None,
         text: str | None = None,
+        external_id: str | None = None,
     ) -> Page: ...
 
 

@@ -28,8 +28,9 @@ COLUMNS = (
     "id, kind, status, priority, input_bucket, input_key, params, outputs, progress, attempts, "
     "max_attempts, error, error_code, worker_id, lease_token, lease_expires, cancel_requested, "
     "created_at, updated_at, started_at, finished_at, not_before, date_partition, "
-    "idempotency_key, submitted_by, trigger, history, gpus"
+    "idempotency_key, submitted_by, trigger, history, gpus, external_id, metadata"
 )
+N_COLUMNS = len(COLUMNS.split(", "))
 
 
 class Row(Protocol):
@@ -76,6 +77,8 @@ def task_from_row(
         trigger=Trigger(r["trigger"]),
         cancel_requested=bool(r["cancel_requested"]),
         history=[Attempt.model_validate(a) for a in json_value(r["history"])],
+        external_id=r["external_id"],
+        metadata=json_value(r["metadata"]) or {},
     )
 
 

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from conveyor.cli import serve, tasks
+from conveyor.cli import events, serve, tasks
 from conveyor.cli.auth import token_app
 from conveyor.cli.aws import aws_app
 from conveyor.cli.common import err
@@ -40,6 +40,7 @@ for command in (
     tasks.logs,
     tasks.health,
     tasks.status,
+    events.events,
 ):
     app.command()(command)
 

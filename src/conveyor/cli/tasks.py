@@ -207,12 +207,18 @@ def tasks(
     date: str = typer.Option(None, help="YYYY-MM-DD"),
     limit: int = typer.Option(20),
     cursor: str = typer.Option(None),
+    external_id: str = typer.Option(None, "--external-id", help="Your own id, given on submit."),
     as_json: bool = typer.Option(False, "--json"),
     url: str = URL,
 ) -> None:
     """List tasks, newest first."""
     q: dict[str, Any] = {"limit": limit}
-    for k, v in (("status", status), ("date", date), ("cursor", cursor)):
+    for k, v in (
+        ("status", status),
+        ("date", date),
+        ("cursor", cursor),
+        ("external_id", external_id),
+    ):
         if v:
             q[k] = v
     try:

@@ -18,6 +18,7 @@ from conveyor import __version__
 from conveyor.api import (
     routes_auth,
     routes_docs,
+    routes_events,
     routes_files,
     routes_health,
     routes_kinds,
@@ -75,6 +76,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(routes_docs.router)  # /openapi.json, /docs, /redoc: need a token
     app.include_router(routes_tasks.router)
     app.include_router(routes_files.router)
+    app.include_router(routes_events.router)  # webhooks, deliveries, the event stream
     app.include_router(routes_kinds.router)  # what each kind takes
     # the kinds' own faces (the container kind's training routes, its console page):
     # before the console's, whose /admin/tasks/{id} would take /admin/tasks/run

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from conveyor.backends import open_backend
 from conveyor.config import Settings
+from conveyor.events.dispatcher import Dispatcher
 from conveyor.processors import ProcessorRegistry
 from conveyor.service import ConveyorService
 from conveyor.storage import open_storage
@@ -83,6 +84,7 @@ class Runtime:
     worker: Worker | None = None
     watcher: UploadWatcher | S3EventConsumer | None = None
     reaper: Reaper | None = None
+    dispatcher: Dispatcher | None = None  # events out (docs/events.md)
     _started: bool = field(default=False)
 
     @classmethod
@@ -108,13 +110,19 @@ class Runtime:
             )
         if with_trigger and settings.trigger_enabled:
             rt.watcher = _upload_trigger(settings, service)
+        events = service.events
+        if events.settings.dispatch:
+            if events.available:
+                rt.dispatcher = Dispatcher(events.store, events.settings, policy=events.policy)
+            else:
+                log.info("events: no dispatcher, this engine keeps no events")
         return rt
 
     def start(self) -> None:
         if self._started:
             return
         self._started = True
-        for part in (self.reaper, self.worker, self.watcher):
+        for part in (self.reaper, self.worker, self.watcher, self.dispatcher):
             if part is not None:
                 part.start()
 
@@ -128,4 +136,6 @@ class Runtime:
             self.worker.stop()
         if self.reaper is not None:
             self.reaper.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         self.service.close()

@@ -9,6 +9,7 @@ remote worker asks of the API is :class:`~conveyor.service.workers.WorkerProtoco
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -45,6 +46,7 @@ from conveyor.models import (
 )
 from conveyor.processors import ProcessorRegistry
 from conveyor.processors.base import ConsoleLink, KindForm, Processor
+from conveyor.service.events import EventsService
 from conveyor.service.waiting import WaitReason, scheduler_wait, why_waiting
 
 if TYPE_CHECKING:
@@ -90,12 +92,21 @@ class SubmitRequest(BaseModel):
     idempotency_key: str | None = Field(None, max_length=512)
     max_attempts: int | None = Field(None, ge=1, le=100)
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400)
+    # the caller's own: returned untouched, carried by every event (docs/events.md)
+    external_id: str | None = Field(None, min_length=1, max_length=256)
+    metadata: dict[str, Any] | None = Field(None, description="a small JSON object")
+    webhook: dict[str, Any] | str | None = Field(
+        None,
+        description="this task's own webhook: {url, events, secret}; or params.webhook",
+    )
 
 
 @dataclass
 class SubmitResult:
     task: Task
     created: bool
+    # the secret signing this task's own webhook, when Conveyor made it: shown this once
+    webhook_secret: str | None = None
 
 
 class QueueStatus(BaseModel):
@@ -159,6 +170,9 @@ _REQUEST_FIELDS = frozenset(
         "idempotency_key",
         "max_attempts",
         "timeout_s",
+        "external_id",
+        "metadata",
+        "webhook",
     }
 )
 
@@ -196,6 +210,8 @@ class ConveyorService:
             self._check_may_run(caller, processor)
         owner = caller.name if caller is not None and sees_only_own_tasks(caller.role) else None
         params = dict(req.params)
+        webhook_spec = req.webhook if req.webhook is not None else params.pop("webhook", None)
+        metadata = self._check_metadata(req.metadata)
         for name in sorted(set(type(req).model_fields) - _REQUEST_FIELDS):
             value = getattr(req, name)
             if value is None:
@@ -237,10 +253,21 @@ class ConveyorService:
             or params.get("max_attempts")
             or self.settings.max_attempts,
             idempotency_key=req.idempotency_key,
+            external_id=req.external_id,
+            metadata=metadata,
             submitted_by=submitted_by,
             trigger=trigger,
         )
+        # a task's own webhook is stored before the task, so its first event finds it
+        webhook_secret: str | None = None
+        endpoint = None
+        if webhook_spec is not None:
+            endpoint, webhook_secret = self.events.task_webhook(webhook_spec)
+            self.events.attach(endpoint, task.id, submitted_by)
         stored, created = self.backend.submit(task)
+        if endpoint is not None and not created:  # the key's task was returned: not ours
+            self.events.detach(endpoint)
+            webhook_secret = None
         if created:
             log.info(
                 "Task queued: %s %s %s",
@@ -249,7 +276,19 @@ class ConveyorService:
                 f"{input_ref.bucket}/{input_ref.key}" if input_ref else "-",
                 extra={"task_id": stored.id},
             )
-        return SubmitResult(task=stored, created=created)
+        return SubmitResult(task=stored, created=created, webhook_secret=webhook_secret)
+
+    def _check_metadata(self, metadata: dict[str, Any] | None) -> dict[str, Any]:
+        if not metadata:
+            return {}
+        limit = self.events.settings.metadata_max_bytes
+        size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > limit:
+            raise InvalidRequest(
+                f"metadata is {size} bytes of JSON; at most {limit} "
+                "(CONVEYOR_EVENTS_METADATA_MAX_BYTES): keep large data in a file"
+            )
+        return metadata
 
     def _check_may_run(self, caller: Principal, processor: Processor) -> None:
         if processor.runs_caller_code and not caller.may(Permission.TASKS_RUN_CODE):
@@ -286,6 +325,13 @@ class ConveyorService:
     def auth(self) -> AuthService:
         """Tokens, sessions, enrollment and audit, kept in this backend (conveyor.auth)."""
         return AuthService(self.settings, self.backend.auth_store())
+
+    @cached_property
+    def events(self) -> EventsService:
+        """Webhooks, deliveries and the event stream, kept in this backend (docs/events.md)."""
+        from conveyor.backends.events_base import open_event_store
+
+        return EventsService(lambda: open_event_store(self.backend), kinds=self.registry.kinds)
 
     @cached_property
     def worker_protocol(self) -> WorkerProtocol:
@@ -549,6 +595,8 @@ class ConveyorService:
 
     def close(self) -> None:
         """Release the engine's connections (the process is stopping)."""
+        if "events" in self.__dict__:
+            self.events.close()
         self.backend.close()
 
     # -- health --------------------------------------------------------------------
@@ -712,9 +760,10 @@ class ConveyorService:
         cursor: str | None = None,
         text: str | None = None,
         owner: str | None = None,
+        external_id: str | None = None,
     ) -> Page:
         if owner is not None:
-            return self._list_owned(owner, status, date, kind, limit, cursor, text)
+            return self._list_owned(owner, status, date, kind, limit, cursor, text, external_id)
         st: TaskStatus | None = None
         if status:
             try:
@@ -730,6 +779,19 @@ class ConveyorService:
         if not 1 <= limit <= 1000:
             raise InvalidRequest("limit must be between 1 and 1000")
         text = (text or "").strip() or None
+        external_id = (external_id or "").strip() or None
+        if external_id is not None:
+            if len(external_id) > 256:
+                raise InvalidRequest("external_id is limited to 256 characters")
+            return self.backend.list(
+                status=st,
+                date=date,
+                kind=kind,
+                limit=limit,
+                cursor=cursor,
+                text=text,
+                external_id=external_id,
+            )
         if text is None:  # engines that predate ``text`` keep working without it
             return self.backend.list(status=st, date=date, kind=kind, limit=limit, cursor=cursor)
         if len(text) > 200:
@@ -751,6 +813,7 @@ class ConveyorService:
         limit: int,
         cursor: str | None,
         text: str | None,
+        external_id: str | None = None,
     ) -> Page:
         # each unfiltered page asks for no more rows than the page still lacks, so its
         # cursor resumes exactly after the last row looked at: paging stays exact
@@ -764,6 +827,7 @@ class ConveyorService:
                 limit=limit - len(items),
                 cursor=cursor,
                 text=text,
+                external_id=external_id,
             )
             items.extend(t for t in page.items if t.submitted_by == owner)
             scanned += len(page.items)

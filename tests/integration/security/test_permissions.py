@@ -72,6 +72,8 @@ def _call(secured: SecuredApi, method: str, path: str, headers: dict[str, str]) 
     kwargs: dict[str, Any] = {"headers": dict(headers), "follow_redirects": False}
     if path.startswith("/admin/events"):
         path += "?once=1"
+    if path == "/api/events":  # the stream lasts until the client leaves: what is there
+        path += "?follow=false"
     if method in ("POST", "PUT", "DELETE", "PATCH"):
         if path.startswith("/api/files/"):
             kwargs["content"] = b"x"

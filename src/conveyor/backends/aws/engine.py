@@ -291,6 +291,8 @@ class AWSBackend(Backend):
             "key_lc": _s(task.input.key.lower() if task.input else ""),
             "updated_at": _n(task.updated_at.timestamp()),
         }
+        if task.external_id is not None:  # list(external_id=...) filters on it
+            item["external_id"] = _s(task.external_id)
         if task.not_before is not None:
             item["not_before"] = _n(task.not_before.timestamp())
         if task.finished_at is not None:
@@ -1253,6 +1255,7 @@ class AWSBackend(Backend):
         limit: int = 20,
         cursor: str | None = None,
         text: str | None = None,
+        external_id: str | None = None,
     ) -> Page:
         limit = max(1, min(int(limit), 1000))
         before = _key_of(*decode_cursor(cursor)) if cursor else None
@@ -1265,6 +1268,9 @@ class AWSBackend(Backend):
         if text:
             filters.append("contains(key_lc, :text)")
             values[":text"] = _s(text.lower())
+        if external_id is not None:
+            filters.append("external_id = :ext")
+            values[":ext"] = _s(external_id)
         page = min(1000, max(limit + 1, 50))
         sources: list[Iterator[Item]] = []
         if date is not None:

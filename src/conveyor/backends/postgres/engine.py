@@ -271,6 +271,8 @@ class PostgresBackend(Backend):
             task.trigger.value,
             Jsonb([]),
             task.gpus,
+            task.external_id,
+            Jsonb(task.metadata) if task.metadata else None,
         )
 
     @staticmethod
@@ -759,6 +761,7 @@ class PostgresBackend(Backend):
         limit: int = 20,
         cursor: str | None = None,
         text: str | None = None,
+        external_id: str | None = None,
     ) -> Page:
         limit = max(1, min(int(limit), 1000))
         where: list[str] = []
@@ -775,6 +778,9 @@ class PostgresBackend(Backend):
         if text:  # substring of the key, case-insensitive, as on SQLite
             where.append("input_key ILIKE %s")
             args.append(key_pattern(text))
+        if external_id is not None:
+            where.append("external_id = %s")
+            args.append(external_id)
         if cursor:
             created_at, task_id = decode_cursor(cursor)
             where.append("(created_at, id) < (%s, %s)")

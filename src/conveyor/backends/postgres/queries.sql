@@ -22,7 +22,7 @@
 WITH ins AS (
     INSERT INTO tasks ({{ columns }})
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-            %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT (idempotency_key) DO NOTHING RETURNING id)
 SELECT ins.id, pg_notify('{{ channel }}', '') FROM ins;
 

@@ -48,6 +48,7 @@ from conveyor.backends.cursor import decode_cursor, encode_cursor
 from conveyor.backends.sql import (
     COLUMNS,
     MAY_HAVE_EXPIRED,
+    N_COLUMNS,
     add_snapshot_row,
     histogram_select,
     key_pattern,
@@ -340,7 +341,7 @@ class SQLiteBackend(Backend):
             if existing is not None:
                 return self._row_to_task(existing), False
         c.execute(
-            f"INSERT INTO tasks ({COLUMNS}) VALUES ({', '.join('?' * 28)})",
+            f"INSERT INTO tasks ({COLUMNS}) VALUES ({', '.join('?' * N_COLUMNS)})",
             (
                 task.id,
                 task.kind,
@@ -370,6 +371,8 @@ class SQLiteBackend(Backend):
                 task.trigger.value,
                 "[]",
                 task.gpus,
+                task.external_id,
+                json.dumps(task.metadata) if task.metadata else None,
             ),
         )
         return task, True
@@ -913,6 +916,7 @@ class SQLiteBackend(Backend):
         limit: int = 20,
         cursor: str | None = None,
         text: str | None = None,
+        external_id: str | None = None,
     ) -> Page:
         limit = max(1, min(int(limit), 1000))
         where: list[str] = []
@@ -936,6 +940,10 @@ class SQLiteBackend(Backend):
             # the newest-first walk, this only filters the rows it passes
             where.append("input_key LIKE ? ESCAPE '\\'")
             args.append(key_pattern(text))
+        if external_id is not None:
+            where.append("external_id = ?")
+            args.append(external_id)
+            index = "tasks_external"
         if cursor:
             created_at, tid = decode_cursor(cursor)
             where.append("(created_at, id) < (?, ?)")
