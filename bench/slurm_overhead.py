@@ -21,6 +21,7 @@ and completes: that is the overhead measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -53,6 +54,37 @@ def active(cluster: SlurmCluster, prefix: str) -> int:
     return sum(1 for name in out.split() if name.startswith(prefix))
 
 
+def load() -> str:
+    """The machine's load (1, 5, 15 min): the benchmark shares 2 cores with other work."""
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def job_times(cluster: SlurmCluster, prefix: str) -> str:
+    """How long Slurm says the jobs ran (start to end), and how long a freed slot waited
+    for the next job: what the executor adds shows in the first, Slurm's own cost in the
+    second (squeue keeps ended jobs for MinJobAge, 300 s)."""
+    out = cluster.run("squeue", "-h", "-t", "all", "-o", "%j|%S|%e", check=False).stdout
+    spans = []
+    for line in out.splitlines():
+        name, start, end = line.split("|")
+        if name.startswith(prefix):
+            with contextlib.suppress(ValueError):
+                spans.append((datetime.fromisoformat(start), datetime.fromisoformat(end)))
+    if not spans:
+        return "no job times (squeue forgot them)"
+    runs = [(e - s).total_seconds() for s, e in spans]
+    starts = sorted(s for s, _ in spans)
+    ends = sorted(e for _, e in spans)
+    # the k-th job after the first slots' worth starts when the k-th job before it ended
+    slots = max(1, sum(1 for s in starts if s == starts[0]))
+    waits = [(starts[i + slots] - ends[i]).total_seconds() for i in range(len(spans) - slots)]
+    return (
+        f"Slurm's view: job run time median {statistics.median(runs):.1f} s "
+        f"(max {max(runs):.0f} s, 1 s resolution); a freed slot's next job started after "
+        f"median {statistics.median(waits) if waits else 0:.1f} s"
+    )
+
+
 def direct(cluster: SlurmCluster, n: int, seconds: float, out: Path) -> float:
     start = time.monotonic()
     for i in range(n):
@@ -72,7 +104,10 @@ def direct(cluster: SlurmCluster, n: int, seconds: float, out: Path) -> float:
     while active(cluster, "direct-"):
         time.sleep(0.2)
     wall = time.monotonic() - start
-    print(f"direct:   {n} sbatch jobs in {wall:.1f} s (submitting took {submitted:.1f} s)")
+    print(
+        f"direct:   {n} sbatch jobs in {wall:.1f} s (submitting took {submitted:.1f} s; {load()})"
+    )
+    print(f"          {job_times(cluster, 'direct-')}")
     return wall
 
 
@@ -127,8 +162,9 @@ def executor(cluster: SlurmCluster, n: int, seconds: float, root: Path) -> float
         f"executor: {n} tasks in {wall:.1f} s (submitting took {submitted:.1f} s; "
         f"claim to completion per task, median {statistics.median(runs):.1f} s; CPU used: "
         + ", ".join(f"{k} {v:.1f} s" for k, v in used.items())
-        + ")"
+        + f"; {load()})"
     )
+    print(f"          {job_times(cluster, 'cvy-')}")
     return wall
 
 
@@ -148,7 +184,7 @@ def main() -> int:
         print(
             f"one-node cluster, partition debug (CPUs allocated/idle/other/total {cpus}), "
             f"{args.tasks} tasks of `sleep {args.seconds:g}`, one CPU each; "
-            f"{os.cpu_count()} cores on this machine"
+            f"{os.cpu_count()} cores on this machine; {load()}"
         )
         out = root / "direct-output"
         out.mkdir()

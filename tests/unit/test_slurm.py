@@ -6,11 +6,15 @@ here, for both adapters; the rest runs against real Slurm in tests/integration/s
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
 
 from conveyor.models import Lease, Task
+from conveyor.processors import LOAD_KINDS_ENV
 from conveyor.worker.slurm import jobspec, states
 from conveyor.worker.slurm.adapter import JobRequest, expand_hostlist, gpu_count, minutes
 from conveyor.worker.slurm.cli import (
@@ -122,6 +126,29 @@ def test_the_job_gets_no_executor_credential_only_its_own() -> None:
     spec = jobspec.JobSpec.decode(env[jobspec.SPEC_ENV])
     assert spec.credential == "cvt1.x.y" and spec.lease.token == "secret-token"
     assert "secret-token" not in repr(spec) and "cvt1" not in repr(spec)
+
+
+def test_the_job_loads_its_tasks_kind_only() -> None:
+    """A job imports one kind (CONVEYOR_LOAD_KINDS), not every kind's libraries: a
+    container task's job does not import docparse's numpy (a third of a job's start)."""
+    env = _request(_task(kind="container")).environment
+    assert env[LOAD_KINDS_ENV] == "container"
+    code = (
+        "import sys\n"
+        "from conveyor.config import load_settings\n"
+        "from conveyor.processors import installed\n"
+        "load_settings()\n"
+        "print(sorted(installed()), 'numpy' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, LOAD_KINDS_ENV: "container"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert out == ["['container']", "False"], out
 
 
 def test_comments_name_task_attempt_and_executor() -> None:

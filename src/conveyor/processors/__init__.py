@@ -23,6 +23,7 @@ Adding a kind (``tests/integration/test_toy_kind.py`` does all of it):
 from __future__ import annotations
 
 import logging
+import os
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
@@ -33,18 +34,25 @@ from conveyor.processors.base import Processor, ProcessorContext
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "conveyor.processors"
+# a process that runs one kind only loads that kind (a Slurm job: its task's kind, set by
+# the executor), so it does not import every kind's libraries at start
+LOAD_KINDS_ENV = "CONVEYOR_LOAD_KINDS"
 
 
 @cache
 def installed() -> dict[str, type[Processor]]:
-    """The processor classes the installed packages declare, by kind."""
+    """The processor classes the installed packages declare, by kind (only those named
+    in ``CONVEYOR_LOAD_KINDS``, comma-separated, when it is set)."""
+    only = {k.strip() for k in os.environ.get(LOAD_KINDS_ENV, "").split(",") if k.strip()}
     found: dict[str, type[Processor]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if only and ep.name not in only:
+            continue
         try:
             found[ep.name] = ep.load()
         except Exception:  # a broken plug-in must not take the service down
             log.exception("could not load processor %r", ep.name)
-    if "transcode" not in found:  # running from a source tree without metadata
+    if "transcode" not in found and (not only or "transcode" in only):  # no metadata
         from conveyor.processors.transcode import TranscodeProcessor
 
         found["transcode"] = TranscodeProcessor
