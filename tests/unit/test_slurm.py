@@ -95,6 +95,10 @@ def test_no_gpus_no_gres_and_defaults_apply() -> None:
     assert not any(a.startswith(("--partition", "--account", "--qos")) for a in args)
     assert jobspec.time_limit_min(_task(params={}), 6 * 3600) == 360
     assert jobspec.time_limit_min(_task(params={"timeout_s": 30}), 6 * 3600) == 1
+    cfg = jobspec.SlurmConfig()
+    for written, mib in (("512m", 512), ("4g", 4096), ("1.5GiB", 1536), (10**6, 1)):
+        assert jobspec.mem_mb_of(_task(params={"memory": written}), cfg) == mib, written
+    assert jobspec.mem_mb_of(_task(params={"memory": "lots"}), cfg) is None
 
 
 def test_the_job_gets_no_executor_credential_only_its_own() -> None:
@@ -273,3 +277,25 @@ def test_nodes_partitions_hostlists_gpus_and_times() -> None:
     assert gpu_count("gpu:2,gpu:v100:1") == 3 and gpu_count("(null)") == 0
     assert minutes("UNLIMITED") is None and minutes("1-00:00:00") == 1440
     assert minutes("0:30") == 1 and minutes("90") == 90 and minutes("01:00:00") == 60
+
+
+def test_docs_states_table_is_the_executors() -> None:
+    """docs/slurm.md's states table says what ``states.RULES`` does, row for row."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "slurm.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1].startswith("`slurm_"):
+            rows[cells[0].strip("`")] = (cells[1].strip("`"), cells[2], cells[3])
+    want = {
+        state: (rule.code, "yes" if rule.retryable else "no", rule.meaning)
+        for state, rule in states.RULES.items()
+    }
+    want["(gone)"] = (
+        states.UNKNOWN.code,
+        "yes" if states.UNKNOWN.retryable else "no",
+        states.UNKNOWN.meaning,
+    )
+    assert rows == want

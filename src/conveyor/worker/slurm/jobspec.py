@@ -167,10 +167,21 @@ def cpus_of(task: Task, cfg: SlurmConfig) -> int:
     return max(1, cfg.default_cpus)
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
 def mem_mb_of(task: Task, cfg: SlurmConfig) -> int | None:
+    """``params.memory`` in MiB, rounded up: bytes, or a size as tasks write it (``512m``,
+    ``4g``, ``4GiB``; the params keep what the submitter wrote)."""
     value = task.params.get("memory")
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return max(1, math.ceil(value / 1024**2))
+    size: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        size = float(value)
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if size is not None and size > 0:
+        return max(1, math.ceil(size / 1024**2))
     return cfg.default_mem_mb
 
 
