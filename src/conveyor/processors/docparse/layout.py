@@ -147,11 +147,21 @@ def join_words(a: str, b: str) -> str:
     return a + " " + b
 
 
-def chars_to_lines(chars: Iterable[Char]) -> list[Line]:
+# a gap this wide (of the font size) ends a line: a column gutter or a table's cell
+LINE_GAP_EM = 1.5
+# a narrower gap ends a line only where a page's columns meet (see columns_lines)
+TIGHT_GAP_EM = 0.8
+LEADERS = frozenset(".·…_-")
+
+
+def chars_to_lines(
+    chars: Iterable[Char], *, max_gap_em: float = LINE_GAP_EM, gutters: Sequence[float] = ()
+) -> list[Line]:
     """Group characters (in content order) into lines of text.
 
-    A line ends at a line break, a jump in height, a step backwards, or a
-    horizontal gap wide enough to be a column gutter.
+    A line ends at a line break, a jump in height, a step backwards, a
+    horizontal gap wide enough to be a column gutter (``max_gap_em``), or a
+    narrower gap (``TIGHT_GAP_EM``) over one of ``gutters``.
     """
     lines: list[Line] = []
     cur = _Builder()
@@ -178,7 +188,16 @@ def chars_to_lines(chars: Iterable[Char]) -> list[Line]:
             mid_ch, mid_cur = (ch.y0 + ch.y1) / 2, (cur.y0 + cur.y1) / 2
             line_h = max(cur.y1 - cur.y0, ch.y1 - ch.y0, size * 0.5)
             gap = ch.x0 - cur.x1
-            if abs(mid_ch - mid_cur) > 0.6 * line_h or gap < -size or gap > 1.5 * size:
+            if (
+                abs(mid_ch - mid_cur) > 0.6 * line_h
+                or gap < -size
+                or gap > max_gap_em * size
+                or (
+                    gap > TIGHT_GAP_EM * size
+                    and ch.text not in LEADERS  # a column's line, not a contents' leader
+                    and any(cur.x1 < g < ch.x0 for g in gutters)
+                )
+            ):
                 flush()
             elif not pending_space and gap > 0.25 * size:
                 pending_space = True
@@ -190,6 +209,23 @@ def chars_to_lines(chars: Iterable[Char]) -> list[Line]:
         cur.add(ch)
     flush()
     return lines
+
+
+def columns_lines(chars: Sequence[Char], page_w: float) -> list[Line]:
+    """The page's lines, none running across a gutter between its columns.
+
+    Where a page's columns stand close (the IRS sets three 13 pt apart in 9.5 pt
+    type), a line of one column and the line beside it in the next, drawn one
+    after the other, are closer than a gutter's ``LINE_GAP_EM`` and would read as
+    one line across both.  So the gutters are found first among lines cut at
+    every gap of ``TIGHT_GAP_EM`` (where such lines leave them clear), and the
+    lines are then built as usual but cut where a gap lies over one of them."""
+    tight = chars_to_lines(chars, max_gap_em=TIGHT_GAP_EM)
+    gutters: list[float] = []
+    _order_region(
+        sorted(tight, key=lambda ln: (round(ln.y0 / 2), ln.x0)), 0.0, page_w, page_w, 0, [], gutters
+    )
+    return chars_to_lines(chars, gutters=gutters)
 
 
 def size_counts(lines: Sequence[Line]) -> Counter[float]:
@@ -206,16 +242,17 @@ def body_size(lines: Sequence[Line]) -> float:
     return counts.most_common(1)[0][0] if counts else 0.0
 
 
-def find_gutter(lines: Sequence[Line], page_w: float) -> float | None:
-    """The x of a gap between two columns, or None for a one-column page.
+def find_gutter(lines: Sequence[Line], page_w: float, left_x: float = 0.0) -> float | None:
+    """The x of a gap between two columns, or None for a one-column page (or region:
+    the stretch from ``left_x``, ``page_w`` wide).
 
-    A gutter is the widest stretch of the page's middle band crossed by the
+    A gutter is the widest stretch of the region's middle band crossed by the
     fewest lines; it counts if few lines cross it (titles and full-width
     paragraphs may) and at least three lines sit wholly on each side.
     """
     if len(lines) < 6 or page_w <= 0:
         return None
-    lo, hi = int(page_w * 0.25), int(page_w * 0.75)
+    lo, hi = int(left_x + page_w * 0.25), int(left_x + page_w * 0.75)
     cover = [0] * (hi - lo + 1)
     for ln in lines:
         a, b = max(lo, int(ln.x0)), min(hi, int(ln.x1 + 0.999))
@@ -240,33 +277,72 @@ def find_gutter(lines: Sequence[Line], page_w: float) -> float | None:
     return best[2] if best else None
 
 
+# a side of a gutter this wide (of the page) may hold columns of its own: a page of
+# three columns splits into one and two, then the two (a column's key/description
+# pairs, narrower, are not columns)
+SUBCOLUMN_MIN_SHARE = 0.55
+
+
 def reading_order(lines: Sequence[Line], page_w: float) -> list[Line]:
-    """Top to bottom; on a two-column page, left column then right between full-width lines."""
+    """Top to bottom; on a page of columns, column by column between full-width lines.
+
+    A side of a gutter wide enough to hold columns of its own is ordered the same
+    way, so three columns read as three (an IRS booklet, a reference card), not as
+    one and a second read across two."""
     by_y = sorted(lines, key=lambda ln: (round(ln.y0 / 2), ln.x0))
-    gutter = find_gutter(by_y, page_w)
+    out: list[Line] = []
+    _order_region(by_y, 0.0, page_w, page_w, 0, out)
+    return out
+
+
+def _order_region(
+    by_y: list[Line],
+    left_x: float,
+    width: float,
+    page_w: float,
+    column: int,
+    out: list[Line],
+    gutters: list[float] | None = None,
+) -> None:
+    """Append ``by_y`` (sorted top to bottom) in reading order; ``column`` numbers the
+    region, its sides get numbers of their own (paragraphs never join across them).
+    The gutters found go to ``gutters``."""
+    gutter = find_gutter(by_y, width, left_x) if by_y else None
     if gutter is None:
         for ln in by_y:
-            ln.column = 0
-        return by_y
-    out: list[Line] = []
+            ln.column = column
+        out.extend(by_y)
+        return
+    if gutters is not None:
+        gutters.append(gutter)
+    sides = (
+        (left_x, gutter - left_x, column * 3 + 1),
+        (gutter, left_x + width - gutter, column * 3 + 2),
+    )
     left: list[Line] = []
     right: list[Line] = []
+
+    def flush() -> None:
+        for group, (x, w, col) in zip((left, right), sides, strict=True):
+            if w >= SUBCOLUMN_MIN_SHARE * page_w:
+                _order_region(group, x, w, page_w, col, out, gutters)
+            else:
+                for ln in group:
+                    ln.column = col
+                out.extend(group)
+        left.clear()
+        right.clear()
+
     for ln in by_y:
         if ln.x1 <= gutter:
-            ln.column = 1
             left.append(ln)
         elif ln.x0 >= gutter:
-            ln.column = 2
             right.append(ln)
         else:  # spans the gutter: a title or a full-width paragraph ends the band
-            out.extend(left)
-            out.extend(right)
-            left, right = [], []
-            ln.column = 0
+            flush()
+            ln.column = column
             out.append(ln)
-    out.extend(left)
-    out.extend(right)
-    return out
+    flush()
 
 
 # "2.", "3.1", "3.1.2.", "A.", "IV." and a capital: how numbered headings start
@@ -478,6 +554,7 @@ def lines_to_blocks(
     blocks: list[Block] = []
     cur: Block | None = None
     prev: Line | None = None
+    recent: list[tuple[Block, Line]] = []  # the last paragraphs and their last lines
     lines = join_row_numbers(join_displays(lines))
     _mark_spaced(lines)
     for ln in lines:
@@ -495,11 +572,17 @@ def lines_to_blocks(
             and (kind == "text" or len(cur.text) + len(ln.text) < 200)
             and not ENDS_WITH_LEADER.search(prev.text)
         )
+        if not joinable and kind == "text":
+            found = _block_above(ln, recent, prev)
+            if found is not None:
+                cur, prev = found
+                joinable = True
         if joinable and cur is not None:
             cur.text = join_words(cur.text, ln.text)
             cur.lines += 1
             x0, y0, x1, y1 = cur.bbox
             cur.bbox = (min(x0, ln.x0), min(y0, ln.y0), max(x1, ln.x1), max(y1, ln.y1))
+            recent = [(b, ln if b is cur else last) for b, last in recent]
         else:
             cur = Block(
                 type=kind,
@@ -511,8 +594,39 @@ def lines_to_blocks(
                 contents=ln.page_ref or bool(ENDS_WITH_LEADER.search(ln.text)),
             )
             blocks.append(cur)
+            recent = [*recent[1 - LOOKBACK_BLOCKS :], (cur, ln)]
         prev = ln
     return blocks
+
+
+# how many paragraphs back a line may find the one it continues (see _block_above)
+LOOKBACK_BLOCKS = 4
+
+
+def _block_above(
+    ln: Line, recent: list[tuple[Block, Line]], prev: Line | None
+) -> tuple[Block, Line] | None:
+    """The paragraph ``ln`` continues though other lines were read in between: its last
+    line stands right above ``ln`` in the same column, and what was read since lies
+    beside ``ln``, not above it.  A table's header cells of several lines, read row
+    by row where no gutter splits them, are each one paragraph, not a word a line."""
+    for k in range(len(recent) - 1, -1, -1):
+        block, last = recent[k]
+        if last is prev or block.type != "text" or block.contents:
+            continue  # the line just read, or a contents entry: as lines_to_blocks decided
+        if last.column != ln.column or abs(last.size - ln.size) >= 0.6:
+            continue
+        if ENDS_WITH_LEADER.search(last.text):
+            continue
+        if not 0 - 0.5 * ln.size <= ln.y0 - last.y1 <= 0.9 * max(ln.size, last.size):
+            continue
+        narrow = min(ln.x1 - ln.x0, last.x1 - last.x0)
+        if narrow <= 0 or min(ln.x1, last.x1) - max(ln.x0, last.x0) < 0.5 * narrow:
+            continue
+        if any(min(ln.x1, b.bbox[2]) > max(ln.x0, b.bbox[0]) for b, _ in recent[k + 1 :]):
+            continue  # something read since lies between them
+        return block, last
+    return None
 
 
 def inside(x: float, y: float, box: tuple[float, float, float, float], pad: float = 0.0) -> bool:

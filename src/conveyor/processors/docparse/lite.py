@@ -31,7 +31,7 @@ from conveyor.processors.docparse.inputs import DocInfo, PrepareJob, prepare
 from conveyor.processors.docparse.layout import (
     Line,
     body_size,
-    chars_to_lines,
+    columns_lines,
     inside,
     join_words,
     lines_to_blocks,
@@ -248,7 +248,7 @@ def _text_blocks(
                 img_path=save_region(page, content.to_shown(found.bbox), images_dir, cap) or "",
             )
         )
-    lines = chars_to_lines(free)
+    lines = columns_lines(free, content.width)
     sizes = size_counts(lines)
     body = sizes.most_common(1)[0][0] if sizes else 0.0
     blocks = lines_to_blocks(reading_order(lines, content.width), body)
