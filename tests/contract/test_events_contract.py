@@ -4,9 +4,10 @@ an event; the dispatcher delivers every event at least once, in order per task.
 
 The engines are ``conftest.BACKEND_ENGINES``' that keep events (SQLite, PostgreSQL;
 not the remote one, whose store half is the API's engine, nor yet DynamoDB), filtered by
-``CONVEYOR_TEST_ENGINES`` like the other suites; caller data on tasks runs on all.  Faults are real: a trigger that makes the outbox insert fail inside the
-engine's own transaction, a receiver that answers 500, a dispatcher that claims
-deliveries and dies.
+``CONVEYOR_TEST_ENGINES`` like the other suites; caller data on tasks runs on all.
+
+Faults are real: a trigger that makes the outbox insert fail inside the engine's own
+transaction, a receiver that answers 500, a dispatcher that claims deliveries and dies.
 """
 
 from __future__ import annotations

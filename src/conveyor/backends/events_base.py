@@ -9,9 +9,11 @@ what the dispatcher does with them:
   (``seq``) in the order they became visible; ``events_after(seq)`` pages the stream
   and never skips an event another transaction commits late.
 * ``unfanned`` / ``fan_out``: sequenced events the dispatcher has not yet turned into
-  deliveries; ``fan_out`` inserts the deliveries and marks the events in one
-  transaction, idempotently (one delivery per event and endpoint), so a crash
-  between the two neither loses an event nor sends it twice to one endpoint.
+  deliveries (those after its cursor); ``fan_out`` inserts the deliveries and moves the
+  cursor in one transaction, idempotently (one delivery per event and endpoint), so a
+  crash between the two neither loses an event nor sends it twice to one endpoint.
+  The cursor is a ``seq``: events are written with no index but their key, so that
+  the state change that writes one pays as little as can be.
 * ``claim_deliveries`` leases the deliveries that are due, at most one per endpoint
   and task (the oldest one not yet delivered or given up), so that one task's events
   reach an endpoint in order; a lease that expires (a dispatcher died mid-POST) makes
@@ -24,15 +26,30 @@ The contract suite ``tests/contract/test_events_contract.py`` pins these on ever
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conveyor.events.model import Delivery, DeliveryPage, DeliveryState, Endpoint, Event
 
 if TYPE_CHECKING:
     from conveyor.backends.base import Backend
 
-__all__ = ["EventStore", "open_event_store"]
+__all__ = ["Attempt", "EventStore", "open_event_store"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of one delivery, as the dispatcher records it."""
+
+    delivery_id: str
+    state: DeliveryState
+    at: datetime
+    next_at: datetime | None
+    status: int | None
+    error: str | None
+    latency_ms: float | None
+    body: str | None
 
 
 class EventStore(ABC):
@@ -60,7 +77,7 @@ class EventStore(ABC):
         """The newest sequenced event's ``seq`` (0: none)."""
 
     @abstractmethod
-    def get_event(self, event_id: str) -> Event | None: ...
+    def events_by_seq(self, seqs: list[int]) -> dict[int, Event]: ...
 
     # -- fan-out ---------------------------------------------------------------------
     @abstractmethod
@@ -69,8 +86,8 @@ class EventStore(ABC):
 
     @abstractmethod
     def fan_out(self, events: list[Event], deliveries: list[Delivery]) -> None:
-        """Store ``deliveries`` (one per event and endpoint: a repeat is ignored) and mark
-        ``events`` fanned out, in one transaction."""
+        """Store ``deliveries`` (one per event and endpoint: a repeat is ignored) and move
+        the cursor past ``events``, in one transaction."""
 
     # -- endpoints -------------------------------------------------------------------
     @abstractmethod
@@ -93,19 +110,12 @@ class EventStore(ABC):
         """Lease up to ``limit`` due deliveries (see the module docs) until ``now + lease_s``."""
 
     @abstractmethod
-    def record_attempt(
-        self,
-        delivery_id: str,
-        *,
-        state: DeliveryState,
-        at: datetime,
-        next_at: datetime | None,
-        status: int | None,
-        error: str | None,
-        latency_ms: float | None,
-        body: str | None,
-    ) -> None:
-        """One more try of a delivery: its outcome and, while pending, its next try."""
+    def record_attempts(self, attempts: list[Attempt]) -> None:
+        """One more try of each delivery: its outcome and, while pending, its next try
+        (one transaction)."""
+
+    def record_attempt(self, delivery_id: str, **outcome: Any) -> None:
+        self.record_attempts([Attempt(delivery_id=delivery_id, **outcome)])
 
     @abstractmethod
     def get_delivery(self, delivery_id: str) -> Delivery | None: ...

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from conveyor.backends.events_base import EventStore
+from conveyor.backends.events_base import Attempt, EventStore
 from conveyor.backends.sql_auth import AuthCursor
 from conveyor.events.model import (
     Delivery,
@@ -37,13 +37,18 @@ class SQLEventStore(EventStore):
     """Shared logic; subclasses give a cursor, the placeholder and the conversions."""
 
     ph = "?"
-    unfanned_where = "NOT fanned AND seq IS NOT NULL"
-    fanned_where = "fanned"
+    greatest = "greatest"  # SQLite: max (two arguments)
 
     @contextmanager
     def _tx(self) -> Iterator[AuthCursor]:  # pragma: no cover - overridden
         raise NotImplementedError
         yield
+
+    @contextmanager
+    def _read(self) -> Iterator[AuthCursor]:
+        """Reads: no write lock (SQLite overrides it with a plain read)."""
+        with self._tx() as cur:
+            yield cur
 
     def _t(self, dt: datetime | None) -> Any:
         return dt
@@ -137,28 +142,33 @@ class SQLEventStore(EventStore):
             args.append(task_id)
         args.append(max(1, min(int(limit), 1000)))
         sql = f"SELECT {ECOLS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
-        with self._tx() as cur:
+        with self._read() as cur:
             cur.execute(self._q(sql), args)
             return [self._event(r) for r in cur.fetchall()]
 
     def last_seq(self) -> int:
-        with self._tx() as cur:
+        with self._read() as cur:
             cur.execute("SELECT max(seq) FROM events")
             row = cur.fetchone()
         return int(row[0] or 0) if row else 0
 
-    def get_event(self, event_id: str) -> Event | None:
-        with self._tx() as cur:
-            cur.execute(self._q(f"SELECT {ECOLS} FROM events WHERE id = ?"), (event_id,))
-            row = cur.fetchone()
-        return None if row is None else self._event(row)
+    def events_by_seq(self, seqs: list[int]) -> dict[int, Event]:
+        if not seqs:
+            return {}
+        wanted = sorted(set(seqs))
+        marks = ", ".join("?" * len(wanted))
+        with self._read() as cur:
+            cur.execute(self._q(f"SELECT {ECOLS} FROM events WHERE seq IN ({marks})"), wanted)
+            return {e.seq: e for e in (self._event(r) for r in cur.fetchall())}
 
     # -- fan-out ---------------------------------------------------------------------
+    _CURSOR = "(SELECT coalesce(max(seq), 0) FROM events_cursor WHERE name = 'fanout')"
+
     def unfanned(self, limit: int = 500) -> list[Event]:
-        with self._tx() as cur:
+        with self._read() as cur:
             cur.execute(
                 self._q(
-                    f"SELECT {ECOLS} FROM events WHERE {self.unfanned_where} ORDER BY seq LIMIT ?"
+                    f"SELECT {ECOLS} FROM events WHERE seq > {self._CURSOR} ORDER BY seq LIMIT ?"
                 ),
                 (max(1, int(limit)),),
             )
@@ -177,12 +187,12 @@ class SQLEventStore(EventStore):
                     ),
                     self._delivery_values(d),
                 )
-            ids = [e.id for e in events]
             cur.execute(
                 self._q(
-                    f"UPDATE events SET fanned = TRUE WHERE id IN ({', '.join('?' * len(ids))})"
+                    "INSERT INTO events_cursor (name, seq) VALUES ('fanout', ?) ON CONFLICT (name) "
+                    f"DO UPDATE SET seq = {self.greatest}(events_cursor.seq, excluded.seq)"
                 ),
-                ids,
+                (max(e.seq for e in events),),
             )
 
     def _delivery_values(self, d: Delivery) -> tuple[Any, ...]:
@@ -223,7 +233,7 @@ class SQLEventStore(EventStore):
             )
 
     def get_endpoint(self, endpoint_id: str) -> Endpoint | None:
-        with self._tx() as cur:
+        with self._read() as cur:
             cur.execute(
                 self._q(f"SELECT {PCOLS} FROM webhook_endpoints WHERE id = ?"), (endpoint_id,)
             )
@@ -236,7 +246,7 @@ class SQLEventStore(EventStore):
         if task_ids:
             sql += f" OR task_id IN ({', '.join('?' * len(task_ids))})"
             args.extend(task_ids)
-        with self._tx() as cur:
+        with self._read() as cur:
             cur.execute(self._q(sql + " ORDER BY created_at, id"), args)
             return [self._endpoint(r) for r in cur.fetchall()]
 
@@ -280,39 +290,31 @@ class SQLEventStore(EventStore):
             claimed = [self._delivery(r) for r in cur.fetchall()]
         return sorted(claimed, key=lambda d: d.event_seq)
 
-    def record_attempt(
-        self,
-        delivery_id: str,
-        *,
-        state: DeliveryState,
-        at: datetime,
-        next_at: datetime | None,
-        status: int | None,
-        error: str | None,
-        latency_ms: float | None,
-        body: str | None,
-    ) -> None:
+    def record_attempts(self, attempts: list[Attempt]) -> None:
+        if not attempts:
+            return
         with self._tx() as cur:
-            cur.execute(
-                self._q(
-                    "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, "
-                    "last_at = ?, next_at = ?, last_status = ?, last_error = ?, "
-                    "last_latency_ms = ?, last_body = ? WHERE id = ?"
-                ),
-                (
-                    state.value,
-                    self._t(at),
-                    self._t(next_at),
-                    status,
-                    error,
-                    latency_ms,
-                    body,
-                    delivery_id,
-                ),
-            )
+            for a in attempts:
+                cur.execute(
+                    self._q(
+                        "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, "
+                        "last_at = ?, next_at = ?, last_status = ?, last_error = ?, "
+                        "last_latency_ms = ?, last_body = ? WHERE id = ?"
+                    ),
+                    (
+                        a.state.value,
+                        self._t(a.at),
+                        self._t(a.next_at),
+                        a.status,
+                        a.error,
+                        a.latency_ms,
+                        a.body,
+                        a.delivery_id,
+                    ),
+                )
 
     def get_delivery(self, delivery_id: str) -> Delivery | None:
-        with self._tx() as cur:
+        with self._read() as cur:
             cur.execute(
                 self._q(f"SELECT {DCOLS} FROM webhook_deliveries WHERE id = ?"), (delivery_id,)
             )
@@ -347,7 +349,7 @@ class SQLEventStore(EventStore):
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {order} LIMIT ?"
         args.append(limit + 1)
-        with self._tx() as cur:
+        with self._read() as cur:
             cur.execute(self._q(sql), args)
             rows = [self._delivery(r) for r in cur.fetchall()]
         next_cursor = None
@@ -380,8 +382,9 @@ class SQLEventStore(EventStore):
             n = int(cur.rowcount or 0)
             cur.execute(
                 self._q(
-                    f"DELETE FROM events WHERE {self.fanned_where} AND at < ? AND NOT EXISTS "
-                    "(SELECT 1 FROM webhook_deliveries d WHERE d.event_id = events.id)"
+                    f"DELETE FROM events WHERE seq <= {self._CURSOR} AND at < ? AND NOT EXISTS "
+                    "(SELECT 1 FROM webhook_deliveries d WHERE d.state = 'pending' "
+                    "AND d.event_seq = events.seq)"
                 ),
                 (t,),
             )

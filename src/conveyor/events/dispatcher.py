@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from conveyor.backends.events_base import EventStore
+from conveyor.backends.events_base import Attempt, EventStore
 from conveyor.events import signing
 from conveyor.events.model import Delivery, DeliveryState, Endpoint, Event, new_delivery_id
 from conveyor.events.policy import AddressPolicy, Target, WebhookRefused
@@ -43,7 +43,6 @@ from conveyor.events.settings import EventSettings
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024  # bytes of a receiver's answer kept in the delivery log
-LEASE_S = 60.0  # a claimed delivery is due again after this long (timeout is at most 60 s)
 
 
 def body_of(event: Event) -> bytes:
@@ -122,9 +121,11 @@ class Dispatcher:
         self.store.sequence()
         done = self.fan_out()
         now = datetime.now(UTC)
-        claimed = self.store.claim_deliveries(now, LEASE_S, self.settings.concurrency * 4)
+        # a claimed delivery is due again after twice the timeout: its dispatcher died
+        lease_s = 2 * self.settings.timeout_s + 5
+        claimed = self.store.claim_deliveries(now, lease_s, self.settings.concurrency * 4)
         if claimed:
-            list(self._pool.map(self.deliver, claimed))
+            self.deliver(claimed)
         if time.monotonic() - self._last_prune > 3600:
             self._last_prune = time.monotonic()
             self.store.prune(now - timedelta(days=self.settings.retention_days))
@@ -157,58 +158,48 @@ class Dispatcher:
             self.store.fan_out(events, deliveries)
             total += len(events)
 
-    # -- one delivery ----------------------------------------------------------------
-    def deliver(self, delivery: Delivery) -> DeliveryState:
-        endpoint = self.store.get_endpoint(delivery.endpoint_id)
-        event = self.store.get_event(delivery.event_id)
+    # -- deliveries ------------------------------------------------------------------
+    def deliver(self, claimed: list[Delivery]) -> list[Attempt]:
+        """POST claimed deliveries (a few at a time) and record every try in one go."""
+        events = self.store.events_by_seq([d.event_seq for d in claimed])
+        endpoints = {i: self.store.get_endpoint(i) for i in {d.endpoint_id for d in claimed}}
+        attempts = list(
+            self._pool.map(
+                lambda d: self._try(d, endpoints.get(d.endpoint_id), events.get(d.event_seq)),
+                claimed,
+            )
+        )
+        self.store.record_attempts(attempts)
+        if any(a.state != DeliveryState.PENDING for a in attempts):
+            self._wake.set()  # a task's next event to that endpoint may go now
+        return attempts
+
+    def _try(self, delivery: Delivery, endpoint: Endpoint | None, event: Event | None) -> Attempt:
         now = datetime.now(UTC)
         if endpoint is None or event is None:
             gone = "endpoint deleted" if endpoint is None else "event no longer kept"
-            self.store.record_attempt(
-                delivery.id,
-                state=DeliveryState.FAILED,
-                at=now,
-                next_at=None,
-                status=None,
-                error=gone,
-                latency_ms=None,
-                body=None,
-            )
-            return DeliveryState.FAILED
+            return Attempt(delivery.id, DeliveryState.FAILED, now, None, None, gone, None, None)
         status, error, latency_ms, answer = self.post(endpoint, event)
-        ok = status is not None and 200 <= status < 300
         at = datetime.now(UTC)
-        tries = delivery.attempts + 1
-        next_at: datetime | None = None
-        if ok:
-            state = DeliveryState.DELIVERED
-        else:
-            next_at = at + timedelta(seconds=backoff_s(self.settings, tries))
-            if next_at > event.at + timedelta(seconds=self.settings.max_age_s):
-                state, next_at = DeliveryState.FAILED, None
-            else:
-                state = DeliveryState.PENDING
-            log.info(
-                "webhook delivery %s of %s to endpoint %s: %s (try %d)",
-                delivery.id,
-                event.id,
-                endpoint.id,
-                error or f"HTTP {status}",
-                tries,
+        if status is not None and 200 <= status < 300:
+            return Attempt(
+                delivery.id, DeliveryState.DELIVERED, at, None, status, None, latency_ms, answer
             )
-        self.store.record_attempt(
+        tries = delivery.attempts + 1
+        next_at: datetime | None = at + timedelta(seconds=backoff_s(self.settings, tries))
+        state = DeliveryState.PENDING
+        assert next_at is not None
+        if next_at > event.at + timedelta(seconds=self.settings.max_age_s):
+            state, next_at = DeliveryState.FAILED, None
+        log.info(
+            "webhook delivery %s of %s to endpoint %s: %s (try %d)",
             delivery.id,
-            state=state,
-            at=at,
-            next_at=next_at,
-            status=status,
-            error=error,
-            latency_ms=latency_ms,
-            body=answer,
+            event.id,
+            endpoint.id,
+            error or f"HTTP {status}",
+            tries,
         )
-        if state != DeliveryState.PENDING:
-            self._wake.set()  # the task's next event to this endpoint may go now
-        return state
+        return Attempt(delivery.id, state, at, next_at, status, error, latency_ms, answer)
 
     def post(
         self, endpoint: Endpoint, event: Event

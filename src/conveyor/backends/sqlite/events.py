@@ -20,8 +20,7 @@ from conveyor.backends.sql_events import SQLEventStore
 
 
 class SQLiteEventStore(SQLEventStore):
-    unfanned_where = "fanned = 0"
-    fanned_where = "fanned = 1"
+    greatest = "max"
 
     def __init__(self, path: Path | str) -> None:
         self._lock = threading.Lock()
@@ -42,6 +41,12 @@ class SQLiteEventStore(SQLEventStore):
                 cur.execute("ROLLBACK")
                 raise
             cur.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[AuthCursor]:
+        """A plain read (each statement sees one snapshot): no wait on the write lock."""
+        with self._lock:
+            yield self._conn.cursor()
 
     def _t(self, dt: datetime | None) -> Any:
         return None if dt is None else dt.timestamp()

@@ -8,8 +8,9 @@
 --   change and its event commit together or not at all.  n is the order rows were
 --   written; seq, the stream's position, is given later by one sequencer at a time
 --   (under an advisory lock, in n order), so that seq order is the order rows
---   became visible and a reader of "seq > since" never skips a row committed late;
---   fanned is set once the dispatcher made the event's deliveries;
+--   became visible and a reader of "seq > since" never skips a row committed late.
+--   Its only index on the write path is the partial one of rows not numbered yet;
+-- * events_cursor: how far the dispatcher has made deliveries (the 'fanout' row);
 -- * webhook_endpoints: subscriptions (task_id NULL) and one task's own webhooks;
 -- * webhook_deliveries: one event to one endpoint, with its last try (the log).
 --
@@ -23,21 +24,20 @@ CREATE INDEX tasks_external ON tasks (external_id, created_at DESC, id DESC)
 
 CREATE TABLE events (
     n            bigserial PRIMARY KEY,
-    id           text COLLATE "C" NOT NULL UNIQUE,
-    seq          bigint UNIQUE,
+    id           text COLLATE "C" NOT NULL,
+    seq          bigint,
     type         text NOT NULL,
     task_id      text COLLATE "C" NOT NULL,
     kind         text NOT NULL,
     status       text NOT NULL,
     submitted_by text,
     at           timestamptz NOT NULL,
-    data         jsonb NOT NULL,
-    fanned       boolean NOT NULL DEFAULT false
+    data         jsonb NOT NULL
 );
 CREATE INDEX events_unsequenced ON events (n) WHERE seq IS NULL;
-CREATE INDEX events_unfanned ON events (seq) WHERE NOT fanned AND seq IS NOT NULL;
-CREATE INDEX events_task ON events (task_id, n);
-CREATE INDEX events_at ON events (at);
+CREATE UNIQUE INDEX events_seq ON events (seq) WHERE seq IS NOT NULL;
+
+CREATE TABLE events_cursor (name text PRIMARY KEY, seq bigint NOT NULL);
 
 CREATE TABLE webhook_endpoints (
     id          text COLLATE "C" PRIMARY KEY,

@@ -6,8 +6,9 @@
 -- * events: the outbox.  Triggers on tasks write one row per state change in the
 --   transaction that makes the change, whichever statement makes it, so a state
 --   change and its event commit together or not at all.  seq (AUTOINCREMENT: one
---   writer at a time, so seq order is commit order) is the stream's position;
---   fanned is set once the dispatcher made the event's deliveries;
+--   writer at a time, so seq order is commit order; never reused after a prune) is
+--   the stream's position and the table's only key: a state change pays one row;
+-- * events_cursor: how far the dispatcher has made deliveries (the 'fanout' row);
 -- * webhook_endpoints: subscriptions (task_id NULL) and one task's own webhooks;
 -- * webhook_deliveries: one event to one endpoint, with its last try (the log).
 --
@@ -25,19 +26,17 @@ CREATE INDEX IF NOT EXISTS tasks_external ON tasks (external_id, created_at DESC
 
 CREATE TABLE IF NOT EXISTS events (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    id           TEXT NOT NULL UNIQUE,
+    id           TEXT NOT NULL,
     type         TEXT NOT NULL,
     task_id      TEXT NOT NULL,
     kind         TEXT NOT NULL,
     status       TEXT NOT NULL,
     submitted_by TEXT,
     at           REAL NOT NULL,
-    data         TEXT NOT NULL,
-    fanned       INTEGER NOT NULL DEFAULT 0
+    data         TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_unfanned ON events (seq) WHERE fanned = 0;
-CREATE INDEX IF NOT EXISTS events_task ON events (task_id, seq);
-CREATE INDEX IF NOT EXISTS events_at ON events (at);
+
+CREATE TABLE IF NOT EXISTS events_cursor (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 
 CREATE TABLE IF NOT EXISTS webhook_endpoints (
     id          TEXT PRIMARY KEY,

@@ -1,0 +1,244 @@
+"""Events out (issue 19, show-point 4): what the outbox costs the queue, and how soon an
+event reaches a receiver.
+
+    python bench/events.py [--tasks 2000] [--workers 2] [--rounds 3] [--rate 100]
+                           [--engines sqlite,postgresql] [--pg-url postgresql://...]
+
+For each engine (SQLite on a fresh temporary file; PostgreSQL on a fresh database of
+``--pg-url`` / ``CONVEYOR_BENCH_PG_URL``, else a throwaway local cluster, as
+bench/queue_throughput.py):
+
+* drain rate, outbox on vs off: ``--tasks`` no-op tasks submitted, then ``--workers``
+  threads loop ``claim()`` + ``complete()`` until the queue is empty.  "Off" is the
+  same database with the outbox triggers dropped (what the queue did before events);
+  "on" writes queued / started / completed rows in the same transactions.  Rounds
+  alternate off and on; the medians are compared (goal: on is at most 10 % slower).
+* delivery latency: outbox on, a dispatcher (``conveyor.events.dispatcher``) and a
+  subscription to a receiver on 127.0.0.1; a producer submits ``--tasks`` tasks at
+  ``--rate`` per second while the workers complete them; latency = the receiver's
+  clock when a POST arrives minus the event's timestamp (the state change's time, set
+  in its transaction), over every event (3 per task); p50 / p95 / max.
+
+The machine's load (``uptime``) is printed with the figures: the runs are noisy on a
+shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.queue_throughput import PgServer, percentile, sqlite_store
+from tests.webhook_receiver import Receiver
+
+from conveyor.backends.base import Backend
+from conveyor.backends.events_base import open_event_store
+from conveyor.events import signing
+from conveyor.events.dispatcher import Dispatcher
+from conveyor.events.model import Endpoint, new_endpoint_id
+from conveyor.events.settings import EventSettings
+from conveyor.models import Task
+
+KIND = "noop"
+LEASE_S = 300.0
+
+
+def outbox_off(backend: Backend) -> None:
+    """Drop the outbox triggers: the queue as it was before events."""
+    from conveyor.backends.postgres import PostgresBackend
+    from conveyor.backends.sqlite import SQLiteBackend
+
+    if isinstance(backend, SQLiteBackend):
+        import sqlite3
+
+        conn = sqlite3.connect(backend.path, isolation_level=None)
+        conn.execute("DROP TRIGGER tasks_event_insert")
+        conn.execute("DROP TRIGGER tasks_event_update")
+        conn.close()
+    elif isinstance(backend, PostgresBackend):
+        import psycopg
+
+        with psycopg.connect(backend.conninfo, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER tasks_event_insert ON tasks")
+            conn.execute("DROP TRIGGER tasks_event_update ON tasks")
+
+
+def drain(backend: Backend, n: int, workers: int) -> float:
+    for i in range(0, n, 500):
+        backend.submit_many([Task(kind=KIND) for _ in range(min(500, n - i))])
+    done = [0] * workers
+    barrier = threading.Barrier(workers + 1)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        while claimed := backend.claim(f"w{i}", [KIND], 1, LEASE_S):
+            for c in claimed:
+                backend.complete(c.lease, [])
+            done[i] += len(claimed)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if sum(done) != n:
+        raise SystemExit(f"drain: expected {n} tasks, workers completed {sum(done)}")
+    return n / elapsed
+
+
+def latency(backend: Backend, n: int, workers: int, rate: float) -> dict[str, Any]:
+    receiver = Receiver().start()
+    store = open_event_store(backend)
+    settings = EventSettings(allow_cidrs="127.0.0.1/32", poll_s=0.05, concurrency=16)
+    endpoint = Endpoint(
+        id=new_endpoint_id(),
+        url=receiver.url,
+        secret=signing.new_secret(),
+        created_at=datetime.now().astimezone(),
+    )
+    store.add_endpoint(endpoint)
+    dispatcher = Dispatcher(store, settings)
+    dispatcher.start()
+    stop = threading.Event()
+
+    def worker(i: int) -> None:
+        while not stop.is_set():
+            claimed = backend.claim(f"w{i}", [KIND], 1, LEASE_S)
+            if not claimed:
+                backend.wait_for_work(0.05)
+                continue
+            for c in claimed:
+                backend.complete(c.lease, [])
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(workers)]
+    for t in threads:
+        t.start()
+    start = time.perf_counter()
+    for i in range(n):
+        due = start + i / rate
+        pause = due - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        backend.submit(Task(kind=KIND))
+    submitted = time.perf_counter() - start
+    deadline = time.monotonic() + 120
+    while len(receiver.taken()) < 3 * n:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"latency: {len(receiver.taken())} of {3 * n} events received")
+        time.sleep(0.05)
+    total = time.perf_counter() - start
+    stop.set()
+    for t in threads:
+        t.join()
+    dispatcher.stop()
+    store.close()
+    receiver.stop()
+    lat: list[float] = []
+    by_type: dict[str, list[float]] = {}
+    for r in receiver.taken():
+        body = json.loads(r.body)
+        at = datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00")).timestamp()
+        ms = (r.at - at) * 1000
+        lat.append(ms)
+        by_type.setdefault(body["type"], []).append(ms)
+    return {
+        "events": len(lat),
+        "submitted_s": submitted,
+        "total_s": total,
+        "p50": percentile(lat, 50),
+        "p95": percentile(lat, 95),
+        "max": max(lat),
+        "by_type": {k: (percentile(v, 50), percentile(v, 95)) for k, v in by_type.items()},
+    }
+
+
+@contextmanager
+def engines(names: list[str], pg_url: str | None) -> Iterator[list[tuple[str, Any]]]:
+    out: list[tuple[str, Any]] = []
+    pg: PgServer | None = None
+    for name in names:
+        if name == "sqlite":
+            out.append(("sqlite (WAL, one file)", sqlite_store))
+        elif name in ("postgres", "postgresql"):
+            pg = PgServer(pg_url)
+            out.append((pg.describe(), pg.database))
+        else:
+            raise SystemExit(f"unknown engine {name}")
+    try:
+        yield out
+    finally:
+        if pg is not None and pg.local:
+            pg.stop()
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=100.0, help="tasks/s for the latency run")
+    ap.add_argument("--engines", default="sqlite,postgresql")
+    ap.add_argument("--pg-url", default=os.environ.get("CONVEYOR_BENCH_PG_URL"))
+    ap.add_argument("--skip-latency", action="store_true")
+    args = ap.parse_args(argv)
+    print(
+        f"bench/events.py: {args.tasks} tasks, {args.workers} worker threads, {args.rounds} rounds"
+    )
+    print(f"load before: {uptime()}")
+    with engines(args.engines.split(","), args.pg_url) as chosen:
+        for label, database in chosen:
+            print(f"\n== {label}")
+            rates: dict[str, list[float]] = {"off": [], "on": []}
+            for r in range(args.rounds):
+                for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                    with database() as opener:
+                        backend: Backend = opener()
+                        if mode == "off":
+                            outbox_off(backend)
+                        rate = drain(backend, args.tasks, args.workers)
+                        rates[mode].append(rate)
+                        print(f"  round {r + 1} outbox {mode:<3}: drain {rate:8.0f} tasks/s")
+            off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+            slower = (off - on) / off * 100
+            print(
+                f"  drain median: outbox off {off:.0f} tasks/s, on {on:.0f} tasks/s: "
+                f"on/off = {on / off:.3f} ({slower:+.1f} % slower; goal <= 10 %)"
+            )
+            if args.skip_latency:
+                continue
+            with database() as opener:
+                res = latency(opener(), args.tasks, args.workers, args.rate)
+            print(
+                f"  delivery latency over {res['events']} events ({args.tasks} tasks at "
+                f"{args.rate:g}/s, submitted in {res['submitted_s']:.1f} s, all received "
+                f"{res['total_s']:.1f} s after the first): p50 {res['p50']:.1f} ms, "
+                f"p95 {res['p95']:.1f} ms, max {res['max']:.1f} ms"
+            )
+            for kind, (p50, p95) in sorted(res["by_type"].items()):
+                print(f"    {kind:<9} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms")
+    print(f"\nload after: {uptime()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
