@@ -187,6 +187,31 @@ def test_webhooks_deliver_signed_and_redeliver(
         assert r.status_code == 200, r.text
         wait_for(lambda: len(receiver.taken()) == 6)
         assert receiver.taken()[-1].headers["webhook-id"] == d["event_id"]
+        # the console: the task's deliveries on its page, the endpoint's log, both languages
+        words = {
+            "en-US,en;q=0.9": ("Webhook deliveries", "delivered", "Delivery log", "Redeliver"),
+            "zh-CN,zh;q=0.9": ("Webhook 投递", "已送达", "投递记录", "重新投递"),
+        }
+        for lang, (title, state, log_title, button) in words.items():
+            h = {"accept-language": lang}
+            page = api.get(f"/admin/tasks/{task_id}", headers=h)
+            assert page.status_code == 200 and title in page.text and state in page.text, lang
+            assert page.text.count('data-delivery="') == 2
+            assert receiver.url in page.text
+            hooks = api.get("/admin/webhooks", headers=h)
+            assert hooks.status_code == 200 and sub["id"] in hooks.text
+            assert sub["secret"] not in hooks.text
+            log_page = api.get(f"/admin/webhooks/{sub['id']}", headers=h)
+            assert log_page.status_code == 200 and log_title in log_page.text
+            assert log_page.text.count('data-delivery="') == 3 and button in log_page.text
+        r = api.post(
+            f"/admin/webhooks/{sub['id']}/deliveries/{d['id']}/redeliver",
+            data={},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303, r.text
+        wait_for(lambda: len(receiver.taken()) == 7)
+        assert receiver.taken()[-1].headers["webhook-id"] == d["event_id"]
         r = api.post(f"/api/webhooks/{sub['id']}/deliveries/dlv_nope/redeliver")
         assert r.status_code == 404 and r.json()["error"]["code"] == "delivery_not_found"
         assert api.delete(f"/api/webhooks/{sub['id']}").status_code == 200

@@ -31,6 +31,7 @@ def mount_console(app: FastAPI) -> None:
     from .routes import router
     from .routes_auth import router as auth_router
     from .routes_cluster import router as cluster_router
+    from .routes_webhooks import router as webhooks_router
 
     for _, processor in app.state.service.registry.items():
         add_labels(processor.labels)
@@ -38,6 +39,7 @@ def mount_console(app: FastAPI) -> None:
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
     app.include_router(auth_router)  # login, logout, audit: before the catch-all 404
     app.include_router(cluster_router)  # the Slurm cluster page
+    app.include_router(webhooks_router)  # webhooks and their delivery logs
     app.include_router(router)
 
 

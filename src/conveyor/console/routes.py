@@ -52,6 +52,7 @@ from .helpers import (
 )
 from .i18n import COOKIE, LANGS
 from .render import PREFIX, context, is_htmx, query, request_lang, short_id
+from .routes_webhooks import task_deliveries
 
 PAGE_SIZES = (20, 50, 100, 200)
 TRAIL_MAX = 100
@@ -286,6 +287,7 @@ async def task_page(
         service.explain, await call(service.get, task_id, owner_filter(principal))
     )
     logs = await call(views.task_log, service, task_id)
+    deliveries = await call(task_deliveries, service, task_id)
     lines = logs["lines"]
     sse = live.stream_url(
         "task",
@@ -295,7 +297,14 @@ async def task_page(
         fp=views.fingerprint(task),
     )
     return await page(
-        request, "task.html", section="tasks", sse_url=sse, task=task, wait=wait, **logs
+        request,
+        "task.html",
+        section="tasks",
+        sse_url=sse,
+        task=task,
+        wait=wait,
+        deliveries=deliveries,
+        **logs,
     )
 
 
