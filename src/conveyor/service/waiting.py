@@ -20,11 +20,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from conveyor.models import Task, TaskStatus, WorkerInfo
+from conveyor.models import SCHEDULER_PHASE, Task, TaskStatus, WorkerInfo
 
 MAX_DETAIL = 300  # a worker's reason is shown, not stored: keep it to a line
-# the progress phase of an attempt queued in an external scheduler (a pending Slurm job)
-SCHEDULER_PHASE = "scheduler"
 
 
 @dataclass(frozen=True)

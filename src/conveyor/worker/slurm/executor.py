@@ -46,12 +46,11 @@ from pathlib import Path
 from typing import Any
 
 from conveyor import __version__, outputs
-from conveyor.backends import WorkerQueue
+from conveyor.backends.base import WorkerQueue
 from conveyor.errors import LeaseLost, RemoteUnavailable, WorkerCredentialRejected
 from conveyor.logs import current_attempt, current_task, current_worker
-from conveyor.models import Lease, Progress, Task, WorkerInfo, utcnow
+from conveyor.models import SCHEDULER_PHASE, Lease, Progress, Task, WorkerInfo, utcnow
 from conveyor.remote.connection import ApiConnection
-from conveyor.service.waiting import SCHEDULER_PHASE
 
 from . import jobspec, states
 from .adapter import SlurmAdapter, SlurmError, SlurmJob
