@@ -98,6 +98,9 @@ class PageJob:
     ocr: str  # auto | force | off
     langs: tuple[str, ...]
     limits: DocLimits = field(default_factory=DocLimits)
+    # tesseract processes this page may run at once: more than one when cores would
+    # otherwise stand idle (the last page of a document, a document of one page)
+    ocr_parts: int = 1
 
 
 # -- inside a page process --------------------------------------------------------------
@@ -282,13 +285,17 @@ def _ocr_blocks(
     gray = render_gray(page, dpi)
     pixels[0] += gray.size
     flat = Image.fromarray(flatten_paper(gray))
-    words = reread_latin_lines(flat, tesseract_words(flat, job.langs, dpi), job.langs, dpi)
+    words = reread_latin_lines(
+        flat, tesseract_words(flat, job.langs, dpi, job.ocr_parts), job.langs, dpi
+    )
     turn = 0
     if looks_turned(words):  # is the page lying on its side?
         turn = tesseract_rotation(flat, dpi)
         if turn:
             upright = np.ascontiguousarray(np.rot90(gray, k=-turn // 90))
-            again = tesseract_words(Image.fromarray(flatten_paper(upright)), job.langs, dpi)
+            again = tesseract_words(
+                Image.fromarray(flatten_paper(upright)), job.langs, dpi, job.ocr_parts
+            )
             # keep it if it reads as upright text at least as surely as the page needs
             bar = min(mean_confidence(words), TURNED_BELOW_CONF)
             if standing_share(again) <= 0.5 and mean_confidence(again) >= bar:
@@ -428,6 +435,7 @@ def _paragraph_sizes(lines: list[Line]) -> list[Line]:
 
 # -- in the worker ------------------------------------------------------------------------
 PAGE_WINDOW_PER_PROCESS = 2
+MAX_OCR_PARTS = 4
 # a page whose process dies is tried once more in a fresh one (a kill from outside,
 # say); dying twice, it fails: it needs more than the page processes are allowed
 PAGE_TRIES = 2
@@ -517,7 +525,10 @@ def run_pages(
                     if proc is None:
                         break
                     pos = todo.popleft()
-                    job = PageJob(str(path), pages[pos], str(images_dir), ocr, langs, limits)
+                    # the last page to start may use the cores no page will need (a
+                    # document of one scanned page would leave all but one idle)
+                    parts = 1 if todo else min(MAX_OCR_PARTS, 1 + pool.spare())
+                    job = PageJob(str(path), pages[pos], str(images_dir), ocr, langs, limits, parts)
                     try:
                         proc.send(parse_page, job)
                     except (OSError, ValueError):  # it died while idle

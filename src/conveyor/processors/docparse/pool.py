@@ -233,6 +233,11 @@ class PagePool:
                 self._cond.notify_all()
             raise PagePoolBroken(f"a page process could not be started: {exc}") from exc
 
+    def spare(self) -> int:
+        """Processes no task is using now: idle, or not started yet."""
+        with self._cond:
+            return self.workers - (self._alive - len(self._idle))
+
     def checkin(self, proc: PageProcess, healthy: bool = True) -> None:
         """Back to the pool; a process that failed, timed out or did its share is replaced."""
         retire = not healthy or proc.jobs >= PAGES_PER_CHILD or not proc.proc.is_alive()
