@@ -81,3 +81,35 @@ class Receiver:
     def snapshot(self) -> list[Received]:
         with self._lock:
             return list(self.requests)
+
+
+def main() -> None:
+    """``python -m tests.webhook_receiver PORT LOG``: a receiver in a process of its own
+    (bench/events.py), answering 200 and appending ``<arrival time>\\t<body>`` per POST."""
+    import sys
+
+    port, path = int(sys.argv[1]), sys.argv[2]
+    out = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the process's life
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            at = time.time()
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            out.write(f"{at}\t{body.decode()}\n")
+            out.flush()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 256
+
+    Server(("127.0.0.1", port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -109,6 +109,11 @@ def test_caller_data_on_tasks(make_api: Callable[..., tuple[TestClient, Runtime]
     assert got["metadata"] == meta and got["external_id"] == "ord-7"
     listed = api.get("/api/tasks", params={"external_id": "ord-7"}).json()["tasks"]
     assert [t["id"] for t in listed] == [task_id]
+    # the console: the task's page shows both; the task list filters on external_id
+    page = api.get(f"/admin/tasks/{task_id}", headers={"accept-language": "zh-CN"}).text
+    assert "调用方 ID" in page and "ord-7" in page and "gold" in page
+    rows = api.get("/admin/tasks", params={"ext": "ord-7"}).text
+    assert f'data-task="{task_id}"' in rows and rows.count('data-task="') == 1
     assert len(api.get("/api/tasks").json()["tasks"]) == 2
     big = {"blob": "x" * 5000}
     r = api.post("/api/queue/add", json=transcode_body(api, metadata=big))

@@ -178,14 +178,14 @@ class SQLEventStore(EventStore):
         if not events:
             return
         with self._tx() as cur:
-            for d in deliveries:
-                cur.execute(
+            if deliveries:  # one round trip (psycopg pipelines executemany)
+                cur.executemany(  # type: ignore[attr-defined]
                     self._q(
                         f"INSERT INTO webhook_deliveries ({DCOLS}) "
                         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                         "ON CONFLICT (event_id, endpoint_id) DO NOTHING"
                     ),
-                    self._delivery_values(d),
+                    [self._delivery_values(d) for d in deliveries],
                 )
             cur.execute(
                 self._q(
@@ -294,13 +294,13 @@ class SQLEventStore(EventStore):
         if not attempts:
             return
         with self._tx() as cur:
-            for a in attempts:
-                cur.execute(
-                    self._q(
-                        "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, "
-                        "last_at = ?, next_at = ?, last_status = ?, last_error = ?, "
-                        "last_latency_ms = ?, last_body = ? WHERE id = ?"
-                    ),
+            cur.executemany(  # type: ignore[attr-defined]
+                self._q(
+                    "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, "
+                    "last_at = ?, next_at = ?, last_status = ?, last_error = ?, "
+                    "last_latency_ms = ?, last_body = ? WHERE id = ?"
+                ),
+                [
                     (
                         a.state.value,
                         self._t(a.at),
@@ -310,8 +310,10 @@ class SQLEventStore(EventStore):
                         a.latency_ms,
                         a.body,
                         a.delivery_id,
-                    ),
-                )
+                    )
+                    for a in attempts
+                ],
+            )
 
     def get_delivery(self, delivery_id: str) -> Delivery | None:
         with self._read() as cur:

@@ -100,6 +100,11 @@ def submit(
         help="Key for an uploaded file (default: its name); a submitter's files go under "
         "its own folder ('<token name>/'), added when missing.",
     ),
+    external_id: str = typer.Option(None, "--external-id", help="Your own id for the task."),
+    metadata: str = typer.Option(None, help="A small JSON object kept with the task."),
+    webhook: str = typer.Option(
+        None, help="A URL this task's events are POSTed to, signed (docs/events.md)."
+    ),
     wait: bool = typer.Option(False, "--wait", "-w", help="Follow progress until done."),
     url: str = URL,
 ) -> None:
@@ -135,6 +140,12 @@ def submit(
             body["transcode_types"] = _split_types(types)
         if params:
             body["params"] = json.loads(params)
+        if external_id:
+            body["external_id"] = external_id
+        if metadata:
+            body["metadata"] = json.loads(metadata)
+        if webhook:
+            body["webhook"] = {"url": webhook}
         doc_opts = {
             "pages": pages,
             "ocr": ocr,
@@ -158,6 +169,8 @@ def submit(
         _fail(exc)
         return
     console.print(f"Task [bold]{res['task_id']}[/bold] {res['message']}")
+    if res.get("webhook_secret"):  # shown this once: it signs the task's webhook
+        console.print(f"webhook secret (shown once): {res['webhook_secret']}", highlight=False)
     if wait:
         raise typer.Exit(_wait(client, res["task_id"]))
 

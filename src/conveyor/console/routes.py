@@ -83,6 +83,7 @@ async def tasks(
     date: str = "",
     q: str = "",
     kind: str = "",
+    ext: str = "",
     limit: str = "50",
     cursor: str = "",
     trail: str = "",
@@ -99,8 +100,9 @@ async def tasks(
         cursor=cursor or None,
         text=q or None,
         owner=owner_filter(principal),
+        external_id=ext or None,
     )
-    filters = {"status": status, "date": date, "q": q, "kind": kind, "limit": lim}
+    filters = {"status": status, "date": date, "q": q, "kind": kind, "ext": ext, "limit": lim}
     keep = {k: v for k, v in filters.items() if v and not (k == "limit" and v == 50)}
     crumbs = [c for c in trail.split(".") if c][-TRAIL_MAX:]
     next_url = prev_url = None

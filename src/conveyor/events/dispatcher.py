@@ -123,7 +123,7 @@ class Dispatcher:
         now = datetime.now(UTC)
         # a claimed delivery is due again after twice the timeout: its dispatcher died
         lease_s = 2 * self.settings.timeout_s + 5
-        claimed = self.store.claim_deliveries(now, lease_s, self.settings.concurrency * 4)
+        claimed = self.store.claim_deliveries(now, lease_s, self.settings.concurrency * 16)
         if claimed:
             self.deliver(claimed)
         if time.monotonic() - self._last_prune > 3600:
