@@ -111,6 +111,15 @@ class SplitBackend(Backend):
     def release(self, lease: Lease, *, delay_s: float = 0.0, error: str | None = None) -> Task:
         return self.remote.release(lease, delay_s=delay_s, error=error)
 
+    def spawn_children(self, lease: Lease, children: list[Task]) -> Task:
+        return self.remote.spawn_children(lease, children)
+
+    def children(self, task_id: str) -> list[Task]:
+        return self.engine.children(task_id)
+
+    def spawned(self, lease: Lease) -> list[Task]:
+        return self.remote.spawned(lease)
+
     def outputs_committed(self, task_id: str) -> Task:
         return self.engine.outputs_committed(task_id)
 

@@ -79,7 +79,8 @@ class Attempt(BaseModel):
     worker_id: str
     started_at: datetime
     finished_at: datetime | None = None
-    outcome: str | None = None  # completed | failed | retry | lease_expired | cancelled | released
+    # completed | failed | retry | lease_expired | cancelled | released | spawned
+    outcome: str | None = None
     error: str | None = None
 
 
@@ -102,6 +103,13 @@ def _default_kind() -> str:
     from conveyor.processors import default_kind
 
     return default_kind()
+
+
+# A parent waiting for its children is pending with this ``not_before``: no claim query
+# needs a change (it is never due), and the last child's completion clears it.  Defined
+# here, not in backends/rules.py (which re-exports it), because the model reads it and
+# imports nothing of Conveyor.
+CHILDREN_HOLD = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 class Task(BaseModel):
@@ -137,6 +145,11 @@ class Task(BaseModel):
     history: list[Attempt] = Field(default_factory=list)
     # read-time only, never stored: why no live worker can take this pending task
     waiting_reason: str | None = None
+    # parent and children (WorkerQueue.spawn_children): a child names its parent; a parent
+    # counts the children its last spawn made (0: none).  A parent waiting for them is
+    # pending with ``not_before = CHILDREN_HOLD`` (see ``waiting_for_children``)
+    parent_id: str | None = None
+    children: int = Field(0, ge=0)
 
     def model_post_init(self, __context: Any) -> None:
         if not self.date_partition:
@@ -144,10 +157,22 @@ class Task(BaseModel):
 
     @property
     def delayed(self) -> bool:
+        """Pending in a retry back-off (or a release's delay); a parent held for its
+        children is not delayed but ``waiting_for_children``."""
         return (
             self.status == TaskStatus.PENDING
             and self.not_before is not None
-            and self.not_before > utcnow()
+            and utcnow() < self.not_before < CHILDREN_HOLD
+        )
+
+    @property
+    def waiting_for_children(self) -> bool:
+        """Handed back by ``spawn_children`` and held until its last child completes."""
+        return (
+            self.status == TaskStatus.PENDING
+            and self.children > 0
+            and self.not_before is not None
+            and self.not_before >= CHILDREN_HOLD
         )
 
 

@@ -16,7 +16,7 @@ from pydantic import ConfigDict
 
 from conveyor.errors import Conflict
 from conveyor.models import LogLine, Task, Trigger
-from conveyor.service import ConveyorService, QueueStatus, SubmitRequest
+from conveyor.service import ChildrenSummary, ConveyorService, QueueStatus, SubmitRequest
 from conveyor.web.deps import get_service
 from conveyor.web.security import (
     Permission,
@@ -136,6 +136,18 @@ async def get_task(
     """A pending task that no live worker can take says why in ``waiting_reason``."""
     owner = owner_filter(principal)
     return await run_in_threadpool(lambda: service.get(task_id, owner, explain=True))
+
+
+@router.get("/tasks/{task_id}/children", summary="A task's children and its overall progress")
+async def task_children(
+    task_id: str,
+    service: ConveyorService = Depends(get_service),
+    principal: Principal = require(Permission.TASKS_READ),
+) -> ChildrenSummary:
+    """The tasks a task split into (e.g. a long video's chunks), oldest first, with their
+    count by status and the parent's overall progress (each child an equal share)."""
+    owner = owner_filter(principal)
+    return await run_in_threadpool(lambda: service.children(task_id, owner))
 
 
 @router.post("/tasks/{task_id}/cancel", summary="Cancel a task")

@@ -30,6 +30,7 @@ from conveyor.errors import ConveyorError
 from conveyor.models import (
     ClaimedTask,
     HeartbeatResult,
+    InputRef,
     Lease,
     OutputFile,
     Progress,
@@ -201,6 +202,20 @@ class ReleaseBody(_Body):
     error: Annotated[str, StringConstraints(max_length=MAX_LOG_LINE)] | None = None
 
 
+class ChildSpec(_Body):
+    """A child to spawn: the rest (parent, submitter, ids) is the parent's or new."""
+
+    kind: Kind
+    input: InputRef | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    max_attempts: int = Field(3, ge=1, le=100)
+
+
+class SpawnBody(_Body):
+    lease: Lease
+    children: list[ChildSpec] = Field(min_length=1, max_length=10_000)
+
+
 class LogEntry(_Body):
     ts: datetime
     stream: Annotated[str, StringConstraints(max_length=32)] = "worker"
@@ -311,6 +326,37 @@ async def release(body: ReleaseBody, principal: Principal, service: Service) -> 
         return service.worker_protocol.release(body.lease, delay_s=body.delay_s, error=body.error)
 
     return await run_in_threadpool(call)
+
+
+@router.post("/spawn", summary="Spawn a task's children; it waits until they completed")
+async def spawn(body: SpawnBody, principal: Principal, service: Service) -> Task:
+    """Fenced by the parent's lease like /complete (a repeat with that lease inserts
+    nothing); children are of the parent's kind, on its input (WorkerProtocol)."""
+    _own(principal, body.lease.worker_id)
+    _scoped(principal, body.lease.task_id, body.lease.attempt, "spawn")
+    children = [
+        Task(kind=c.kind, input=c.input, params=c.params, max_attempts=c.max_attempts)
+        for c in body.children
+    ]
+    return await run_in_threadpool(service.worker_protocol.spawn_children, body.lease, children)
+
+
+class LeaseBody(_Body):
+    lease: Lease
+
+
+class SpawnedResponse(BaseModel):
+    children: list[Task]
+
+
+@router.post("/spawned", summary="The children of a task this worker runs")
+async def spawned(body: LeaseBody, principal: Principal, service: Service) -> SpawnedResponse:
+    """What a parent's run after its children reads (their outputs): only while the
+    caller runs that task."""
+    _own(principal, body.lease.worker_id)
+    _scoped(principal, body.lease.task_id, body.lease.attempt, "read children")
+    kids = await run_in_threadpool(service.worker_protocol.spawned, body.lease)
+    return SpawnedResponse(children=kids)
 
 
 @router.post("/logs", status_code=204, summary="Append lines to a task attempt's log")

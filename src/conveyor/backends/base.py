@@ -59,6 +59,21 @@ Worker half (``WorkerQueue``):
   and only with it (in the same transaction where the engine has them), so the
   log is whole once the outcome shows; a repeated completion appends nothing.
   It answers what the worker needs (None for a completed item), not the rows.
+* ``spawn_children(lease, children)`` makes the leased task a parent: fenced by
+  its lease (``LeaseLost``, nothing inserted), it stores the children
+  (``parent_id`` set, pending; ``rules.prepare_children``) and hands the parent
+  back without counting the attempt (closed ``spawned``), ``children`` = their
+  number, held (pending, ``not_before = CHILDREN_HOLD``: no claim takes it)
+  until every child completed.  Called again with the same lease (its answer
+  was lost) it inserts nothing and answers the parent alike.  Cascades, in the
+  transaction of the change that causes them: the last child completed makes
+  the parent claimable (its next run sees ``children > 0``); a child failed for
+  good or cancelled fails the held parent (``child_failed``, the child and its
+  error named) and so cancels its unfinished siblings; a parent failed or
+  cancelled cancels its pending children and requests the cancel of its running
+  ones; a retried parent starts over (``children`` 0, the old children no longer
+  its own).  A parent whose cancel was requested is cancelled instead, nothing
+  inserted.  ``TaskStore.children`` lists a parent's children, oldest first.
 * ``append_logs`` appends ``(ts, stream, line)`` entries to an attempt's log.
 * ``wait_for_work`` blocks until new work may be available or the timeout
   passes; it may return early spuriously.
@@ -227,6 +242,16 @@ class WorkerQueue(Connected):
     @abstractmethod
     def reap(self) -> int: ...
 
+    def spawn_children(self, lease: Lease, children: list[Task]) -> Task:
+        """Store ``children`` under the leased task and hold it until they all completed
+        (see the module docs); returns the held parent."""
+        raise NotImplementedError(f"{type(self).__name__} cannot spawn children")
+
+    def spawned(self, lease: Lease) -> list[Task]:
+        """The children of the leased task, oldest first: its run after them reads their
+        outputs.  Engines answer ``TaskStore.children``; the remote one asks the API."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read children")
+
     @abstractmethod
     def append_logs(
         self, task_id: str, attempt: int, lines: list[tuple[datetime, str, str]]
@@ -267,6 +292,10 @@ class TaskStore(Connected):
     @abstractmethod
     def outputs_committed(self, task_id: str) -> Task:
         """Record that a completed task's staged outputs are at their final keys."""
+
+    def children(self, task_id: str) -> list[Task]:
+        """The children of ``task_id`` (its ``spawn_children``), oldest first."""
+        return []
 
     @abstractmethod
     def read_logs(
@@ -388,3 +417,6 @@ class Backend(WorkerQueue, TaskStore):
 
     backoff_base: float = DEFAULT_BACKOFF_BASE_S
     backoff_max: float = DEFAULT_BACKOFF_MAX_S
+
+    def spawned(self, lease: Lease) -> list[Task]:
+        return self.children(lease.task_id)

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from conveyor.errors import Conflict
-from conveyor.models import Attempt, Lease, OutputFile, TaskStatus
+from conveyor.errors import Conflict, InvalidRequest
+from conveyor.models import CHILDREN_HOLD as CHILDREN_HOLD  # re-exported: see models.py
+from conveyor.models import Attempt, Lease, OutputFile, Task, TaskStatus
 
 DEFAULT_BACKOFF_BASE_S = 5.0
 DEFAULT_BACKOFF_MAX_S = 600.0
@@ -219,3 +220,70 @@ def committed_outputs(outputs: list[OutputFile]) -> list[OutputFile]:
 def committed_outputs_json(outputs: list[OutputFile]) -> str:
     """:func:`committed_outputs` as the JSON array the SQL engines store."""
     return json.dumps([o.model_dump(mode="json") for o in committed_outputs(outputs)])
+
+
+# -- parents and children --------------------------------------------------------------
+# ``WorkerQueue.spawn_children`` hands a parent back held (pending, ``not_before`` =
+# CHILDREN_HOLD, never due, so claims need no change) until its last child completes;
+# the attempt that spawned is closed ``spawned`` and not counted.  Cascades (SQL
+# triggers in the 0006 migrations, code in the AWS engine): the last child completed
+# clears the hold; a child failed for good or cancelled fails its held parent
+# (CHILD_FAILED_CODE, ``child_failed_error``); a parent failed or cancelled cancels its
+# pending children and asks its running ones to stop; a retried parent starts over
+# (children 0, the old ones no longer its children).
+CHILD_FAILED_CODE = "child_failed"
+SPAWNED = "spawned"
+MAX_CHILDREN = 10_000
+
+
+def child_failed_error(child_id: str, status: str, error: str | None) -> str:
+    """The error a parent fails with when a child failed for good or was cancelled."""
+    if status == TaskStatus.CANCELLED:
+        return f"child {child_id} was cancelled"
+    return f"child {child_id} failed: {error or 'no reason given'}"
+
+
+def parent_ended_error(parent_id: str, status: str) -> str:
+    """The error a child is cancelled with when its parent failed or was cancelled."""
+    return f"cancelled: parent {parent_id} {status}"
+
+
+def held_progress(n: int) -> str:
+    """The progress a held parent shows (JSON, as the SQL engines store it)."""
+    return json.dumps({"percent": 0.0, "phase": "children", "message": f"waiting for {n} children"})
+
+
+def prepare_children(parent: Task, children: list[Task]) -> list[Task]:
+    """The children as stored: pending, naming ``parent``, submitted by its submitter and
+    through its trigger, at least its priority, new (no attempts, outputs, history)."""
+    if not children:
+        raise InvalidRequest("spawn_children needs at least one child")
+    if len(children) > MAX_CHILDREN:
+        raise InvalidRequest(f"at most {MAX_CHILDREN} children per parent")
+    out = []
+    for child in children:
+        out.append(
+            child.model_copy(
+                update={
+                    "status": TaskStatus.PENDING,
+                    "parent_id": parent.id,
+                    "children": 0,
+                    "submitted_by": child.submitted_by or parent.submitted_by,
+                    "trigger": parent.trigger,
+                    "priority": max(child.priority, parent.priority),
+                    "attempts": 0,
+                    "outputs": [],
+                    "history": [],
+                    "not_before": None,
+                    "cancel_requested": False,
+                    "idempotency_key": None,
+                }
+            )
+        )
+    return out
+
+
+def spawn_repeat(status: str, token: str | None, children: int, lease: Lease) -> bool:
+    """Whether a parent found in this state is what ``spawn_children`` under ``lease``
+    made (a repeat of that call whose answer was lost): the lease token stays on it."""
+    return status == TaskStatus.PENDING and children > 0 and token == lease.token

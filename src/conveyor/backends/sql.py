@@ -28,7 +28,8 @@ COLUMNS = (
     "id, kind, status, priority, input_bucket, input_key, params, outputs, progress, attempts, "
     "max_attempts, error, error_code, worker_id, lease_token, lease_expires, cancel_requested, "
     "created_at, updated_at, started_at, finished_at, not_before, date_partition, "
-    "idempotency_key, submitted_by, trigger, history, gpus, external_id, metadata"
+    "idempotency_key, submitted_by, trigger, history, gpus, external_id, metadata, parent_id, "
+    "children"
 )
 N_COLUMNS = len(COLUMNS.split(", "))
 
@@ -79,6 +80,8 @@ def task_from_row(
         history=[Attempt.model_validate(a) for a in json_value(r["history"])],
         external_id=r["external_id"],
         metadata=json_value(r["metadata"]) or {},
+        parent_id=r["parent_id"],
+        children=r["children"],
     )
 
 

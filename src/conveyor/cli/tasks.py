@@ -261,14 +261,29 @@ def tasks(
 def show(task_id: str, as_json: bool = typer.Option(False, "--json"), url: str = URL) -> None:
     """Show one task."""
     try:
-        t = _client(url).task(task_id)
+        client = _client(url)
+        t = client.task(task_id)
+        # a parent (a long video split into chunks): its children and overall progress
+        kids = (
+            client.request("GET", f"/api/tasks/{task_id}/children") if t.get("children") else None
+        )
     except ClientError as exc:
         _fail(exc)
         return
     if as_json:
-        console.print_json(json.dumps(t))
-    else:
-        _print_task(t)
+        console.print_json(json.dumps(t if kids is None else {**t, "children_of": kids}))
+        return
+    _print_task(t)
+    if kids is not None:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(kids["by_status"].items()))
+        console.print(f"  children {kids['total']} ({counts}), {kids['percent']:g} % done")
+        for c in kids["children"]:
+            detail = c.get("error") or c["progress"].get("phase", "")
+            console.print(
+                f"    {c['id']} {c['status']:<10} {c['progress']['percent']:>5.1f}% "
+                f"attempts {c['attempts']}/{c['max_attempts']} {detail}",
+                highlight=False,
+            )
 
 
 def cancel(task_id: str, url: str = URL) -> None:

@@ -290,6 +290,8 @@ async def task_page(
     )
     logs = await call(views.task_log, service, task_id)
     deliveries = await call(task_deliveries, service, task_id)
+    # a parent (e.g. a long video split into chunks): its children and overall progress
+    children = await call(service.children, task.id) if task.children else None
     lines = logs["lines"]
     sse = live.stream_url(
         "task",
@@ -306,6 +308,7 @@ async def task_page(
         task=task,
         wait=wait,
         deliveries=deliveries,
+        children=children,
         **logs,
     )
 

@@ -145,6 +145,26 @@ class RemoteQueue(WorkerQueue):
         body = {"lease": self._dump(lease), "delay_s": delay_s, "error": error}
         return Task.model_validate(self._post("release", body, idempotent=False))
 
+    def spawn_children(self, lease: Lease, children: list[Task]) -> Task:
+        body = {
+            "lease": self._dump(lease),
+            "children": [
+                {
+                    "kind": c.kind,
+                    "input": None if c.input is None else self._dump(c.input),
+                    "params": c.params,
+                    "max_attempts": c.max_attempts,
+                }
+                for c in children
+            ],
+        }
+        # safe to repeat: the engine answers a second spawn with the same lease alike
+        return Task.model_validate(self._post("spawn", body, idempotent=True))
+
+    def spawned(self, lease: Lease) -> list[Task]:
+        res = self._post("spawned", {"lease": self._dump(lease)}, idempotent=True)
+        return [Task.model_validate(t) for t in res["children"]]
+
     def reap(self) -> int:
         """Nothing to do here: the API process runs the reaper next to its engine."""
         return 0

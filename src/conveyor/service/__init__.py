@@ -120,6 +120,40 @@ class QueueStatus(BaseModel):
     date: str
 
 
+class ChildrenSummary(BaseModel):
+    """A parent's children (``WorkerQueue.spawn_children``) and its overall progress:
+    each child counts for an equal share, a completed one for all of it."""
+
+    parent_id: str
+    total: int
+    by_status: dict[str, int] = Field(default_factory=dict)
+    percent: float = 0.0
+    children: list[Task] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, parent_id: str, children: list[Task]) -> ChildrenSummary:
+        by_status: dict[str, int] = {}
+        done = 0.0
+        for c in children:
+            by_status[c.status.value] = by_status.get(c.status.value, 0) + 1
+            if c.status == TaskStatus.COMPLETED:
+                done += 100.0
+            elif c.status == TaskStatus.PROCESSING:
+                done += min(100.0, max(0.0, c.progress.percent))
+        percent = round(done / len(children), 1) if children else 0.0
+        return cls(
+            parent_id=parent_id,
+            total=len(children),
+            by_status=by_status,
+            percent=percent,
+            children=children,
+        )
+
+    def waiting_text(self) -> str:
+        done = self.by_status.get(TaskStatus.COMPLETED.value, 0)
+        return f"waiting for its children: {done} of {self.total} completed ({self.percent:g} %)"
+
+
 class BulkError(BaseModel):
     id: str
     code: str
@@ -351,6 +385,13 @@ class ConveyorService:
             raise Forbidden(f"task {task_id} was submitted by someone else")
         return self.explain(task)[0] if explain else task
 
+    def children(self, task_id: str, owner: str | None = None) -> ChildrenSummary:
+        """A task's children (none for a task that never spawned) and its overall
+        progress; ``owner`` as for :meth:`get` (children are their parent's submitter's)."""
+        parent = self.get(task_id, owner)
+        kids = self.backend.children(parent.id) if parent.children > 0 else []
+        return ChildrenSummary.of(parent.id, kids)
+
     def waiting(self, task: Task) -> WaitReason | None:
         """Why no live worker can take ``task`` now (one read of the workers, if pending)."""
         if task.status != TaskStatus.PENDING or task.delayed:
@@ -362,6 +403,9 @@ class ConveyorService:
 
         A claimed task whose attempt waits in an external scheduler (a pending Slurm job)
         says the scheduler's reason; faces show it as the attempt's progress message."""
+        if task.waiting_for_children:  # held by its spawn, not delayed: say so
+            summary = ChildrenSummary.of(task.id, self.backend.children(task.id))
+            return task.model_copy(update={"waiting_reason": summary.waiting_text()}), None
         reason = self.waiting(task)
         if reason is None:
             held = scheduler_wait(task)

@@ -161,6 +161,40 @@ class WorkerProtocol:
     def release(self, lease: Lease, *, delay_s: float = 0.0, error: str | None = None) -> Task:
         return self.service.backend.release(lease, delay_s=delay_s, error=error)
 
+    def spawn_children(self, lease: Lease, children: list[Task]) -> Task:
+        """Children for the leased task, each of its kind, on its input, with params its
+        kind validates: a worker spawns the work its task splits into, never a task it
+        could not have been given (another kind, another object, caller code)."""
+        backend = self.service.backend
+        parent = backend.get(lease.task_id)
+        if parent is None:
+            raise LeaseLost(f"lease on task {lease.task_id} is no longer held by this worker")
+        # a kind this API does not run has no params rule here: its parent was not
+        # submitted through it either, and its children are of its kind and input only
+        processor = dict(self.service.registry.items()).get(parent.kind)
+        checked: list[Task] = []
+        for i, child in enumerate(children):
+            if child.kind != parent.kind:
+                raise InvalidRequest(
+                    f"child {i} is a {child.kind} task; a {parent.kind} task spawns "
+                    f"{parent.kind} tasks only"
+                )
+            if child.input != parent.input:
+                raise InvalidRequest(f"child {i} names another input than its parent's")
+            if processor is None:
+                checked.append(child.model_copy(update={"gpus": parent.gpus}))
+                continue
+            params = processor.validate(child.params, child.input)
+            checked.append(
+                child.model_copy(update={"params": params, "gpus": processor.gpus_needed(params)})
+            )
+        return backend.spawn_children(lease, checked)
+
+    def spawned(self, lease: Lease) -> list[Task]:
+        """The children of a task the lease's worker runs now (that attempt)."""
+        self.held_task(lease.worker_id, lease.task_id, lease.attempt)
+        return self.service.backend.children(lease.task_id)
+
     def append_logs(
         self, task_id: str, attempt: int, lines: list[tuple[datetime, str, str]]
     ) -> None:

@@ -730,7 +730,11 @@ class AWSBackend(Backend):
             )
 
         try:
-            done = self._mutate_held(lease, change)
+            first = self._read(lease.task_id)
+            if first is not None and first.task.parent_id is not None:
+                done = self._with_parent(lease, change, self._parent_after_completion)
+            else:
+                done = self._mutate_held(lease, change)
         except LeaseLost:
             again = self._read(lease.task_id)
             if again is None or not rules.completed_by(
@@ -794,10 +798,15 @@ class AWSBackend(Backend):
                 state, error, retryable=retryable, code=code or "failed", outcome="failed"
             )
 
-        done = self._mutate_held(lease, change)
+        first = self._read(lease.task_id)
+        if first is not None and first.task.parent_id is not None:
+            done = self._with_parent(lease, change, self._parent_after_failure)
+        else:
+            done = self._mutate_held(lease, change)
         self._flush_send()
         if done.task.status == TaskStatus.FAILED:
             self._park_in_dlq(done.task, done.dispatch)
+        self._cascade(done.task)
         return done.task
 
     def release(self, lease: Lease, *, delay_s: float = 0.0, error: str | None = None) -> Task:
@@ -824,7 +833,290 @@ class AWSBackend(Backend):
 
         done = self._mutate_held(lease, change)
         self._flush_send()
+        self._cascade(done.task)
         return done.task
+
+    # -- parents and children ------------------------------------------------------
+    # A child is linked to its parent by an aux item (pk ``children#<parent>``, sk the
+    # child's id), written in the transaction that stores the children.  A child's
+    # completion or failure is one TransactWriteItems with a write of its parent
+    # (conditional on both versions): the last child completed wakes the parent (a
+    # fresh dispatch, sent after the commit; ``unsent`` until then, so reap re-sends it
+    # after a crash), a child failed for good fails it.  Every child's write touches the
+    # parent (its version bumped), so two children ending at once are serialised and
+    # the second reads the first completed.  What follows a parent's end (its other
+    # children cancelled or asked to stop), and a child's end by reap, cancel or the
+    # DLQ, are conditional writes made right after (``_cascade``), not in that
+    # transaction: a crash between them leaves them undone.
+    MAX_SPAWN = 49  # 2 items per child + the parent: TransactWriteItems takes 100
+
+    def spawn_children(self, lease: Lease, children: list[Task]) -> Task:
+        state = self._read(lease.task_id)
+        if state is not None and rules.spawn_repeat(
+            state.task.status, state.lease_token, state.task.children, lease
+        ):
+            return state.task
+        if state is None:
+            raise LeaseLost(f"lease on task {lease.task_id} is no longer held by this worker")
+        self._held(state, lease)
+        if state.task.cancel_requested:
+            return self.release(lease)  # cancelled, nothing inserted
+        stored = rules.prepare_children(state.task, children)
+        if len(stored) > self.MAX_SPAWN:
+            raise InvalidRequest(
+                f"the AWS engine spawns at most {self.MAX_SPAWN} children at once, "
+                f"not {len(stored)}"
+            )
+        now = utcnow()
+        parent = state.task.model_copy(
+            update={
+                "status": TaskStatus.PENDING,
+                "attempts": max(state.task.attempts - 1, 0),
+                "children": len(stored),
+                "worker_id": None,
+                "not_before": rules.CHILDREN_HOLD,
+                "updated_at": now,
+                "progress": Progress.model_validate_json(rules.held_progress(len(stored))),
+                "history": self._closed(state.task, rules.SPAWNED, None, now),
+            }
+        )
+        # no dispatch: no message delivers a held parent; the token stays (a repeat)
+        ops: list[Any] = [
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": self._item(parent, ver=state.ver + 1, lease_token=state.lease_token),
+                    "ConditionExpression": "ver = :old AND lease_token = :tok",
+                    "ExpressionAttributeValues": {
+                        ":old": _n(state.ver),
+                        ":tok": _s(lease.token),
+                    },
+                }
+            }
+        ]
+        sends: list[tuple[str, str]] = []
+        for child in stored:
+            dispatch = secrets.token_hex(8)
+            sends.append((child.id, dispatch))
+            ops.append(
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": self._item(child, ver=1, dispatch=dispatch, unsent=True),
+                        "ConditionExpression": "attribute_not_exists(task_id)",
+                    }
+                }
+            )
+            ops.append(
+                {
+                    "Put": {
+                        "TableName": self.aux_table,
+                        "Item": {
+                            "pk": _s(f"children#{parent.id}"),
+                            "sk": _s(child.id),
+                            "task_id": _s(child.id),
+                        },
+                    }
+                }
+            )
+        try:
+            self._ddb.transact_write_items(TransactItems=ops)
+        except ClientError as exc:
+            if not _is(exc, "TransactionCanceledException"):
+                raise
+            again = self._read(lease.task_id)
+            if again is not None and rules.spawn_repeat(
+                again.task.status, again.lease_token, again.task.children, lease
+            ):
+                return again.task
+            raise LeaseLost(
+                f"lease on task {lease.task_id} is no longer held by this worker"
+            ) from None
+        self._delete_message(state.receipt)
+        for child_id, dispatch in sends:
+            self._send(child_id, dispatch)
+        return parent
+
+    def _child_ids(self, parent_id: str) -> list[str]:
+        ids: list[str] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.aux_table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _s(f"children#{parent_id}")},
+            "ConsistentRead": True,
+        }
+        while True:
+            resp = self._ddb.query(**kwargs)
+            ids.extend(str(i["sk"]["S"]) for i in resp.get("Items", []))
+            last = resp.get("LastEvaluatedKey")
+            if not last:
+                return ids
+            kwargs["ExclusiveStartKey"] = last
+
+    def children(self, task_id: str) -> list[Task]:
+        states = self._read_many(set(self._child_ids(task_id)))
+        return [states[i].task for i in sorted(states)]
+
+    def _unlink_children(self, parent_id: str) -> None:
+        for child_id in self._child_ids(parent_id):
+            self._ddb.delete_item(
+                TableName=self.aux_table,
+                Key={"pk": _s(f"children#{parent_id}"), "sk": _s(child_id)},
+            )
+
+            def unlink(st: _State) -> Item | None:
+                if st.task.parent_id != parent_id:
+                    return None
+                return self._same(st, st.task.model_copy(update={"parent_id": None}))
+
+            with contextlib.suppress(TaskNotFound):
+                self._mutate(child_id, unlink)
+
+    def _parent_after_completion(self, parent: _State, child: Task) -> tuple[Item, str | None]:
+        """The parent's item once ``child`` completed: woken (a fresh dispatch, returned
+        to be sent) when every other child completed, else only its version bumped."""
+        task = parent.task
+        if task.waiting_for_children:
+            others = set(self._child_ids(task.id)) - {child.id}
+            states = self._read_many(others)
+            if len(states) == len(others) and all(
+                st.task.status == TaskStatus.COMPLETED for st in states.values()
+            ):
+                woken = task.model_copy(update={"not_before": None, "updated_at": utcnow()})
+                dispatch = secrets.token_hex(8)
+                item = self._item(
+                    woken,
+                    ver=parent.ver + 1,
+                    lease_token=parent.lease_token,
+                    dispatch=dispatch,
+                    unsent=True,
+                )
+                return item, dispatch
+        return self._same(parent, task), None
+
+    def _parent_after_failure(self, parent: _State, child: Task) -> tuple[Item, str | None]:
+        """The parent's item once ``child`` ended: failed, naming it, when the child failed
+        for good or was cancelled and the parent waits for it; else version bumped."""
+        task = parent.task
+        if child.status in (TaskStatus.FAILED, TaskStatus.CANCELLED) and (
+            task.status == TaskStatus.PENDING and task.children > 0
+        ):
+            now = utcnow()
+            failed = task.model_copy(
+                update={
+                    "status": TaskStatus.FAILED,
+                    "error": rules.child_failed_error(child.id, child.status, child.error),
+                    "error_code": rules.CHILD_FAILED_CODE,
+                    "not_before": None,
+                    "finished_at": now,
+                    "updated_at": now,
+                }
+            )
+            return self._item(failed, ver=parent.ver + 1, lease_token=parent.lease_token), None
+        return self._same(parent, task), None
+
+    def _with_parent(
+        self,
+        lease: Lease,
+        change: Callable[[_State], Item],
+        parent_change: Callable[[_State, Task], tuple[Item, str | None]],
+    ) -> _State:
+        """A fenced change of a child and the write of its parent, in one transaction."""
+        for _ in range(50):
+            state = self._read(lease.task_id)
+            if state is None:
+                raise LeaseLost(f"lease on task {lease.task_id} is no longer held by this worker")
+            self._held(state, lease)
+            assert state.task.parent_id is not None
+            parent = self._read(state.task.parent_id)
+            item = change(state)
+            if parent is None:  # the parent is gone: the child ends on its own
+                if self._put(item, state.ver):
+                    break
+                continue
+            new = _State(item)
+            parent_item, wake = parent_change(parent, new.task)
+            try:
+                self._ddb.transact_write_items(
+                    TransactItems=[
+                        {
+                            "Put": {
+                                "TableName": self.table,
+                                "Item": item,
+                                "ConditionExpression": "ver = :old",
+                                "ExpressionAttributeValues": {":old": _n(state.ver)},
+                            }
+                        },
+                        {
+                            "Put": {
+                                "TableName": self.table,
+                                "Item": parent_item,
+                                "ConditionExpression": "ver = :old",
+                                "ExpressionAttributeValues": {":old": _n(parent.ver)},
+                            }
+                        },
+                    ]
+                )
+            except ClientError as exc:
+                if not _is(exc, "TransactionCanceledException"):
+                    raise
+                continue
+            if wake is not None:
+                self._send(parent.task.id, wake)
+            new_parent = _State(parent_item).task
+            if new_parent.status == TaskStatus.FAILED:
+                self._cascade(new_parent)
+            break
+        else:
+            raise Conflict(f"task {lease.task_id} is being changed concurrently; try again")
+        if state.receipt and new.receipt != state.receipt:
+            self._delete_message(state.receipt)
+        return new
+
+    def _cascade(self, task: Task) -> None:
+        """What follows a task's end: a child failed or cancelled fails its held parent
+        (when that was not done in the child's own transaction); a parent failed or
+        cancelled cancels its pending children and asks its running ones to stop."""
+        if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            return
+        if task.parent_id is not None:
+
+            def fail_parent(st: _State) -> Item | None:
+                if not (st.task.status == TaskStatus.PENDING and st.task.children > 0):
+                    return None
+                return self._parent_after_failure(st, task)[0]
+
+            with contextlib.suppress(TaskNotFound):
+                parent = self._mutate(task.parent_id, fail_parent)
+                if parent.task.status == TaskStatus.FAILED and parent.ver > 0:
+                    self._cascade_children(parent.task)
+        if task.children > 0:
+            self._cascade_children(task)
+
+    def _cascade_children(self, parent: Task) -> None:
+        for child_id in self._child_ids(parent.id):
+
+            def stop(st: _State) -> Item | None:
+                now = utcnow()
+                if st.task.status == TaskStatus.PENDING:
+                    task = st.task.model_copy(
+                        update={
+                            "status": TaskStatus.CANCELLED,
+                            "error": rules.parent_ended_error(parent.id, parent.status),
+                            "error_code": rules.CANCELLED_CODE,
+                            "not_before": None,
+                            "finished_at": now,
+                            "updated_at": now,
+                        }
+                    )
+                    return self._item(task, ver=st.ver + 1, dispatch=st.dispatch)
+                if st.task.status == TaskStatus.PROCESSING and not st.task.cancel_requested:
+                    task = st.task.model_copy(update={"cancel_requested": True, "updated_at": now})
+                    return self._same(st, task)
+                return None
+
+            with contextlib.suppress(TaskNotFound):
+                self._mutate(child_id, stop)
 
     def reap(self) -> int:
         now = time.time()
@@ -851,6 +1143,7 @@ class AWSBackend(Backend):
                 self._flush_send()
                 if new["status"]["S"] == TaskStatus.FAILED.value:
                     self._park_in_dlq(_State(new).task, state.dispatch)
+                self._cascade(_State(new).task)
         self._resend_unsent(now)
         self._drain_dlq()
         return touched
@@ -967,7 +1260,7 @@ class AWSBackend(Backend):
             return self._item(task, ver=state.ver + 1, dispatch=state.dispatch)
 
         with contextlib.suppress(TaskNotFound):
-            self._mutate(task_id, change)
+            self._cascade(self._mutate(task_id, change).task)
 
     # -- operator actions ----------------------------------------------------
     def cancel(self, task_id: str) -> Task:
@@ -988,16 +1281,24 @@ class AWSBackend(Backend):
             task = state.task.model_copy(update={"cancel_requested": True, "updated_at": now})
             return self._same(state, task)
 
-        return self._mutate(task_id, change).task
+        done = self._mutate(task_id, change).task
+        self._cascade(done)
+        return done
 
     def retry(self, task_id: str) -> Task:
         self._local.pending_send = None
+
+        old = self._read(task_id)
+        if old is not None and old.task.children > 0:
+            rules.check_retry(task_id, old.task.status)
+            self._unlink_children(task_id)  # a retried parent starts over
 
         def change(state: _State) -> Item:
             rules.check_retry(task_id, state.task.status)
             task = state.task.model_copy(
                 update={
                     "status": TaskStatus.PENDING,
+                    "children": 0,
                     "attempts": 0,
                     "error": None,
                     "error_code": None,
@@ -1039,10 +1340,12 @@ class AWSBackend(Backend):
                 return self._item(task, ver=st.ver + 1, dispatch=st.dispatch)
 
             try:
-                if self._mutate(state.task.id, change).task.status == TaskStatus.CANCELLED:
-                    n += 1
+                done = self._mutate(state.task.id, change).task
             except TaskNotFound:
                 continue
+            if done.status == TaskStatus.CANCELLED:
+                n += 1
+                self._cascade(done)
         return n
 
     # -- reading -----------------------------------------------------------------

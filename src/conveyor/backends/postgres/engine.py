@@ -273,6 +273,8 @@ class PostgresBackend(Backend):
             task.gpus,
             task.external_id,
             Jsonb(task.metadata) if task.metadata else None,
+            task.parent_id,
+            task.children,
         )
 
     @staticmethod
@@ -533,6 +535,52 @@ class PostgresBackend(Backend):
             raise _lease_lost(lease.task_id)
         self._wake_local()
         return self._row_to_task(row)
+
+    def spawn_children(self, lease: Lease, children: list[Task]) -> Task:
+        """One transaction: the parent locked and fenced, the children inserted (their
+        submit wakes idle workers), the parent held (0006's triggers do the cascades)."""
+        with self._tx() as cur:
+            row = self._get_row(cur, lease.task_id, lock=True)
+            if row is not None and rules.spawn_repeat(
+                row["status"], row["lease_token"], row["children"], lease
+            ):
+                return self._row_to_task(row)
+            if row is None or row["status"] != "processing" or row["lease_token"] != lease.token:
+                raise _lease_lost(lease.task_id)
+            if row["cancel_requested"]:
+                done = cur.execute(
+                    QUERIES["fail"],
+                    {
+                        "id": lease.task_id,
+                        "token": lease.token,
+                        "error": "cancelled",
+                        "retryable": False,
+                        "code": "cancelled",
+                        **self._backoff_params(),
+                    },
+                ).fetchone()
+                assert done is not None  # the row is locked and held by this lease
+                return self._row_to_task(done)
+            stored = rules.prepare_children(self._row_to_task(row), children)
+            cur.executemany(QUERIES["submit"], [self._submit_values(t) for t in stored])
+            held = cur.execute(
+                QUERIES["hold_parent"],
+                {
+                    "children": len(stored),
+                    "hold": rules.CHILDREN_HOLD,
+                    "progress": rules.held_progress(len(stored)),
+                    "id": lease.task_id,
+                    "token": lease.token,
+                },
+            ).fetchone()
+            assert held is not None  # the row is locked and held by this lease
+        self._wake_local()
+        return self._row_to_task(held)
+
+    def children(self, task_id: str) -> list[Task]:
+        with self._cursor() as cur:
+            rows = cur.execute(QUERIES["children"], (task_id,)).fetchall()
+        return [self._row_to_task(r) for r in rows]
 
     def reap(self) -> int:
         with self._tx() as cur:

@@ -38,6 +38,7 @@ QUERIES = load_queries(
             retry=_literal(rules.LEASE_EXPIRED_CODE),
         ),
         "close_completed_attempt": rules.close_attempt_sql("'completed'", "NULL"),
+        "close_spawned_attempt": rules.close_attempt_sql(_literal(rules.SPAWNED), "NULL"),
         "close_released_attempt": rules.close_attempt_sql(
             "CASE WHEN cancel_requested THEN 'cancelled' ELSE 'released' END",
             f"CASE WHEN cancel_requested THEN {_literal(rules.CANCELLED_BY_REQUEST)} "

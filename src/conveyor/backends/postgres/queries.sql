@@ -22,7 +22,7 @@
 WITH ins AS (
     INSERT INTO tasks ({{ columns }})
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-            %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT (idempotency_key) DO NOTHING RETURNING id)
 SELECT ins.id, pg_notify('{{ channel }}', '') FROM ins;
 
@@ -129,6 +129,20 @@ WITH u AS (
 SELECT u.* FROM u
 LEFT JOIN LATERAL (SELECT pg_notify('{{ channel }}', '') WHERE u.status = 'pending') AS n ON true;
 
+-- name: hold_parent
+-- spawn_children: the leased parent handed back without counting the attempt, held
+-- until its last child completes (0006's trigger clears the hold); the lease token
+-- stays on the row, so a repeated call is recognised (rules.spawn_repeat).
+UPDATE tasks SET status = 'pending', attempts = greatest(attempts - 1, 0),
+    children = %(children)s, lease_expires = NULL, worker_id = NULL,
+    not_before = %(hold)s, updated_at = now(), progress = %(progress)s::jsonb,
+    history = {{ close_spawned_attempt }}
+WHERE id = %(id)s AND status = 'processing' AND lease_token = %(token)s
+RETURNING {{ columns }};
+
+-- name: children
+SELECT {{ columns }} FROM tasks WHERE parent_id = %s ORDER BY id;
+
 -- name: reaper_lock
 -- One reaper at a time across hosts; the others return at once.
 SELECT pg_try_advisory_xact_lock(%s) AS got;
@@ -163,7 +177,8 @@ UPDATE tasks SET cancel_requested = true, updated_at = now() WHERE id = %s
 RETURNING {{ columns }};
 
 -- name: retry
-UPDATE tasks SET status = 'pending', attempts = 0, error = NULL,
+-- A retried parent starts over: children 0 (0006's trigger unlinks the old ones).
+UPDATE tasks SET status = 'pending', attempts = 0, children = 0, error = NULL,
     error_code = NULL, outputs = '[]', progress = %s, cancel_requested = false,
     not_before = NULL, finished_at = NULL, worker_id = NULL, updated_at = now()
 WHERE id = %s

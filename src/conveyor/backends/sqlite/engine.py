@@ -253,6 +253,9 @@ class SQLiteBackend(Backend):
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA foreign_keys=ON")
+        # the parent/child cascades (migration 0006) are triggers whose updates must fire
+        # the events triggers already running for their cause
+        conn.execute("PRAGMA recursive_triggers=ON")
         return conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -373,6 +376,8 @@ class SQLiteBackend(Backend):
                 task.gpus,
                 task.external_id,
                 json.dumps(task.metadata) if task.metadata else None,
+                task.parent_id,
+                task.children,
             ),
         )
         return task, True
@@ -492,20 +497,30 @@ class SQLiteBackend(Backend):
                 raise LeaseLost(f"lease on task {lease.task_id} is no longer held by this worker")
 
     def complete(self, lease: Lease, outputs: list[OutputFile]) -> Task:
+        self._local.child_done = False
         with self._tx() as c:
             done = self._complete_row(c, lease, outputs, [], time.time())
             if done is not None:
                 raise done
-            return self._row_to_task(self._require(c, lease.task_id))
+            task = self._row_to_task(self._require(c, lease.task_id))
+        if self._local.child_done:  # its parent may be claimable now (0006's trigger)
+            self._notify()
+        return task
 
     def complete_many(self, items: list[Completion]) -> list[BaseException | None]:
         """The whole batch in one transaction (one commit, one fsync with
         ``synchronous=full``), each item fenced by its own lease."""
         if not items:
             return []
+        self._local.child_done = False
         with self._tx() as c:
             now = time.time()
-            return [self._complete_row(c, i.lease, i.outputs, i.logs, now) for i in items]
+            out: list[BaseException | None] = [
+                self._complete_row(c, i.lease, i.outputs, i.logs, now) for i in items
+            ]
+        if self._local.child_done:  # a parent may be claimable now (0006's trigger)
+            self._notify()
+        return out
 
     def _complete_row(
         self,
@@ -524,7 +539,7 @@ class SQLiteBackend(Backend):
             "UPDATE tasks SET status = 'completed', outputs = ?, progress = ?, error = NULL, "
             "error_code = NULL, lease_expires = NULL, finished_at = ?, updated_at = ?, "
             f"history = {_CLOSE_COMPLETED} "
-            "WHERE id = ? AND status = 'processing' AND lease_token = ?",
+            "WHERE id = ? AND status = 'processing' AND lease_token = ? RETURNING parent_id",
             (
                 json.dumps([o.model_dump(mode="json") for o in outputs]),
                 _COMPLETED,
@@ -535,7 +550,10 @@ class SQLiteBackend(Backend):
                 lease.token,
             ),
         )
-        if cur.rowcount == 1:
+        done = cur.fetchone()
+        if done is not None:
+            if done[0] is not None:
+                self._local.child_done = True
             if logs:
                 c.executemany(
                     "INSERT INTO task_logs (task_id, attempt, ts, stream, line) "
@@ -653,6 +671,62 @@ class SQLiteBackend(Backend):
             task = self._row_to_task(self._require(c, lease.task_id))
         self._notify()
         return task
+
+    def spawn_children(self, lease: Lease, children: list[Task]) -> Task:
+        """Fenced by the parent's lease; the children and the held parent in one
+        transaction (the cascades are 0006's triggers)."""
+        now = time.time()
+        with self._tx() as c:
+            row = self._get_row(c, lease.task_id)
+            if row is not None and rules.spawn_repeat(
+                row["status"], row["lease_token"], row["children"], lease
+            ):
+                return self._row_to_task(row)
+            row = self._held(c, lease)
+            if row["cancel_requested"]:
+                self._fail_row(
+                    c,
+                    row,
+                    "cancelled",
+                    retryable=False,
+                    code="cancelled",
+                    outcome="cancelled",
+                    now=now,
+                )
+                return self._row_to_task(self._require(c, lease.task_id))
+            parent = self._row_to_task(row)
+            stored = rules.prepare_children(parent, children)
+            for child in stored:
+                self._insert(c, child)
+            # the token stays on the held row: a repeated call is recognised
+            c.execute(
+                "UPDATE tasks SET status = 'pending', attempts = MAX(attempts - 1, 0), "
+                "children = ?, lease_expires = NULL, worker_id = NULL, not_before = ?, "
+                "updated_at = ?, progress = ?, history = ? WHERE id = ?",
+                (
+                    len(stored),
+                    _ts(rules.CHILDREN_HOLD),
+                    now,
+                    rules.held_progress(len(stored)),
+                    self._close_attempt(row["history"], rules.SPAWNED, None, now),
+                    lease.task_id,
+                ),
+            )
+            task = self._row_to_task(self._require(c, lease.task_id))
+        self._notify()
+        return task
+
+    def children(self, task_id: str) -> list[Task]:
+        rows = (
+            self._reader()
+            .execute(
+                f"SELECT {COLUMNS} FROM tasks INDEXED BY tasks_parent WHERE parent_id = ? "
+                "ORDER BY id",
+                (task_id,),
+            )
+            .fetchall()
+        )
+        return [self._row_to_task(r) for r in rows]
 
     def reap(self) -> int:
         now = time.time()
