@@ -24,6 +24,9 @@ class Receiver:
     """``answer(received_so_far_for_this_id) -> status``; 200 by default."""
 
     answer: Callable[[str, int], int] = lambda msg_id, n: 200
+    host: str = "127.0.0.1"
+    port: int = 0
+    location: str = ""  # sent with a 3xx answer
     requests: list[Received] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -50,6 +53,8 @@ class Receiver:
                     status = receiver.answer(msg_id, seen)
                     receiver.requests.append(Received(time.time(), headers, body, status))
                 self.send_response(status)
+                if 300 <= status < 400 and receiver.location:
+                    self.send_header("location", receiver.location)
                 self.send_header("content-type", "text/plain")
                 reply = b"ok" if status < 300 else b"not now " + b"x" * 4000
                 self.send_header("content-length", str(len(reply)))
@@ -62,7 +67,7 @@ class Receiver:
         class Server(ThreadingHTTPServer):
             request_queue_size = 256  # socketserver's 5 drops concurrent connects (1 s SYN retry)
 
-        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server = Server((self.host, self.port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
