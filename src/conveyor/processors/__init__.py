@@ -29,7 +29,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from conveyor.errors import InvalidRequest, UnknownKind
-from conveyor.processors.base import Processor, ProcessorContext
+from conveyor.processors.base import ChildrenSpawned, Processor, ProcessorContext
 
 log = logging.getLogger(__name__)
 
@@ -126,4 +126,11 @@ class ProcessorRegistry:
         return [k for k, p in self.items() if name in p.request_fields]
 
 
-__all__ = ["Processor", "ProcessorContext", "ProcessorRegistry", "default_kind", "installed"]
+__all__ = [
+    "ChildrenSpawned",
+    "Processor",
+    "ProcessorContext",
+    "ProcessorRegistry",
+    "default_kind",
+    "installed",
+]

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
 from pydantic import BaseModel
 
@@ -58,6 +58,16 @@ if TYPE_CHECKING:
 
 def _lease_held() -> None:
     """A context made outside a worker (a test, a one-off run) has no lease to lose."""
+
+
+class ChildrenSpawned(Exception):
+    """Raised by :meth:`ProcessorContext.spawn` once the task's children are stored:
+    the worker neither completes nor fails the attempt (it was handed back, waiting for
+    its children; the task runs again once they all completed, with ``children > 0``)."""
+
+    def __init__(self, parent: Task) -> None:
+        super().__init__(f"task {parent.id} waits for {parent.children} children")
+        self.parent = parent
 
 
 class _LazyFolder:
@@ -99,6 +109,11 @@ class ProcessorContext:
     check_lease: Callable[[], None] = _lease_held
     # the attempt's writes (staged; see conveyor.outputs); made from the fields above
     outputs: Stager | None = None
+    # stores children for this task under its lease and hands it back until they all
+    # completed (WorkerQueue.spawn_children); None where nothing can spawn (see spawn)
+    spawn_children: Callable[[list[Task]], Task] | None = None
+    # this task's children as the queue has them (WorkerQueue.spawned)
+    read_children: Callable[[], list[Task]] | None = None
 
     def __post_init__(self) -> None:
         if self.outputs is None:
@@ -118,6 +133,25 @@ class ProcessorContext:
     def workdir_made(self) -> bool:
         """Whether ``workdir`` was asked for (and so made)."""
         return bool(self.__dict__.get("workdir_made"))
+
+    def spawn(self, children: list[Task]) -> NoReturn:
+        """Split this task into ``children`` and wait for them: they are stored under
+        this attempt's lease, the task is handed back (the attempt not counted) and runs
+        again once every child completed, then with ``task.children > 0`` (its step after
+        the children: read their outputs with ``spawned_outputs``).  A child failed for
+        good fails the task; cancelling the task cancels them.  Never returns: raises
+        :class:`ChildrenSpawned`, which the worker understands (let it through)."""
+        if self.spawn_children is None:
+            raise ProcessorError("this worker cannot spawn child tasks", retryable=False)
+        self.check_lease()
+        raise ChildrenSpawned(self.spawn_children(children))
+
+    def spawned(self) -> list[Task]:
+        """This task's children (after :meth:`spawn`, in the order given), with their
+        outputs: what its run after them reads."""
+        if self.read_children is None:
+            raise ProcessorError("this worker cannot read child tasks", retryable=False)
+        return self.read_children()
 
 
 # installed after @dataclass wrote __init__ (which sets it through the descriptor)

@@ -69,7 +69,7 @@ from conveyor.models import (
     WorkerInfo,
     utcnow,
 )
-from conveyor.processors import ProcessorContext, ProcessorRegistry
+from conveyor.processors import ChildrenSpawned, ProcessorContext, ProcessorRegistry
 from conveyor.storage import BlobStore
 
 from .workdirs import WorkRoot
@@ -778,6 +778,12 @@ class Worker:
                 attempt=lease.attempt,
                 check_lease=lambda: self._check_lease(rt),
                 outputs=rt.stager,
+                spawn_children=lambda children: self._spawn(rt, children),
+                read_children=lambda: outputs.retry_infrastructure(
+                    lambda: self.queue.spawned(rt.lease),
+                    budget_s=max(30.0, self.lease_s),
+                    what="reading children",
+                ),
             )
             produced = processor.run(ctx)
             if rt.stop_reason is not None:
@@ -805,6 +811,8 @@ class Worker:
                 )
                 return
             self._settle_completed(rt, produced)
+        except ChildrenSpawned:  # handed back by _spawn: neither completed nor failed
+            pass
         except TaskCancelled:
             self._finish_stopped(rt, timeout_s)
         except LeaseLost:
@@ -942,6 +950,20 @@ class Worker:
         else:
             self._task_log(rt, f"Task cancelled: {rt.task.id}")
             self._fail(rt, "cancelled by request", retryable=False, code="cancelled", say=False)
+
+    # -- children (issue 18) --------------------------------------------------------------
+    def _spawn(self, rt: RunningTask, children: list[Task]) -> Task:
+        """``ctx.spawn``: the children stored under the attempt's lease and the task handed
+        back to wait for them (``WorkerQueue.spawn_children``); the log is shipped first,
+        so it is whole once the task shows as waiting.  What the attempt staged stays,
+        as after a release."""
+        self._task_log(rt, f"Task waiting for children: {rt.task.id} spawns {len(children)}")
+        self._flush_logs(rt)
+        parent = self._call(
+            lambda: self.queue.spawn_children(rt.lease, children), "spawning children"
+        )
+        rt.stop("spawned")  # the lease is the children's hold now: no heartbeat, no abandon
+        return parent
 
     def _report(self, call: Callable[[], Task]) -> Task | None:
         try:
