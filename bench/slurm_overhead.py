@@ -15,7 +15,7 @@ Both on the same partition with the same slots; it prints both wall times and th
 task credential, runs the command with the same processor as any worker, ships its log
 and completes: that is the overhead measured.
 
-    .venv/bin/python bench/slurm_overhead.py [--tasks 200] [--seconds 1]
+    .venv/bin/python bench/slurm_overhead.py [--tasks 200] [--seconds 1] [--slots CPUS]
 """
 
 from __future__ import annotations
@@ -172,12 +172,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument(
+        "--slots",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="the node's CPUs in slurm.conf (this machine's cores: one real CPU a job, "
+        "as on a cluster; the tests' fixture gives it at least 4)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("run as root: the test cluster's slurmd starts jobs as their users")
         return 2
     root = Path(tempfile.mkdtemp(prefix="conveyor-slurm-bench-"))
-    cluster = SlurmCluster(root / "slurm", rest=False)
+    cluster = SlurmCluster(root / "slurm", rest=False, cpus=args.slots)
     cluster.start()
     try:
         cpus = cluster.run("sinfo", "-h", "-p", "debug", "-o", "%C", check=False).stdout.strip()
