@@ -166,6 +166,26 @@ def test_transcode_events_arrive_signed_through_500s_and_a_sigkill(
         assert (
             httpx.get(f"{srv.url}/api/tasks", params={"external_id": "job-42"}).json()["count"] == 1
         )
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "conveyor", *args, "--url", srv.url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "COLUMNS": "250"},
+            )
+
+        listed = cli("webhooks", "list")
+        assert listed.returncode == 0 and sub["id"] in listed.stdout, listed.stderr
+        shown = cli("webhooks", "deliveries", sub["id"])
+        assert shown.returncode == 0 and shown.stdout.count("delivered") == 3, shown.stdout
+        again = cli("webhooks", "redeliver", sub["id"], log[0]["id"])
+        assert again.returncode == 0 and "due now" in again.stdout, again.stderr
+        wait_for(lambda: len(receiver.taken()) == want + 1, 30, "the redelivery")
+        assert receiver.taken()[-1].headers["webhook-id"] == log[0]["event_id"]
+        refused = cli("webhooks", "create", "http://10.0.0.1/hook")
+        assert refused.returncode == 2 and "private address" in refused.stderr, refused.stderr
     finally:
         srv.stop()
         receiver.stop()

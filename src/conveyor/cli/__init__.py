@@ -29,6 +29,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(aws_app, name="aws")
 app.add_typer(token_app, name="token")
 app.add_typer(worker_app, name="worker")
+app.add_typer(events.webhooks_app, name="webhooks")
 for command in (
     serve.up,
     serve.serve,

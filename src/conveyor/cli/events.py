@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import typer
+from rich.table import Table
 
 from conveyor.cli.common import URL, console, err
 from conveyor.cli.common import client as _client
@@ -103,3 +104,103 @@ def _print(kind_of: str, data: dict[str, Any], as_json: bool) -> None:
         f"[{colour}]{kind_of:<9}[/{colour}] {d.get('task_id', '')} {d.get('kind', '')}{extra}",
         highlight=False,
     )
+
+
+webhooks_app = typer.Typer(
+    help="Webhook subscriptions and their delivery logs (admins and operators).",
+    no_args_is_help=True,
+)
+
+
+@webhooks_app.command("create")
+def webhook_create(
+    target: str = typer.Argument(..., help="The URL events are POSTed to."),
+    event: list[str] = typer.Option(None, "--event", help="Only these types (repeat or a,b)."),
+    kind: list[str] = typer.Option(None, "--kind", help="Only these kinds (repeat or a,b)."),
+    description: str = typer.Option("", help="What it is for."),
+    url: str = URL,
+) -> None:
+    """Subscribe a URL; prints the signing secret, shown this once."""
+    body = {
+        "url": target,
+        "events": [e.strip() for raw in event or [] for e in raw.split(",") if e.strip()],
+        "kinds": [k.strip() for raw in kind or [] for k in raw.split(",") if k.strip()],
+        "description": description,
+    }
+    try:
+        hook = _client(url).request("POST", "/api/webhooks", json=body)
+    except ClientError as exc:
+        _fail(exc)
+        return
+    console.print(f"webhook [bold]{hook['id']}[/bold] → {hook['url']}", highlight=False)
+    console.print(f"secret (shown once): {hook['secret']}", highlight=False)
+
+
+@webhooks_app.command("list")
+def webhook_list(url: str = URL) -> None:
+    """The subscriptions."""
+    try:
+        res = _client(url).request("GET", "/api/webhooks")
+    except ClientError as exc:
+        _fail(exc)
+        return
+    table = Table("id", "url", "events", "kinds", "description")
+    for h in res["webhooks"]:
+        table.add_row(
+            h["id"],
+            h["url"],
+            ",".join(h["events"]) or "all",
+            ",".join(h["kinds"]) or "all",
+            h["description"],
+        )
+    console.print(table)
+
+
+@webhooks_app.command("delete")
+def webhook_delete(webhook_id: str, url: str = URL) -> None:
+    """Delete a subscription and its delivery log."""
+    try:
+        _client(url).request("DELETE", f"/api/webhooks/{webhook_id}")
+    except ClientError as exc:
+        _fail(exc)
+        return
+    console.print(f"{webhook_id}: deleted")
+
+
+@webhooks_app.command("deliveries")
+def webhook_deliveries(webhook_id: str, limit: int = typer.Option(50), url: str = URL) -> None:
+    """A subscription's delivery log, newest event first."""
+    try:
+        res = _client(url).request(
+            "GET", f"/api/webhooks/{webhook_id}/deliveries", params={"limit": limit}
+        )
+    except ClientError as exc:
+        _fail(exc)
+        return
+    table = Table("delivery", "event", "task", "state", "tries", "http", "ms", "next try / error")
+    for d in res["deliveries"]:
+        latency = d.get("last_latency_ms")
+        table.add_row(
+            d["id"],
+            f"{d['event_type']} #{d['event_seq']}",
+            d["task_id"],
+            d["state"],
+            str(d["attempts"]),
+            str(d["last_status"] or "-"),
+            f"{latency:.0f}" if latency is not None else "-",
+            d.get("last_error") or (d.get("next_at") or "")[:19],
+        )
+    console.print(table)
+
+
+@webhooks_app.command("redeliver")
+def webhook_redeliver(webhook_id: str, delivery_id: str, url: str = URL) -> None:
+    """Send a delivery again (same event id)."""
+    try:
+        d = _client(url).request(
+            "POST", f"/api/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"
+        )
+    except ClientError as exc:
+        _fail(exc)
+        return
+    console.print(f"{d['id']}: {d['state']}, due now")
