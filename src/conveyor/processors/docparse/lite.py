@@ -48,6 +48,7 @@ from conveyor.processors.docparse.ocr import (
     OcrUnavailable,
     Word,
     check_languages,
+    finer_dpi,
     is_cjk_char,
     looks_turned,
     mean_confidence,
@@ -284,6 +285,14 @@ def _ocr_blocks(
     dpi = job.limits.render_dpi(*content.shown.size)
     gray = render_gray(page, dpi)
     pixels[0] += gray.size
+    # small print is read at a finer resolution, within the same pixel cap
+    finer = min(
+        finer_dpi(flatten_paper(gray), dpi),
+        job.limits.render_dpi(*content.shown.size, want=2 * dpi),
+    )
+    if finer > dpi:
+        dpi, gray = finer, render_gray(page, finer)
+        pixels[0] += gray.size
     flat = Image.fromarray(flatten_paper(gray))
     words = reread_latin_lines(
         flat, tesseract_words(flat, job.langs, dpi, job.ocr_parts), job.langs, dpi
