@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from standardwebhooks.webhooks import Webhook
 
 from conveyor.auth.roles import Role
 from conveyor.config import load_settings
+from conveyor.events import signing
+from conveyor.events.model import Endpoint, new_endpoint_id
 from conveyor.server.app import create_app
 from conveyor.server.runtime import Runtime
 from tests.webhook_receiver import Receiver
@@ -289,3 +292,35 @@ def test_event_stream_resumes_filters_and_is_role_scoped(
     # webhooks are for admins and operators
     r = api.post("/api/webhooks", json={"url": "https://example.com/"}, headers=h(Role.SUBMITTER))
     assert r.status_code == 403
+    # a submitter sees its task's deliveries to its own webhook, not the subscriptions'
+    store = runtime.service.events.store
+    sub = Endpoint(
+        id=new_endpoint_id(),
+        url="https://ops.internal.example/hook",
+        secret=signing.new_secret(),
+        created_at=datetime.now(UTC),
+    )
+    store.add_endpoint(sub)
+    own_task = every[0]["data"]["task_id"]
+    mine = Endpoint(
+        id=new_endpoint_id(),
+        url="https://submitter.example/hook",
+        secret=signing.new_secret(),
+        created_at=datetime.now(UTC),
+        task_id=own_task,
+    )
+    store.add_endpoint(mine)
+    assert api.post(f"/api/tasks/{own_task}/cancel", headers=h(Role.SUBMITTER)).status_code == 200
+
+    def both() -> bool:  # the cancelled event, fanned out by the API's dispatcher
+        got = api.get(f"/api/tasks/{own_task}/deliveries", headers=h(Role.ADMIN)).json()
+        return len(got["deliveries"]) == 2
+
+    wait_for(both)
+    seen = api.get(f"/api/tasks/{own_task}/deliveries", headers=h(Role.SUBMITTER)).json()
+    assert {d["endpoint_id"] for d in seen["deliveries"]} == {mine.id}
+    assert "ops.internal" not in json.dumps(seen)
+    page = api.get(f"/admin/tasks/{own_task}", headers=h(Role.SUBMITTER)).text
+    assert "submitter.example" in page and "ops.internal" not in page
+    everyone = api.get(f"/api/tasks/{own_task}/deliveries", headers=h(Role.ADMIN)).json()
+    assert {d["endpoint_id"] for d in everyone["deliveries"]} == {mine.id, sub.id}

@@ -120,12 +120,13 @@ async def task_deliveries(
     service: ConveyorService = Depends(get_service),
     principal: Principal = require(Permission.TASKS_READ),
 ) -> dict[str, Any]:
-    """Oldest first, to every endpoint (the task's own webhook and subscriptions)."""
+    """Oldest first, to every endpoint (the task's own webhook and subscriptions); a
+    submitter sees those to the task's own webhook only."""
     owner = owner_filter(principal)
 
     def read() -> dict[str, Any]:
         service.get(task_id, owner)  # 404 for a task this caller may not see
-        items = service.events.task_deliveries(task_id)
+        items = service.events.task_deliveries(task_id, own_only=owner is not None)
         endpoints = service.events.endpoints_of(items)
         return {
             "deliveries": [d.model_dump(mode="json") for d in items],

@@ -289,7 +289,7 @@ async def task_page(
         service.explain, await call(service.get, task_id, owner_filter(principal))
     )
     logs = await call(views.task_log, service, task_id)
-    deliveries = await call(task_deliveries, service, task_id)
+    deliveries = await call(task_deliveries, service, task_id, owner_filter(principal))
     # a parent (e.g. a long video split into chunks): its children and overall progress
     children = await call(service.children, task.id) if task.children else None
     lines = logs["lines"]

@@ -25,10 +25,13 @@ from .render import PREFIX
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
 
 
-def task_deliveries(service: ConveyorService, task_id: str) -> list[dict[str, Any]]:
-    """A task's deliveries with their endpoints' URLs, oldest first ([] without events)."""
+def task_deliveries(
+    service: ConveyorService, task_id: str, owner: str | None = None
+) -> list[dict[str, Any]]:
+    """A task's deliveries with their endpoints' URLs, oldest first ([] without events);
+    a submitter's (``owner``): to the task's own webhook only."""
     try:
-        items = service.events.task_deliveries(task_id)
+        items = service.events.task_deliveries(task_id, own_only=owner is not None)
         endpoints = service.events.endpoints_of(items)
     except EventsUnavailable:
         return []

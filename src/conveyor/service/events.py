@@ -225,9 +225,18 @@ class EventsService:
             raise InvalidRequest("invalid cursor: use next_cursor from the previous page")
         return self.store.deliveries(endpoint_id=endpoint_id, limit=limit, cursor=cursor)
 
-    def task_deliveries(self, task_id: str) -> list[Delivery]:
-        """A task's deliveries to every endpoint, oldest first (the caller checked access)."""
-        return self.store.deliveries(task_id=task_id, limit=500).items
+    def task_deliveries(self, task_id: str, *, own_only: bool = False) -> list[Delivery]:
+        """A task's deliveries to every endpoint, oldest first (the caller checked access).
+
+        ``own_only``: to the task's own webhooks only; a submitter is not shown where the
+        operators' subscriptions send events."""
+        items = self.store.deliveries(task_id=task_id, limit=500).items
+        if own_only:
+            own = {
+                ep.id for ep in self.store.endpoints(task_ids=[task_id]) if ep.task_id == task_id
+            }
+            items = [d for d in items if d.endpoint_id in own]
+        return items
 
     def endpoints_of(self, deliveries: list[Delivery]) -> dict[str, WebhookView]:
         out: dict[str, WebhookView] = {}
