@@ -238,7 +238,12 @@ class WorkerProtocol:
             refs += self.service.registry.get(task.kind).objects_read(task.params)
         except Exception:  # an unknown kind reads nothing more
             log.debug("no processor for %s here", task.kind, exc_info=True)
-        return {(r.bucket, r.key) for r in refs}
+        found = {(r.bucket, r.key) for r in refs}
+        if task.children > 0:  # a parent's run after its children reads their outputs
+            found |= {
+                (o.bucket, o.key) for c in self.service.backend.children(task.id) for o in c.outputs
+            }
+        return found
 
     # -- files -----------------------------------------------------------------------
     def upload_target(

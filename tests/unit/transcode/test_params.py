@@ -25,6 +25,8 @@ def test_normalises_and_dedupes() -> None:
         "output_prefix": "a/b",
         "segment_seconds": None,
         "timeout_s": None,
+        "split": None,
+        "chunk": None,
     }
 
 

@@ -28,7 +28,7 @@ from conveyor.errors import (
     ProcessorError,
     TaskCancelled,
 )
-from conveyor.models import InputRef, OutputFile, Task
+from conveyor.models import InputRef, OutputFile, Task, utcnow
 from conveyor.processors.base import (
     Choice,
     FormField,
@@ -38,6 +38,7 @@ from conveyor.processors.base import (
     download_input,
     publishing,
 )
+from conveyor.processors.transcode import splitting
 from conveyor.processors.transcode.command import (
     GroupPlan,
     OutputPlan,
@@ -236,7 +237,37 @@ class TranscodeProcessor(Processor):
         for gp in group_plans:
             gp.dir.mkdir(parents=True, exist_ok=True)
             ctx.log(_describe_group_plan(gp, info))
-        result, encoders = self._encode(ctx, src, info, plans, group_plans, encoders, started)
+        prefix = params.output_prefix or _default_prefix(src_ref.key)
+        # split and stitch (splitting.py): a chunk of a split task, a split task's run
+        # after its chunks, or a long task that splits now (ctx.spawn does not return)
+        if params.chunk is not None:
+            return splitting.run_chunk(
+                self, ctx, params, src, info, plans, encoders, started, prefix
+            )
+        kids: list[Task] = []
+        if ctx.task.children > 0:
+            kids = splitting.published_children(ctx)
+            result, _frames = splitting.stitch(self, ctx, kids, src, info, plans, started)
+            rest = [p for p in plans if p not in splitting.full_length(plans)]
+            if rest:
+                result, encoders = self._encode(ctx, src, info, rest, [], encoders, started)
+            first = min((k.started_at for k in kids if k.started_at), default=None)
+            if first is not None:  # the split encode's wall time, chunks to stitch
+                result = FFmpegResult(
+                    result.returncode, result.stderr_tail, (utcnow() - first).total_seconds()
+                )
+        else:
+            reason = splitting.split_reason(
+                params, self.config.split_after, info, plans, group_plans
+            )
+            chunks = (
+                splitting.spawn_chunks(self, ctx, params, src, info, plans, reason)
+                if reason
+                else []
+            )
+            if chunks:
+                ctx.spawn(chunks)
+            result, encoders = self._encode(ctx, src, info, plans, group_plans, encoders, started)
         _check_cancel(ctx)
 
         ctx.report_progress(94.0, "verify", "checking every output with ffprobe")
@@ -252,13 +283,17 @@ class TranscodeProcessor(Processor):
             ctx.log(f"  {res.plan.name}: {_describe_group(res)}")
             for stray in unnamed_files(res):
                 ctx.log(f"  {res.plan.name}: {stray.name} is named by no playlist; not published")
-        prefix = params.output_prefix or _default_prefix(src_ref.key)
         items = _rendition_items(checked, prefix, encoders)
         items += [i for res in streams for i in _group_items(res, prefix, encoders)]
         outputs = self._publish(ctx, items)
         for o in outputs:  # feeds conveyor_transcode_speed_ratio on /metrics
             if o.meta.get("role") in (None, "master", "manifest"):
                 o.meta["encode_speed"] = round(speed, 3)
+            if kids and o.meta.get("duration") is not None:
+                o.meta["chunks"] = len(kids)
+        if kids:
+            removed = splitting.remove_chunks(ctx, kids)
+            ctx.log(f"Chunk files removed: {removed} (the stitched outputs are staged)")
         total = sum(o.size for o in outputs)
         ctx.log(
             f"Upload completed: {len(outputs)} file(s), {total} bytes to "

@@ -10,6 +10,22 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+class ChunkParams(BaseModel):
+    """One chunk of a split task (set by the task that split, never by a submitter's
+    form): frames ``first`` .. ``first + frames - 1`` of the source, from the keyframe at
+    ``start`` seconds to ``end`` (``split.Chunk``); ``frame_s`` is one frame's duration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+    first: int = Field(ge=0)
+    frames: int = Field(ge=1)
+    start: float = Field(ge=0)
+    end: float = Field(gt=0)
+    frame_s: float = Field(gt=0)
+
+
 class TranscodeParams(BaseModel):
     """What a transcode task may ask for; unknown fields are refused, not ignored."""
 
@@ -22,6 +38,11 @@ class TranscodeParams(BaseModel):
     segment_seconds: float | None = Field(None, ge=1, le=60)
     # Read by the worker for its per-task timeout; kept so validation does not drop it.
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400)  # as SubmitRequest.timeout_s
+    # Split and stitch (docs/transcode-profiles.md): true splits whatever the input's
+    # length, false never; unset splits an input longer than the split_after setting.
+    split: bool | None = None
+    # Set on a chunk task by the task that split (its parent): encode this chunk only.
+    chunk: ChunkParams | None = None
 
     @field_validator("transcode_types")
     @classmethod

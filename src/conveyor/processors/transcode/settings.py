@@ -61,6 +61,11 @@ class TranscodeSettings(KindSettings):
     ffmpeg: str = Field("ffmpeg", validation_alias=_names("ffmpeg", "CONVEYOR_FFMPEG"))
     ffprobe: str = Field("ffprobe", validation_alias=_names("ffprobe", "CONVEYOR_FFPROBE"))
     encoder: str = Field("auto", validation_alias=_names("encoder", "CONVEYOR_ENCODER"))
+    # split and stitch: an input longer than this (seconds) is encoded as chunks by
+    # several workers at once (a task's params.split overrides); each chunk about
+    # chunk_seconds long, cut on the source's keyframes
+    split_after: float = Field(120.0, gt=0)
+    chunk_seconds: float = Field(30.0, ge=5)
 
     @field_validator("default_types", mode="before")
     @classmethod
@@ -71,7 +76,7 @@ class TranscodeSettings(KindSettings):
             return [t.strip() for t in v.split(",") if t.strip()]
         return v
 
-    @field_validator("preview_seconds", mode="before")
+    @field_validator("preview_seconds", "split_after", "chunk_seconds", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> float:
         return parse_duration(v)
