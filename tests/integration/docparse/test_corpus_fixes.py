@@ -335,3 +335,27 @@ def test_measure_counts_a_word_poppler_joined_once() -> None:
     assert broken.recall == 1.0 and broken.precision == 1.0
     # a hyphen inside a line is not a line end
     assert measure.word_score("a well-known fact\n", "", "a wellknown fact").recall == 0.5
+
+
+def test_ruled_table_outer_columns_and_decimal_points_tabula(tmp_path: Path) -> None:
+    """tabula's mtcars table (LaTeX ``{l|r|...|r}``) draws vertical rules only between
+    its figures' columns: its row labels and its last column, outside the outermost
+    rules, were left out of the grid and made a second table ('Mazda RX4 | 4'); and a
+    decimal point, lower than the digits, made a row of its own ('21 0' over '.').
+    The horizontal rules' common ends are the table's edges, and a glyph much lower
+    than its row's letters makes no row."""
+    out = parse("tabula-data", [1], tmp_path)
+    tables = out.of_type("table")
+    assert len(tables) == 1
+    body = tables[0]["table_body"]
+    assert "<td>Mazda RX4</td><td>21.0</td><td>6</td><td>160.0</td>" in body
+    assert "<td>carb</td>" in body
+    assert body.count("<tr>") == 33  # the header and 32 cars
+
+
+def test_a_bullet_glyph_column_is_a_list_not_a_table_dmca(tmp_path: Path) -> None:
+    """The DMCA report's bullets are a symbol font's glyph the text layer maps to '!':
+    a column of '!' beside the items lined up like a two-column table."""
+    out = parse("dmca-report", list(range(1, 19)), tmp_path)
+    assert out.of_type("table") == []
+    assert any("they are primarily designed or produced to circumvent" in p for p in out.paragraphs)

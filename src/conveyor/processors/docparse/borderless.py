@@ -203,6 +203,8 @@ def _table(rows: Sequence[Row], gaps: Sequence[Span]) -> BorderlessTable | None:
         column = [row[col] for row in cells if row[col]]
         if not column or all(LIST_MARKER.match(c) for c in column):
             return None  # an empty column, or a list's markers
+        if len(column) >= 2 and len(set(column)) == 1 and len(column[0]) == 1:
+            return None  # one glyph down a column: a symbol font's bullet ('!' in DMCA's)
     if _contents_or_index(cells):
         return None
     words = [w for r in rows for w in r.words]

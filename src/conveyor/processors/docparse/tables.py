@@ -180,6 +180,7 @@ def find_tables(segments: Sequence[Segment]) -> list[Grid]:
         ys = _cluster([hs[i][1] for i in members if i < len(hs)])
         xs = _cluster([vs[i - len(hs)][0] for i in members if i >= len(hs)])
         if len(ys) >= 2 and len(xs) >= 2:
+            xs = _outer_columns(xs, [hs[i] for i in members if i < len(hs)])
             grids.append(
                 Grid(
                     xs=xs,
@@ -190,6 +191,23 @@ def find_tables(segments: Sequence[Segment]) -> list[Grid]:
             )
     grids.sort(key=lambda g: (g.ys[0], g.xs[0]))
     return grids
+
+
+def _outer_columns(xs: list[float], hrules: Sequence[Segment]) -> list[float]:
+    """Column edges with the outer columns that have no rule on their far side: where
+    the horizontal rules run on past the outermost vertical one (a LaTeX table
+    ``{l|r|...|r}``: its row labels left of the first rule, its last column right of
+    the last), their common end is the table's edge, so those columns are cells too
+    and not text beside the table.  Two rules at least must reach that far."""
+    out = list(xs)
+    lefts = sorted(h[0] for h in hrules)
+    rights = sorted((h[2] for h in hrules), reverse=True)
+    if len(hrules) >= 2:
+        if lefts[1] < xs[0] - MIN_RULE:
+            out.insert(0, lefts[1])
+        if rights[1] > xs[-1] + MIN_RULE:
+            out.append(rights[1])
+    return out
 
 
 class Boxed(Protocol):
@@ -227,8 +245,13 @@ def split_rows(grid: Grid, items: Sequence[Boxed], texts: Sequence[str] | None =
         half = 0.3 * (it.y1 - it.y0)  # the core of the glyph: ascenders and descenders
         by_row.setdefault(max(r, 0), []).append((cy - half, cy + half, max(c, 0), n))
     new_ys: list[float] = []
-    for row_items in by_row.values():
-        row_items.sort()
+    for all_items in by_row.values():
+        # a glyph much lower than the row's letters (a decimal point, a comma, a
+        # rule's dash) sits on the line of the figures it belongs to: it makes no
+        # band of its own ('21.0' was a row '21 0' and a row '.')
+        heights = sorted(core[1] - core[0] for core in all_items)
+        usual = heights[len(heights) // 2]
+        row_items = sorted(core for core in all_items if core[1] - core[0] >= 0.5 * usual)
         bands: list[list[tuple[float, float, int, int]]] = []
         bottom = -1e9
         for core in row_items:
