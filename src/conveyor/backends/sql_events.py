@@ -384,7 +384,9 @@ class SQLEventStore(EventStore):
             n = int(cur.rowcount or 0)
             cur.execute(
                 self._q(
-                    f"DELETE FROM events WHERE seq <= {self._CURSOR} AND at < ? AND NOT EXISTS "
+                    # never the newest: SQLite's next seq is the largest + 1
+                    f"DELETE FROM events WHERE seq <= {self._CURSOR} AND at < ? "
+                    "AND seq < (SELECT max(seq) FROM events) AND NOT EXISTS "
                     "(SELECT 1 FROM webhook_deliveries d WHERE d.state = 'pending' "
                     "AND d.event_seq = events.seq)"
                 ),

@@ -106,12 +106,25 @@ class Dispatcher:
         self._client.close()
 
     def _run(self) -> None:
+        failing_since: float | None = None
+        said = 0.0
         while not self._stop.is_set():
             try:
                 busy = self.run_once()
-            except Exception:  # the database is down, say: try again, never die
-                log.exception("event dispatcher pass failed")
+                if failing_since is not None:
+                    log.info("event dispatcher working again")
+                    failing_since = None
+            except Exception as exc:  # the database is down, say: try again, never die
                 busy = 0
+                now = time.monotonic()
+                if failing_since is None:  # once with the traceback, then once a minute
+                    failing_since = said = now
+                    log.exception("event dispatcher pass failed; retrying")
+                elif now - said >= 60:
+                    said = now
+                    log.warning(
+                        "event dispatcher still failing after %.0f s: %s", now - failing_since, exc
+                    )
             if not busy:
                 self._wake.wait(self.settings.poll_s)
                 self._wake.clear()

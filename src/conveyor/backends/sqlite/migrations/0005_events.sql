@@ -5,9 +5,12 @@
 --   and tasks.metadata (a small JSON object returned untouched);
 -- * events: the outbox.  Triggers on tasks write one row per state change in the
 --   transaction that makes the change, whichever statement makes it, so a state
---   change and its event commit together or not at all.  seq (AUTOINCREMENT: one
---   writer at a time, so seq order is commit order; never reused after a prune) is
---   the stream's position and the table's only key: a state change pays one row;
+--   change and its event commit together or not at all.  seq (the rowid: one writer
+--   at a time, so seq order is commit order) is the stream's position and the
+--   table's only key: a state change pays one row and no other page.  Not
+--   AUTOINCREMENT (its sqlite_sequence row would be one more page per commit): a
+--   rowid is max + 1, and the prune never deletes the newest event, so a seq is
+--   never given twice;
 -- * events_cursor: how far the dispatcher has made deliveries (the 'fanout' row);
 -- * webhook_endpoints: subscriptions (task_id NULL) and one task's own webhooks;
 -- * webhook_deliveries: one event to one endpoint, with its last try (the log).
@@ -25,7 +28,7 @@ CREATE INDEX IF NOT EXISTS tasks_external ON tasks (external_id, created_at DESC
     WHERE external_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS events (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq          INTEGER PRIMARY KEY,
     id           TEXT NOT NULL,
     type         TEXT NOT NULL,
     task_id      TEXT NOT NULL,
