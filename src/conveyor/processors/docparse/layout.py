@@ -85,6 +85,20 @@ class _Builder:
         self.caps += ch.caps
         self.n += 1
 
+    def extend(self, other: _Builder) -> None:
+        """``other``'s characters after these, a space between (none between CJK)."""
+        last = self.parts[-1][-1:] if self.parts else ""
+        if not (is_cjk(last) and is_cjk(other.parts[0][:1])) and last != " ":
+            self.parts.append(" ")
+        self.parts.extend(other.parts)
+        self.x0, self.y0 = min(self.x0, other.x0), min(self.y0, other.y0)
+        self.x1, self.y1 = max(self.x1, other.x1), max(self.y1, other.y1)
+        self.sizes.extend(other.sizes)
+        self.bold += other.bold
+        self.n += other.n
+        self.math += other.math
+        self.caps += other.caps
+
     def line(self) -> Line | None:
         text = "".join(self.parts).strip()
         if not text or self.n == 0:
@@ -154,30 +168,37 @@ TIGHT_GAP_EM = 0.8
 LEADERS = frozenset(".·…_-")
 
 
-def chars_to_lines(
-    chars: Iterable[Char], *, max_gap_em: float = LINE_GAP_EM, gutters: Sequence[float] = ()
-) -> list[Line]:
+def chars_to_lines(chars: Iterable[Char], *, max_gap_em: float = LINE_GAP_EM) -> list[Line]:
     """Group characters (in content order) into lines of text.
 
-    A line ends at a line break, a jump in height, a step backwards, a
-    horizontal gap wide enough to be a column gutter (``max_gap_em``), or a
-    narrower gap (``TIGHT_GAP_EM``) over one of ``gutters``.
+    A line ends at a line break, a jump in height, a step backwards, or a
+    horizontal gap wide enough to be a column gutter (``max_gap_em``).
     """
-    lines: list[Line] = []
+    return [ln for b, _soft in _pieces(chars, max_gap_em) if (ln := b.line()) is not None]
+
+
+def _pieces(chars: Iterable[Char], max_gap_em: float) -> list[tuple[_Builder, float | None]]:
+    """The lines as builders, each with the size of the gap that ended the one before
+    when that gap alone (over ``max_gap_em``, under ``LINE_GAP_EM``) ended it."""
+    out: list[tuple[_Builder, float | None]] = []
     cur = _Builder()
     pending_space = False
+    soft: float | None = None
+    # the height the characters since the last hard break span: a piece after a soft
+    # break is judged against the whole line, as it would be without the break
+    band = (0.0, 0.0)
 
-    def flush() -> None:
-        nonlocal cur, pending_space
-        line = cur.line()
-        if line is not None:
-            lines.append(line)
+    def flush(next_soft: float | None) -> None:
+        nonlocal cur, pending_space, soft
+        if cur.n:
+            out.append((cur, soft))
         cur = _Builder()
         pending_space = False
+        soft = next_soft
 
     for ch in chars:
         if ch.text in ("\r", "\n"):
-            flush()
+            flush(None)
             continue
         if ch.text.isspace() or ch.x1 <= ch.x0:
             if ch.text.isspace() and cur.n:
@@ -185,30 +206,26 @@ def chars_to_lines(
             continue
         if cur.n:
             size = max(ch.size, 1.0)
-            mid_ch, mid_cur = (ch.y0 + ch.y1) / 2, (cur.y0 + cur.y1) / 2
-            line_h = max(cur.y1 - cur.y0, ch.y1 - ch.y0, size * 0.5)
+            mid_ch, mid_cur = (ch.y0 + ch.y1) / 2, (band[0] + band[1]) / 2
+            line_h = max(band[1] - band[0], ch.y1 - ch.y0, size * 0.5)
             gap = ch.x0 - cur.x1
-            if (
-                abs(mid_ch - mid_cur) > 0.6 * line_h
-                or gap < -size
-                or gap > max_gap_em * size
-                or (
-                    gap > TIGHT_GAP_EM * size
-                    and ch.text not in LEADERS  # a column's line, not a contents' leader
-                    and any(cur.x1 < g < ch.x0 for g in gutters)
-                )
-            ):
-                flush()
+            if abs(mid_ch - mid_cur) > 0.6 * line_h or gap < -size or gap > LINE_GAP_EM * size:
+                flush(None)
+            elif gap > max_gap_em * size:
+                flush(size)
             elif not pending_space and gap > 0.25 * size:
                 pending_space = True
+        if cur.n == 0 and soft is None:  # a new line (not a piece after a soft break)
+            band = (ch.y0, ch.y1)
         if pending_space and cur.n:
             last = cur.parts[-1][-1:] if cur.parts else ""
             if not (is_cjk(last) and is_cjk(ch.text[:1])) and last != " ":
                 cur.parts.append(" ")
         pending_space = False
         cur.add(ch)
-    flush()
-    return lines
+        band = (min(band[0], ch.y0), max(band[1], ch.y1))
+    flush(None)
+    return out
 
 
 def columns_lines(chars: Sequence[Char], page_w: float) -> list[Line]:
@@ -217,15 +234,32 @@ def columns_lines(chars: Sequence[Char], page_w: float) -> list[Line]:
     Where a page's columns stand close (the IRS sets three 13 pt apart in 9.5 pt
     type), a line of one column and the line beside it in the next, drawn one
     after the other, are closer than a gutter's ``LINE_GAP_EM`` and would read as
-    one line across both.  So the gutters are found first among lines cut at
-    every gap of ``TIGHT_GAP_EM`` (where such lines leave them clear), and the
-    lines are then built as usual but cut where a gap lies over one of them."""
-    tight = chars_to_lines(chars, max_gap_em=TIGHT_GAP_EM)
+    one line across both.  So the gutters are found among lines cut at every gap
+    of ``TIGHT_GAP_EM`` (where such lines leave them clear), and those pieces are
+    then joined back into lines except where the gap lies over a gutter."""
+    pieces = _pieces(chars, TIGHT_GAP_EM)
+    if not any(soft for _, soft in pieces):
+        return [ln for b, _ in pieces if (ln := b.line()) is not None]
+    tight = [ln for b, _ in pieces if (ln := b.line()) is not None]
     gutters: list[float] = []
     _order_region(
         sorted(tight, key=lambda ln: (round(ln.y0 / 2), ln.x0)), 0.0, page_w, page_w, 0, [], gutters
     )
-    return chars_to_lines(chars, gutters=gutters)
+    joined: list[_Builder] = []
+    for b, soft in pieces:
+        prev = joined[-1] if joined else None
+        if (
+            prev is not None
+            and soft is not None
+            and not (
+                b.parts[0][:1] not in LEADERS  # a column's line, not a contents' leader
+                and any(prev.x1 < g < b.x0 for g in gutters)
+            )
+        ):
+            prev.extend(b)
+            continue
+        joined.append(b)
+    return [ln for b in joined if (ln := b.line()) is not None]
 
 
 def size_counts(lines: Sequence[Line]) -> Counter[float]:
