@@ -49,7 +49,8 @@ USER = "conveyor"
 RUN_AS = "postgres"  # initdb/pg_ctl refuse to run as root
 TRUNCATE = (
     "TRUNCATE tasks, task_logs, workers, auth_tokens, auth_secrets, auth_nonces, audit_log, "
-    "events, events_cursor, webhook_endpoints, webhook_deliveries RESTART IDENTITY"
+    "events, events_cursor, events_config, events_progress, webhook_endpoints, "
+    "webhook_deliveries RESTART IDENTITY"
 )
 
 _lock = threading.Lock()

@@ -530,3 +530,36 @@ def test_prune_never_gives_a_seq_twice(engine: tuple[Backend, EventStore]) -> No
     submit(backend)
     assert [e.seq for e in stream(store)][-1] > newest
     assert len(store.events_after(newest)) == 1
+
+
+def test_progress_events_are_off_by_default_and_throttled(
+    engine: tuple[Backend, EventStore],
+) -> None:
+    from conveyor.models import Progress
+
+    backend, store = engine
+    t = submit(backend)
+    [c] = backend.claim("w1", [t.kind], 1, 30)
+    backend.progress(c.lease, Progress(percent=10, phase="transcode"))
+    assert types(store, t.id) == ["queued", "started"]  # off by default
+    store.set_progress_interval(0.3)
+    backend.progress(c.lease, Progress(percent=20, phase="transcode"))
+    backend.progress(c.lease, Progress(percent=30, phase="transcode"))  # too soon: none
+    time.sleep(0.35)
+    backend.progress(c.lease, Progress(percent=40, phase="transcode"))
+    backend.complete(c.lease, [])
+    events = stream(store, t.id)
+    assert [e.type.value for e in events] == [
+        "queued",
+        "started",
+        "progress",
+        "progress",
+        "completed",
+    ]
+    got = [e.payload()["data"]["progress"]["percent"] for e in events if e.type.value == "progress"]
+    assert got == [20, 40]
+    store.set_progress_interval(0)
+    t2 = submit(backend)
+    [c] = backend.claim("w1", [t2.kind], 1, 30)
+    backend.progress(c.lease, Progress(percent=50))
+    assert types(store, t2.id) == ["queued", "started"]

@@ -53,6 +53,12 @@ class Attempt:
 
 
 class EventStore(ABC):
+    # -- settings kept in the database --------------------------------------------------
+    @abstractmethod
+    def set_progress_interval(self, seconds: float) -> None:
+        """Progress events: at most one per task per ``seconds`` (0: none).  Kept in the
+        database because the engine writes them in the progress update's transaction."""
+
     # -- the stream ------------------------------------------------------------------
     def sequence(self) -> int:
         """Give new events their ``seq``; how many (engines whose insert order is their

@@ -117,6 +117,16 @@ class SQLEventStore(EventStore):
             last_body=r[14],
         )
 
+    def set_progress_interval(self, seconds: float) -> None:
+        with self._tx() as cur:
+            cur.execute(
+                self._q(
+                    "INSERT INTO events_config (name, value) VALUES ('progress_s', ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+                ),
+                (max(0.0, float(seconds)),),
+            )
+
     # -- the stream ------------------------------------------------------------------
     def events_after(
         self,
@@ -393,6 +403,7 @@ class SQLEventStore(EventStore):
                 (t,),
             )
             n += int(cur.rowcount or 0)
+            cur.execute(self._q("DELETE FROM events_progress WHERE at < ?"), (t,))
             cur.execute(
                 self._q(
                     "DELETE FROM webhook_endpoints WHERE task_id IS NOT NULL AND created_at < ? "

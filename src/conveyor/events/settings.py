@@ -23,6 +23,8 @@ class EventSettings(BaseSettings):
     concurrency: int = Field(8, ge=1, le=64)  # deliveries in flight at once
     poll_s: float = Field(0.5, gt=0)  # how often an idle dispatcher looks for new events
     retention_days: float = Field(7.0, gt=0)  # delivered deliveries and their events kept
+    # progress events: at most one per task per this many seconds; 0 (the default): none
+    progress_s: float = Field(0.0, ge=0)
     # a task's metadata: a JSON object of at most this many bytes
     metadata_max_bytes: int = Field(4096, ge=64, le=65536)
     external_id_max: int = Field(256, ge=8, le=1024)

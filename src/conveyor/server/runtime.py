@@ -111,6 +111,8 @@ class Runtime:
         if with_trigger and settings.trigger_enabled:
             rt.watcher = _upload_trigger(settings, service)
         events = service.events
+        if events.available:  # the engine writes progress events as this says
+            events.store.set_progress_interval(events.settings.progress_s)
         if events.settings.dispatch:
             if events.available:
                 rt.dispatcher = Dispatcher(events.store, events.settings, policy=events.policy)
