@@ -359,3 +359,16 @@ def test_a_bullet_glyph_column_is_a_list_not_a_table_dmca(tmp_path: Path) -> Non
     out = parse("dmca-report", list(range(1, 19)), tmp_path)
     assert out.of_type("table") == []
     assert any("they are primarily designed or produced to circumvent" in p for p in out.paragraphs)
+
+
+def test_appendix_headings_one_under_the_other_acm(tmp_path: Path) -> None:
+    """ACM's appendix sets 'A RESEARCH METHODS' and 'A.1 Part One' one under the
+    other: they were joined into one heading, and pymupdf4llm found two more of the
+    outline's 29 entries.  A heading numbered like a section (appendix numbers
+    too) starts a heading of its own."""
+    doc = CORPUS["acm-sigconf"]
+    pages = list(range(1, 7))
+    out = parse("acm-sigconf", pages, tmp_path)
+    expected = [t for t, _level, page in outline(doc.file()) if page in pages]
+    assert measure.headings_found(expected, out.headings) == len(expected) == 29
+    assert "A.1 Part One" in out.headings

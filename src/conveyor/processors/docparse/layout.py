@@ -380,7 +380,9 @@ def _order_region(
 
 
 # "2.", "3.1", "3.1.2.", "A.", "IV." and a capital: how numbered headings start
-NUMBERED = re.compile(r"^(?:\d{1,2}(?:\.\d{1,2}){0,3}\.?|[A-Z]\.|[IVX]{1,5}\.)\s+\S")
+NUMBERED = re.compile(
+    r"^(?:\d{1,2}(?:\.\d{1,2}){0,3}\.?|[A-Z](?:\.\d{1,2}){1,3}\.?|[A-Z]\.|[IVX]{1,5}\.)\s+\S"
+)
 HEADING_MAX_WORDS = 12
 
 
@@ -605,6 +607,9 @@ def lines_to_blocks(
             and 0 - 0.5 * ln.size <= ln.y0 - prev.y1 <= 0.9 * max(ln.size, prev.size)
             and (kind == "text" or len(cur.text) + len(ln.text) < 200)
             and not ENDS_WITH_LEADER.search(prev.text)
+            # a heading numbered like a section starts a heading of its own ("A
+            # RESEARCH METHODS" over "A.1 Part One" are two)
+            and not (kind == "title" and NUMBERED.match(ln.text))
         )
         if not joinable and kind == "text":
             found = _block_above(ln, recent, prev)
