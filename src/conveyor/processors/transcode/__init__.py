@@ -220,7 +220,10 @@ class TranscodeProcessor(Processor):
             encoders.for_codec(codec)
 
         ctx.report_progress(0.0, "download", f"downloading {src_ref.bucket}/{src_ref.key}")
-        src = self._download(ctx, src_ref)
+        # a chunk, or the stitch, reads a local store's input in place: a long input is
+        # read by every chunk, and copying it each time would cost a chunk's encode
+        in_place = params.chunk is not None or ctx.task.children > 0
+        src = self._download(ctx, src_ref, in_place=in_place)
         _check_cancel(ctx)
         ctx.report_progress(2.0, "probe", "checking the input with ffprobe")
         info = probe_input(self.ffprobe, src)
@@ -320,7 +323,11 @@ class TranscodeProcessor(Processor):
             )
         return params
 
-    def _download(self, ctx: ProcessorContext, ref: InputRef) -> Path:
+    def _download(self, ctx: ProcessorContext, ref: InputRef, *, in_place: bool = False) -> Path:
+        if in_place:
+            local = ctx.storage.local_path(ref.bucket, ref.key)
+            if local is not None and local.is_file():
+                return local
         suffix = PurePosixPath(ref.key).suffix
         dest = ctx.workdir / f"input{suffix if _SAFE_SUFFIX.match(suffix) else ''}"
         return download_input(ctx, ref, dest)
