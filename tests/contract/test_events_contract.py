@@ -563,3 +563,23 @@ def test_progress_events_are_off_by_default_and_throttled(
     [c] = backend.claim("w1", [t2.kind], 1, 30)
     backend.progress(c.lease, Progress(percent=50))
     assert types(store, t2.id) == ["queued", "started"]
+
+
+def test_every_engine_keeps_events_or_says_it_does_not(
+    backend: Backend, backend_engine: str
+) -> None:
+    """SQLite and PostgreSQL keep events; an engine that does not (DynamoDB, and the
+    remote engine's worker half) answers events_unavailable (501), never a crash."""
+    from conveyor.service.events import EventsService, EventsUnavailable
+
+    events = EventsService(lambda: open_event_store(backend))
+    try:
+        if backend_engine in ("sqlite", "postgres"):
+            assert events.available and events.subscriptions() == []
+        else:
+            assert not events.available
+            with pytest.raises(EventsUnavailable, match="not available on this engine") as err:
+                events.subscriptions()
+            assert err.value.http_status == 501
+    finally:
+        events.close()
