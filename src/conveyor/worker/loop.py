@@ -126,6 +126,11 @@ class RunningTask:
     last_progress: float = 0.0
     last_phase: str = ""
     started: bool = False  # an executor thread has it (False: prefetched, waiting)
+    # its completion is on its way: a heartbeat that finds the lease gone meanwhile says
+    # nothing (the completion answers whether it counted)
+    completing: bool = False
+    # its completion was handed to the completer, which finishes it (see Worker._hand_off)
+    handed_off: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     # time.monotonic() until which the lease is surely held (renewed before then)
     held_until: float = 0.0
@@ -223,6 +228,8 @@ class _Waiting:
     done: threading.Event = field(default_factory=threading.Event)
     result: BaseException | None = None
     error: BaseException | None = None  # the whole call failed
+    # called on the completer's thread with (result, error) instead of a waiting caller
+    then: Callable[[BaseException | None, BaseException | None], None] | None = None
 
 
 class Completer:
@@ -244,22 +251,44 @@ class Completer:
         """None when completed; the item's refusal (``LeaseLost``); raises what failed the
         whole call."""
         waiting = _Waiting(item)
-        with self._cond:
-            stopped = self._stopped
-            if not stopped and self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="conveyor-complete", daemon=True
-                )
-                self._thread.start()
-            if not stopped:
-                self._pending.append(waiting)
-                self._cond.notify()
-        if stopped:  # a task that outlived the worker's stop: on its own
+        if not self._queue(waiting):  # a task that outlived the worker's stop: on its own
             return self._call([item])[0]
         waiting.done.wait()
         if waiting.error is not None:
             raise waiting.error
         return waiting.result
+
+    def submit(
+        self,
+        item: Completion,
+        then: Callable[[BaseException | None, BaseException | None], None],
+    ) -> None:
+        """Complete ``item`` without waiting: ``then(result, error)`` is called on the
+        completer's thread once the call is answered (``result`` as ``complete`` returns
+        it, ``error`` what failed the whole call).  Blocks only while a backlog of
+        completions waits (the engine is slower than the tasks)."""
+        waiting = _Waiting(item, then=then)
+        if not self._queue(waiting, backlog=4 * MAX_COMPLETION_BATCH):
+            try:
+                result, error = self._call([item])[0], None
+            except Exception as exc:
+                result, error = None, exc
+            then(result, error)
+
+    def _queue(self, waiting: _Waiting, backlog: int | None = None) -> bool:
+        with self._cond:
+            if self._stopped:
+                return False
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="conveyor-complete", daemon=True
+                )
+                self._thread.start()
+            while backlog is not None and len(self._pending) >= backlog and not self._stopped:
+                self._cond.wait()
+            self._pending.append(waiting)
+            self._cond.notify_all()
+        return True
 
     def _run(self) -> None:
         while True:
@@ -270,6 +299,7 @@ class Completer:
                     return
                 batch = self._pending[:MAX_COMPLETION_BATCH]
                 del self._pending[:MAX_COMPLETION_BATCH]
+                self._cond.notify_all()  # room in the backlog
             try:
                 results = self._call([w.item for w in batch])
             except BaseException as exc:
@@ -279,6 +309,11 @@ class Completer:
                 for w, r in zip(batch, results, strict=True):
                     w.result = r
             for w in batch:
+                if w.then is not None:
+                    try:
+                        w.then(w.result, w.error)
+                    except Exception:
+                        log.exception("finishing a completed task failed")
                 w.done.set()
 
     def _call(self, items: list[Completion]) -> list[BaseException | None]:
@@ -341,6 +376,7 @@ class Worker:
         self._timeouts = Timeouts()
         self._completer = Completer(queue, max(30.0, self.lease_s))
         self._run_avg: float | None = None  # recent run time of a task (moving average)
+        self._completing = 0  # tasks handed to the completer, not answered yet
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # stop claiming
         self._stopped = threading.Event()  # heartbeat may end
@@ -517,8 +553,8 @@ class Worker:
         with prefetch, otherwise only once half the capacity is free, so that one claim
         (one transaction) serves several tasks."""
         capacity = self.concurrency + self._prefetch_allowance()
-        with self._lock:
-            held = len(self._running)
+        with self._lock:  # a task whose completion is on its way holds no slot
+            held = len(self._running) - self._completing
         with self._ready_cond:
             waiting = len(self._ready)
         free = capacity - held
@@ -625,9 +661,10 @@ class Worker:
                 log.info("Cancel requested for task %s: stopping it", task_id)
                 by_id[task_id].stop("cancel")
         for task_id in result.lost:
-            if task_id in by_id and by_id[task_id].stop_reason is None:
+            gone = by_id.get(task_id)
+            if gone is not None and gone.stop_reason is None and not gone.completing:
                 log.warning("Lease on task %s lost: abandoning it", task_id)
-                by_id[task_id].stop("lost")
+                gone.stop("lost")
 
     # -- running one task --------------------------------------------------------------
     def _check_lease(self, rt: RunningTask) -> None:
@@ -678,7 +715,8 @@ class Worker:
             try:
                 self._execute(rt)
             finally:
-                rt.done.set()
+                if not rt.handed_off:
+                    rt.done.set()
 
         threading.Thread(target=run, name=f"task-{task.id}", daemon=True).start()
 
@@ -698,7 +736,8 @@ class Worker:
             except Exception:  # _execute handles its errors; this is a last resort
                 log.exception("task %s: the worker failed to run it", rt.task.id)
             finally:
-                rt.done.set()
+                if not rt.handed_off:
+                    rt.done.set()
                 current_task.set(None)
                 current_attempt.set(None)
 
@@ -796,6 +835,9 @@ class Worker:
                     retryable=True,
                     code="outputs_lost",
                 )
+            if self._nothing_to_settle(rt, produced):
+                self._hand_off(rt, produced)
+                return
             try:
                 self._complete(rt, produced)
             except Exception as exc:
@@ -836,14 +878,23 @@ class Worker:
                 self._fail(rt, f"internal error: {exc!r}", retryable=True, code="internal")
         finally:
             self._timeouts.cancel(timer)
-            self._flush_logs(rt)
             if ctx is None or ctx.workdir_made:
                 shutil.rmtree(workdir, ignore_errors=True)
             ran = time.monotonic() - started
             self._run_avg = ran if self._run_avg is None else 0.8 * self._run_avg + 0.2 * ran
-            with self._lock:
-                self._running.pop(task.id, None)
-            self._slot_freed.set()
+            if not rt.handed_off:
+                self._flush_logs(rt)
+                self._finished(rt)
+            else:
+                self._slot_freed.set()  # this thread is free; the lease is held till answered
+
+    def _finished(self, rt: RunningTask) -> None:
+        """The task leaves the worker: its lease is no longer renewed."""
+        with self._lock:
+            self._running.pop(rt.task.id, None)
+            if rt.handed_off:
+                self._completing -= 1
+        self._slot_freed.set()
 
     def _complete(self, rt: RunningTask, produced: list[OutputFile]) -> None:
         """Complete under the attempt's lease, batched with other tasks' completions; the
@@ -853,6 +904,7 @@ class Worker:
         with rt.ship_lock:  # lines a heartbeat is shipping reach the backend first
             lines = rt.take_logs()
         item = Completion(rt.lease, produced, [*lines, (utcnow(), "worker", line)])
+        rt.completing = True
         try:
             refused = self._completer.complete(item)
         except BaseException:
@@ -863,12 +915,59 @@ class Worker:
             raise refused
         log.info("%s", line)
 
-    def _settle_completed(self, rt: RunningTask, produced: list[OutputFile]) -> None:
-        """The completed task's outputs made visible, and its staging removed.  Nothing to
-        do (no storage call) for a first attempt that staged nothing: no attempt of the
-        task ever wrote under its staging prefix."""
+    @staticmethod
+    def _nothing_to_settle(rt: RunningTask, produced: list[OutputFile]) -> bool:
+        """A first attempt that staged nothing: no attempt of the task ever wrote under its
+        staging prefix, so its completion publishes nothing and needs no storage call."""
         staged = rt.stager is not None and bool(rt.stager.staged)
-        if staged or any(o.staged_key for o in produced) or len(rt.task.history) > 1:
+        return not staged and not any(o.staged_key for o in produced) and len(rt.task.history) <= 1
+
+    def _hand_off(self, rt: RunningTask, produced: list[OutputFile]) -> None:
+        """Complete without holding this executor thread: the completer records the
+        completion (batched, fenced by the lease, the last log lines with it) and then
+        finishes the task; this thread takes the next task meanwhile.  Only for tasks with
+        nothing to settle (``_nothing_to_settle``), so nothing but the record is left."""
+        line = f"Task completed: {rt.task.id} with {len(produced)} output(s)"
+        with rt.ship_lock:
+            lines = rt.take_logs()
+        item = Completion(rt.lease, produced, [*lines, (utcnow(), "worker", line)])
+        rt.completing = rt.handed_off = True
+        with self._lock:
+            self._completing += 1
+
+        def then(refused: BaseException | None, error: BaseException | None) -> None:
+            try:
+                if error is not None:
+                    rt.put_back(lines)
+                    if infra_failure(error):
+                        self._task_log(
+                            rt,
+                            f"Task {rt.task.id}: the completion could not be confirmed "
+                            f"({error}); its lease will tell whether it counts",
+                        )
+                    elif isinstance(error, LeaseLost):
+                        self._abandon(rt)
+                    else:
+                        log.error("completing task %s failed: %r", rt.task.id, error)
+                        self._fail(
+                            rt, f"internal error: {error!r}", retryable=True, code="internal"
+                        )
+                elif refused is not None:
+                    rt.put_back(lines)
+                    self._abandon(rt)
+                else:
+                    log.info("%s", line)
+                self._flush_logs(rt)
+            finally:
+                self._finished(rt)
+                rt.done.set()
+
+        self._completer.submit(item, then)
+
+    def _settle_completed(self, rt: RunningTask, produced: list[OutputFile]) -> None:
+        """The completed task's outputs made visible, and its staging removed (nothing to
+        do for a task with nothing to settle)."""
+        if not self._nothing_to_settle(rt, produced):
             self._settle(
                 rt.task.model_copy(
                     update={"status": TaskStatus.COMPLETED, "outputs": list(produced)}

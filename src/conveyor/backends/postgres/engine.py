@@ -32,6 +32,7 @@ How the contract maps onto PostgreSQL:
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -143,6 +144,25 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SET TIME ZONE 'UTC'")
 
 
+def _check(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check at checkout, without a round trip while the server is quiet.
+
+    An idle connection in autocommit receives nothing unless the server ends it (a
+    restart sends AdminShutdown and closes the socket) or sends a notice: only then,
+    when its socket has something to read, is the full check (an empty query) made, so
+    a connection a restart closed is still replaced at checkout.  A connection lost
+    silently (no FIN) fails on first use as an infrastructure error, which the callers
+    retry."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        readable = [True]
+    if readable:
+        ConnectionPool.check_connection(conn)
+
+
 def _same(value: Any) -> Any:
     return value
 
@@ -178,7 +198,7 @@ class PostgresBackend(Backend):
             configure=_configure,
             # a connection a server restart closed is replaced at checkout, not
             # handed to a caller to fail on first use (AdminShutdown)
-            check=ConnectionPool.check_connection,
+            check=_check,
             timeout=pool_timeout,
             name="conveyor",
             num_workers=2,
@@ -438,32 +458,29 @@ class PostgresBackend(Backend):
 
     def complete_many(self, items: list[Completion]) -> list[BaseException | None]:
         """The batch in one transaction: the log locks of its tasks, then one statement
-        that completes every row whose lease holds and appends those rows' log lines."""
+        that completes every row whose lease holds and appends those rows' log lines.
+        Pipelined: BEGIN, the locks, the statement and COMMIT go in one round trip."""
         if not items:
             return []
         ids = [i.lease.task_id for i in items]
         log_rows = [(i.lease.task_id, i.lease.attempt, *entry) for i in items for entry in i.logs]
-        with self._tx() as cur:
-            cur.execute(QUERIES["log_locks"], {"class": LOG_LOCK_CLASS, "ids": ids})
-            done = {
-                r["id"]
-                for r in cur.execute(
-                    QUERIES["complete_many"],
-                    {
-                        "ids": ids,
-                        "tokens": [i.lease.token for i in items],
-                        "outputs": [
-                            Jsonb([o.model_dump(mode="json") for o in i.outputs]) for i in items
-                        ],
-                        "progress": Jsonb(_COMPLETED),
-                        "log_ids": [r[0] for r in log_rows],
-                        "log_attempts": [r[1] for r in log_rows],
-                        "log_ts": [r[2] for r in log_rows],
-                        "log_streams": [r[3] for r in log_rows],
-                        "log_lines": [r[4] for r in log_rows],
-                    },
-                ).fetchall()
-            }
+        params = {
+            "ids": ids,
+            "tokens": [i.lease.token for i in items],
+            "outputs": [Jsonb([o.model_dump(mode="json") for o in i.outputs]) for i in items],
+            "progress": Jsonb(_COMPLETED),
+            "log_ids": [r[0] for r in log_rows],
+            "log_attempts": [r[1] for r in log_rows],
+            "log_ts": [r[2] for r in log_rows],
+            "log_streams": [r[3] for r in log_rows],
+            "log_lines": [r[4] for r in log_rows],
+        }
+        with self._pool.connection() as conn, conn.pipeline():
+            with conn.transaction():
+                conn.execute(QUERIES["log_locks"], {"class": LOG_LOCK_CLASS, "ids": ids})
+                cur = conn.cursor(row_factory=dict_row)
+                cur.execute(QUERIES["complete_many"], params)
+            done = {r["id"] for r in cur.fetchall()}
         out: list[BaseException | None] = []
         for item in items:
             if item.lease.task_id in done or self._completed_before(item.lease, item.outputs):
