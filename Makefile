@@ -26,7 +26,8 @@ venv: $(VENV)/.installed
 # with CJK and math symbols (generated test PDFs), poppler-utils (pdftotext and
 # pdftoppm: the real-document corpus's scans and reference text),
 # dockerd and a static busybox (container tests: a private engine, an image
-# built offline).
+# built offline), munge, slurm-wlm (slurmctld, slurmd, the client commands) and
+# slurmrestd (tests/slurm_cluster.py starts a one-node Slurm cluster of its own).
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
@@ -48,6 +49,10 @@ test-deps: system-deps
 	command -v busybox >/dev/null 2>&1 || missing="$$missing busybox-static"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	for t in munged:munge slurmctld:slurm-wlm slurmd:slurm-wlm sbatch:slurm-wlm slurmrestd:slurmrestd; do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || test -x /usr/sbin/$${t%%:*} || \
+	    case "$$missing " in *" $${t#*:} "*) ;; *) missing="$$missing $${t#*:}" ;; esac; \
+	done; \
 	$(call apt_install,$$missing)
 
 define apt_install
@@ -100,8 +105,16 @@ check: venv
 test-image: system-deps venv
 	BIN=$(BIN) bash deploy/docker/test-image.sh
 
+# The benchmarks also need PostgreSQL (throwaway clusters) and Debian's redis-server
+# (bench/peers.py starts its own on 127.0.0.1 for the Redis-backed peers, which it
+# installs into a virtualenv of its own under /tmp, never into this one).
 bench: system-deps venv
+	@missing=""; \
+	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	$(call apt_install,$$missing)
 	$(BIN)/python bench/queue_throughput.py
+	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/transcode_single_pass.py
 
 clean:
