@@ -372,3 +372,22 @@ def test_appendix_headings_one_under_the_other_acm(tmp_path: Path) -> None:
     expected = [t for t, _level, page in outline(doc.file()) if page in pages]
     assert measure.headings_found(expected, out.headings) == len(expected) == 29
     assert "A.1 Part One" in out.headings
+
+
+def test_a_table_does_not_take_the_next_columns_lines_naacl(tmp_path: Path) -> None:
+    """A table in one column of a two-column paper lines up with the lines of the
+    other column, which became its first or last column ('tracted as a table by our
+    system. The columns of the | headed | was-hit').  An edge column of running text
+    (long cells of five words or more, mostly letters) is the page's text: the
+    table is judged again without it.  Figures with a thousands separator ('$106,000')
+    are not an index's page references either (the IRS's table was lost)."""
+    out = parse("naacl06", [1, 2, 7, 8], tmp_path)
+    bodies = " ".join(t["table_body"] for t in out.of_type("table"))
+    assert "tracted as a table by our system" not in bodies
+    assert "This research was supported by the National Science" not in bodies
+    assert any("tracted as a table by our system" in p for p in out.paragraphs)
+    (tmp_path / "irs").mkdir()
+    irs = parse("irs-i1040nr", [7], tmp_path / "irs")
+    bodies = " ".join(t["table_body"] for t in irs.of_type("table"))
+    assert "<td>1997</td><td>$106,000</td><td>$528,000</td>" in bodies
+    assert "following the year of your expatriation" not in bodies

@@ -38,7 +38,8 @@ LIST_MARKER = re.compile(
 # a table of contents' dot leaders; an index entry's page list ("fit, 97, 104-106")
 DOT_LEADER = re.compile(r"(?:\.\s?){4,}|…{2,}|(?:·\s?){3,}")
 PAGE = r"(?:\d{1,4}|[ivxlc]{1,6})(?:[–-]\d{1,4})?"
-INDEX_ENTRY = re.compile(rf"^\S.*?,\s*{PAGE}(?:,\s*{PAGE})*,?$")
+# (an entry has a word: "$106,000" is a figure with a thousands separator)
+INDEX_ENTRY = re.compile(rf"^(?=[^,]*[^\W\d_])\S.*?,\s*{PAGE}(?:,\s*{PAGE})*,?$")
 
 
 def _contents_or_index(cells: Sequence[Sequence[str]]) -> bool:
@@ -281,15 +282,60 @@ def find_borderless(chars: Sequence[Char]) -> list[BorderlessTable]:
             start += 1
         while end > start and sum(1 for c in table.cells[end - i] if c) < 2:
             end -= 1
-        trimmed = _table(rows[start : end + 1], gaps)
+        run = list(rows[start : end + 1])
+        trimmed = _table(run, gaps)
         if trimmed is not None:
-            finer = _finer_gaps(rows[start : end + 1], gaps, em)
+            run, gaps, trimmed = _shed_prose(run, gaps, trimmed)
+        if trimmed is not None:
+            finer = _finer_gaps(run, gaps, em)
             if finer != list(gaps):
-                trimmed = _table(rows[start : end + 1], finer) or trimmed
+                trimmed = _table(run, finer) or trimmed
                 gaps = finer if len(trimmed.cells[0]) == len(finer) + 1 else gaps
-            found.extend(_side_by_side(rows[start : end + 1], gaps, trimmed))
+            found.extend(_side_by_side(run, gaps, trimmed))
         i = max(end, i) + 1
     return found
+
+
+PROSE_CELL = 30  # characters: a cell this long, with spaces, is a line of running text
+PROSE_SHARE = 0.6  # of a column's cells
+
+
+def _prose(column: Sequence[str]) -> bool:
+    """Most cells lines of running text: long, five words or more, mostly letters (not
+    code, formulas or figures)."""
+    filled = [c for c in column if c]
+    long = [c for c in filled if len(c) >= PROSE_CELL and _wordy(c)]
+    return bool(filled) and len(long) >= PROSE_SHARE * len(filled)
+
+
+def _wordy(text: str) -> bool:
+    ink = [c for c in text if not c.isspace()]
+    return len(text.split()) >= 5 and sum(c.isalpha() for c in ink) >= 0.75 * len(ink)
+
+
+def _shed_prose(
+    rows: list[Row], gaps: Sequence[Span], table: BorderlessTable
+) -> tuple[list[Row], list[Span], BorderlessTable | None]:
+    """A table in one column of a page lines up with the lines of the column beside
+    it, which become its first or last column ('tracted as a table by our system.
+    The columns of the | headed | was-hit'): an edge column of running text lines is
+    the page's text, not the table's, and the table is judged again without it."""
+    gaps = list(gaps)
+    current: BorderlessTable | None = table
+    while current is not None and gaps:
+        cells = current.cells
+        if _prose([row[0] for row in cells]):
+            lo, hi = gaps[0][1], 1e9
+            gaps = gaps[1:]
+        elif _prose([row[-1] for row in cells]):
+            lo, hi = -1e9, gaps[-1][0]
+            gaps = gaps[:-1]
+        else:
+            break
+        kept = [Row([w for w in r.words if lo <= w.x0 and w.x1 <= hi]) for r in rows]
+        rows = [r for r in kept if r.words]
+        current = _table(rows, gaps) if gaps else None
+    return rows, gaps, current
 
 
 FINE_GAP_EM = 0.45  # inside a table, columns of figures may stand this close

@@ -598,19 +598,20 @@ def lines_to_blocks(
             kind = "equation"
         else:
             kind = "title" if _is_heading(ln, body, heading_ratio, bold_headings) else "text"
-        joinable = (
-            cur is not None
+        joinable = _joins(cur, prev, ln, kind)
+        if (
+            not joinable
+            and kind == "text"
+            and cur is not None
+            and cur.type == "title"
             and prev is not None
-            and cur.type == kind
-            and prev.column == ln.column
-            and abs(prev.size - ln.size) < 0.6
-            and 0 - 0.5 * ln.size <= ln.y0 - prev.y1 <= 0.9 * max(ln.size, prev.size)
-            and (kind == "text" or len(cur.text) + len(ln.text) < 200)
-            and not ENDS_WITH_LEADER.search(prev.text)
-            # a heading numbered like a section starts a heading of its own ("A
-            # RESEARCH METHODS" over "A.1 Part One" are two)
-            and not (kind == "title" and NUMBERED.match(ln.text))
-        )
+            and prev.bold == ln.bold
+            and any(c.isalpha() for c in prev.text)
+            and not any(c.isalpha() for c in ln.text)
+            and len(ln.text) <= 12
+            and _joins(cur, prev, ln, "title")
+        ):
+            kind, joinable = "title", True  # a heading's last line of figures ("June 4, / 2004")
         if not joinable and kind == "text":
             found = _block_above(ln, recent, prev)
             if found is not None:
@@ -636,6 +637,23 @@ def lines_to_blocks(
             recent = [*recent[1 - LOOKBACK_BLOCKS :], (cur, ln)]
         prev = ln
     return blocks
+
+
+def _joins(cur: Block | None, prev: Line | None, ln: Line, kind: str) -> bool:
+    """``ln``, of ``kind``, goes on the block ``cur`` whose last line is ``prev``."""
+    return (
+        cur is not None
+        and prev is not None
+        and cur.type == kind
+        and prev.column == ln.column
+        and abs(prev.size - ln.size) < 0.6
+        and 0 - 0.5 * ln.size <= ln.y0 - prev.y1 <= 0.9 * max(ln.size, prev.size)
+        and (kind == "text" or len(cur.text) + len(ln.text) < 200)
+        and not ENDS_WITH_LEADER.search(prev.text)
+        # a heading numbered like a section starts a heading of its own ("A
+        # RESEARCH METHODS" over "A.1 Part One" are two)
+        and not (kind == "title" and NUMBERED.match(ln.text))
+    )
 
 
 # how many paragraphs back a line may find the one it continues (see _block_above)
