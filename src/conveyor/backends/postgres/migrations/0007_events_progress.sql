@@ -27,7 +27,7 @@ BEGIN
         RETURN NULL;
     END IF;
     INSERT INTO events (id, type, task_id, kind, status, submitted_by, at, data)
-    VALUES ('evt_' || replace(gen_random_uuid()::text, '-', ''), 'progress', NEW.id,
+    VALUES ('evt_' || left(md5(random()::text || NEW.id || clock_timestamp()::text), 24), 'progress', NEW.id,
             NEW.kind, NEW.status, NEW.submitted_by, NEW.updated_at,
             jsonb_build_object(
                 'external_id', NEW.external_id,
