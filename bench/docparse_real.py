@@ -42,6 +42,10 @@ Per document and engine, and overall (tests/corpus/measure.py defines each):
 - **failed**: pages the lite engine lists in ``failed_pages``;
 - **pages/s**: pages / seconds of the parse (lite: ``run`` end to end,
   including writing the outputs; pymupdf4llm: ``to_markdown``);
+- **CPU**: seconds of CPU the parse took (lite: this process, its page
+  processes and their tesseract runs, from /proc; pymupdf4llm: its process):
+  on a machine shared with other jobs, pages per CPU-second move far less
+  with the load than pages/s do, so both ratios are printed;
 - **peak RSS**: lite: this process and its page processes (and their
   tesseract), summed, sampled every 20 ms (tests/rss.py); pymupdf4llm: its
   process's high-water mark (VmHWM, reset before each document).
@@ -119,9 +123,11 @@ for job in jobs:
         pass
     res = {"id": job["id"]}
     t0 = time.perf_counter()
+    c0 = time.process_time()
     try:
         md = pymupdf4llm.to_markdown(job["path"], pages=job["pages"], show_progress=False)
         res["secs"] = time.perf_counter() - t0
+        res["cpu"] = time.process_time() - c0
         with open(job["out"], "w", encoding="utf-8", errors="surrogatepass") as fh:
             fh.write(md)
     except Exception as exc:
@@ -143,6 +149,7 @@ class Result:
     pages: int = 0
     secs: float = 0.0
     rss_mib: float = 0.0
+    cpu: float = 0.0  # CPU seconds of the parse
     error: str = ""
     matched: int = 0
     ref_tokens: int = 0
@@ -242,6 +249,7 @@ def run_lite(
     res = Result("lite", pages=len(pages))
     md, content = "", []
     with TreeRss() as rss:
+        c0 = tree_cpu()
         t0 = time.perf_counter()
         try:
             outputs = proc.run(ctx)
@@ -249,6 +257,7 @@ def run_lite(
             res.error = f"{type(exc).__name__}: {exc}"
             outputs = []
         res.secs = time.perf_counter() - t0
+        res.cpu = tree_cpu() - c0
     res.rss_mib = rss.peak_kib / 1024
     for o in outputs:
         # staged, not published: the worker moves them to their final keys on completion
@@ -332,6 +341,7 @@ def run_peer(
             continue
         res = Result("pymupdf4llm", pages=pages_by_id[r["id"]], rss_mib=r["rss_kib"] / 1024)
         res.secs = r.get("secs", 0.0)
+        res.cpu = r.get("cpu", 0.0)
         res.error = r.get("error", "")
         results[r["id"]] = res
         out = work / f"{r['id']}.peer.md"
@@ -470,12 +480,14 @@ def main() -> int:
                 res.cjk = chinese_scan(doc, files[src.id], pages, content)
             print(f"  lite {doc.id}: {res.pages} pages in {res.secs:.1f} s", flush=True)
 
+        print(f"  (load average {os.getloadavg()[0]:.1f})", flush=True)
         peer: dict[str, Result] = {}
         version = ""
         if not args.no_peer:
             print("\npymupdf4llm …", flush=True)
             jobs = [(d, files[d.id], pages_of(d, cap)) for d in docs]
             peer, mds, version = run_peer(jobs, work)
+            print(f"  (load average {os.getloadavg()[0]:.1f})", flush=True)
             if not peer and version:
                 print(f"  pymupdf4llm: {version}")
             for doc_id, res in peer.items():
@@ -520,6 +532,12 @@ def main() -> int:
                 f"speed, {label}: lite {lr:.2f} pages/s, pymupdf4llm {pr:.2f} pages/s: "
                 f"{ratio:.1f}× (goal ≥ {GOAL_SPEEDUP:.0f}×){mark(ratio >= GOAL_SPEEDUP)}"
             )
+            lc, pc = cpu_rate_of(lite, both), cpu_rate_of(peer, both)
+            if lc and pc:
+                print(
+                    f"  CPU, {label}: lite {lc:.2f} pages per CPU-second, pymupdf4llm "
+                    f"{pc:.2f}: {lc / pc:.1f}×"
+                )
         wins = [
             d.id
             for d in docs
@@ -565,6 +583,35 @@ def main() -> int:
         }
         args.json.write_text(json.dumps(out, indent=1, ensure_ascii=False))
     return 0
+
+
+def tree_cpu() -> float:
+    """CPU seconds of this process and every process under it, with the children they
+    have reaped (a page process's finished tesseract runs), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    todo, seen = [os.getpid()], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except (OSError, ValueError):
+            continue
+    return total / tick
+
+
+def cpu_rate_of(results: dict[str, Result], docs: list[Document]) -> float:
+    pages = sum(results[d.id].pages for d in docs)
+    cpu = sum(results[d.id].cpu for d in docs)
+    return pages / cpu if cpu else 0.0
 
 
 def rate_of(results: dict[str, Result], docs: list[Document]) -> float:
