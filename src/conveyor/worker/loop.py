@@ -881,7 +881,8 @@ class Worker:
             if ctx is None or ctx.workdir_made:
                 shutil.rmtree(workdir, ignore_errors=True)
             ran = time.monotonic() - started
-            self._run_avg = ran if self._run_avg is None else 0.8 * self._run_avg + 0.2 * ran
+            if rt.stop_reason != "spawned":  # a run that split says nothing of task length
+                self._run_avg = ran if self._run_avg is None else 0.8 * self._run_avg + 0.2 * ran
             if not rt.handed_off:
                 self._flush_logs(rt)
                 self._finished(rt)

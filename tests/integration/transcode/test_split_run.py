@@ -4,6 +4,7 @@ ffmpeg, real SQLite, real local storage, the real worker and transcode processor
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,6 +34,20 @@ def packets(path: Path) -> int:
         text=True,
     ).stdout
     return int(out.strip().strip(","))
+
+
+def silences(path: Path) -> list[str]:
+    argv = ["ffmpeg", "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:a"]
+    argv += ["-af", "silencedetect=noise=-50dB:d=0.02", "-f", "null", "-"]
+    err = subprocess.run(argv, check=True, capture_output=True, text=True).stderr
+    return re.findall(r"silence_start: ([0-9.]+)", err)
+
+
+def audio_seconds(path: Path) -> float:
+    argv = ["ffprobe", "-v", "error", "-select_streams", "a:0"]
+    argv += ["-show_entries", "stream=duration", "-of", "csv=p=0", str(path)]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().strip(","))
 
 
 @pytest.fixture
@@ -91,12 +106,14 @@ def test_split_task_is_chunked_then_stitched(
     )
     done = _final(backend, parent.id)
     assert done.status == TaskStatus.COMPLETED, done.error
-    assert done.children == 3
+    assert done.children == 4  # 3 video chunks and the audio part
     assert [a.outcome for a in done.history] == ["spawned", "completed"]
     kids = backend.children(parent.id)
-    assert [k.status for k in kids] == [TaskStatus.COMPLETED] * 3
-    assert [k.params["chunk"]["index"] for k in kids] == [0, 1, 2]
-    assert sum(k.params["chunk"]["frames"] for k in kids) == round(SECONDS * 25)
+    assert [k.status for k in kids] == [TaskStatus.COMPLETED] * 4
+    assert kids[0].params["audio_part"] is True
+    chunks = kids[1:]
+    assert [k.params["chunk"]["index"] for k in chunks] == [0, 1, 2]
+    assert sum(k.params["chunk"]["frames"] for k in chunks) == round(SECONDS * 25)
     by_name = {o.name: o for o in done.outputs}
     assert set(by_name) == set(types)
     for name in ("mp4_standard", "mp4_smooth"):
@@ -104,6 +121,8 @@ def test_split_task_is_chunked_then_stitched(
         assert packets(got) == round(SECONDS * 25), name
         assert by_name[name].meta["chunks"] == 3
         assert by_name[name].meta["audio"] == "aac"
+        assert silences(got) == [], f"{name}: an audio gap"
+        assert audio_seconds(got) == pytest.approx(SECONDS, abs=0.05)
     # the chunk files were intermediate: removed once the stitched outputs were staged
     for k in kids:
         for o in k.outputs:

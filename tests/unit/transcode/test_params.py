@@ -27,6 +27,7 @@ def test_normalises_and_dedupes() -> None:
         "timeout_s": None,
         "split": None,
         "chunk": None,
+        "audio_part": None,
     }
 
 

@@ -222,7 +222,7 @@ class TranscodeProcessor(Processor):
         ctx.report_progress(0.0, "download", f"downloading {src_ref.bucket}/{src_ref.key}")
         # a chunk, or the stitch, reads a local store's input in place: a long input is
         # read by every chunk, and copying it each time would cost a chunk's encode
-        in_place = params.chunk is not None or ctx.task.children > 0
+        in_place = params.chunk is not None or bool(params.audio_part) or ctx.task.children > 0
         src = self._download(ctx, src_ref, in_place=in_place)
         _check_cancel(ctx)
         ctx.report_progress(2.0, "probe", "checking the input with ffprobe")
@@ -247,6 +247,8 @@ class TranscodeProcessor(Processor):
             return splitting.run_chunk(
                 self, ctx, params, src, info, plans, encoders, started, prefix
             )
+        if params.audio_part:
+            return splitting.run_audio_part(self, ctx, src, info, plans, started, prefix)
         kids: list[Task] = []
         if ctx.task.children > 0:
             kids = splitting.published_children(ctx)
@@ -293,7 +295,7 @@ class TranscodeProcessor(Processor):
             if o.meta.get("role") in (None, "master", "manifest"):
                 o.meta["encode_speed"] = round(speed, 3)
             if kids and o.meta.get("duration") is not None:
-                o.meta["chunks"] = len(kids)
+                o.meta["chunks"] = sum(1 for k in kids if k.params.get("chunk"))
         if kids:
             removed = splitting.remove_chunks(ctx, kids)
             ctx.log(f"Chunk files removed: {removed} (the stitched outputs are staged)")

@@ -43,6 +43,8 @@ class TranscodeParams(BaseModel):
     split: bool | None = None
     # Set on a chunk task by the task that split (its parent): encode this chunk only.
     chunk: ChunkParams | None = None
+    # Set on the split's audio part by its parent: encode the source's audio only, once.
+    audio_part: bool | None = None
 
     @field_validator("transcode_types")
     @classmethod

@@ -194,24 +194,48 @@ def concat_list(names: list[str]) -> str:
     return "".join(f"file '{name}'\n" for name in names)
 
 
+def audio_name(bitrate: str, channels: int) -> str:
+    """The file the source's audio is encoded into once for the renditions that want
+    ``bitrate`` and ``channels`` (and stored as, by the split's audio part)."""
+    return f"audio-{bitrate}-{channels}ch.m4a"
+
+
+def audio_command(
+    ffmpeg: str, input_path: Path, info: MediaInfo, bitrate: str, channels: int, out: Path
+) -> list[str]:
+    """The source's whole audio track encoded once (AAC), for the stitch to copy: run as
+    a part of its own beside the video chunks, it is off the stitch's critical path."""
+    if info.audio_index is None:
+        raise ValueError("the input has no audio")
+    argv = [ffmpeg, *_GLOBAL_ARGS, *input_args(input_path, info.demuxer)]
+    argv += ["-map", f"0:{info.audio_index}", "-vn", "-sn", "-dn"]
+    argv += ["-c:a", "aac", "-b:a", bitrate, "-ac", str(channels)]
+    return [*argv, str(out)]
+
+
 def stitch_command(
     ffmpeg: str,
     list_path: Path,
     input_path: Path,
     info: MediaInfo,
     plan: OutputPlan,
+    audio_path: Path | None = None,
 ) -> list[str]:
-    """Join one rendition's chunks with a stream copy and add the source's audio,
-    encoded once here, into the rendition's final file."""
+    """Join one rendition's chunks with a stream copy and add the source's audio: copied
+    from ``audio_path`` (``audio_command``'s file) when given, else encoded once here."""
     argv = [ffmpeg, *_GLOBAL_ARGS]
     argv += ["-protocol_whitelist", "file", "-f", "concat", "-safe", "1", "-i", f"file:{list_path}"]
     audio = plan.audio and info.audio_index is not None
-    if audio:
+    if audio and audio_path is not None:
+        argv += ["-f", "mov", "-i", f"file:{audio_path}"]
+    elif audio:
         argv += input_args(input_path, info.demuxer)
     argv += ["-map", "0:v:0", "-c:v", "copy"]
     if plan.profile.codec == "h265" and plan.profile.ext in ("mp4", "mov"):
         argv += ["-tag:v", "hvc1"]
-    if audio:
+    if audio and audio_path is not None:
+        argv += ["-map", "1:a:0", "-c:a", "copy"]
+    elif audio:
         p = plan.profile
         argv += ["-map", f"1:{info.audio_index}"]
         argv += ["-c:a", "aac", "-b:a", p.audio_bitrate, "-ac", str(p.audio_channels)]

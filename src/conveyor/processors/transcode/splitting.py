@@ -15,10 +15,13 @@ this module runs it through the queue's parent/child mechanism
 2. **A chunk child** decodes its chunk once into every full-length rendition
    (``chunk_command``: video only), checks each file holds exactly its frames, and
    publishes the chunk files as its outputs (``<prefix>/chunks-<parent>/``).  Any worker
-   may claim it; a failed or killed chunk is retried alone (its own attempts).
+   may claim it; a failed or killed chunk is retried alone (its own attempts).  One
+   more child, the **audio part** (``params.audio_part``), encodes the source's whole
+   audio once (``audio_command``) beside the video chunks: encoding it in the stitch
+   instead put it on the critical path (6 minutes of AAC is ~20 s of a core).
 3. **The parent's second run** (``children > 0``, woken by its last child's completion)
    downloads the chunks, joins each rendition with the concat demuxer and a stream
-   copy, encodes the audio once from the source (``stitch_command``), makes the stills
+   copy, copies the audio part's file in (``stitch_command``), makes the stills
    and previews from the source, checks every output (and that each stitched rendition
    holds the sum of the chunks' frames), publishes all or nothing like an unsplit task,
    then removes the chunk files (they were intermediate: the chunk tasks keep their
@@ -44,6 +47,8 @@ from conveyor.processors.transcode.probe import MediaInfo
 from conveyor.processors.transcode.runner import FFmpegResult, Throttle, run_ffmpeg, tidy_lines
 from conveyor.processors.transcode.split import (
     Chunk,
+    audio_command,
+    audio_name,
     chunk_command,
     chunk_name,
     concat_list,
@@ -112,10 +117,21 @@ def spawn_chunks(
     ctx.log(
         f"Split: {reason}; {len(frames.times)} frames in {len(chunks)} chunks of about "
         f"{proc.config.chunk_seconds:g} s on the source's keyframes, each encoding "
-        f"{', '.join(types)}; the stills, previews and audio are made once by the stitch"
+        f"{', '.join(types)}; the audio is encoded once by a part of its own, the stills "
+        "and previews by the stitch"
     )
-    base = params.model_dump(exclude_none=True, exclude={"chunk", "split"})
+    base = params.model_dump(exclude_none=True, exclude={"chunk", "split", "audio_part"})
     children = []
+    voiced = [p.name for p in full_length(plans) if p.audio]
+    if voiced and info.has_audio:  # first: claimed first, beside the first video chunks
+        children.append(
+            Task(
+                kind=ctx.task.kind,
+                input=ctx.task.input,
+                params={**base, "transcode_types": voiced, "audio_part": True},
+                max_attempts=ctx.task.max_attempts,
+            )
+        )
     for c in chunks:
         spec = ChunkParams(
             index=c.index,
@@ -198,6 +214,46 @@ def run_chunk(
     return outputs
 
 
+def audio_key(plan: OutputPlan) -> str:
+    return f"{plan.profile.audio_bitrate}-{plan.profile.audio_channels}"
+
+
+def run_audio_part(
+    proc: TranscodeProcessor,
+    ctx: ProcessorContext,
+    src: Path,
+    info: MediaInfo,
+    plans: list[OutputPlan],
+    started: float,
+    prefix: str,
+) -> list[OutputFile]:
+    """The split's audio part: the source's audio encoded once per bitrate and channel
+    count its renditions want, for the stitch to copy (a part of its own, so the encode
+    runs beside the video chunks instead of after them)."""
+    from conveyor.processors.transcode import _Item
+
+    if ctx.task.parent_id is None:
+        raise InputRejected("params.audio_part is set by a split task for its audio only")
+    if not info.has_audio:
+        raise InputRejected("the input has no audio for an audio part to encode")
+    wanted = {audio_key(p): p for p in full_length(plans) if p.audio}
+    outdir = ctx.workdir / "audio"
+    outdir.mkdir(parents=True, exist_ok=True)
+    items = []
+    for n, (key, plan) in enumerate(sorted(wanted.items())):
+        p = plan.profile
+        path = outdir / audio_name(p.audio_bitrate, p.audio_channels)
+        argv = audio_command(proc.ffmpeg, src, info, p.audio_bitrate, p.audio_channels, path)
+        span = 90.0 / len(wanted)
+        _run(ctx, argv, info.duration, f"encoding the audio ({key})", started, 3 + n * span, span)
+        parent = ctx.task.parent_id
+        stored = validate_key(f"{chunk_prefix(prefix, parent)}/{path.name}")
+        meta = {"role": CHUNK_ROLE, "audio": key}
+        items.append(_Item(f"audio/{key}", stored, path, "audio/mp4", meta))
+    ctx.log(f"Audio part: {', '.join(sorted(wanted))} encoded once for the stitch")
+    return proc._publish(ctx, items)
+
+
 def published_children(ctx: ProcessorContext) -> list[Task]:
     """The children, once every output of theirs is at its final key."""
     deadline = time.monotonic() + PUBLISHED_WAIT_S
@@ -229,7 +285,11 @@ def stitch(
     returns the last join's result and the frames every stitched rendition must hold."""
     specs = []
     files: dict[str, list[OutputFile]] = {}
-    for kid in sorted(kids, key=_chunk_index):
+    audio: dict[str, OutputFile] = {}  # the audio part's files, by bitrate-channels
+    for kid in kids:
+        if kid.params.get("audio_part"):
+            audio.update({str(o.meta.get("audio")): o for o in kid.outputs})
+    for kid in sorted((k for k in kids if k.params.get("chunk")), key=_chunk_index):
         spec = ChunkParams.model_validate(kid.params.get("chunk") or {})
         specs.append(spec)
         for o in kid.outputs:
@@ -268,9 +328,23 @@ def stitch(
             names.append(name)
         listing = folder / "chunks.txt"
         listing.write_text(concat_list(names))
-        argv = stitch_command(proc.ffmpeg, listing, src, info, plan)
+        audio_path = None
+        part = audio.get(audio_key(plan)) if plan.audio else None
+        if part is not None:  # encoded once by the audio part: copied here
+            audio_path = folder / audio_name(
+                plan.profile.audio_bitrate, plan.profile.audio_channels
+            )
+            try:
+                ctx.storage.get_file(part.bucket, part.key, audio_path)
+            except Exception as exc:
+                raise ProcessorError(
+                    f"could not read the audio part ({part.bucket}/{part.key}): {exc}",
+                    retryable=True,
+                ) from exc
+        argv = stitch_command(proc.ffmpeg, listing, src, info, plan, audio_path)
         lo, hi = 3.0 + 80.0 * n / len(todo), 3.0 + 80.0 * (n + 1) / len(todo)
-        ctx.log(f"Stitch: {plan.name} from {len(names)} chunks (stream copy; audio encoded once)")
+        how = "audio copied from the audio part" if audio_path else "audio encoded here"
+        ctx.log(f"Stitch: {plan.name} from {len(names)} chunks (stream copy; {how})")
         result = _run(ctx, argv, info.duration, f"stitching {plan.name}", started, lo, hi - lo)
         got = count_frames(proc.ffprobe, plan.path)
         if got != expected:
