@@ -746,6 +746,8 @@ class Bench:
             p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p
         )
         self.conveyor_env = {**base, "CONVEYOR_CONFIG": str(self.workdir / "none.yaml")}
+        if args.prefetch is not None:
+            self.conveyor_env["CONVEYOR_PREFETCH"] = str(args.prefetch)
         self.peer_env = dict(base)
         self.results = Results()
 
@@ -1165,6 +1167,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-redelivery", action="store_true")
     ap.add_argument("--no-ablation", action="store_true")
     ap.add_argument("--concurrency", type=int, default=8, help="conveyor worker --concurrency")
+    ap.add_argument(
+        "--prefetch", type=int, default=None, help="CONVEYOR_PREFETCH (default: the worker's)"
+    )
     ap.add_argument(
         "--sqlite-synchronous",
         default="full",

@@ -19,6 +19,11 @@ commits send one empty datagram to every socket there (a dead worker's socket
 refuses it and is removed).  So a separate ``conveyor worker`` starts a task
 within milliseconds of its submit; the poll interval is only the fallback (a
 filesystem that cannot hold sockets, another host sharing the file).
+
+Writers of several processes: each takes an exclusive ``flock`` on
+``<database>.lock`` around its transaction, so a waiting process is woken by the
+kernel the moment the lock is free rather than by SQLite's busy handler, which
+sleeps up to 100 ms between tries.
 """
 
 from __future__ import annotations
