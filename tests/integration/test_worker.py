@@ -6,6 +6,7 @@ file; it stands in for no component under test (the worker is the subject).
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -264,3 +265,64 @@ def test_concurrency_limit(settings: Settings, parts: tuple, prefetch: int) -> N
         w.stop()
     assert SleepProcessor.running[1] == 2
     assert 2 <= peak <= 2 + prefetch + 2
+
+
+class StealProcessor(Processor):
+    """Loses its own lease while it runs: the lease is expired, reaped and claimed by
+    another worker, then the processor returns as if nothing happened."""
+
+    kind: ClassVar[str] = "steal"
+    params_model: ClassVar[type[BaseModel]] = SleepParams
+    backend: ClassVar[SQLiteBackend | None] = None
+
+    def requires_input(self) -> bool:
+        return False
+
+    def run(self, ctx: ProcessorContext) -> list[OutputFile]:
+        backend = StealProcessor.backend
+        assert backend is not None
+        ctx.log("working")
+        conn = sqlite3.connect(backend.path, timeout=30)
+        with conn:
+            conn.execute("UPDATE tasks SET lease_expires = 0 WHERE id = ?", (ctx.task.id,))
+        conn.close()
+        assert backend.reap() == 1
+        deadline = time.monotonic() + 5  # after the retry's back-off
+        while not (got := backend.claim("thief", ["steal"], 1, 60.0)):
+            assert time.monotonic() < deadline, "the reaped task never came back"
+            time.sleep(0.02)
+        assert [c.task.id for c in got] == [ctx.task.id]
+        return []
+
+
+def test_a_completion_handed_off_is_refused_when_the_lease_was_lost(
+    settings: Settings, parts: tuple
+) -> None:
+    """A task with nothing to publish hands its completion to the batch; the batch finds
+    its lease taken by another worker, so it is refused and the attempt abandoned: the
+    thief's attempt is untouched and the stale one's log says so, and never completed."""
+    backend, blobs, _ = parts
+    StealProcessor.backend = backend
+    slow_heartbeat = settings.model_copy(update={"heartbeat_interval": 30.0})
+    registry = ProcessorRegistry({"steal": StealProcessor(settings)})
+    t, _ = backend.submit(Task(kind="steal", max_attempts=3))
+    # one slot, no prefetch: the worker cannot claim the task back while it runs
+    w = Worker(slow_heartbeat, backend, blobs, registry, store=backend, concurrency=1, prefetch=0)
+    w.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lines = [(ln.attempt, ln.line) for ln in backend.read_logs(t.id)]
+            if any(line.startswith("Task abandoned") for _, line in lines):
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError(f"the stale attempt was not abandoned: {lines}")
+    finally:
+        w.stop()
+    task = backend.get(t.id)
+    assert task is not None and task.status == TaskStatus.PROCESSING
+    assert task.worker_id == "thief" and task.attempts == 2
+    assert [a.outcome for a in task.history] == ["lease_expired", None]
+    assert all(att == 1 for att, _ in lines)
+    assert not any(line.startswith("Task completed") for _, line in lines), lines
