@@ -117,7 +117,7 @@ def tesseract_words(
     page) the page is read by that many tesseract processes at once, each on the
     page with only its share of the text left on it (:func:`split_page`), and
     their words are put together in reading order."""
-    groups = split_page(np.asarray(image), parts) if parts > 1 else []
+    groups = split_page(np.asarray(image), parts, dpi) if parts > 1 else []
     if len(groups) < 2:
         return _read_words(image, langs, dpi)
     page = np.asarray(image)
