@@ -213,18 +213,26 @@ def _raw_chars(page: pdfium.PdfPage) -> tuple[list[_RawChar | str], int]:
         printable = 0
         left, right = ctypes.c_double(), ctypes.c_double()
         bottom, top = ctypes.c_double(), ctypes.c_double()
+        box_refs = tuple(ctypes.byref(v) for v in (left, right, bottom, top))
         loose = pdfium_c.FS_RECTF()
+        # PDFium's calls and the page's handle looked up once: a page has thousands of
+        # characters, and each attribute lookup shows in the profile
+        raw_page = textpage.raw
+        get_unicode = pdfium_c.FPDFText_GetUnicode
+        get_box = pdfium_c.FPDFText_GetCharBox
+        get_loose = pdfium_c.FPDFText_GetLooseCharBox
+        get_angle = pdfium_c.FPDFText_GetCharAngle
         count = textpage.count_chars()
         i = -1
         while i + 1 < count:
             i += 1
-            code = pdfium_c.FPDFText_GetUnicode(textpage.raw, i)
+            code = get_unicode(raw_page, i)
             if code == 0:
                 continue
             if 0xD800 <= code <= 0xDFFF:
                 # PDFium gives a character above U+FFFF (math italic U+1D45B) as two
                 # UTF-16 halves at two indices: join them; drop a half on its own
-                low = pdfium_c.FPDFText_GetUnicode(textpage.raw, i + 1) if i + 1 < count else 0
+                low = get_unicode(raw_page, i + 1) if i + 1 < count else 0
                 if code >= 0xDC00 or not 0xDC00 <= low <= 0xDFFF:
                     continue
                 code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
@@ -244,18 +252,11 @@ def _raw_chars(page: pdfium.PdfPage) -> tuple[list[_RawChar | str], int]:
                 if code != 2 or not pdfium_c.FPDFText_IsHyphen(textpage.raw, at):
                     continue
                 text = "-"
-            pdfium_c.FPDFText_GetCharBox(
-                textpage.raw,
-                at,
-                ctypes.byref(left),
-                ctypes.byref(right),
-                ctypes.byref(bottom),
-                ctypes.byref(top),
-            )
+            get_box(raw_page, at, *box_refs)
             advance = None
-            if pdfium_c.FPDFText_GetLooseCharBox(textpage.raw, at, loose):
+            if get_loose(raw_page, at, loose):
                 advance = (loose.left, loose.bottom, loose.right, loose.top)
-            angle = pdfium_c.FPDFText_GetCharAngle(textpage.raw, at)
+            angle = get_angle(raw_page, at)
             printable += text.isprintable() and text != "\ufffd"
             out.append(
                 _RawChar(
@@ -291,15 +292,27 @@ def reading_rotation(raw: list[_RawChar | str], shown: int) -> int:
 
 def chars_in(raw: list[_RawChar | str], frame: PageFrame) -> list[Char]:
     chars: list[Char] = []
+    box = frame.box
+    if frame.rotation == 0:  # most pages: the same mapping as frame.box, inlined
+        dx, dy, height = frame.left, frame.bottom, frame.height
+
+        def box(left: float, bottom: float, right: float, top: float) -> Box:
+            return (
+                min(left, right) - dx,
+                height - (max(bottom, top) - dy),
+                max(left, right) - dx,
+                height - (min(bottom, top) - dy),
+            )
+
     for ch in raw:
         if isinstance(ch, str):
             chars.append(Char(ch, 0, 0, 0, 0))
             continue
-        x0, y0, x1, y1 = frame.box(*ch.ink)
+        x0, y0, x1, y1 = box(*ch.ink)
         # Across, the advance (the loose box), not the ink: the ink of a narrow
         # glyph leaves a gap that reads as a space ("11" came out "1 1").
         if x1 > x0 and ch.advance is not None:
-            adv = frame.box(*ch.advance)
+            adv = box(*ch.advance)
             x0, x1 = min(x0, adv[0]), max(x1, adv[2])
         chars.append(
             Char(
