@@ -1,0 +1,64 @@
+"""The console and the API on a parent task (issue 18): a task split into children shows
+"waiting for children" (not a retry), its Child tasks card, and GET /children; through
+the real app (FastAPI TestClient, SQLite), in English and Simplified Chinese."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conveyor.config import load_settings
+from conveyor.models import OutputFile, Task
+from conveyor.server.app import create_app
+from conveyor.server.runtime import Runtime
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("CONVEYOR_CONFIG", str(tmp_path / "none.yaml"))
+    settings = load_settings(data_dir=tmp_path, max_upload_bytes=1_000_000)
+    runtime = Runtime.build(settings, with_worker=False, with_trigger=False)
+    with TestClient(create_app(runtime)) as client:
+        yield client
+
+
+def _split(app: TestClient) -> tuple[str, list[str]]:
+    """A transcode task submitted, claimed and split into three children, one completed."""
+    assert app.put("/api/files/input/v.mp4", content=b"\x00" * 64).status_code == 201
+    r = app.post("/api/queue/add", json={"input_key": "v.mp4", "transcode_types": ["mp4_standard"]})
+    assert r.status_code == 201, r.text
+    backend: Any = app.app.state.service.backend  # type: ignore[attr-defined]
+    (held,) = backend.claim("w1", ["transcode"], 1, 60.0)
+    kids = [
+        Task(kind="transcode", input=held.task.input, params={**held.task.params, "part": i})
+        for i in range(3)
+    ]
+    backend.spawn_children(held.lease, kids)
+    first = backend.claim("w2", ["transcode"], 1, 60.0)[0]
+    backend.complete(first.lease, [OutputFile(name="c", bucket="output", key="c.mp4")])
+    return held.task.id, [k.id for k in backend.children(held.task.id)]
+
+
+def test_a_parent_waits_for_its_children_in_the_api_and_the_console(app: TestClient) -> None:
+    parent_id, kids = _split(app)
+    t = app.get(f"/api/tasks/{parent_id}").json()
+    assert t["status"] == "pending" and t["children"] == 3
+    assert t["waiting_reason"] == "waiting for its children: 1 of 3 completed (33.3 %)"
+    summary = app.get(f"/api/tasks/{parent_id}/children").json()
+    assert [c["id"] for c in summary["children"]] == kids
+    assert summary["by_status"] == {"completed": 1, "pending": 2}
+    assert summary["percent"] == pytest.approx(33.3)
+    assert app.get("/api/tasks/nope/children").status_code == 404
+
+    page = app.get(f"/admin/tasks/{parent_id}").text
+    assert 'id="task-children"' in page and "waiting for children" in page
+    assert "retry pending" not in page and "9999" not in page
+    for kid in kids:
+        assert f'data-child="{kid}"' in page
+    assert "1 of 3 completed" in page
+    zh = app.get(f"/admin/tasks/{parent_id}", headers={"accept-language": "zh-CN"}).text
+    assert "等待子任务" in zh and "子任务" in zh and "已完成 1 / 3" in zh
