@@ -63,13 +63,18 @@ CREATE TRIGGER tasks_child_ended AFTER UPDATE OF status ON tasks
 CREATE FUNCTION conveyor_parent_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.status IN ('failed', 'cancelled') THEN
+        -- SKIP LOCKED: a child locked now is ending (completing, failing) or being
+        -- claimed; waiting for it here while its own trigger waits for this parent's
+        -- row would deadlock.  It ends on its own: its trigger finds the parent ended.
         UPDATE tasks SET status = 'cancelled',
             error = 'cancelled: parent ' || NEW.id || ' ' || NEW.status,
             error_code = 'cancelled', not_before = NULL,
             finished_at = now(), updated_at = now()
-        WHERE parent_id = NEW.id AND status = 'pending';
+        WHERE id IN (SELECT id FROM tasks WHERE parent_id = NEW.id AND status = 'pending'
+                     FOR UPDATE SKIP LOCKED);
         UPDATE tasks SET cancel_requested = true, updated_at = now()
-        WHERE parent_id = NEW.id AND status = 'processing';
+        WHERE id IN (SELECT id FROM tasks WHERE parent_id = NEW.id AND status = 'processing'
+                     FOR UPDATE SKIP LOCKED);
     ELSIF NEW.status = 'pending' AND OLD.status IN ('failed', 'cancelled') THEN
         UPDATE tasks SET parent_id = NULL WHERE parent_id = NEW.id;  -- retry sets children 0
     END IF;
