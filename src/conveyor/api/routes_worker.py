@@ -15,6 +15,7 @@ attempt by :func:`_scoped` (``conveyor.service.workers.check_scope``).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -242,8 +243,11 @@ async def claim(
     generation = signal.generation
     args = (body.worker_id, list(body.kinds), body.capacity, body.lease_s, body.max_gpus)
     claimed = await run_in_threadpool(protocol.claim, *args)
-    if not claimed and body.wait_s > 0:
-        generation = await signal.wait(generation, body.wait_s)
+    # a wake may be spurious (the engine's wait_for_work may return early, and another
+    # worker may take the task first): claim again after each one until wait_s is up
+    deadline = time.monotonic() + body.wait_s
+    while not claimed and (left := deadline - time.monotonic()) > 0:
+        generation = await signal.wait(generation, left)
         claimed = await run_in_threadpool(protocol.claim, *args)
     return ClaimResponse(claimed=claimed, generation=generation)
 

@@ -59,6 +59,14 @@ class WorkSignal:
             self._thread.start()
 
     def _run(self) -> None:
+        # an engine's first calls may return at once (SQLite binds its wake socket, and
+        # catches up on work announced before this thread first looked): make them here,
+        # so that no waiter is woken for nothing when the signal starts
+        for _ in range(2):
+            try:
+                self._waiter.wait_for_work(0)
+            except Exception:
+                break
         while not self._stop.is_set():
             started = time.monotonic()
             try:
