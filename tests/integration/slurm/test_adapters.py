@@ -65,6 +65,11 @@ def test_submit_find_read_cancel_exit_codes_refusals(adapter: SlurmAdapter, tmp_
     listed = {j.job_id: j for j in adapter.jobs()}[job_id]
     assert (listed.name, listed.comment, listed.partition) == (name, req.comment, "debug")
     assert listed.state == "RUNNING" and listed.nodes == "node1" and listed.time_limit_min == 5
+    # RUNNING is said once the job is launched, maybe before its script printed a line:
+    # cancel only after it did (a CI run cancelled it first and the output held no line)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (out.exists() and "FOO=" in out.read_text()):
+        time.sleep(0.2)
     adapter.cancel(job_id)
     assert _until(adapter, job_id, {"CANCELLED"}) == "CANCELLED"
     adapter.cancel(job_id)  # already over: no error
