@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -644,34 +644,29 @@ class ConveyorService:
         self.backend.close()
 
     # -- health --------------------------------------------------------------------
-    def health(self) -> dict[str, Any]:
-        checks: dict[str, str] = {}
-        for name, probe in (("backend", self.backend.ping), ("storage", self.storage.ping)):
-            try:
-                probe()
-                checks[name] = "ok"
-            except Exception as exc:  # health must report, not raise
-                checks[name] = f"error: {exc}"
+    def health(self, timeout: float = 5.0) -> dict[str, Any]:
+        checks = self._probe({"backend": self.backend.ping, "storage": self.storage.ping}, timeout)
         ok = all(v == "ok" for v in checks.values())
+        return {**self._about(ok), "checks": checks}
+
+    def _about(self, ok: bool) -> dict[str, Any]:
         from conveyor import __version__
 
         return {
             "status": "healthy" if ok else "unhealthy",
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 1),
-            "checks": checks,
             "kinds": self.registry.kinds(),
         }
 
-    def ready(self, timeout: float = 5.0) -> dict[str, Any]:
-        """Can this process serve requests now: backend reachable with the current schema,
-        storage reachable.  Each check runs in a thread with a deadline so that a probe
-        answers in ``timeout`` seconds even when a store hangs instead of refusing."""
+    @staticmethod
+    def _probe(probes: Mapping[str, Callable[[], object]], timeout: float) -> dict[str, str]:
+        """Each probe in a thread with one deadline: a check answers in ``timeout`` seconds
+        even when a store hangs, or when the engine retries a lost connection in place."""
         from concurrent.futures import ThreadPoolExecutor
         from concurrent.futures import TimeoutError as FutureTimeout
 
-        probes = {"backend": self.backend.check_ready, "storage": self.storage.ping}
-        pool = ThreadPoolExecutor(max_workers=len(probes), thread_name_prefix="ready")
+        pool = ThreadPoolExecutor(max_workers=len(probes), thread_name_prefix="probe")
         futures = {name: pool.submit(probe) for name, probe in probes.items()}
         deadline = time.monotonic() + timeout
         checks: dict[str, str] = {}
@@ -681,9 +676,16 @@ class ConveyorService:
                 checks[name] = "ok"
             except FutureTimeout:
                 checks[name] = f"error: no answer in {timeout:g} s"
-            except Exception as exc:  # readiness must report, not raise
+            except Exception as exc:  # a probe must report, not raise
                 checks[name] = f"error: {exc}".strip()
         pool.shutdown(wait=False)
+        return checks
+
+    def ready(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Can this process serve requests now: backend reachable with the current schema,
+        storage reachable, each answered within ``timeout`` seconds (see ``_probe``)."""
+        probes = {"backend": self.backend.check_ready, "storage": self.storage.ping}
+        checks = self._probe(probes, timeout)
         ok = all(v == "ok" for v in checks.values())
         return {"status": "ready" if ok else "unready", "checks": checks}
 
@@ -693,8 +695,8 @@ class ConveyorService:
 
         ``queue=False`` for an anonymous caller (a probe needs no counts); ``owner``: a
         submitter, who sees its own counts."""
-        body = self.health()
         ready = self.ready()
+        body = self._about(ready["status"] == "ready")
         body["checks"] = ready["checks"]
         body["ready"] = ready["status"] == "ready"
         body["status"] = "healthy" if body["ready"] else "unhealthy"
