@@ -33,7 +33,6 @@ import itertools
 import logging
 import os
 import shutil
-import signal
 import socket
 import threading
 import time
@@ -71,6 +70,7 @@ from conveyor.models import (
 )
 from conveyor.processors import ChildrenSpawned, ProcessorContext, ProcessorRegistry
 from conveyor.storage import BlobStore
+from conveyor.worker.until_signalled import run_until_signalled
 
 from .workdirs import WorkRoot
 
@@ -507,18 +507,7 @@ class Worker:
 
     def run_forever(self) -> None:
         """Blocking entry point for ``conveyor worker``; SIGTERM/SIGINT stop gracefully."""
-        done = self._done
-
-        def _on_signal(signum: int, _frame: object) -> None:
-            log.info("Received %s", signal.Signals(signum).name)
-            done.set()
-
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
-        self.start()
-        while not done.wait(1.0):
-            pass
-        self.stop()
+        run_until_signalled(self.start, self.stop, self._done)
 
     # -- loops -----------------------------------------------------------------------
     def _claim_loop(self) -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -51,6 +50,7 @@ from conveyor.errors import LeaseLost, RemoteUnavailable, WorkerCredentialReject
 from conveyor.logs import current_attempt, current_task, current_worker
 from conveyor.models import SCHEDULER_PHASE, Lease, Progress, Task, WorkerInfo, utcnow
 from conveyor.remote.connection import ApiConnection
+from conveyor.worker.until_signalled import run_until_signalled
 
 from . import jobspec, states
 from .adapter import SlurmAdapter, SlurmError, SlurmJob
@@ -285,18 +285,7 @@ class SlurmExecutor:
         self.board.stop()
 
     def run_forever(self) -> None:
-        done = self._done
-
-        def _on_signal(signum: int, _frame: object) -> None:
-            log.info("Received %s", signal.Signals(signum).name)
-            done.set()
-
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
-        self.start()
-        while not done.wait(1.0):
-            pass
-        self.stop()
+        run_until_signalled(self.start, self.stop, self._done)
 
     def _adopt(self) -> None:
         """After a restart: take back the jobs this executor left in Slurm, by their name
