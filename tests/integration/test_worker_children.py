@@ -4,7 +4,6 @@ real local storage, real worker threads (the worker is the subject)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -15,10 +14,10 @@ from pydantic import BaseModel
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.config import Settings, load_settings
 from conveyor.models import OutputFile, Task, TaskStatus
-from conveyor.processors import ProcessorContext, ProcessorRegistry
+from conveyor.processors import ProcessorContext
 from conveyor.processors.base import Processor
 from conveyor.storage.local import LocalBlobStore
-from conveyor.worker.loop import Worker
+from tests.integration.conftest import final_task, worker_on_sqlite
 
 
 class SplitParams(BaseModel):
@@ -76,25 +75,14 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 @pytest.fixture
 def running(settings: Settings) -> Iterator[tuple[SQLiteBackend, LocalBlobStore]]:
-    backend = SQLiteBackend(settings.data_dir / "c.db", backoff_base=0.05)
-    store = LocalBlobStore(settings.data_dir / "buckets")
-    registry = ProcessorRegistry({"split": SplitProcessor(settings)})
-    worker = Worker(settings, backend, store, registry, store=backend, concurrency=2)
-    worker.start()
-    yield backend, store
-    worker.stop(grace=1.0)
-    backend.close()
+    with worker_on_sqlite(
+        settings, {"split": SplitProcessor(settings)}, grace=1.0, backoff_base=0.05
+    ) as running:
+        yield running
 
 
-def _final(backend: SQLiteBackend, task_id: str, timeout: float = 20) -> Task:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        t = backend.get(task_id)
-        assert t is not None
-        if t.status.is_final:
-            return t
-        time.sleep(0.05)
-    raise AssertionError(f"task {task_id} is still {t.status}")
+def _final(backend: SQLiteBackend, task_id: str) -> Task:
+    return final_task(backend, task_id, timeout=20)
 
 
 def test_a_parent_spawns_waits_and_joins_its_children(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,10 +14,9 @@ import pytest
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.config import Settings, load_settings
 from conveyor.models import InputRef, Task, TaskStatus
-from conveyor.processors import ProcessorRegistry
 from conveyor.processors.transcode import TranscodeProcessor
 from conveyor.storage.local import LocalBlobStore
-from conveyor.worker.loop import Worker
+from tests.integration.conftest import final_task, worker_on_sqlite
 from tests.integration.transcode.conftest import make_clip
 
 SECONDS = 20.0  # 500 frames; keyframes every 2 s; 5 s chunks -> cuts at 6 s and 12 s
@@ -67,25 +65,14 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 @pytest.fixture
 def running(settings: Settings) -> Iterator[tuple[SQLiteBackend, LocalBlobStore]]:
-    backend = SQLiteBackend(settings.data_dir / "c.db")
-    store = LocalBlobStore(settings.data_dir / "buckets")
-    registry = ProcessorRegistry({"transcode": TranscodeProcessor(settings)})
-    worker = Worker(settings, backend, store, registry, store=backend, concurrency=2)
-    worker.start()
-    yield backend, store
-    worker.stop(grace=2.0)
-    backend.close()
+    with worker_on_sqlite(
+        settings, {"transcode": TranscodeProcessor(settings)}, grace=2.0
+    ) as running:
+        yield running
 
 
-def _final(backend: SQLiteBackend, task_id: str, timeout: float = 240) -> Task:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        t = backend.get(task_id)
-        assert t is not None
-        if t.status.is_final:
-            return t
-        time.sleep(0.1)
-    raise AssertionError(f"task {task_id} is still {t.status}")
+def _final(backend: SQLiteBackend, task_id: str) -> Task:
+    return final_task(backend, task_id, timeout=240, poll=0.1)
 
 
 def test_split_task_is_chunked_then_stitched(
