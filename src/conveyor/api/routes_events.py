@@ -12,13 +12,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from conveyor.api.scope import Caller, caller
 from conveyor.errors import InvalidRequest
 from conveyor.events.model import Delivery, Event
 from conveyor.models import TaskStatus
 from conveyor.service import ConveyorService
 from conveyor.service.events import WebhookCreate, WebhookCreated, WebhookView, sse
 from conveyor.web.deps import get_service
-from conveyor.web.security import Permission, Principal, audit, owner_filter, require
+from conveyor.web.security import Permission, Principal, audit, require
 
 router = APIRouter(prefix="/api", tags=["events"])
 
@@ -116,13 +117,11 @@ async def redeliver(
 
 @router.get("/tasks/{task_id}/deliveries", summary="A task's webhook deliveries")
 async def task_deliveries(
-    task_id: str,
-    service: ConveyorService = Depends(get_service),
-    principal: Principal = require(Permission.TASKS_READ),
+    task_id: str, who: Caller = caller(Permission.TASKS_READ)
 ) -> dict[str, Any]:
     """Oldest first, to every endpoint (the task's own webhook and subscriptions); a
     submitter sees those to the task's own webhook only."""
-    owner = owner_filter(principal)
+    service, owner = who.service, who.owner
 
     def read() -> dict[str, Any]:
         service.get(task_id, owner)  # 404 for a task this caller may not see
@@ -156,9 +155,9 @@ async def events_stream(
     kind: list[str] | None = Query(None),
     status: list[str] | None = Query(None),
     follow: bool = Query(True, description="false: send what is there, then end the stream"),
-    service: ConveyorService = Depends(get_service),
-    principal: Principal = require(Permission.TASKS_READ),
+    who: Caller = caller(Permission.TASKS_READ),
 ) -> StreamingResponse:
+    service = who.service
     kinds, statuses = _split(kind), _split(status)
     known = {s.value for s in TaskStatus}
     if bad := [s for s in statuses if s not in known]:
@@ -170,7 +169,7 @@ async def events_stream(
     if since is None:
         since = await run_in_threadpool(service.events.last_seq)
     return StreamingResponse(
-        _follow(request, service, since, kinds, statuses, owner_filter(principal), follow),
+        _follow(request, service, since, kinds, statuses, who.owner, follow),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict
 
+from conveyor.api.scope import Caller, caller
 from conveyor.errors import Conflict
 from conveyor.models import LogLine, Task, Trigger
 from conveyor.service import ChildrenSummary, ConveyorService, QueueStatus, SubmitRequest
@@ -80,12 +81,9 @@ async def add_task(
 
 
 @router.get("/queue/status", summary="Queue state and today's totals")
-async def queue_status(
-    service: ConveyorService = Depends(get_service),
-    principal: Principal = require(Permission.TASKS_READ),
-) -> QueueStatus:
+async def queue_status(who: Caller = caller(Permission.TASKS_READ)) -> QueueStatus:
     """A submitter (or developer) gets the counts of its own tasks."""
-    return await run_in_threadpool(service.queue_status, owner_filter(principal))
+    return await run_in_threadpool(who.service.queue_status, who.owner)
 
 
 @router.post("/queue/clear", summary="Cancel every pending task")
@@ -107,17 +105,16 @@ async def list_tasks(
     limit: int = Query(20, ge=1, le=1000),
     cursor: str | None = Query(None, description="next_cursor from the previous page"),
     external_id: str | None = Query(None, description="the caller's own id given on submit"),
-    service: ConveyorService = Depends(get_service),
-    principal: Principal = require(Permission.TASKS_READ),
+    who: Caller = caller(Permission.TASKS_READ),
 ) -> dict[str, Any]:
     page = await run_in_threadpool(
-        service.list,
+        who.service.list,
         status=status,
         date=date,
         kind=kind,
         limit=limit,
         cursor=cursor,
-        owner=owner_filter(principal),
+        owner=who.owner,
         external_id=external_id,
     )
     return {
@@ -128,36 +125,27 @@ async def list_tasks(
 
 
 @router.get("/tasks/{task_id}", summary="One task")
-async def get_task(
-    task_id: str,
-    service: ConveyorService = Depends(get_service),
-    principal: Principal = require(Permission.TASKS_READ),
-) -> Task:
+async def get_task(task_id: str, who: Caller = caller(Permission.TASKS_READ)) -> Task:
     """A pending task that no live worker can take says why in ``waiting_reason``."""
-    owner = owner_filter(principal)
-    return await run_in_threadpool(lambda: service.get(task_id, owner, explain=True))
+    return await run_in_threadpool(lambda: who.service.get(task_id, who.owner, explain=True))
 
 
 @router.get("/tasks/{task_id}/children", summary="A task's children and its overall progress")
 async def task_children(
-    task_id: str,
-    service: ConveyorService = Depends(get_service),
-    principal: Principal = require(Permission.TASKS_READ),
+    task_id: str, who: Caller = caller(Permission.TASKS_READ)
 ) -> ChildrenSummary:
     """The tasks a task split into (e.g. a long video's chunks), oldest first, with their
     count by status and the parent's overall progress (each child an equal share)."""
-    owner = owner_filter(principal)
-    return await run_in_threadpool(lambda: service.children(task_id, owner))
+    return await run_in_threadpool(lambda: who.service.children(task_id, who.owner))
 
 
 @router.post("/tasks/{task_id}/cancel", summary="Cancel a task")
 async def cancel_task(
     task_id: str,
     request: Request,
-    service: ConveyorService = Depends(get_service),
-    principal: Principal = require(Permission.TASKS_CANCEL),
+    who: Caller = caller(Permission.TASKS_CANCEL),
 ) -> Task:
-    task = await run_in_threadpool(service.cancel, task_id, owner_filter(principal))
+    task = await run_in_threadpool(who.service.cancel, task_id, who.owner)
     await audit(request, "cancel", target=task_id)
     return task
 
@@ -166,10 +154,9 @@ async def cancel_task(
 async def retry_task(
     task_id: str,
     request: Request,
-    service: ConveyorService = Depends(get_service),
-    principal: Principal = require(Permission.TASKS_RETRY),
+    who: Caller = caller(Permission.TASKS_RETRY),
 ) -> Task:
-    task = await run_in_threadpool(service.retry, task_id, owner_filter(principal))
+    task = await run_in_threadpool(who.service.retry, task_id, who.owner)
     await audit(request, "retry", target=task_id)
     return task
 
@@ -189,10 +176,9 @@ async def task_logs(
     after: int = Query(0, ge=0, description="only lines with seq greater than this"),
     limit: int = Query(1000, ge=1, le=10000),
     follow: bool = Query(False, description="stream new lines as server-sent events"),
-    service: ConveyorService = Depends(get_service),
-    principal: Principal = require(Permission.TASKS_READ),
+    who: Caller = caller(Permission.TASKS_READ),
 ) -> dict[str, Any] | StreamingResponse:
-    owner = owner_filter(principal)
+    service, owner = who.service, who.owner
     if follow:
         await run_in_threadpool(service.get, task_id, owner)  # 404 before the stream starts
         last = request.headers.get("last-event-id", "")

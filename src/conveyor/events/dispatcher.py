@@ -11,8 +11,13 @@ one of them):
    task's events reach an endpoint in order) and POST them, a few at a time.
 
 A POST is signed (``signing``) with the endpoint's secret, goes to the address the
-policy checked just before (``policy``: no second DNS lookup), gives up after
-``timeout_s`` (10 s), follows no redirect and keeps at most 1 KiB of the answer.  A
+policy checked just before (``policy``: no second DNS lookup), follows no redirect and
+keeps at most 1 KiB of the answer.  It gets ``timeout_s`` (10 s) in all: httpx's
+timeouts are per read, so a receiver that drips a byte every few seconds would hold a
+delivery (and its dispatcher thread) for ever; a timer shuts the connection's socket
+down when the time is up (each POST has a connection of its own, so that socket is
+known from the moment it is opened).  A status line received in time counts even if
+the rest of the answer is cut.  A
 2xx answer delivers it; anything else is tried again after ``backoff_base_s *
 2^(tries-1)`` (at most ``backoff_max_s`` apart) until ``max_age_s`` (24 h) after the
 event, then the delivery is given up (``failed``) and the next one of that task goes.
@@ -23,13 +28,16 @@ signatures are never logged.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -79,6 +87,8 @@ class Dispatcher:
             follow_redirects=False,
             trust_env=False,  # a proxy from the environment would reach what the policy refused
             headers={"user-agent": "Conveyor-Webhooks/1"},
+            # no connection kept: each POST opens its own, whose socket its deadline cuts
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
         self._pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="webhook")
         self._stop = threading.Event()
@@ -227,21 +237,77 @@ class Dispatcher:
         headers["host"] = (
             target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
         )
-        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        limit_s = self.settings.timeout_s
+        deadline = _Deadline(limit_s)
+        extensions: dict[str, Any] = {"trace": deadline.trace}
+        if target.scheme == "https":
+            extensions["sni_hostname"] = target.host
         started = time.perf_counter()
+        status: int | None = None
+        kept = b""
         try:
-            with self._client.stream(
-                "POST", pinned_url(target), content=body, headers=headers, extensions=extensions
-            ) as resp:
-                kept = b""
+            with (
+                deadline,
+                self._client.stream(
+                    "POST", pinned_url(target), content=body, headers=headers, extensions=extensions
+                ) as resp,
+            ):
+                status = resp.status_code
                 for chunk in resp.iter_bytes():
                     kept += chunk
                     if len(kept) >= MAX_BODY:
                         break
-                latency = (time.perf_counter() - started) * 1000
-                text = kept[:MAX_BODY].decode("utf-8", "replace")
-                return resp.status_code, None, latency, text
         except httpx.TimeoutException:
-            return None, f"no answer within {self.settings.timeout_s:g} s", None, None
+            if status is None:
+                return None, f"no answer within {limit_s:g} s", None, None
         except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {exc}"[:500], None, None
+            if status is None:
+                if deadline.cut:
+                    return None, f"no complete answer within {limit_s:g} s", None, None
+                return None, f"{type(exc).__name__}: {exc}"[:500], None, None
+        latency = (time.perf_counter() - started) * 1000
+        return status, None, latency, kept[:MAX_BODY].decode("utf-8", "replace")
+
+
+class _Deadline:
+    """Shuts down one POST's socket ``limit_s`` after it starts (see the module docs).
+
+    httpcore's ``trace`` hook hands over the TCP stream as soon as it is connected; a
+    ``shutdown`` wakes a ``recv`` blocked in another thread, where ``close`` would not.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._timer = threading.Timer(limit_s, self._cut)
+        self._timer.daemon = True
+        self.cut = False
+
+    def trace(self, name: str, info: dict[str, Any]) -> None:
+        if name != "connection.connect_tcp.complete":
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with self._lock:
+                self._socks.append(sock)
+                if self.cut:  # connected after the time was up
+                    self._shut(sock)
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.cut = True
+            for sock in self._socks:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()

@@ -15,6 +15,8 @@ class EventSettings(BaseSettings):
     # CIDR ranges a webhook may reach although they are not public, comma-separated
     # (e.g. "10.20.0.0/16" for receivers on the private network; "127.0.0.1/32" in tests)
     allow_cidrs: str = ""
+    # a delivery's whole time (connect, send, the answer's status and first KiB), not
+    # per read: a receiver that drips its answer is cut off when it is up
     timeout_s: float = Field(10.0, gt=0, le=60)
     # retries: base * 2^(try-1), at most backoff_max_s apart, given up max_age_s after the event
     backoff_base_s: float = Field(5.0, gt=0)
