@@ -336,5 +336,13 @@ def test_a_killed_worker_loses_its_task_to_another_and_exhausted_tasks_go_to_the
 
 
 def finished_of(api: httpx.Client, task_id: str) -> dict[str, Any] | None:
+    """The task once it is final and, if completed, its outputs published: the record says
+    completed a moment before the worker moves the staged outputs to their final keys and
+    clears their ``staged_key`` (docs/operations.md), so a read in between differs from
+    every later one."""
     t: dict[str, Any] = api.get(f"/api/tasks/{task_id}").json()
-    return t if t["status"] in ("completed", "failed", "cancelled") else None
+    if t["status"] not in ("completed", "failed", "cancelled"):
+        return None
+    if any(o.get("staged_key") for o in t["outputs"]):
+        return None
+    return t
