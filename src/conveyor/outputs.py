@@ -42,12 +42,13 @@ STORAGE_RETRY_S = 30.0
 
 
 def retry_infrastructure(
-    call: Callable[[], T], *, budget_s: float = STORAGE_RETRY_S, what: str = "storage call"
+    call: Callable[[], T], *, budget_s: float | None = None, what: str = "storage call"
 ) -> T:
     """``call()``, again with back-off (0.5 s doubling to 8 s) while it fails because
-    the database or the store is unreachable, for at most ``budget_s`` seconds; any
-    other error, or the last infrastructure one, is raised."""
-    deadline = time.monotonic() + budget_s
+    the database or the store is unreachable, for at most ``budget_s`` seconds
+    (``STORAGE_RETRY_S``, read at each call, when not given); any other error, or the
+    last infrastructure one, is raised."""
+    deadline = time.monotonic() + (STORAGE_RETRY_S if budget_s is None else budget_s)
     delay = 0.5
     while True:
         try:

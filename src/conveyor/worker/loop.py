@@ -79,6 +79,8 @@ log = logging.getLogger("conveyor.worker")
 # An attempt stopped by a database or storage outage is handed back without
 # counting against max_attempts, at most this many times per task (then it counts).
 MAX_INFRA_RELEASES = 5
+# ...back in the queue after this delay, doubled for each earlier such release (to 300 s)
+INFRA_RELEASE_DELAY_S = 10.0
 INFRA_PREFIX = "infrastructure unavailable: "
 # no timeout may overflow a timer: 30 days is longer than any task should run
 MAX_TIMEOUT_S = 30 * 86400.0
@@ -1017,7 +1019,7 @@ class Worker:
         if n >= MAX_INFRA_RELEASES:
             self._fail(rt, detail, retryable=True, code="infrastructure")
             return
-        delay = min(300.0, 10.0 * 2**n)
+        delay = min(300.0, INFRA_RELEASE_DELAY_S * 2**n)
         self._task_log(
             rt,
             f"Task released: {rt.task.id}: {detail}; not counted as an attempt "

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from conveyor import outputs
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.models import TaskStatus
 from conveyor.processors import ProcessorRegistry
 from conveyor.processors.container import ContainerProcessor
 from conveyor.service import ConveyorService
+from conveyor.worker import loop as worker_loop
 from tests import dockerd, s3server
 from tests.conftest import FAST_ENV
 
@@ -46,6 +48,11 @@ def test_storage_down_at_the_final_save_fails_the_attempt_instead_of_completing(
             pytest.fail(f"SeaweedFS unavailable: {exc}")
         pytest.skip(f"SeaweedFS unavailable: {exc}")
     weed.export_credentials()
+    # storage calls are retried in place for 30 s before the attempt gives up; what is
+    # under test is what happens when they do give up, so give up after 4 s (in-process)
+    monkeypatch.setattr(outputs, "STORAGE_RETRY_S", 4.0)
+    # and the task handed back for the outage is claimed again after 1 s, not 10 s
+    monkeypatch.setattr(worker_loop, "INFRA_RELEASE_DELAY_S", 1.0)
     try:
         settings = make_settings(
             tmp_path,
