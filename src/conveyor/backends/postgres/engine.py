@@ -6,11 +6,16 @@ options are described in ``url.py``, the schema and its versions in ``schema.py`
 How the contract maps onto PostgreSQL:
 
 * Every worker-facing call is one statement in autocommit mode, hence its
-  own short transaction: ``claim`` is ``UPDATE … FROM (SELECT … FOR UPDATE
+  own short transaction (``claim`` and ``complete_many`` send theirs with BEGIN and
+  COMMIT in one round trip): ``claim`` is ``UPDATE … FROM (SELECT … FOR UPDATE
   SKIP LOCKED)`` over the partial index of pending work, per kind, so
   concurrent workers on any number of hosts never wait for each other nor
   get the same task; ``heartbeat`` renews all of a worker's leases and
   upserts its ``workers`` row in one statement.
+* Durability: every commit waits for its WAL to be on disk (synchronous_commit on,
+  as the server has it) except a claim's: a claim lost in a crash returns its task to
+  the queue, and fencing refuses the worker that ran it; the completion's own
+  synchronous commit flushes the claim before it (``claim_commit_async``).
 * Fencing: ``progress``/``complete``/``fail``/``release`` update the row
   only ``WHERE status = 'processing' AND lease_token = <token>``; no row
   means ``LeaseLost``.
@@ -379,8 +384,14 @@ class PostgresBackend(Backend):
             "progress": Jsonb(Progress(phase="starting").model_dump(mode="json")),
         }
         params.update({f"kind{i}": k for i, k in enumerate(unique)})
-        with self._cursor() as cur:
-            rows = cur.execute(_claim_sql(len(unique), max_gpus is not None), params).fetchall()
+        # one round trip: BEGIN, the commit mode (claim_commit_async: a claim lost in a
+        # crash only returns the task to the queue), the claim, COMMIT
+        with self._pool.connection() as conn, conn.pipeline():
+            with conn.transaction():
+                conn.execute(QUERIES["claim_commit_async"])
+                cur = conn.cursor(row_factory=dict_row)
+                cur.execute(_claim_sql(len(unique), max_gpus is not None), params)
+            rows = cur.fetchall()
         rows.sort(key=lambda r: (-r["priority"], r["id"]))
         return [
             ClaimedTask(

@@ -49,6 +49,14 @@ r AS (
     RETURNING t.id, t.cancel_requested)
 SELECT id, cancel_requested FROM r;
 
+-- name: claim_commit_async
+-- The claim's transaction commits without waiting for its WAL to reach the disk.  Its
+-- loss in a server crash is harmless: the task is pending again (the attempt not
+-- counted), and the worker that ran it meanwhile is fenced off by its lease token
+-- (complete, fail, heartbeat find no such lease); every later synchronous commit (the
+-- task's completion first of all) flushes the claim with it.  docs/operations.md.
+SET LOCAL synchronous_commit = off;
+
 -- name: progress
 -- Fenced: no row updated means the lease is lost.
 UPDATE tasks SET progress = %s, updated_at = now()
