@@ -120,6 +120,20 @@ def test_contents_and_index_are_not_tables_gnuplot(tmp_path: Path) -> None:
     assert "Comments 33" in out.paragraphs
 
 
+def test_contents_page_numbers_stay_on_their_entries_gnuplot(tmp_path: Path) -> None:
+    """Texinfo's bold contents entries have no dot leaders: their page numbers, down the
+    right edge, were taken for a column of their own, so every entry became a heading
+    and every number a one-word paragraph (6.1 % of gnuplot's paragraphs); the header's
+    "CONTENTS" beside the recurring "gnuplot 5.4" was kept as a heading on each page."""
+    out = parse("gnuplot-manual", [5, 6, 7], tmp_path)
+    assert "Linespoints 77" in out.paragraphs
+    assert "Linespoints" not in out.headings
+    bare = [p for p in out.paragraphs if re.fullmatch(r"\d{1,3}", p.strip())]
+    assert bare == []
+    assert "CONTENTS" not in out.headings + out.paragraphs
+    assert measure.blocks(out.markdown).one_word_share < 0.05
+
+
 def test_headings_small_caps_numbered_aas(tmp_path: Path) -> None:
     """The AAS sample's section headings are capitals or italics at body size, numbered:
     none was found (pymupdf4llm finds 22 of 24)."""

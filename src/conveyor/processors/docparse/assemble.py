@@ -16,7 +16,8 @@ Running headers and footers (a page number, a report title repeated at the
 top of every page) are left out of both outputs, as MinerU discards them: a
 short text block in the top or bottom tenth of a page whose text, digits
 aside, recurs there on at least half the pages of a document of three pages
-or more, or that is a page number alone.
+or more, or that is a page number alone, and a short block in that margin on the
+same row as one of those.
 """
 
 from __future__ import annotations
@@ -97,6 +98,29 @@ class DocumentFacts:
     def is_running(self, block: dict[str, Any], page: dict[str, Any]) -> bool:
         key = running_key(block, page) if self.pages >= 3 else None
         return key is not None and (key in self.running or bool(FOLIO.match(key[1])))
+
+    def running_on(self, blocks: list[dict[str, Any]], page: dict[str, Any]) -> list[bool]:
+        """Which of a page's blocks are running headers or footers: those ``is_running``
+        says, and a short block in the margin on the same row as one that recurs (Texinfo's
+        header "6  gnuplot 5.4  CONTENTS": the part's name recurs only on its own pages,
+        the rest of the row on all; left in, it became a heading on every such page).
+        A page number alone does not take its row with it: an article's running title
+        beside it, on every other page, is not known to be one."""
+        flags = [self.is_running(b, page) for b in blocks]
+        rows = [
+            b["bbox"]
+            for b, f in zip(blocks, flags, strict=True)
+            if f and running_key(b, page) in self.running
+        ]
+        if not rows:
+            return flags
+        for i, b in enumerate(blocks):
+            if flags[i] or running_key(b, page) is None:
+                continue
+            y0, y1 = float(b["bbox"][1]), float(b["bbox"][3])
+            mid = (y0 + y1) / 2
+            flags[i] = any(float(r[1]) <= mid <= float(r[3]) for r in rows)
+        return flags
 
 
 def document_facts(spool: Path) -> DocumentFacts:
@@ -206,10 +230,11 @@ def assemble(spool: Path, markdown: Path | None, content_list: Path | None) -> A
     keys: set[HeadingKey] = set()
     facts = document_facts(spool)
     for page in read_spool(spool):
+        blocks = reclassify(page, facts)
         keys.update(
             heading_key(b)
-            for b in reclassify(page, facts)
-            if b["type"] == "title" and not facts.is_running(b, page)
+            for b, running in zip(blocks, facts.running_on(blocks, page), strict=True)
+            if b["type"] == "title" and not running
         )
     levels = heading_levels(keys)
     out = Assembled()
@@ -221,8 +246,9 @@ def assemble(spool: Path, markdown: Path | None, content_list: Path | None) -> A
         first_md, first_item = True, True
         for page in read_spool(spool):
             out.pages += 1
-            for block in reclassify(page, facts):
-                if facts.is_running(block, page):
+            blocks = reclassify(page, facts)
+            for block, running in zip(blocks, facts.running_on(blocks, page), strict=True):
+                if running:
                     out.discarded += 1
                     continue
                 out.blocks[block["type"]] = out.blocks.get(block["type"], 0) + 1

@@ -282,7 +282,7 @@ def find_gutter(lines: Sequence[Line], page_w: float, left_x: float = 0.0) -> fl
 
     A gutter is the widest stretch of the region's middle band crossed by the
     fewest lines; it counts if few lines cross it (titles and full-width
-    paragraphs may) and at least three lines sit wholly on each side.
+    paragraphs may) and at least three lines with a letter sit wholly on each side.
     """
     if len(lines) < 6 or page_w <= 0:
         return None
@@ -293,6 +293,9 @@ def find_gutter(lines: Sequence[Line], page_w: float, left_x: float = 0.0) -> fl
         for x in range(a, b + 1):
             cover[x - lo] += 1
     limit = max(2, len(lines) // 5)
+    # a side counts lines with a letter: the page numbers down a contents page's right
+    # edge (Texinfo's bold entries, no leader dots) are not a column of their own
+    worded = [ln for ln in lines if any(c.isalpha() for c in ln.text)]
     best: tuple[int, int, float] | None = None  # (crossing lines, -width, x)
     start = 0
     for i in range(1, len(cover) + 1):
@@ -301,8 +304,8 @@ def find_gutter(lines: Sequence[Line], page_w: float, left_x: float = 0.0) -> fl
         width, crossing = i - start, cover[start]
         mid = lo + (start + i) / 2
         if crossing <= limit and width >= 4:
-            left = sum(1 for ln in lines if ln.x1 <= mid)
-            right = sum(1 for ln in lines if ln.x0 >= mid)
+            left = sum(1 for ln in worded if ln.x1 <= mid)
+            right = sum(1 for ln in worded if ln.x0 >= mid)
             if left >= 3 and right >= 3:
                 key = (crossing, -width, mid)
                 if best is None or key < best:
