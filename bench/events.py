@@ -2,14 +2,16 @@
 event reaches a receiver.
 
     python bench/events.py [--tasks 2000] [--workers 2] [--rounds 3] [--rate 100]
-                           [--engines sqlite,postgresql] [--pg-url postgresql://...]
+                           [--batch 1] [--engines sqlite,postgresql] [--pg-url postgresql://...]
 
 For each engine (SQLite on a fresh temporary file; PostgreSQL on a fresh database of
 ``--pg-url`` / ``CONVEYOR_BENCH_PG_URL``, else a throwaway local cluster, as
 bench/queue_throughput.py):
 
 * drain rate, outbox on vs off: ``--tasks`` no-op tasks submitted, then ``--workers``
-  threads loop ``claim()`` + ``complete()`` until the queue is empty.  "Off" is the
+  threads loop ``claim()`` + ``complete()`` until the queue is empty (the drain of
+  bench/queue_throughput.py); with ``--batch N`` each claim takes up to N tasks and
+  completes them in one ``complete_many()``, as the worker does.  "Off" is the
   same database with the outbox triggers dropped (what the queue did before events);
   "on" writes queued / started / completed rows in the same transactions.  Rounds
   alternate off and on; the medians are compared, and so is the median of each
@@ -46,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.queue_throughput import PgServer, percentile, sqlite_store
+from bench.queue_throughput import PgServer, bench_drain, percentile, sqlite_store
 from tests.conftest import free_port
 
 from conveyor.backends.base import Backend
@@ -77,8 +79,8 @@ def outbox_off(backend: Backend) -> None:
         import psycopg
 
         with psycopg.connect(backend.conninfo, autocommit=True) as conn:
-            conn.execute("DROP TRIGGER tasks_event_insert ON tasks")
-            conn.execute("DROP TRIGGER tasks_event_update ON tasks")
+            conn.execute("DROP TRIGGER tasks_events_insert ON tasks")  # 0008's
+            conn.execute("DROP TRIGGER tasks_events_update ON tasks")
 
 
 def trigger_cost_us(database: Any, rows: int = 1000, repeats: int = 5) -> tuple[float, float]:
@@ -122,30 +124,12 @@ def trigger_cost_us(database: Any, rows: int = 1000, repeats: int = 5) -> tuple[
     return best["on"] / rows * 1e6, best["off"] / rows * 1e6
 
 
-def drain(backend: Backend, n: int, workers: int) -> float:
+def drain(backend: Backend, n: int, workers: int, batch: int) -> float:
+    """``n`` no-op tasks submitted, then drained as bench/queue_throughput.py does; with
+    ``batch`` > 1 each claim takes up to ``batch`` and completes them in one call."""
     for i in range(0, n, 500):
         backend.submit_many([Task(kind=KIND) for _ in range(min(500, n - i))])
-    done = [0] * workers
-    barrier = threading.Barrier(workers + 1)
-
-    def worker(i: int) -> None:
-        barrier.wait()
-        while claimed := backend.claim(f"w{i}", [KIND], 1, LEASE_S):
-            for c in claimed:
-                backend.complete(c.lease, [])
-            done[i] += len(claimed)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    if sum(done) != n:
-        raise SystemExit(f"drain: expected {n} tasks, workers completed {sum(done)}")
-    return n / elapsed
+    return bench_drain(backend, n, workers, batch, many=batch > 1)
 
 
 class ReceiverProcess:
@@ -289,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="tasks per claim in the drain; above 1 they are completed in one "
+        "complete_many call, as the worker's completer does (1: one call a task)",
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rate", type=float, default=50.0, help="tasks/s for the latency run")
     ap.add_argument("--engines", default="sqlite,postgresql")
@@ -296,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args(argv)
     print(
-        f"bench/events.py: {args.tasks} tasks, {args.workers} worker threads, {args.rounds} rounds"
+        f"bench/events.py: {args.tasks} tasks, {args.workers} worker threads, {args.rounds} "
+        f"rounds, claims of {args.batch}"
+        + (" completed by complete_many" if args.batch > 1 else " completed one call a task")
     )
     print(f"load before: {uptime()}")
     with engines(args.engines.split(","), args.pg_url) as chosen:
@@ -309,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                         backend: Backend = opener()
                         if mode == "off":
                             outbox_off(backend)
-                        rate = drain(backend, args.tasks, args.workers)
+                        rate = drain(backend, args.tasks, args.workers, args.batch)
                         rates[mode].append(rate)
                         print(f"  round {r + 1} outbox {mode:<3}: drain {rate:8.0f} tasks/s")
             on_us, off_us = trigger_cost_us(database)

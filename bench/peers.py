@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # bench.queue_throughput, tests.pgserver
 PEER_VENV = Path(os.environ.get("CONVEYOR_PEERS_VENV", "/tmp/conveyor-peers-venv"))  # nosec B108
 PEER_PACKAGES = [
     "celery[redis]",
@@ -234,15 +235,6 @@ def redis_cmd(port: int, *args: str) -> bytes:
         return s.recv(65536)
 
 
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -334,7 +326,6 @@ class Redis:
 
 class Postgres:
     def __init__(self) -> None:
-        sys.path.insert(0, str(ROOT))
         from tests import pgserver
 
         self.cluster = pgserver.start_cluster(durable=True)
@@ -347,21 +338,9 @@ class Postgres:
         self._procrastinate_template: str | None = None
 
     def describe(self) -> str:
-        import psycopg
+        from bench.queue_throughput import describe_postgres
 
-        with psycopg.connect(self.cluster.admin_url) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-            settings: dict[str, str] = dict(
-                conn.execute(
-                    "SELECT name, setting FROM pg_settings WHERE name IN "
-                    "('fsync', 'synchronous_commit', 'full_page_writes')"
-                ).fetchall()
-            )
-        return (
-            f"PostgreSQL {row[0] if row else '?'} (throwaway cluster, 127.0.0.1 TCP, "
-            + ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
-            + ")"
-        )
+        return describe_postgres(self.cluster.admin_url, "throwaway cluster")
 
     def conveyor_db(self) -> str:
         return str(self.cluster.create_database())
@@ -522,50 +501,38 @@ def _procrastinate_fresh(bench: Bench) -> Fresh:
     return Fresh({**bench.peer_env, "BENCH_PG": url}, lambda: bench.pg.drop(url))  # type: ignore[union-attr]
 
 
+CELERY_WORKER = [
+    "-m",
+    "celery",
+    "-A",
+    "p_celery",
+    "worker",
+    "-P",
+    "solo",
+    "-l",
+    "WARNING",
+    "--without-gossip",
+    "--without-mingle",
+    "--without-heartbeat",
+]
+
+
+def _celery(fsync: str) -> PeerSystem:
+    """Celery + Redis, the same worker against the Redis of one appendfsync setting."""
+    return PeerSystem(
+        f"celery-{fsync}",
+        f"Celery + Redis, AOF {fsync}",
+        "celery worker -P solo (prefetch x4)",
+        CELERY_WORKER,
+        _redis_fresh(fsync),
+        bulk=False,
+    )
+
+
 def make_systems(bench: Bench) -> dict[str, System]:
     peers: dict[str, System] = {
-        "celery-everysec": PeerSystem(
-            "celery-everysec",
-            "Celery + Redis, AOF everysec",
-            "celery worker -P solo (prefetch x4)",
-            [
-                "-m",
-                "celery",
-                "-A",
-                "p_celery",
-                "worker",
-                "-P",
-                "solo",
-                "-l",
-                "WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            _redis_fresh("everysec"),
-            bulk=False,
-        ),
-        "celery-always": PeerSystem(
-            "celery-always",
-            "Celery + Redis, AOF always",
-            "celery worker -P solo (prefetch x4)",
-            [
-                "-m",
-                "celery",
-                "-A",
-                "p_celery",
-                "worker",
-                "-P",
-                "solo",
-                "-l",
-                "WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            _redis_fresh("always"),
-            bulk=False,
-        ),
+        "celery-everysec": _celery("everysec"),
+        "celery-always": _celery("always"),
         "procrastinate": PeerSystem(
             "procrastinate",
             "procrastinate, PostgreSQL, synchronous_commit on",
@@ -933,6 +900,9 @@ class Bench:
 
     # -- the runs -------------------------------------------------------------------------
     def run(self, systems: list[System]) -> None:
+        # imported here: this file's client side runs in the peers' venv, without Conveyor
+        from bench.queue_throughput import percentile
+
         r = self.results
         for rep in range(1, self.args.reps + 1):
             for s in systems:

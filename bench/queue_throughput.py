@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from conveyor.backends.base import Backend
+from conveyor.backends.base import Backend, Completion
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.models import Task
 
@@ -67,15 +67,21 @@ def bench_submit(backend: Backend, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def bench_drain(backend: Backend, n: int, workers: int, batch: int) -> float:
+def bench_drain(backend: Backend, n: int, workers: int, batch: int, *, many: bool = False) -> float:
+    """Tasks/s of ``workers`` threads looping ``claim(batch)`` and completing what they
+    claimed until ``n`` are done: one ``complete()`` a task, or with ``many`` one
+    ``complete_many()`` for the batch, as the worker's completer does."""
     done = [0] * workers
     barrier = threading.Barrier(workers + 1)
 
     def worker(i: int) -> None:
         barrier.wait()
         while claimed := backend.claim(f"w{i}", [KIND], batch, LEASE_S):
-            for c in claimed:
-                backend.complete(c.lease, [])
+            if many:
+                backend.complete_many([Completion(c.lease, []) for c in claimed])
+            else:
+                for c in claimed:
+                    backend.complete(c.lease, [])
             done[i] += len(claimed)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
@@ -196,6 +202,25 @@ def bench_idle_latency(
 
 
 # -- engines ---------------------------------------------------------------------------
+def describe_postgres(admin_url: str, where: str) -> str:
+    """The server's version and durability settings, for a benchmark's header."""
+    import psycopg
+
+    with psycopg.connect(admin_url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+        settings: dict[str, str] = dict(
+            conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN "
+                "('fsync', 'full_page_writes', 'synchronous_commit') ORDER BY name"
+            ).fetchall()
+        )
+    return (
+        f"PostgreSQL {row[0] if row else '?'} ({where}, 127.0.0.1 TCP, "
+        + ", ".join(f"{k}={v}" for k, v in settings.items())
+        + ")"
+    )
+
+
 class PgServer:
     """Where PostgreSQL databases for the runs come from: a given server or a throwaway one."""
 
@@ -207,39 +232,18 @@ class PgServer:
         self.local = not url
 
     def describe(self) -> str:
-        import psycopg
-
-        with psycopg.connect(self.cluster.admin_url) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-            settings: dict[str, str] = dict(
-                conn.execute(
-                    "SELECT name, setting FROM pg_settings WHERE name IN "
-                    "('fsync', 'synchronous_commit')"
-                ).fetchall()
-            )
         where = "throwaway local cluster" if self.local else "given server"
-        return (
-            f"postgresql {row[0] if row else '?'} ({where}, fsync={settings.get('fsync')}, "
-            f"synchronous_commit={settings.get('synchronous_commit')}, 127.0.0.1 TCP)"
-        )
+        return describe_postgres(self.cluster.admin_url, where)
 
     @contextmanager
     def database(self) -> Iterator[Callable[[], Backend]]:
         from conveyor.backends.postgres import PostgresBackend
 
         url = self.cluster.create_database()
-        handles: list[Backend] = []
-
-        def opener() -> Backend:
-            handle = PostgresBackend(url)
-            handles.append(handle)
-            return handle
-
         try:
-            yield opener
+            with _openers(lambda: PostgresBackend(url)) as opener:
+                yield opener
         finally:
-            for h in handles:
-                h.close()
             self.cluster.drop_database(url)
 
     def stop(self) -> None:
@@ -248,19 +252,27 @@ class PgServer:
 
 @contextmanager
 def sqlite_store() -> Iterator[Callable[[], Backend]]:
-    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
-        handles: list[Backend] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp,
+        _openers(lambda: SQLiteBackend(Path(tmp) / "queue.db")) as opener,
+    ):
+        yield opener
 
-        def opener() -> Backend:
-            handle = SQLiteBackend(Path(tmp) / "queue.db")
-            handles.append(handle)
-            return handle
 
-        try:
-            yield opener
-        finally:
-            for h in handles:
-                h.close()
+@contextmanager
+def _openers(make: Callable[[], Backend]) -> Iterator[Callable[[], Backend]]:
+    """An opener of handles to one database (a "host" each), all closed at the end."""
+    handles: list[Backend] = []
+
+    def opener() -> Backend:
+        handles.append(make())
+        return handles[-1]
+
+    try:
+        yield opener
+    finally:
+        for h in handles:
+            h.close()
 
 
 def main(argv: list[str] | None = None) -> int:
