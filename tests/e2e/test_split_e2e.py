@@ -9,6 +9,7 @@ ffmpeg; the clip is 426x240 (an ultrafast source) so the run stays short."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -29,7 +30,15 @@ FPS = 25
 FRAMES = round(SECONDS * FPS)
 TYPES = ["mp4_standard"]
 ONE_SLOT = ["--concurrency", "1"]
-ENV = {**FAST_ENV, "CONVEYOR_LEASE_SECONDS": "4", "CONVEYOR_TRANSCODE_ENCODER": "cpu"}
+# x264 preset veryfast for the profile under test (a config override of the built-in row):
+# the split and the unsplit encode use the same profile, so the PSNR comparison holds, and
+# the two encodes of 9000 frames take about 2.5x less CPU than at the built-in "medium"
+ENV = {
+    **FAST_ENV,
+    "CONVEYOR_LEASE_SECONDS": "4",
+    "CONVEYOR_TRANSCODE_ENCODER": "cpu",
+    "CONVEYOR_TRANSCODE_PROFILES": json.dumps({"mp4_standard": {"preset": "veryfast"}}),
+}
 
 
 @pytest.fixture(scope="module")
