@@ -41,7 +41,7 @@ Then, once no task is pending or processing, the audit:
 
 Run it alone (prints the summary; exit 1 when the audit fails)::
 
-    .venv/bin/python -m tests.chaos.faultrun              # 40 tasks, one of each fault
+    .venv/bin/python -m tests.chaos.faultrun              # 30 tasks, one of each fault
     .venv/bin/python -m tests.chaos.faultrun --large      # 160 tasks, all faults, two rounds
     .venv/bin/python -m tests.chaos.faultrun --tasks 300 --rounds 2 --all-faults --keep
 """
@@ -98,11 +98,15 @@ class RunConfig:
     s3_outage_s: float = 10.0
     drain_timeout_s: float = 240.0
     seed: int = 14
+    # the pauses between faults and the submission window, scaled (1: the large run's)
+    pace: float = 1.0
 
     @classmethod
     def default(cls) -> RunConfig:
-        """For ``make test``: 40 tasks, one of each fault, about a minute on two cores."""
-        return cls()
+        """For ``make test``: 30 tasks over a window 0.7 times as long (the same rate of
+        submissions while each fault happens), one of each fault, under a minute on two
+        cores."""
+        return cls(tasks=30, pace=0.7)
 
     @classmethod
     def large(cls) -> RunConfig:
@@ -784,7 +788,7 @@ class FaultRun:
             ]
         _log(f"round {n}: {len(steps)} faults")
         for pause, step in steps:
-            if self.stop.wait(pause):
+            if self.stop.wait(pause * self.cfg.pace):
                 return
             try:
                 step()
@@ -793,7 +797,7 @@ class FaultRun:
 
     def fault_window_s(self) -> float:
         per_round = 36.0 + (25.0 if self.cfg.all_faults else 0.0)
-        return per_round * self.cfg.rounds
+        return per_round * self.cfg.rounds * self.cfg.pace
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> Report:

@@ -8,7 +8,8 @@ completed task's outputs at their final keys and untouched after completion,
 every container ``result.txt`` from the attempt that completed it, every 5xx
 JSON with a code and every 503 with ``Retry-After``.
 
-By default 40 tasks and one of each fault (about a minute on two cores);
+By default 30 tasks, one of each fault, faults and submissions at 0.7 times the large
+run's pauses (under a minute on two cores);
 ``CONVEYOR_CHAOS_LARGE=1`` runs 160 tasks, every fault, two rounds (about two
 and a half minutes). ``python -m tests.chaos.faultrun [--large] [--keep]`` runs
 it without pytest.
