@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 from urllib.parse import urlencode
 
-import yaml
 from pydantic import AliasChoices, Field, PrivateAttr, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -63,6 +62,8 @@ def yaml_config() -> dict[str, Any]:
     path = Path(os.environ.get("CONVEYOR_CONFIG", "config.yaml"))
     if not path.is_file():
         return {}
+    import yaml  # here: most processes have no config.yaml (a Slurm job's start skips it)
+
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of environments")

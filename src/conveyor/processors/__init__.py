@@ -22,10 +22,11 @@ Adding a kind (``tests/integration/test_toy_kind.py`` does all of it):
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
 from functools import cache
-from importlib.metadata import entry_points
 from typing import Any
 
 from conveyor.errors import InvalidRequest, UnknownKind
@@ -35,18 +36,36 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "conveyor.processors"
 # a process that runs one kind only loads that kind (a Slurm job: its task's kind, set by
-# the executor), so it does not import every kind's libraries at start
+# the executor), so it does not import every kind's libraries at start; ``kind=module:Class``
+# also says where its processor is, so it does not read every package's entry points either
 LOAD_KINDS_ENV = "CONVEYOR_LOAD_KINDS"
 
 
 @cache
 def installed() -> dict[str, type[Processor]]:
     """The processor classes the installed packages declare, by kind (only those named
-    in ``CONVEYOR_LOAD_KINDS``, comma-separated, when it is set)."""
-    only = {k.strip() for k in os.environ.get(LOAD_KINDS_ENV, "").split(",") if k.strip()}
+    in ``CONVEYOR_LOAD_KINDS``, comma-separated ``kind`` or ``kind=module:Class``, when
+    it is set)."""
+    only: dict[str, str] = {}
+    for item in os.environ.get(LOAD_KINDS_ENV, "").split(","):
+        name, _, path = item.strip().partition("=")
+        if name:
+            only[name] = path
     found: dict[str, type[Processor]] = {}
+    for name, path in only.items():
+        if path:
+            module, _, attrs = path.partition(":")
+            with contextlib.suppress(ImportError, AttributeError, ValueError):
+                obj: Any = importlib.import_module(module)
+                for attr in filter(None, attrs.split(".")):
+                    obj = getattr(obj, attr)
+                found[name] = obj
+    if only and set(only) <= set(found):
+        return found
+    from importlib.metadata import entry_points
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if only and ep.name not in only:
+        if (only and ep.name not in only) or ep.name in found:
             continue
         try:
             found[ep.name] = ep.load()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -80,19 +81,40 @@ class ApiConnection:
         self._credential = credential
         self.retries = retries
         self.backoff_s = backoff_s
-        self.verify = ssl_context(ca_cert)
+        self._ca_cert = ca_cert
+        self._timeout = timeout
+        # the trust store is read only where TLS is spoken: reading it costs tens of ms
+        # of CPU, much of a Slurm job's start; an http:// API (no redirects followed)
+        # gets a context that trusts nothing and is never used
+        https = self.url.startswith("https://")
         self.http = httpx.Client(
             base_url=self.url,
             timeout=httpx.Timeout(timeout, connect=10.0),
-            verify=self.verify,
+            verify=ssl_context(ca_cert) if https else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
             headers={"user-agent": f"conveyor-worker/{__version__}"},
             follow_redirects=False,
         )
-        # presigned object-store URLs: no API credential may travel there
-        self.plain = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=10.0), verify=self.verify, follow_redirects=True
-        )
+        self._plain: httpx.Client | None = None
+        self._plain_lock = threading.Lock()
+
+    @property
+    def plain(self) -> httpx.Client:
+        """The client for presigned object-store URLs (no API credential may travel
+        there), made on first use: most workers never get one."""
+        with self._plain_lock:
+            if self._plain is None:
+                self._plain = httpx.Client(
+                    timeout=httpx.Timeout(self._timeout, connect=10.0),
+                    verify=ssl_context(self._ca_cert),
+                    follow_redirects=True,
+                )
+            return self._plain
+
+    @plain.setter
+    def plain(self, client: httpx.Client) -> None:
+        with self._plain_lock:
+            self._plain = client
 
     def credential(self) -> str | None:
         c = self._credential
@@ -180,7 +202,8 @@ class ApiConnection:
 
     def close(self) -> None:
         self.http.close()
-        self.plain.close()
+        if self._plain is not None:
+            self._plain.close()
 
 
 def connect(url: str) -> ApiConnection:

@@ -659,7 +659,10 @@ class ContainerProcessor(Processor):
     def _restore_checkpoints(self, ctx: ProcessorContext, output_dir: Path) -> int:
         """Put what earlier attempts of the task staged into the new output folder: every
         earlier attempt's files, newer ones over older (the newest alone may have died
-        before it staged everything)."""
+        before it staged everything).  The task's first claim has none, and skips the
+        listing (one storage call, a round trip to the API for a remote worker)."""
+        if len(ctx.task.history) <= 1:  # as the worker's rule: only this attempt so far
+            return 0
         root = task_staging(ctx.task.id)
         own = ctx.stager.prefix
         by_attempt: dict[str, list[ObjectInfo]] = {}

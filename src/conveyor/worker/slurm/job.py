@@ -44,20 +44,42 @@ OVER_LIMIT_S = 600.0
 
 
 def _queue_class() -> Any:
-    from conveyor.remote.queue import RemoteQueue
+    from conveyor.backends.base import Completion
+    from conveyor.remote.queue import LogsPartlyShipped, RemoteQueue
 
     class OneAttemptQueue(RemoteQueue):
         """The worker protocol for one claimed attempt: ``claim`` hands it out once; cancels
         are the executor's (scancel, then the outcome once Slurm says the job ended); once
-        Slurm signalled the job, nothing more is reported."""
+        Slurm signalled the job, nothing more is reported.
 
-        def __init__(self, conn: Any, claimed: ClaimedTask, on_cancel: Any) -> None:
+        Its first ``quiet_s`` (a heartbeat interval) it makes no call but the outcome's:
+        the lease was checked a moment ago (the task was read with it) and the executor
+        renews it; log lines wait for the first heartbeat after that, or go with the
+        outcome; progress is sent at most once a second, the latest report only, and not
+        at all once the outcome is on its way.  A short task costs the API four calls
+        (its read, and the completion's fenced check, log lines and record), not ten."""
+
+        def __init__(
+            self, conn: Any, claimed: ClaimedTask, on_cancel: Any, quiet_s: float = 0.0
+        ) -> None:
             super().__init__(conn)
             self._worker_id = claimed.lease.worker_id  # log shipping names it from the start
             self._claimed: ClaimedTask | None = claimed
             self._on_cancel = on_cancel
             self.stopped_by_slurm = threading.Event()
             self.handed_out = threading.Event()
+            self.no_more = threading.Event()  # the attempt is over: the claim loop ends
+            self._quiet_until = time.monotonic() + max(0.0, quiet_s)
+            self._held: list[tuple[datetime, str, str]] = []
+            self._held_lock = threading.Lock()
+            self._lost = False
+            self._progress: tuple[Lease, Progress] | None = None
+            self._progress_due = self._quiet_until
+            self._progress_cv = threading.Condition()
+            self._progress_thread: threading.Thread | None = None
+
+        def _quiet(self) -> bool:
+            return time.monotonic() < self._quiet_until
 
         def claim(
             self,
@@ -74,11 +96,14 @@ def _queue_class() -> Any:
             return [claimed]
 
         def wait_for_work(self, timeout: float) -> None:
-            time.sleep(min(timeout, 0.05))  # nothing more will come: stop() is not kept
+            self.no_more.wait(min(timeout, 1.0))  # nothing more will come
 
         def heartbeat(
             self, worker: WorkerInfo, leases: list[Lease], lease_s: float
         ) -> HeartbeatResult:
+            if not leases or self._quiet():
+                # nothing to renew (the attempt is over), or renewed a moment ago
+                return HeartbeatResult(lost=[le.task_id for le in leases] if self._lost else [])
             result = super().heartbeat(worker, leases, lease_s)
             if result.cancel and not self.stopped_by_slurm.is_set():
                 # the executor scancels and records the cancel once the job ended; here the
@@ -88,9 +113,72 @@ def _queue_class() -> Any:
                 self._on_cancel()
             return result.model_copy(update={"cancel": []})
 
+        # -- progress: the latest report, at most once a second ------------------------
+        def progress(self, lease: Lease, progress: Progress) -> None:
+            if self._progress_due == float("inf"):  # the outcome's own fenced check
+                return super().progress(lease, progress)
+            if self._lost:
+                raise LeaseLost(f"lease on task {lease.task_id} is no longer held by this job")
+            with self._progress_cv:
+                self._progress = (lease, progress)
+                if self._progress_thread is None:
+                    self._progress_thread = threading.Thread(
+                        target=self._send_progress, name="job-progress", daemon=True
+                    )
+                    self._progress_thread.start()
+                self._progress_cv.notify()
+
+        def _send_progress(self) -> None:
+            while True:
+                with self._progress_cv:
+                    while self._progress is None or time.monotonic() < self._progress_due:
+                        due = self._progress_due
+                        wait = None if self._progress is None or due == float("inf") else due
+                        self._progress_cv.wait(None if wait is None else wait - time.monotonic())
+                    lease, report = self._progress
+                    self._progress = None
+                    self._progress_due = time.monotonic() + 1.0
+                try:
+                    super().progress(lease, report)
+                except LeaseLost:
+                    self._lost = True  # the next heartbeat says so to the worker
+                except Exception as exc:  # best effort, as any worker's progress
+                    log.warning("progress not recorded: %s", exc)
+
+        def _outcome_begins(self) -> None:
+            """The outcome is on its way: no progress report is left to send (the outcome
+            says the rest); its own calls (the fenced check, the log lines) go at once."""
+            self._quiet_until = 0.0
+            with self._progress_cv:
+                self._progress = None
+                self._progress_due = float("inf")
+
+        # -- log lines: held while quiet, then shipped with the next batch -------------
+        def _take_held(self) -> list[tuple[datetime, str, str]]:
+            with self._held_lock:
+                held, self._held = self._held, []
+            return held
+
         def append_logs(
             self, task_id: str, attempt: int, lines: list[tuple[datetime, str, str]]
         ) -> None:
+            if self._quiet():
+                with self._held_lock:
+                    self._held.extend(lines)
+                return
+            held = self._take_held()
+            try:
+                self._ship(task_id, attempt, held + lines)
+            except Exception as exc:
+                sent = getattr(exc, "sent", 0)
+                with self._held_lock:
+                    self._held[:0] = held[sent:]
+                # the worker keeps its own lines from the first one not shipped
+                raise LogsPartlyShipped(max(0, sent - len(held)), exc) from exc
+
+        def _ship(self, task_id: str, attempt: int, lines: list[tuple[datetime, str, str]]) -> None:
+            if not lines:
+                return
             if self.stopped_by_slurm.is_set():  # the worker says "released": it was not
                 lines = [
                     (ts, stream, _stopped_line(line) if stream == "worker" else line)
@@ -98,16 +186,36 @@ def _queue_class() -> Any:
                 ]
             super().append_logs(task_id, attempt, lines)
 
+        def flush_held(self, lease: Lease) -> None:
+            """What is still held goes out (the job ends)."""
+            held = self._take_held()
+            try:
+                self._ship(lease.task_id, lease.attempt, held)
+            except Exception as exc:
+                log.warning("%d log lines not shipped: %s", len(held), exc)
+
+        # -- outcomes: the held lines first ----------------------------------------------
+        def complete_many(self, items: list[Completion]) -> list[BaseException | None]:
+            self._outcome_begins()
+            held = self._take_held()
+            if held and items:
+                items[0].logs[:0] = held
+            return super().complete_many(items)
+
         def fail(
             self, lease: Lease, error: str, *, retryable: bool, code: str | None = None
         ) -> Task:
+            self._outcome_begins()
             if self.stopped_by_slurm.is_set():
                 raise LeaseLost("stopped by Slurm: the executor records the outcome")
+            self._ship(lease.task_id, lease.attempt, self._take_held())
             return super().fail(lease, error, retryable=retryable, code=code)
 
         def release(self, lease: Lease, *, delay_s: float = 0.0, error: str | None = None) -> Task:
+            self._outcome_begins()
             if self.stopped_by_slurm.is_set():
                 raise LeaseLost("stopped by Slurm: the executor records the outcome")
+            self._ship(lease.task_id, lease.attempt, self._take_held())
             return super().release(lease, delay_s=delay_s, error=error)
 
     return OneAttemptQueue
@@ -125,6 +233,9 @@ def _stopped_line(line: str) -> str:
 
 def main() -> int:
     raw = os.environ.pop(SPEC_ENV, None)  # before any child could inherit it
+    # httpx imports its command line (click, rich: ~30 ms of a job's CPU) when it can;
+    # a job never runs it, so httpx falls back to its stub
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     if not raw:
         print(f"{SPEC_ENV} is not set: this runs inside a job the Slurm executor submitted")
         return 2
@@ -137,15 +248,11 @@ def main() -> int:
 
 
 def _processor_class(kind: str) -> Any:
-    """The kind's processor class, loading only its entry point (a job starts in a third
-    of a second instead of importing every kind)."""
-    from importlib.metadata import entry_points
+    """The kind's processor class: the only kind this job loads (``CONVEYOR_LOAD_KINDS``,
+    set by the executor with the class's module: no other kind's libraries are imported,
+    no package's entry points read)."""
+    from conveyor.processors import installed
 
-    from conveyor.processors import ENTRY_POINT_GROUP, installed
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == kind:
-            return ep.load()
     return installed().get(kind)
 
 
@@ -203,7 +310,12 @@ def run(spec: JobSpec) -> int:
         why = str(getattr(processor, "unavailable_reason", "") or "")
         return _refuse(conn, lease, f"this compute node ({host}) cannot run {task.kind}: {why}")
     stop = threading.Event()
-    queue = _queue_class()(conn, ClaimedTask(task=task, lease=lease), stop.set)
+    queue = _queue_class()(
+        conn,
+        ClaimedTask(task=task, lease=lease),
+        stop.set,
+        quiet_s=float(settings.heartbeat_interval),
+    )
     worker = Worker(
         settings,
         queue,
@@ -224,13 +336,10 @@ def run(spec: JobSpec) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _on_signal)
-    try:
-        queue.progress(
-            lease, Progress(percent=0.0, phase="starting", message=f"Slurm job {job_id} on {host}")
-        )
-    except LeaseLost as exc:
-        log.warning("Nothing to run: %s", exc.message)
-        return 0
+    # shown once the job is past its quiet start, unless the processor said more by then
+    queue.progress(
+        lease, Progress(percent=0.0, phase="starting", message=f"Slurm job {job_id} on {host}")
+    )
     worker.start()
     deadline = time.monotonic() + 30
     # until the worker holds the attempt, then until it is done with it
@@ -241,7 +350,9 @@ def run(spec: JobSpec) -> int:
     while not stop.wait(0.1):
         if worker.fatal is not None or not worker.info().running:
             break
+    queue.no_more.set()
     worker.stop(grace=0.0)
+    queue.flush_held(lease)
     if worker.fatal is not None:
         return 3
     return 0

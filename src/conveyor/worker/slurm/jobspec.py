@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.models import Lease, Task
-from conveyor.processors import LOAD_KINDS_ENV
+from conveyor.processors import LOAD_KINDS_ENV, installed
 
 from .adapter import JobRequest
 
@@ -223,9 +223,17 @@ def job_environment(
         elif name in environ:
             env[name] = environ[name]
     env.update(settings_env)
-    env[LOAD_KINDS_ENV] = task.kind  # the job imports its task's kind only
+    env[LOAD_KINDS_ENV] = kind_to_load(task.kind)  # the job imports its task's kind only
     env[SPEC_ENV] = spec.encode()
     return env
+
+
+def kind_to_load(kind: str) -> str:
+    """``kind=module:Class``, where this process found the kind's processor: the job
+    imports that module alone, without reading every installed package's entry points
+    (``conveyor.processors.installed``; a node whose Python lacks it looks it up)."""
+    cls = installed().get(kind)
+    return f"{kind}={cls.__module__}:{cls.__qualname__}" if cls is not None else kind
 
 
 def script(cfg: SlurmConfig, task: Task, attempt: int) -> str:
