@@ -186,6 +186,9 @@ FAST_ENV = {
     "CONVEYOR_TRIGGER_INTERVAL": "0.3",
     "CONVEYOR_TRIGGER_SETTLE_SECONDS": "0.5",
     "CONVEYOR_SHUTDOWN_GRACE": "5",
+    # no GPU here: "auto" would try NVENC (h264, h265) and NVDEC with four ffmpeg runs at
+    # every start of a process with a worker, about a second each time on two busy cores
+    "CONVEYOR_TRANSCODE_ENCODER": "cpu",
 }
 
 
