@@ -16,43 +16,8 @@ folder and as root (``slurmd`` must be root to start jobs as their users):
 Every daemon is stopped by its PID (the jobs first, with ``scancel``).  The tests that
 use it fail when ``CI=true`` and it cannot start, and skip elsewhere.
 
-The configuration, as a reference for operators (``{…}`` are filled in)::
-
-    ClusterName=conveyortest
-    SlurmctldHost=localhost(127.0.0.1)
-    SlurmctldPort={ctld_port}
-    SlurmdPort={slurmd_port}
-    SlurmUser=root
-    SlurmdUser=root
-    AuthType=auth/munge
-    CredType=cred/munge
-    AuthInfo=socket={run}/munge.sock
-    StateSaveLocation={root}/state
-    SlurmdSpoolDir={root}/spool/%n
-    SlurmctldPidFile={run}/slurmctld.pid
-    SlurmdPidFile={run}/slurmd-%n.pid
-    SlurmctldLogFile={root}/log/slurmctld.log
-    SlurmdLogFile={root}/log/slurmd-%n.log
-    ProctrackType=proctrack/linuxproc
-    TaskPlugin=task/none
-    JobAcctGatherType=jobacct_gather/none
-    AccountingStorageType=accounting_storage/none
-    JobCompType=jobcomp/none
-    SchedulerType=sched/backfill
-    SelectType=select/cons_tres
-    SelectTypeParameters=CR_CPU
-    SlurmdParameters=config_overrides
-    ReturnToService=2
-    MpiDefault=none
-    SwitchType=switch/none
-    KillWait=5
-    MinJobAge=300
-    InactiveLimit=0
-    GresTypes=gpu
-    NodeName=node1 NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
-    NodeName=gpunode NodeAddr=127.0.0.2 Port={dead_port} CPUs=8 Gres=gpu:2 State=DOWN Reason=off
-    PartitionName=debug Nodes=node1 Default=YES MaxTime=INFINITE State=UP
-    PartitionName=gpu Nodes=gpunode MaxTime=INFINITE State=UP
+The configuration, a reference for operators, is :data:`CONF` below (written once:
+what the cluster runs is what this documents; ``{…}`` are filled in at start).
 
 ``CPUs`` is at least 4 whatever the machine has (``config_overrides``: slurmd takes the
 configured count), so that three jobs can run at once on a 2-core test machine; their
@@ -71,11 +36,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel")
 
+# the generated slurm.conf: every daemon and client of the test cluster reads this file
 CONF = """\
 ClusterName=conveyortest
 SlurmctldHost=localhost(127.0.0.1)
@@ -113,6 +80,8 @@ NodeName=gpunode NodeAddr=127.0.0.2 Port={dead_port} CPUs=8 Gres=gpu:2 State=DOW
 PartitionName=debug Nodes=node1 Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=gpunode MaxTime=INFINITE State=UP
 """
+# the docstring shows it as it is, not a copy that could drift from it
+__doc__ = f"{__doc__}\nThe generated ``slurm.conf``::\n\n{textwrap.indent(CONF, '    ')}"
 
 
 class SlurmUnavailable(RuntimeError):

@@ -221,13 +221,19 @@ def _queue_class() -> Any:
     return OneAttemptQueue
 
 
+STOPPED = (
+    "the Slurm job was stopped (scancel, time limit or cancel); the executor records the "
+    "outcome once Slurm says the job ended"
+)
+
+
 def _stopped_line(line: str) -> str:
+    """The worker's outcome lines of an attempt Slurm stopped: it neither released it
+    nor failed it (the signal reached the command too, which may end first)."""
     if line.startswith("Task released: ") and line.endswith("worker shutting down"):
-        return (
-            line.replace("Task released", "Task stopped", 1).rsplit(":", 1)[0]
-            + ": the Slurm job was stopped (scancel, time limit or cancel); the executor "
-            "records the outcome once Slurm says the job ended"
-        )
+        return line.replace("Task released", "Task stopped", 1).rsplit(":", 1)[0] + f": {STOPPED}"
+    if line.startswith("Task failed: "):
+        return line.replace("Task failed", "Task stopped", 1) + f" ({STOPPED})"
     return line
 
 
