@@ -110,6 +110,19 @@ def test_line_numbers_are_not_tables_or_paragraphs_aas(tmp_path: Path) -> None:
     assert len(bare) <= 6, bare
 
 
+def test_line_numbers_between_displays_aas(tmp_path: Path) -> None:
+    """lineno gives a display (a table of commands, a numbered list) one number and
+    many lines' height: page 18's numbers 417-429 did not step one line pitch at a time
+    and were left as text, each a one-word paragraph.  The bench's reference leaves the
+    margin numbers out too (measure.margin_numbers), and not the page's folio."""
+    out = parse("aas-sample631", [17, 18], tmp_path)
+    bare = [p for p in out.paragraphs if re.fullmatch(r"\d{3}", p.strip())]
+    assert bare == []
+    need_tool("pdftotext")
+    numbers = measure.margin_numbers(CORPUS["aas-sample631"].file(), [18])
+    assert sorted(numbers) == [str(n) for n in range(417, 430)]
+
+
 def test_contents_and_index_are_not_tables_gnuplot(tmp_path: Path) -> None:
     """gnuplot's 19-page table of contents lines up like a table (dot leaders, page
     numbers): it is not one; the ruled tables of pages 32-34 still are."""
@@ -132,6 +145,17 @@ def test_contents_page_numbers_stay_on_their_entries_gnuplot(tmp_path: Path) -> 
     assert bare == []
     assert "CONTENTS" not in out.headings + out.paragraphs
     assert measure.blocks(out.markdown).one_word_share < 0.05
+
+
+def test_definition_lines_are_not_tables_liboctave(tmp_path: Path) -> None:
+    """Texinfo's definition lines (the entity left, its category in brackets at the
+    right margin) lined up like a two-column table: 4 tables where a person sees none,
+    and, not taken for one, every category of a page made one paragraph of its own."""
+    out = parse("liboctave-manual", [18, 19, 20], tmp_path)
+    assert out.of_type("table") == []
+    assert "int length (void) const [Method on Array<T>]" in out.paragraphs
+    assert "T& elem (int n) [Method on Array<T>]" in out.paragraphs
+    assert not any(p.startswith("[") for p in out.paragraphs)
 
 
 def test_headings_small_caps_numbered_aas(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from conveyor.processors.docparse.layout import Char, is_cjk, join_words
+from conveyor.processors.docparse.layout import BRACKETED_LABEL, Char, is_cjk, join_words
 
 MIN_ROWS = 3
 MIN_GAP_EM = 1.0  # a column gap is at least this wide (word spaces are ~0.3 em)
@@ -68,6 +68,20 @@ def _contents_or_index(cells: Sequence[Sequence[str]]) -> bool:
         ):
             return True
     return False
+
+
+def _definition_lines(cells: Sequence[Sequence[str]]) -> bool:
+    """Texinfo's definition lines (``@deftypefn``, its ``x`` lines stacked under it):
+    the entity at the left, its category in brackets at the right margin, one a row.
+    They line up like two columns and are headers of what follows, not a table: every
+    filled cell of the last column is such a label."""
+    rows = [row for row in cells if any(row)]
+    last = [row[-1] for row in rows if row[-1]]
+    return (
+        len(rows[0]) == 2
+        and len(last) >= 0.8 * len(rows)
+        and all(BRACKETED_LABEL.match(c) for c in last)
+    )
 
 
 @dataclass
@@ -206,7 +220,7 @@ def _table(rows: Sequence[Row], gaps: Sequence[Span]) -> BorderlessTable | None:
             return None  # an empty column, or a list's markers
         if len(column) >= 2 and len(set(column)) == 1 and len(column[0]) == 1:
             return None  # one glyph down a column: a symbol font's bullet ('!' in DMCA's)
-    if _contents_or_index(cells):
+    if _contents_or_index(cells) or _definition_lines(cells):
         return None
     words = [w for r in rows for w in r.words]
     chars = [c for w in words for c in w.chars]

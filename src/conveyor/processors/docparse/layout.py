@@ -52,7 +52,8 @@ class Line:
     caps: bool = False  # set in small caps
     # further from the line before it (in its column) than the page's lines usually are
     spaced: bool = False
-    page_ref: bool = False  # ends with a page number set apart: a contents entry
+    page_ref: bool = False  # ends with a page number (or category) set apart: a contents entry
+    definition: bool = False  # ends with a category in brackets: a definition line
 
     @property
     def height(self) -> float:
@@ -276,6 +277,10 @@ def body_size(lines: Sequence[Line]) -> float:
     return counts.most_common(1)[0][0] if counts else 0.0
 
 
+# a category in brackets set at the right margin: "[Method on Array<T>]", "[Function]"
+BRACKETED_LABEL = re.compile(r"^\[[^\[\]]*[^\W\d_][^\[\]]*\]$")
+
+
 def find_gutter(lines: Sequence[Line], page_w: float, left_x: float = 0.0) -> float | None:
     """The x of a gap between two columns, or None for a one-column page (or region:
     the stretch from ``left_x``, ``page_w`` wide).
@@ -294,8 +299,13 @@ def find_gutter(lines: Sequence[Line], page_w: float, left_x: float = 0.0) -> fl
             cover[x - lo] += 1
     limit = max(2, len(lines) // 5)
     # a side counts lines with a letter: the page numbers down a contents page's right
-    # edge (Texinfo's bold entries, no leader dots) are not a column of their own
-    worded = [ln for ln in lines if any(c.isalpha() for c in ln.text)]
+    # edge (Texinfo's bold entries, no leader dots) are not a column of their own, nor
+    # are the categories in brackets at the right margin of its definition lines
+    worded = [
+        ln
+        for ln in lines
+        if any(c.isalpha() for c in ln.text) and not BRACKETED_LABEL.match(ln.text)
+    ]
     best: tuple[int, int, float] | None = None  # (crossing lines, -width, x)
     start = 0
     for i in range(1, len(cover) + 1):
@@ -474,13 +484,15 @@ ENDS_WITH_LEADER = re.compile(r"(?:\.\s?){3,}\s*(?:\d{1,4}|[ivxlc]{1,6})$")
 def join_row_numbers(lines: Sequence[Line]) -> list[Line]:
     """A number alone at the right of a row (a contents entry's page, far from its title)
     goes back on that row: the text layer's gap before it ended the line, and it came
-    out as a paragraph of one number."""
+    out as a paragraph of one number.  So does a category in brackets at the right
+    margin (Texinfo's definition lines: "int length (void) const  [Method on Array<T>]"),
+    which otherwise made a paragraph of every category on a page."""
     out: list[Line] = []
     for ln in lines:
         prev = out[-1] if out else None
         if (
             prev is not None
-            and PAGE_NUMBER.match(ln.text)
+            and (PAGE_NUMBER.match(ln.text) or BRACKETED_LABEL.match(ln.text))
             and prev.column == ln.column
             and prev.x1 < ln.x0
             and abs((prev.y0 + prev.y1) / 2 - (ln.y0 + ln.y1) / 2) < 0.5 * max(ln.size, 1.0)
@@ -500,6 +512,7 @@ def join_row_numbers(lines: Sequence[Line]) -> list[Line]:
                 math=prev.math,
                 caps=prev.caps,
                 page_ref=True,
+                definition=bool(BRACKETED_LABEL.match(ln.text)),
             )
             continue
         out.append(ln)
@@ -653,6 +666,9 @@ def _joins(cur: Block | None, prev: Line | None, ln: Line, kind: str) -> bool:
         and 0 - 0.5 * ln.size <= ln.y0 - prev.y1 <= 0.9 * max(ln.size, prev.size)
         and (kind == "text" or len(cur.text) + len(ln.text) < 200)
         and not ENDS_WITH_LEADER.search(prev.text)
+        # a definition line (its category set apart at the row's right) is a
+        # paragraph of its own, as each of Texinfo's is a line of its own
+        and not prev.definition
         # a heading numbered like a section starts a heading of its own ("A
         # RESEARCH METHODS" over "A.1 Part One" are two)
         and not (kind == "title" and NUMBERED.match(ln.text))
@@ -707,6 +723,7 @@ def order_blocks(blocks: list[Block], anchored: list[Block], page_w: float) -> l
     if not anchored:
         return blocks
     out = list(blocks)
+    before: Block | None = None
     for extra in sorted(anchored, key=lambda b: b.bbox[1]):
         pos = len(out)
         for i, b in enumerate(out):
@@ -714,5 +731,17 @@ def order_blocks(blocks: list[Block], anchored: list[Block], page_w: float) -> l
             if b.bbox[1] > extra.bbox[1] and (same_column or b.bbox[2] - b.bbox[0] > page_w / 2):
                 pos = i
                 break
+        if before is not None and _beside(before, extra):
+            # side by side (a tax table's three panels): left to right, whichever
+            # footer line under each one the page's text happened to read first
+            pos = max(pos, out.index(before) + 1)
         out.insert(pos, extra)
+        before = extra
     return out
+
+
+def _beside(left: Block, right: Block) -> bool:
+    """``right`` stands to the right of ``left``, on the same rows."""
+    overlap = min(left.bbox[3], right.bbox[3]) - max(left.bbox[1], right.bbox[1])
+    height = min(left.bbox[3] - left.bbox[1], right.bbox[3] - right.bbox[1])
+    return left.bbox[2] <= right.bbox[0] and height > 0 and overlap >= 0.5 * height

@@ -13,7 +13,9 @@ before anything else reads the page:
 - they line up: right edges within ``ALIGN_PT`` (left edges in the right margin);
 - down the page their values increase, in at least ``MIN_RUN`` of them;
 - each step in value is that many lines down the page, each at the pitch of
-  a line of text (a table's column of values goes up as its data does);
+  a line of text (a table's column of values goes up as its data does), or
+  they count up one by one, each at least a line below the one before (a
+  display between two numbered lines);
 - and they are set apart from the text: in the page's margin (outside the
   edge where the page's lines start, or end), or smaller than the text of
   their rows.  A table's first column of row numbers is neither.
@@ -138,8 +140,16 @@ def _steady(run: list[_Num]) -> bool:
     lines).  A column of values in a table goes up by whatever its data says."""
     size = statistics.median(n.row_size or n.size for n in run)
     lo, hi = MIN_PITCH_EM * size, MAX_PITCH_EM * size
-    pitches = [(b.y - a.y) / (b.value - a.value) for a, b in itertools.pairwise(run)]
-    return sum(lo <= p <= hi for p in pitches) >= 0.8 * len(pitches)
+    steps = list(itertools.pairwise(run))
+    pitches = [(b.y - a.y) / (b.value - a.value) for a, b in steps]
+    if sum(lo <= p <= hi for p in pitches) >= 0.8 * len(pitches):
+        return True
+    # numbered one by one, never closer than a line apart: lineno numbers the lines of
+    # text, and a displayed table or list between two of them takes one number and
+    # many lines' height (an AAS page of displays, 417-429, was left as text)
+    return sum(b.value - a.value == 1 for a, b in steps) >= 0.8 * len(steps) and all(
+        p >= lo for p in pitches
+    )
 
 
 def _apart(run: list[_Num], rows: list[list[Char]], left: bool) -> bool:
