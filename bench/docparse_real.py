@@ -25,7 +25,9 @@ Per document and engine, and overall (tests/corpus/measure.py defines each):
   -layout`` of the same pages (for a scan: of the pages it was made from);
   NFKC, lower case, a CJK ideograph is a token, hyphenated line ends
   reconciled. Running headers and footers count: the lite engine leaves them
-  out on purpose, so its recall pays for them;
+  out on purpose, so its recall pays for them. Margin line numbers of a
+  document the manifest marks ``line_numbers`` do not (issue 16 asks that
+  they be left out; ``measure.margin_numbers`` finds them in poppler's boxes);
 - **order**: the share of anchors (token 3-grams unique in both texts) read
   in plain ``pdftotext``'s order (its longest increasing subsequence);
   1.0 = poppler's reading order; not scored on table-only documents;
@@ -184,6 +186,7 @@ class Reference:
     order: str
     titles: list[str] | None  # None: no outline
     visible_tables: int
+    margin_numbers: Counter[str]  # line numbers: not words of the reference
 
 
 def pages_of(doc: Document, cap: int | None) -> tuple[int, ...]:
@@ -208,11 +211,12 @@ def reference(
         order=measure.pdftotext(path, src_pages),
         titles=titles,
         visible_tables=sum(1 for p in doc.table_pages if p in pages),
+        margin_numbers=(measure.margin_numbers(path, src_pages) if doc.line_numbers else Counter()),
     )
 
 
 def score(res: Result, md: str, ref: Reference) -> None:
-    ws = measure.word_score(ref.layout, ref.order, md)
+    ws = measure.word_score(ref.layout, ref.order, md, ref.margin_numbers)
     res.matched, res.ref_tokens, res.out_tokens = ws.matched, ws.reference, ws.candidate
     res.order = measure.order_score(ref.order, md)
     b = measure.blocks(md)

@@ -77,6 +77,9 @@ class Document:
     table_only: bool = False  # a table and little else: reading order is not scored
     lang: str = "en"  # "zh": Chinese
     outline_headings: int = 0  # outline entries pointing into `pages` (0: no outline)
+    # numbers its lines in the margin (lineno): the parsers are to leave them out, so
+    # the reference words leave them out too (measure.margin_numbers)
+    line_numbers: bool = False
     notes: str = ""
 
     @property
@@ -165,6 +168,7 @@ def load(path: Path = MANIFEST) -> Corpus:
             table_only=bool(d.get("table_only", False)),
             lang=d.get("lang", "en"),
             outline_headings=int(d.get("outline_headings", 0)),
+            line_numbers=bool(d.get("line_numbers", False)),
             notes=d.get("notes", ""),
         )
         if doc.id in corpus.documents:
