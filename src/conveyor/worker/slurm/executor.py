@@ -64,6 +64,8 @@ LOST_GRACE_S = 10.0
 # how many of the job's output lines go to the task log when it ended without reporting
 OUTPUT_TAIL = 20
 CLUSTER_REFRESH_S = 60.0
+# a pending job's reason is noted (task log, waiting reason) at most this often
+NOTE_EVERY_S = 10.0
 # what Slurm answers when it refuses a job (no retry helps), not when it is unreachable
 _REFUSALS = ("submission failed", "refused the job", "Invalid", "invalid", "not available")
 INFRA_PREFIX = "infrastructure unavailable: "
@@ -487,8 +489,8 @@ class SlurmExecutor:
         self._log(a, f"Submitting Slurm job {req.name}: {jobspec.describe(req)}")
         rec.job_id = self.slurm.submit(req)
         self.records.put(rec)
+        # shipped with the next heartbeat, with what Slurm says of the job by then
         self._log(a, f"Slurm job {rec.job_id} submitted for attempt {lease.attempt}")
-        self._flush_logs(a)
 
     def _watch(self, a: Attempt) -> None:
         rec = a.rec
@@ -496,6 +498,7 @@ class SlurmExecutor:
         job_id = rec.job_id
         generation = -1
         noted: str | None = None
+        noted_at = float("-inf")
         running_said = False
         lost_at: float | None = None
         while True:
@@ -539,10 +542,14 @@ class SlurmExecutor:
                 self._job_ended(a, job)
                 return
             if job.state == "PENDING":
-                why = job.reason if job.reason not in ("", "None", "(null)") else "queued"
+                # Slurm's reason once it gave one (a job it has not looked at yet has
+                # none), noted at most every NOTE_EVERY_S: a job climbing a long queue goes
+                # Priority -> Resources in seconds, and each note is a progress write and
+                # a log line; the reason it keeps is noted
+                why = job.reason if job.reason not in ("", "None", "(null)") else None
                 note = f"Slurm job {job_id} pending: {why}"
-                if note != noted:
-                    noted = note
+                if why and note != noted and time.monotonic() - noted_at >= NOTE_EVERY_S:
+                    noted, noted_at = note, time.monotonic()
                     self._log(a, note)
                     self._progress(a, SCHEDULER_PHASE, note)
             elif job.state in ("RUNNING", "COMPLETING") and not running_said:
