@@ -2,12 +2,14 @@
 events: the outbox row and the state change commit together; the stream never skips
 an event; the dispatcher delivers every event at least once, in order per task.
 
-The engines are ``conftest.BACKEND_ENGINES``' that keep events (SQLite, PostgreSQL;
-not the remote one, whose store half is the API's engine, nor yet DynamoDB), filtered by
+The engines are ``conftest.BACKEND_ENGINES``' that keep events (SQLite, PostgreSQL,
+DynamoDB; not the remote one, whose store half is the API's engine), filtered by
 ``CONVEYOR_TEST_ENGINES`` like the other suites; caller data on tasks runs on all.
 
-Faults are real: a trigger that makes the outbox insert fail inside the engine's own
-transaction, a receiver that answers 500, a dispatcher that claims deliveries and dies.
+Faults are real: the outbox write fails inside the engine's own transaction (SQL: a
+trigger that raises; DynamoDB, where the event rides in the task item's own put: an
+outbox attribute the server rejects, so it rejects the whole write), a receiver that
+answers 500, a dispatcher that claims deliveries and dies.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from tests.webhook_receiver import Receiver
 
 from .conftest import BACKEND_ENGINES, _engines
 
-# remote: its store half is the API's engine; aws: DynamoDB keeps no outbox yet (docs/events.md)
-EVENT_ENGINES = [e for e in _engines(BACKEND_ENGINES) if e not in ("remote", "aws")]
+# remote: its store half is the API's engine (docs/events.md)
+EVENT_ENGINES = [e for e in _engines(BACKEND_ENGINES) if e != "remote"]
 
 
 @pytest.fixture(params=EVENT_ENGINES)
@@ -141,19 +143,41 @@ def test_every_state_change_writes_its_event(engine: tuple[Backend, EventStore])
 
 
 @contextmanager
-def outbox_fault(backend: Backend) -> Iterator[None]:
-    """Make every outbox insert fail inside the engine's transaction, then mend it."""
+def outbox_fault(backend: Backend) -> Iterator[str]:
+    """Make every outbox insert fail inside the engine's transaction, then mend it; gives
+    what the failed state change's error says."""
+    from conveyor.backends.aws import AWSBackend
     from conveyor.backends.postgres import PostgresBackend
     from conveyor.backends.sqlite import SQLiteBackend
 
-    if isinstance(backend, SQLiteBackend):
+    if isinstance(backend, AWSBackend):
+        # the event rides in the task item's put (or the transaction that writes it);
+        # an outbox the server rejects makes it reject the whole write
+        def fault(params: dict[str, Any], **_: Any) -> None:
+            items = [params.get("Item") or {}] + [
+                (op.get("Put") or {}).get("Item") or {} for op in params.get("TransactItems", [])
+            ]
+            for item in items:
+                if "outbox" in item:
+                    item["outbox"] = {"SS": []}  # an empty set: invalid
+
+        hooks = backend._ddb.meta.events
+        names = ["PutItem", "TransactWriteItems"]
+        for name in names:
+            hooks.register(f"before-parameter-build.dynamodb.{name}", fault)
+        try:
+            yield "ValidationException"
+        finally:
+            for name in names:
+                hooks.unregister(f"before-parameter-build.dynamodb.{name}", fault)
+    elif isinstance(backend, SQLiteBackend):
         conn = sqlite3.connect(backend.path, isolation_level=None)
         conn.execute(
             "CREATE TRIGGER outbox_fault BEFORE INSERT ON events "
             "BEGIN SELECT RAISE(ABORT, 'injected outbox fault'); END"
         )
         try:
-            yield
+            yield "injected outbox fault"
         finally:
             conn.execute("DROP TRIGGER outbox_fault")
             conn.close()
@@ -170,7 +194,7 @@ def outbox_fault(backend: Backend) -> Iterator[None]:
                 "FOR EACH ROW EXECUTE FUNCTION outbox_fault()"
             )
             try:
-                yield
+                yield "injected outbox fault"
             finally:
                 conn.execute("DROP TRIGGER outbox_fault ON events")
                 conn.execute("DROP FUNCTION outbox_fault()")
@@ -183,26 +207,26 @@ def test_a_fault_in_the_outbox_write_loses_neither(engine: tuple[Backend, EventS
     the state change is not made either, and once mended both are made."""
     backend, store = engine
     k = kind()
-    with outbox_fault(backend), pytest.raises(Exception, match="injected outbox fault"):
+    with outbox_fault(backend) as says, pytest.raises(Exception, match=says):
         backend.submit(Task(kind=k, input=InputRef(bucket="input", key="a.mp4")))
     assert backend.list(kind=k).items == []
     assert stream(store) == []
 
     t = submit(backend, kind=k)
-    with outbox_fault(backend), pytest.raises(Exception, match="injected outbox fault"):
+    with outbox_fault(backend) as says, pytest.raises(Exception, match=says):
         backend.claim("w1", [k], 1, 30)
     after = backend.get(t.id)
     assert after is not None and after.status == TaskStatus.PENDING and after.attempts == 0
     assert types(store, t.id) == ["queued"]
 
     [c] = backend.claim("w1", [k], 1, 30)
-    with outbox_fault(backend), pytest.raises(Exception, match="injected outbox fault"):
+    with outbox_fault(backend) as says, pytest.raises(Exception, match=says):
         backend.complete(c.lease, [])
     after = backend.get(t.id)
     assert after is not None and after.status == TaskStatus.PROCESSING
     assert types(store, t.id) == ["queued", "started"]
 
-    with outbox_fault(backend), pytest.raises(Exception, match="injected outbox fault"):
+    with outbox_fault(backend) as says, pytest.raises(Exception, match=says):
         backend.fail(c.lease, "x", retryable=False)
     after = backend.get(t.id)
     assert after is not None and after.status == TaskStatus.PROCESSING
@@ -213,7 +237,7 @@ def test_a_fault_in_the_outbox_write_loses_neither(engine: tuple[Backend, EventS
     assert types(store, t.id) == ["queued", "started", "completed"]
 
     t2 = submit(backend)
-    with outbox_fault(backend), pytest.raises(Exception, match="injected outbox fault"):
+    with outbox_fault(backend) as says, pytest.raises(Exception, match=says):
         backend.cancel(t2.id)
     after = backend.get(t2.id)
     assert after is not None and after.status == TaskStatus.PENDING
@@ -412,12 +436,16 @@ def test_a_dispatcher_that_dies_mid_delivery_is_taken_over(
         dead = Dispatcher(store, settings())
         store.sequence()
         dead.fan_out()
-        [claimed] = store.claim_deliveries(datetime.now(UTC), 0.3, 10)  # then it dies
+        # then it dies (a lease long enough for a pass on a remote engine: ~0.3 s on moto)
+        lease_s = 2.0
+        leased_until = time.monotonic() + lease_s
+        [claimed] = store.claim_deliveries(datetime.now(UTC), lease_s, 10)
         dead.stop()
         alive = Dispatcher(store, settings())
         try:
             assert alive.run_once() == 0  # still leased
-            time.sleep(0.4)
+            assert time.monotonic() < leased_until, "the pass took longer than the lease"
+            time.sleep(max(0.0, leased_until - time.monotonic()) + 0.1)
             run_until(alive, lambda: len(receiver.taken()) == 1)
         finally:
             alive.stop()
@@ -438,7 +466,7 @@ def test_retries_give_up_after_max_age_and_the_next_event_goes(
         ep = subscribe(store, receiver.url)
         t = submit(backend)
         [c] = backend.claim("w1", [t.kind], 1, 30)
-        d = Dispatcher(store, settings(max_age_s=0.5))
+        d = Dispatcher(store, settings(max_age_s=1.5))  # a pass on moto: ~0.3 s
         try:
             run_until(
                 d,
@@ -568,13 +596,13 @@ def test_progress_events_are_off_by_default_and_throttled(
 def test_every_engine_keeps_events_or_says_it_does_not(
     backend: Backend, backend_engine: str
 ) -> None:
-    """SQLite and PostgreSQL keep events; an engine that does not (DynamoDB, and the
-    remote engine's worker half) answers events_unavailable (501), never a crash."""
+    """SQLite, PostgreSQL and DynamoDB keep events; an engine that does not (the remote
+    engine's worker half) answers events_unavailable (501), never a crash."""
     from conveyor.service.events import EventsService, EventsUnavailable
 
     events = EventsService(lambda: open_event_store(backend))
     try:
-        if backend_engine in ("sqlite", "postgres"):
+        if backend_engine in ("sqlite", "postgres", "aws"):
             assert events.available and events.subscriptions() == []
         else:
             assert not events.available

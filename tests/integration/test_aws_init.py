@@ -137,6 +137,7 @@ def test_init_is_idempotent_and_sets_the_notification(moto_endpoint: str, aws_en
     assert {i["IndexName"] for i in table["GlobalSecondaryIndexes"]} == {
         "date-index",
         "status-index",
+        "outbox-index",  # the tasks whose events are not yet sequenced (issue 19)
     }
     assert table["KeySchema"] == [{"AttributeName": "task_id", "KeyType": "HASH"}]
 
@@ -232,3 +233,38 @@ def test_cli_needs_names(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None
     res = CliRunner().invoke(aws_app, ["init"])
     assert res.exit_code == 1
     assert "SQS_QUEUE_URL" in res.output
+
+
+def test_a_table_made_before_events_gets_its_outbox_index(moto_endpoint: str) -> None:
+    """A deployment from before issue 19: ``ensure_resources`` (``conveyor aws init``)
+    adds the task table's ``outbox-index`` and leaves the rest as it was."""
+    from conveyor.backends.aws.resources import ensure_resources
+
+    name = f"old-{uuid.uuid4().hex[:8]}"
+    ddb = _client("dynamodb", moto_endpoint)
+    ddb.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "task_id", "AttributeType": "S"},
+            {"AttributeName": "status_shard", "AttributeType": "S"},
+            {"AttributeName": "created_key", "AttributeType": "S"},
+        ],
+        KeySchema=[{"AttributeName": "task_id", "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "status-index",
+                "KeySchema": [
+                    {"AttributeName": "status_shard", "KeyType": "HASH"},
+                    {"AttributeName": "created_key", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    )
+    ensure_resources(table=name, queue_name=name, region=REGION, endpoint_url=moto_endpoint)
+    table = ddb.describe_table(TableName=name)["Table"]
+    assert {i["IndexName"] for i in table["GlobalSecondaryIndexes"]} == {
+        "status-index",
+        "outbox-index",
+    }

@@ -114,7 +114,7 @@ class EventsService:
             if self._store is None:
                 raise EventsUnavailable(
                     f"events are not available on this engine ({self._unavailable}); "
-                    "SQLite and PostgreSQL keep them"
+                    "SQLite, PostgreSQL and AWS keep them"
                 )
             return self._store
 

@@ -105,10 +105,19 @@ from botocore.exceptions import ClientError
 
 from conveyor.auth.store import AuthStore
 from conveyor.backends import rules
+from conveyor.backends.aws.events import (
+    event_doc,
+    event_type,
+    outbox_of,
+    read_progress_interval,
+    reasons,
+    set_outbox,
+)
 from conveyor.backends.aws.resources import dynamodb_client, ensure_resources, sqs_client
 from conveyor.backends.base import Backend
 from conveyor.backends.cursor import decode_cursor, encode_cursor
 from conveyor.errors import Conflict, InvalidRequest, LeaseLost, TaskNotFound
+from conveyor.events.model import EventType
 from conveyor.models import (
     Attempt,
     ClaimedTask,
@@ -131,9 +140,15 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_sqs import SQSClient
 
+    from conveyor.backends.events_base import EventStore
+
 Item = dict[str, Any]
 
+# a transaction's cancellation reasons that mean another writer got there first
+_LOST = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
+
 DEFAULT_SHARDS = 4
+OUTBOX_KEEP = 50  # unsequenced events in a task item past which progress ones coalesce
 MAX_DELAY_S = 900
 MAX_VISIBILITY_S = 43200
 _WORKER_TTL_S = 7 * 24 * 3600
@@ -188,6 +203,10 @@ class _State:
         self.dispatch = _str(item, "dispatch")
         self.receipt = _str(item, "receipt")
         self.unsent = bool(item.get("unsent", {}).get("BOOL", False))
+        # when the task's last progress event was written (they are throttled)
+        self.progress_ev_at = _num(item, "ev_progress_at")
+        # its events not yet sequenced (aws/events.py), oldest first
+        self.outbox = outbox_of(item)
 
 
 class AWSBackend(Backend):
@@ -225,11 +244,21 @@ class AWSBackend(Backend):
         self._dlq_seen: set[str] = set()
         self._dlq_checked = dlq_url is not None
         self._local = threading.local()
+        self._region = region
+        self._endpoint_url = endpoint_url
 
     def _open_auth_store(self) -> AuthStore:
         from conveyor.backends.aws.auth import DynamoAuthStore
 
         return DynamoAuthStore(self._ddb, self.aux_table)
+
+    def open_event_store(self) -> EventStore:
+        """The events' store (``aws/events.py``), in the auxiliary table, on a client of
+        its own (the dispatcher's thread is not the engine's)."""
+        from conveyor.backends.aws.events import DynamoEventStore
+
+        client = dynamodb_client(self._region, self._endpoint_url)
+        return DynamoEventStore(client, self.table, self.aux_table)
 
     @classmethod
     def from_url(cls, url: str) -> AWSBackend:
@@ -276,6 +305,7 @@ class AWSBackend(Backend):
         dispatch: str | None = None,
         receipt: str | None = None,
         unsent: bool = False,
+        progress_ev_at: float | None = None,
     ) -> Item:
         item: Item = {
             "task_id": _s(task.id),
@@ -307,6 +337,8 @@ class AWSBackend(Backend):
             item["receipt"] = _s(receipt)
         if unsent:
             item["unsent"] = {"BOOL": True}
+        if progress_ev_at is not None:
+            item["ev_progress_at"] = _n(progress_ev_at)
         return item
 
     def _read(self, task_id: str) -> _State | None:
@@ -316,6 +348,49 @@ class AWSBackend(Backend):
         item = got.get("Item")
         return None if item is None else _State(item)
 
+    def _with_event(self, old: _State | None, item: Item) -> Item:
+        """``item`` with its outbox (``aws/events.py``): the events of ``old`` not yet
+        sequenced, and the event that writing ``item`` over ``old`` makes, if any (a
+        state change, or a progress update that moved the task's ``ev_progress_at``:
+        ``progress`` does when progress events are due).  The item is written whole in
+        one conditional put, so the state change and its event commit together."""
+        new = _State(item)
+        etype = event_type(None if old is None else old.task, new.task)
+        if (
+            etype is None
+            and old is not None
+            and new.progress_ev_at is not None
+            and new.progress_ev_at != old.progress_ev_at
+        ):
+            etype = EventType.PROGRESS
+        kept = [] if old is None else list(old.outbox)
+        if etype is not None:
+            worker = None if old is None else old.task.worker_id
+            doc = event_doc(new.task, etype, worker)
+            if (
+                etype == EventType.PROGRESS
+                and len(kept) >= OUTBOX_KEEP
+                and '"type":"progress"' in kept[-1]
+            ):
+                # the sequencer is behind (the dispatcher is down): the item must stay
+                # small (400 KB), so only the latest of the progress events waits
+                kept[-1] = doc
+            else:
+                kept.append(doc)
+        set_outbox(item, kept)
+        return item
+
+    def _transact(self, ops: list[Any]) -> bool:
+        """Run a transaction of task writes: False when one lost its condition (or raced
+        another transaction), so the caller reads again."""
+        try:
+            self._ddb.transact_write_items(TransactItems=ops)
+        except ClientError as exc:
+            if _is(exc, "TransactionCanceledException") and any(r in _LOST for r in reasons(exc)):
+                return False
+            raise
+        return True
+
     def _put(
         self,
         item: Item,
@@ -323,12 +398,16 @@ class AWSBackend(Backend):
         extra: str = "",
         values: Item | None = None,
         names: dict[str, str] | None = None,
+        *,
+        old: _State,
     ) -> bool:
-        """Write ``item`` if the stored version is still ``old_ver`` (and ``extra``)."""
+        """Write ``item`` if the stored version is still ``old_ver`` (and ``extra``),
+        with its outbox (the event it makes over ``old``)."""
         cond = "ver = :old" + (f" AND {extra}" if extra else "")
         kwargs: dict[str, Any] = {}
         if names:
             kwargs["ExpressionAttributeNames"] = names
+        self._with_event(old, item)
         try:
             self._ddb.put_item(
                 TableName=self.table,
@@ -350,7 +429,7 @@ class AWSBackend(Backend):
             if state is None:
                 raise TaskNotFound(f"task {task_id} not found")
             item = change(state)
-            if item is None or self._put(item, state.ver):
+            if item is None or self._put(item, state.ver, old=state):
                 return state if item is None else _State(item)
         raise Conflict(f"task {task_id} is being changed concurrently; try again")
 
@@ -440,6 +519,7 @@ class AWSBackend(Backend):
             task = task.model_copy(update={"date_partition": date_partition(task.created_at)})
         dispatch = secrets.token_hex(8)
         item = self._item(task, ver=1, dispatch=dispatch, unsent=True)
+        self._with_event(None, item)  # its queued event, in the same item
         if task.idempotency_key:
             try:
                 self._ddb.transact_write_items(
@@ -567,11 +647,17 @@ class AWSBackend(Backend):
                 break
         candidates.sort(key=lambda c: (c[0], c[1]))
         claimed: list[ClaimedTask] = []
-        for _, _tid, dispatch, receipt, state in candidates:
+        for n, (_, _tid, dispatch, receipt, state) in enumerate(candidates):
             if len(claimed) >= capacity:
                 give_back.append((receipt, 0))
                 continue
-            got = self._take(state, worker_id, lease_s, dispatch, receipt)
+            try:
+                got = self._take(state, worker_id, lease_s, dispatch, receipt)
+            except Exception:
+                # DynamoDB failed the write (or its outbox write): nothing was claimed from
+                # here on; the messages go back now, not when their visibility runs out
+                self._set_visibility(give_back + [(c[3], 0) for c in candidates[n:]])
+                raise
             if got is None:
                 give_back.append((receipt, 0))
             else:
@@ -629,6 +715,7 @@ class AWSBackend(Backend):
             "#st = :pending AND dispatch = :d",
             {":pending": _s("pending"), ":d": _s(dispatch)},
             {"#st": "status"},
+            old=state,
         ):
             return None
         lease = Lease(
@@ -687,9 +774,18 @@ class AWSBackend(Backend):
         return result
 
     def progress(self, lease: Lease, progress: Progress) -> None:
+        # progress events: at most one per task per interval, off (0) by default; the
+        # interval is read each time (an operator's change applies at once)
+        every_s = read_progress_interval(self._ddb, self.aux_table)
+
         def change(state: _State) -> Item:
-            task = state.task.model_copy(update={"progress": progress, "updated_at": utcnow()})
-            return self._same(state, task)
+            now = utcnow()
+            task = state.task.model_copy(update={"progress": progress, "updated_at": now})
+            item = self._same(state, task)
+            last = state.progress_ev_at or 0.0
+            if every_s > 0 and now.timestamp() - last >= every_s:
+                item["ev_progress_at"] = _n(now.timestamp())  # _with_event: a progress event
+            return item
 
         self._mutate_held(lease, change)
 
@@ -703,6 +799,7 @@ class AWSBackend(Backend):
             dispatch=state.dispatch,
             receipt=state.receipt,
             unsent=state.unsent,
+            progress_ev_at=state.progress_ev_at,
         )
 
     @staticmethod
@@ -881,11 +978,12 @@ class AWSBackend(Backend):
             }
         )
         # no dispatch: no message delivers a held parent; the token stays (a repeat)
+        parent_item = self._item(parent, ver=state.ver + 1, lease_token=state.lease_token)
         ops: list[Any] = [
             {
                 "Put": {
                     "TableName": self.table,
-                    "Item": self._item(parent, ver=state.ver + 1, lease_token=state.lease_token),
+                    "Item": parent_item,
                     "ConditionExpression": "ver = :old AND lease_token = :tok",
                     "ExpressionAttributeValues": {
                         ":old": _n(state.ver),
@@ -894,19 +992,22 @@ class AWSBackend(Backend):
                 }
             }
         ]
+        self._with_event(state, parent_item)
         sends: list[tuple[str, str]] = []
         for child in stored:
             dispatch = secrets.token_hex(8)
             sends.append((child.id, dispatch))
+            child_item = self._item(child, ver=1, dispatch=dispatch, unsent=True)
             ops.append(
                 {
                     "Put": {
                         "TableName": self.table,
-                        "Item": self._item(child, ver=1, dispatch=dispatch, unsent=True),
+                        "Item": child_item,
                         "ConditionExpression": "attribute_not_exists(task_id)",
                     }
                 }
             )
+            self._with_event(None, child_item)
             ops.append(
                 {
                     "Put": {
@@ -1031,35 +1132,31 @@ class AWSBackend(Backend):
             parent = self._read(state.task.parent_id)
             item = change(state)
             if parent is None:  # the parent is gone: the child ends on its own
-                if self._put(item, state.ver):
+                if self._put(item, state.ver, old=state):
                     break
                 continue
-            new = _State(item)
+            new = _State(self._with_event(state, item))
             parent_item, wake = parent_change(parent, new.task)
-            try:
-                self._ddb.transact_write_items(
-                    TransactItems=[
-                        {
-                            "Put": {
-                                "TableName": self.table,
-                                "Item": item,
-                                "ConditionExpression": "ver = :old",
-                                "ExpressionAttributeValues": {":old": _n(state.ver)},
-                            }
-                        },
-                        {
-                            "Put": {
-                                "TableName": self.table,
-                                "Item": parent_item,
-                                "ConditionExpression": "ver = :old",
-                                "ExpressionAttributeValues": {":old": _n(parent.ver)},
-                            }
-                        },
-                    ]
-                )
-            except ClientError as exc:
-                if not _is(exc, "TransactionCanceledException"):
-                    raise
+            self._with_event(parent, parent_item)
+            ops: list[Any] = [
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": item,
+                        "ConditionExpression": "ver = :old",
+                        "ExpressionAttributeValues": {":old": _n(state.ver)},
+                    }
+                },
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": parent_item,
+                        "ConditionExpression": "ver = :old",
+                        "ExpressionAttributeValues": {":old": _n(parent.ver)},
+                    }
+                },
+            ]
+            if not self._transact(ops):
                 continue
             if wake is not None:
                 self._send(parent.task.id, wake)
@@ -1137,7 +1234,7 @@ class AWSBackend(Backend):
                 code=rules.LEASE_EXPIRED_CODE,
                 outcome=rules.LEASE_EXPIRED_CODE,
             )
-            if self._put(new, state.ver, "lease_expires < :now", {":now": _n(now)}):
+            if self._put(new, state.ver, "lease_expires < :now", {":now": _n(now)}, old=state):
                 touched += 1
                 self._delete_message(state.receipt)
                 self._flush_send()

@@ -9,6 +9,8 @@
   exact.  ``status_shard`` is ``<status>#<n>`` with ``n = crc32(id) % shards``
   so that one hot status (thousands of ``pending`` tasks) is spread over
   several index partitions instead of throttling one.
+* ``outbox-index`` (``outbox_shard``, keys only): the tasks whose events are not yet
+  sequenced (``events.py``); added to a table made before it by ``ensure_resources``.
 * an auxiliary table ``<table>-aux`` (``pk`` + ``sk``) for idempotency keys,
   worker records (with a TTL) and task log lines.
 * the SQS queue and its dead-letter queue ``<queue>-dlq`` (redrive after
@@ -83,6 +85,29 @@ def _create_table(ddb: DynamoDBClient, **kwargs: Any) -> None:
     )
 
 
+# tasks with events not yet sequenced (the engine's outbox, backends/aws/events.py): a
+# sparse index, keys only
+OUTBOX_INDEX_SPEC: Any = {
+    "IndexName": "outbox-index",
+    "KeySchema": [{"AttributeName": "outbox_shard", "KeyType": "HASH"}],
+    "Projection": {"ProjectionType": "KEYS_ONLY"},
+}
+
+
+def _ensure_outbox_index(ddb: DynamoDBClient, table: str) -> None:
+    """Add ``outbox-index`` to a task table made before events (issue 19).  Until it is
+    there (AWS builds it in minutes) events wait in their task items, none lost."""
+    described = ddb.describe_table(TableName=table)["Table"]
+    names = {i["IndexName"] for i in described.get("GlobalSecondaryIndexes", [])}
+    if OUTBOX_INDEX_SPEC["IndexName"] in names:
+        return
+    ddb.update_table(
+        TableName=table,
+        AttributeDefinitions=[{"AttributeName": "outbox_shard", "AttributeType": "S"}],
+        GlobalSecondaryIndexUpdates=[{"Create": OUTBOX_INDEX_SPEC}],
+    )
+
+
 def ensure_resources(
     *,
     table: str,
@@ -103,6 +128,7 @@ def ensure_resources(
                 {"AttributeName": "date_partition", "AttributeType": "S"},
                 {"AttributeName": "status_shard", "AttributeType": "S"},
                 {"AttributeName": "created_key", "AttributeType": "S"},
+                {"AttributeName": "outbox_shard", "AttributeType": "S"},
             ],
             KeySchema=[{"AttributeName": "task_id", "KeyType": "HASH"}],
             GlobalSecondaryIndexes=[
@@ -122,8 +148,10 @@ def ensure_resources(
                     ],
                     "Projection": {"ProjectionType": "ALL"},
                 },
+                OUTBOX_INDEX_SPEC,
             ],
         )
+        _ensure_outbox_index(ddb, table)
         aux = f"{table}-aux"
         _create_table(
             ddb,
