@@ -320,7 +320,8 @@ def run(spec: JobSpec) -> int:
         conn,
         ClaimedTask(task=task, lease=lease),
         stop.set,
-        quiet_s=float(settings.heartbeat_interval),
+        # well inside the lease: the worker's own lease check renews it after lease_s * 3/4
+        quiet_s=min(float(settings.heartbeat_interval), float(settings.lease_seconds) / 4),
     )
     worker = Worker(
         settings,
