@@ -15,7 +15,7 @@ Both on the same partition with the same slots; it prints both wall times and th
 task credential, runs the command with the same processor as any worker, ships its log
 and completes: that is the overhead measured.
 
-    .venv/bin/python bench/slurm_overhead.py [--tasks 200] [--seconds 1] [--slots CPUS]
+    .venv/bin/python bench/slurm_overhead.py [--tasks 200] [--seconds 1] [--slots CPUS] [--repeat K]
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def load() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def job_times(cluster: SlurmCluster, prefix: str) -> str:
+def job_times(cluster: SlurmCluster, names: set[str]) -> str:
     """How long Slurm says the jobs ran (start to end), and how long a freed slot waited
     for the next job: what the executor adds shows in the first, Slurm's own cost in the
     second (squeue keeps ended jobs for MinJobAge, 300 s)."""
@@ -73,7 +73,7 @@ def job_times(cluster: SlurmCluster, prefix: str) -> str:
     spans = []
     for line in out.splitlines():
         name, start, end = line.split("|")
-        if name.startswith(prefix):
+        if name in names:
             with contextlib.suppress(ValueError):
                 spans.append((datetime.fromisoformat(start), datetime.fromisoformat(end)))
     if not spans:
@@ -91,29 +91,30 @@ def job_times(cluster: SlurmCluster, prefix: str) -> str:
     )
 
 
-def direct(cluster: SlurmCluster, n: int, seconds: float, out: Path) -> float:
+def direct(cluster: SlurmCluster, n: int, seconds: float, out: Path, run: int) -> float:
+    prefix = f"direct{run}-"
     start = time.monotonic()
     for i in range(n):
         cluster.run(
             "sbatch",
             "--parsable",
-            f"--job-name=direct-{i}",
+            f"--job-name={prefix}{i}",
             "--partition=debug",
             "--ntasks=1",
             "--cpus-per-task=1",
             "--no-requeue",
-            f"--output={out}/direct-{i}.out",
+            f"--output={out}/{prefix}{i}.out",
             f"--chdir={out}",
             f"--wrap=sleep {seconds:g}",
         )
     submitted = time.monotonic() - start
-    while active(cluster, "direct-"):
+    while active(cluster, prefix):
         time.sleep(POLL_S)
     wall = time.monotonic() - start
     print(
         f"direct:   {n} sbatch jobs in {wall:.1f} s (submitting took {submitted:.1f} s; {load()})"
     )
-    print(f"          {job_times(cluster, 'direct-')}")
+    print(f"          {job_times(cluster, {f'{prefix}{i}' for i in range(n)})}")
     return wall
 
 
@@ -170,7 +171,7 @@ def executor(cluster: SlurmCluster, n: int, seconds: float, root: Path) -> float
         + ", ".join(f"{k} {v:.1f} s" for k, v in used.items())
         + f"; {load()})"
     )
-    print(f"          {job_times(cluster, 'cvy-')}")
+    print(f"          {job_times(cluster, {f'cvy-{task_id}-1' for task_id in ids})}")
     return wall
 
 
@@ -184,6 +185,13 @@ def main() -> int:
         default=os.cpu_count() or 1,
         help="the node's CPUs in slurm.conf (this machine's cores: one real CPU a job, "
         "as on a cluster; the tests' fixture gives it at least 4)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="pairs of runs, in the order direct, executor, executor, direct, ... (the "
+        "machine's other load drifts; the totals are compared)",
     )
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -201,9 +209,22 @@ def main() -> int:
         )
         out = root / "direct-output"
         out.mkdir()
-        d = direct(cluster, args.tasks, args.seconds, out)
-        e = executor(cluster, args.tasks, args.seconds, root / "executor")
-        print(f"ratio executor/direct: {e / d:.2f} (goal <= 1.2)")
+        walls: dict[str, list[float]] = {"direct": [], "executor": []}
+        for k in range(args.repeat):
+            for which in ("direct", "executor") if k % 2 == 0 else ("executor", "direct"):
+                if which == "direct":
+                    walls[which].append(direct(cluster, args.tasks, args.seconds, out, k))
+                else:
+                    wall = executor(cluster, args.tasks, args.seconds, root / f"executor{k}")
+                    walls[which].append(wall)
+        d, e = sum(walls["direct"]), sum(walls["executor"])
+        if args.repeat > 1:
+            for which, ws in walls.items():
+                print(f"{which}: " + " + ".join(f"{w:.1f}" for w in ws) + f" = {sum(ws):.1f} s")
+        print(
+            f"ratio executor/direct: {e / d:.2f} (goal <= 1.2; {args.slots} slots, "
+            f"{args.tasks} tasks x {args.repeat}; {load()})"
+        )
     finally:
         cluster.stop()
         subprocess.run(["rm", "-rf", str(root)], check=False)
