@@ -1,4 +1,4 @@
-"""Events out through the API, in process on SQLite (docs/events.md): webhook
+"""Events out through the API, in process on SQLite (and DynamoDB on moto) (docs/events.md): webhook
 subscriptions and the address policy, a task's own webhook, caller data on tasks,
 deliveries verified with the Standard Webhooks reference library, redelivery, the
 event stream and its role scope."""
@@ -125,12 +125,19 @@ def test_caller_data_on_tasks(make_api: Callable[..., tuple[TestClient, Runtime]
     assert r.status_code == 422 or r.status_code == 400
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "aws"])
 def test_webhooks_deliver_signed_and_redeliver(
-    make_api: Callable[..., tuple[TestClient, Runtime]],
+    make_api: Callable[..., tuple[TestClient, Runtime]], engine: str
 ) -> None:
+    """On SQLite and on the AWS engine (moto; it answered 501 before it kept events)."""
+    extra: dict[str, Any] = {}
+    if engine == "aws":
+        from tests.motoserver import require_server
+
+        extra["backend_url"] = require_server().backend_url()
     receiver = Receiver().start()
     try:
-        api, runtime = make_api(allow="127.0.0.1/32")
+        api, runtime = make_api(allow="127.0.0.1/32", **extra)
         assert runtime.dispatcher is not None
         r = api.post(
             "/api/webhooks",

@@ -257,7 +257,9 @@ class AWSBackend(Backend):
         its own (the dispatcher's thread is not the engine's)."""
         from conveyor.backends.aws.events import DynamoEventStore
 
-        client = dynamodb_client(self._region, self._endpoint_url)
+        # the sequencer retries a failed transaction itself, at once: botocore's growing
+        # back-off would hold every event for seconds
+        client = dynamodb_client(self._region, self._endpoint_url, max_attempts=2)
         return DynamoEventStore(client, self.table, self.aux_table)
 
     @classmethod

@@ -46,9 +46,18 @@ BOTO_CONFIG = Config(
 )
 
 
-def dynamodb_client(region: str, endpoint_url: str | None) -> DynamoDBClient:
+def dynamodb_client(
+    region: str, endpoint_url: str | None, *, max_attempts: int | None = None
+) -> DynamoDBClient:
+    """``max_attempts``: fewer tries than botocore's 5, whose back-off grows to seconds,
+    for a caller that retries on its own (the events' sequencer)."""
+    config = BOTO_CONFIG
+    if max_attempts is not None:
+        config = BOTO_CONFIG.merge(
+            Config(retries={"max_attempts": max_attempts, "mode": "standard"})
+        )
     client: DynamoDBClient = boto3.client(
-        "dynamodb", region_name=region, endpoint_url=endpoint_url, config=BOTO_CONFIG
+        "dynamodb", region_name=region, endpoint_url=endpoint_url, config=config
     )
     return client
 
