@@ -158,6 +158,24 @@ def test_definition_lines_are_not_tables_liboctave(tmp_path: Path) -> None:
     assert not any(p.startswith("[") for p in out.paragraphs)
 
 
+def test_contents_entry_numbers_on_their_row_ctex_faq(tmp_path: Path) -> None:
+    """A contents entry's own number at the row's left, set a little lower than the
+    entry's taller CJK glyphs, was read after the entry and came out as a paragraph of
+    one number, and so did the page number after it (ctex-faq 6.5 % one-word)."""
+    out = parse("ctex-faq", [1, 2], tmp_path)
+    bare = [p for p in out.paragraphs if re.fullmatch(r"\d{1,3}", p.strip())]
+    assert bare == []
+    assert any(re.search(r"\b1 CTEX 是干什么的？[ .]+5$", p) for p in out.paragraphs)
+
+
+def test_chapter_numbers_of_contents_are_not_line_numbers_texlive_zh(tmp_path: Path) -> None:
+    """Chapter numbers down a contents page's margin count up one by one like line
+    numbers between displays (aas-sample631 p. 18), but at the size of their entries:
+    they stay ("4 特殊安装 19")."""
+    out = parse("texlive-zh-cn", [2], tmp_path)
+    assert any(p.startswith("4 特殊安装 19") for p in out.paragraphs)
+
+
 def test_headings_small_caps_numbered_aas(tmp_path: Path) -> None:
     """The AAS sample's section headings are capitals or italics at body size, numbered:
     none was found (pymupdf4llm finds 22 of 24)."""

@@ -486,23 +486,31 @@ def join_row_numbers(lines: Sequence[Line]) -> list[Line]:
     goes back on that row: the text layer's gap before it ended the line, and it came
     out as a paragraph of one number.  So does a category in brackets at the right
     margin (Texinfo's definition lines: "int length (void) const  [Method on Array<T>]"),
-    which otherwise made a paragraph of every category on a page."""
+    which otherwise made a paragraph of every category on a page, and a number alone
+    at the left of a row (a contents entry's own number, "1  CTEX 是干什么的？ … 5").
+    The row is looked for among the last few lines read: a number whose box sits a
+    little lower than the entry's taller CJK glyphs is read after it."""
     out: list[Line] = []
     for ln in lines:
-        prev = out[-1] if out else None
-        if (
-            prev is not None
-            and (PAGE_NUMBER.match(ln.text) or BRACKETED_LABEL.match(ln.text))
-            and prev.column == ln.column
-            and prev.x1 < ln.x0
-            and abs((prev.y0 + prev.y1) / 2 - (ln.y0 + ln.y1) / 2) < 0.5 * max(ln.size, 1.0)
-            and not PAGE_NUMBER.match(prev.text)
-        ):
-            out[-1] = Line(
-                text=f"{prev.text} {ln.text}",
-                x0=prev.x0,
+        label = bool(BRACKETED_LABEL.match(ln.text))
+        if not (label or PAGE_NUMBER.match(ln.text)):
+            out.append(ln)
+            continue
+        mid = (ln.y0 + ln.y1) / 2
+        for k in range(len(out) - 1, max(-1, len(out) - 4), -1):
+            prev = out[k]
+            if prev.column != ln.column or PAGE_NUMBER.match(prev.text):
+                continue
+            if abs((prev.y0 + prev.y1) / 2 - mid) >= 0.5 * max(ln.size, 1.0):
+                continue
+            right = prev.x1 < ln.x0
+            if not right and (label or not ln.text.isdigit() or ln.x1 >= prev.x0):
+                continue  # at the left only an entry's number, not a Roman 'x' of a formula
+            out[k] = Line(
+                text=f"{prev.text} {ln.text}" if right else f"{ln.text} {prev.text}",
+                x0=min(prev.x0, ln.x0),
                 y0=min(prev.y0, ln.y0),
-                x1=ln.x1,
+                x1=max(prev.x1, ln.x1),
                 y1=max(prev.y1, ln.y1),
                 size=prev.size,
                 bold=prev.bold,
@@ -511,11 +519,12 @@ def join_row_numbers(lines: Sequence[Line]) -> list[Line]:
                 solo=prev.solo,
                 math=prev.math,
                 caps=prev.caps,
-                page_ref=True,
-                definition=bool(BRACKETED_LABEL.match(ln.text)),
+                page_ref=prev.page_ref or right,
+                definition=prev.definition or label,
             )
-            continue
-        out.append(ln)
+            break
+        else:
+            out.append(ln)
     return out
 
 

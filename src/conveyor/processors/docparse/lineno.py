@@ -15,7 +15,7 @@ before anything else reads the page:
 - each step in value is that many lines down the page, each at the pitch of
   a line of text (a table's column of values goes up as its data does), or
   they count up one by one, each at least a line below the one before (a
-  display between two numbered lines);
+  display between two numbered lines), set smaller than the text beside them;
 - and they are set apart from the text: in the page's margin (outside the
   edge where the page's lines start, or end), or smaller than the text of
   their rows.  A table's first column of row numbers is neither.
@@ -144,11 +144,17 @@ def _steady(run: list[_Num]) -> bool:
     pitches = [(b.y - a.y) / (b.value - a.value) for a, b in steps]
     if sum(lo <= p <= hi for p in pitches) >= 0.8 * len(pitches):
         return True
-    # numbered one by one, never closer than a line apart: lineno numbers the lines of
-    # text, and a displayed table or list between two of them takes one number and
-    # many lines' height (an AAS page of displays, 417-429, was left as text)
-    return sum(b.value - a.value == 1 for a, b in steps) >= 0.8 * len(steps) and all(
-        p >= lo for p in pitches
+    # numbered one by one, never closer than a line apart, in smaller type than the
+    # text: lineno numbers the lines of text, and a displayed table or list between two
+    # of them takes one number and many lines' height (an AAS page of displays,
+    # 417-429, was left as text).  A contents page's chapter numbers, "4  特殊安装",
+    # count one by one too, but at the size of their entries.
+    sized = [n for n in run if n.row_size > 0]
+    return (
+        sum(b.value - a.value == 1 for a, b in steps) >= 0.8 * len(steps)
+        and all(p >= lo for p in pitches)
+        and bool(sized)
+        and sum(n.size <= SMALLER * n.row_size for n in sized) >= 0.8 * len(sized)
     )
 
 
