@@ -1,7 +1,7 @@
 """A throwaway ``moto_server`` (SQS + DynamoDB) for the AWS backend tests.
 
-Started on first use, on 127.0.0.1 and a free port, from the venv's ``bin``
-(next to ``sys.executable``) or ``PATH``; stopped by its PID when the test
+Started on first use, on 127.0.0.1 and a free port, by ``moto_atomic.py``
+(moto's own server with DynamoDB's writes serialised, as on AWS); stopped by its PID when the test
 process exits.  Dummy credentials and a region are set in *this* process's
 environment only (never in ``src``).  When it cannot start, the test skips,
 or fails under ``CI=true`` (CI never passes by skipping).
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -75,11 +74,13 @@ def _free_port() -> int:
         return port
 
 
-def _binary() -> str | None:
-    here = Path(sys.executable).parent / "moto_server"
-    if here.exists():
-        return str(here)
-    return shutil.which("moto_server")
+def _command() -> list[str] | None:
+    """moto's server through ``moto_atomic.py`` (DynamoDB writes serialised as on AWS)."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        return None
+    return [sys.executable, str(Path(__file__).with_name("moto_atomic.py"))]
 
 
 def _set_test_credentials() -> None:
@@ -90,13 +91,13 @@ def _set_test_credentials() -> None:
 
 
 def _start() -> MotoServer:
-    binary = _binary()
-    if binary is None:
-        raise RuntimeError("moto_server not found: pip install 'moto[server]'")
+    command = _command()
+    if command is None:
+        raise RuntimeError("moto's server not found: pip install 'moto[server]'")
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [binary, "-H", "127.0.0.1", "-p", str(port)],
+        [*command, "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -70,16 +70,9 @@ def test_revoke_worker_revokes_only_its_live_credentials(backend: Backend) -> No
     assert rec is not None and rec.active()
 
 
-# moto_server, which stands in for DynamoDB here, does not serialise conditional writes
-# to one item the way DynamoDB does (it has no lock around them: two racing
-# ``attribute_not_exists`` puts can both pass), so on the aws engine the racing tests
-# run their calls one after another: the single-use rule is still checked, the race
-# itself only where the engine under test is the real thing.
-def _run(calls: list[Callable[[], None]], concurrent: bool) -> None:
-    if not concurrent:
-        for call in calls:
-            call()
-        return
+# The racing calls run at once on every engine: on aws the moto server the tests start
+# serialises DynamoDB's writes as the real service does (tests/moto_atomic.py).
+def _run(calls: list[Callable[[], None]]) -> None:
     threads = [threading.Thread(target=call) for call in calls]
     for t in threads:
         t.start()
@@ -96,7 +89,7 @@ def test_secret_is_created_once_even_when_raced(
     def grab(i: int) -> Callable[[], None]:
         return lambda: values.append(handles[i % 2].auth_store().secret("k", lambda: f"value-{i}"))
 
-    _run([grab(i) for i in range(6)], concurrent=backend_engine != "aws")
+    _run([grab(i) for i in range(6)])
     assert len(set(values)) == 1, values
     assert handles[0].auth_store().secret("k", lambda: "other") == values[0]
 
@@ -111,7 +104,7 @@ def test_nonce_is_single_use_across_handles(
     def use(store: AuthStore) -> Callable[[], None]:
         return lambda: results.append(store.use_nonce("n-1", exp))
 
-    _run([use(s) for s in (a, b, a, b)], concurrent=backend_engine != "aws")
+    _run([use(s) for s in (a, b, a, b)])
     assert sorted(results) == [False, False, False, True]
     assert b.use_nonce("n-2", exp) is True
 
