@@ -217,6 +217,16 @@ def test_display_formulas_in_one_piece_revtex(tmp_path: Path) -> None:
     assert len(out.of_type("equation")) >= 5
 
 
+def test_equation_numbers_stay_in_their_formula_revtex(tmp_path: Path) -> None:
+    """A short piece on the row of a formula's last piece, with little mathematics in
+    it ("(p1)," set in roman beside the math italic), ended the formula: it and the
+    equation number after it came out as one-word paragraphs (20.6 % of revtex-aps')."""
+    out = parse("revtex-aps", [3], tmp_path)
+    assert not any(re.fullmatch(r"[.,]?\s*\(\d\)", p.strip()) for p in out.paragraphs)
+    assert any("(p1), (4)" in e["text"] for e in out.of_type("equation"))
+    assert not any(p.strip() == "(p1)," for p in out.paragraphs)
+
+
 def test_chinese_scan_line_not_read_as_latin_zhlipsum(tmp_path: Path) -> None:
     """A decorated Chinese line came out as Latin capitals ("FBR MAC FAR SB") and was a
     heading; continuation lines were headings too.  The Latin-only lines of a CJK page

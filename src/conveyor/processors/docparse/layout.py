@@ -550,8 +550,16 @@ def join_displays(lines: Sequence[Line]) -> list[Line]:
         while j < len(lines):
             nxt = lines[j]
             size = max(nxt.size, ln.size, 1.0)
+            last = lines[j - 1]
+            # a short piece on the row of the formula's last piece, right after it, is
+            # part of it though it holds little mathematics ("(p1)," before "(4)")
+            beside = (
+                _bare(nxt) <= 12
+                and nxt.x0 >= last.x1 - 1.0
+                and abs((nxt.y0 + nxt.y1) / 2 - (last.y0 + last.y1) / 2) < 0.5 * size
+            )
             if (
-                not _fragment(nxt)
+                not (_fragment(nxt) or beside)
                 or nxt.column != ln.column
                 or nxt.y0 > y1 + 0.8 * size
                 or nxt.y1 < y0 - 1.5 * size
