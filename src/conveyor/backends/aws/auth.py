@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 
 from conveyor.auth.models import AuditEvent, AuditPage, TokenRecord
 from conveyor.auth.store import AuthStore
+from conveyor.backends.aws.paging import items
 
 
 def _s(v: str) -> dict[str, str]:
@@ -72,13 +73,7 @@ class DynamoAuthStore(AuthStore):
             "ConsistentRead": True,
             **extra,
         }
-        items: list[dict[str, Any]] = []
-        while True:
-            resp = self._ddb.query(**kwargs)
-            items.extend(resp["Items"])
-            if not resp.get("LastEvaluatedKey"):
-                return items
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return list(items(self._ddb.query, **kwargs))
 
     def list_tokens(self) -> list[TokenRecord]:
         recs = [self._record(i) for i in self._query("authtoken")]

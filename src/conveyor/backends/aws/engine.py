@@ -113,6 +113,7 @@ from conveyor.backends.aws.events import (
     reasons,
     set_outbox,
 )
+from conveyor.backends.aws.paging import batch_get, items
 from conveyor.backends.aws.resources import dynamodb_client, ensure_resources, sqs_client
 from conveyor.backends.base import Backend
 from conveyor.backends.cursor import decode_cursor, encode_cursor
@@ -670,16 +671,9 @@ class AWSBackend(Backend):
 
     def _read_many(self, ids: set[str]) -> dict[str, _State]:
         out: dict[str, _State] = {}
-        keys: list[Item] = [{"task_id": _s(t)} for t in ids]
-        while keys:
-            resp = self._ddb.batch_get_item(
-                RequestItems={self.table: {"Keys": keys, "ConsistentRead": True}}
-            )
-            for item in resp.get("Responses", {}).get(self.table, []):
-                st = _State(item)
-                out[st.task.id] = st
-            unprocessed: Any = resp.get("UnprocessedKeys") or {}
-            keys = list(unprocessed.get(self.table, {}).get("Keys", []))
+        for item in batch_get(self._ddb, self.table, [{"task_id": _s(t)} for t in ids]):
+            st = _State(item)
+            out[st.task.id] = st
         return out
 
     def _take(
@@ -1048,13 +1042,8 @@ class AWSBackend(Backend):
             "ExpressionAttributeValues": {":pk": _s(f"children#{parent_id}")},
             "ConsistentRead": True,
         }
-        while True:
-            resp = self._ddb.query(**kwargs)
-            ids.extend(str(i["sk"]["S"]) for i in resp.get("Items", []))
-            last = resp.get("LastEvaluatedKey")
-            if not last:
-                return ids
-            kwargs["ExclusiveStartKey"] = last
+        ids.extend(str(i["sk"]["S"]) for i in items(self._ddb.query, **kwargs))
+        return ids
 
     def children(self, task_id: str) -> list[Task]:
         states = self._read_many(set(self._child_ids(task_id)))
@@ -1482,13 +1471,7 @@ class AWSBackend(Backend):
         }
         if filters:
             kwargs["FilterExpression"] = " AND ".join(filters)
-        while True:
-            resp = self._ddb.query(**kwargs)
-            yield from resp.get("Items", [])
-            last = resp.get("LastEvaluatedKey")
-            if not last:
-                return
-            kwargs["ExclusiveStartKey"] = last
+        yield from items(self._ddb.query, **kwargs)
 
     def _query_shards(
         self, status: TaskStatus, filter_expr: str | None = None, values: Item | None = None
@@ -1542,12 +1525,10 @@ class AWSBackend(Backend):
             "ExpressionAttributeValues": {":pk": _s("worker"), ":cut": _n(cutoff)},
             "ConsistentRead": True,
         }
-        while True:
-            resp = self._ddb.query(**kwargs)
-            out.extend(WorkerInfo.model_validate_json(i["info"]["S"]) for i in resp["Items"])
-            if not resp.get("LastEvaluatedKey"):
-                return out
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        out.extend(
+            WorkerInfo.model_validate_json(i["info"]["S"]) for i in items(self._ddb.query, **kwargs)
+        )
+        return out
 
     # -- logs --------------------------------------------------------------------
     def append_logs(
@@ -1713,9 +1694,9 @@ class AWSBackend(Backend):
             rows.append(item)
             if len(rows) > limit:
                 break
-        items = [_State(r).task for r in rows[:limit]]
+        tasks = [_State(r).task for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
-            last = items[-1]
+            last = tasks[-1]
             next_cursor = encode_cursor(last.created_at, last.id)
-        return Page(items=items, next_cursor=next_cursor)
+        return Page(items=tasks, next_cursor=next_cursor)

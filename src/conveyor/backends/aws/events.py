@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from conveyor.backends.aws.paging import batch_get, items
 from conveyor.backends.events_base import Attempt, EventStore
 from conveyor.events.model import (
     Delivery,
@@ -257,13 +258,7 @@ class DynamoEventStore(EventStore):
                 kwargs["KeyConditionExpression"] += f" AND {v}"
             else:
                 kwargs[k] = v
-        while True:
-            resp = self._ddb.query(**kwargs)
-            yield from resp.get("Items", [])
-            last = resp.get("LastEvaluatedKey")
-            if not last:
-                return
-            kwargs["ExclusiveStartKey"] = last
+        yield from items(self._ddb.query, **kwargs)
 
     def _delete(self, pk: str, sk: str) -> None:
         self._ddb.delete_item(TableName=self.aux, Key={"pk": _s(pk), "sk": _s(sk)})
@@ -395,18 +390,7 @@ class DynamoEventStore(EventStore):
         return total
 
     def _batch_get_tasks(self, ids: list[str]) -> list[Item]:
-        got: list[Item] = []
-        keys = [{"task_id": _s(t)} for t in sorted(set(ids))]
-        for i in range(0, len(keys), 100):
-            todo: list[Item] = keys[i : i + 100]
-            while todo:
-                resp = self._ddb.batch_get_item(
-                    RequestItems={self.table: {"Keys": todo, "ConsistentRead": True}}
-                )
-                got.extend(resp.get("Responses", {}).get(self.table, []))
-                left: Any = resp.get("UnprocessedKeys") or {}
-                todo = list(left.get(self.table, {}).get("Keys", []))
-        return got
+        return batch_get(self._ddb, self.table, [{"task_id": _s(t)} for t in sorted(set(ids))])
 
     def last_seq(self) -> int:
         return self._counter("evhead", "evhead")
@@ -468,17 +452,7 @@ class DynamoEventStore(EventStore):
         return out
 
     def _batch_get(self, keys: list[Item]) -> list[Item]:
-        got: list[Item] = []
-        for i in range(0, len(keys), 100):
-            todo: list[Item] = keys[i : i + 100]
-            while todo:
-                resp = self._ddb.batch_get_item(
-                    RequestItems={self.aux: {"Keys": todo, "ConsistentRead": True}}
-                )
-                got.extend(resp.get("Responses", {}).get(self.aux, []))
-                left: Any = resp.get("UnprocessedKeys") or {}
-                todo = list(left.get(self.aux, {}).get("Keys", []))
-        return got
+        return batch_get(self._ddb, self.aux, keys)
 
     # -- fan-out -----------------------------------------------------------------------
     def unfanned(self, limit: int = 500) -> list[Event]:
@@ -841,12 +815,7 @@ class DynamoEventStore(EventStore):
             "ExpressionAttributeValues": {":p": _s("dlv#")},
             "ConsistentRead": True,
         }
-        while True:
-            resp = self._ddb.scan(**kwargs)
-            found.extend(self._delivery(i) for i in resp.get("Items", []))
-            if not resp.get("LastEvaluatedKey"):
-                break
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        found.extend(self._delivery(i) for i in items(self._ddb.scan, **kwargs))
         found.sort(key=lambda d: (d.event_seq, d.id), reverse=True)
         return DeliveryPage(items=found[:limit])
 
@@ -897,18 +866,13 @@ class DynamoEventStore(EventStore):
             "ExpressionAttributeValues": {":p": _s("dlv#")},
             "ConsistentRead": True,
         }
-        while True:
-            resp = self._ddb.scan(**kwargs)
-            for item in resp.get("Items", []):
-                d = self._delivery(item)
-                if d.state == DeliveryState.PENDING:
-                    pending.add(d.event_seq)
-                elif _ts(d.created_at) < cut:
-                    self._drop_delivery(d.endpoint_id, d.task_id, d.event_seq)
-                    n += 1
-            if not resp.get("LastEvaluatedKey"):
-                break
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        for item in items(self._ddb.scan, **kwargs):
+            d = self._delivery(item)
+            if d.state == DeliveryState.PENDING:
+                pending.add(d.event_seq)
+            elif _ts(d.created_at) < cut:
+                self._drop_delivery(d.endpoint_id, d.task_id, d.event_seq)
+                n += 1
         head = self.last_seq()
         upto = min(self._counter("evcursor", "fanout"), head - 1)
         for bucket in range(0 if upto < 1 else upto // STREAM_BUCKET + 1):
