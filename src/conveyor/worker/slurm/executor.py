@@ -224,7 +224,8 @@ class SlurmExecutor:
         usable = [n for n in nodes if n.available]
         self.max_node_gpus = max((n.gpus for n in usable), default=0)
         self.gpus = sum(n.gpus for n in usable)
-        self.capabilities["slurm"].update(
+        self.capabilities["slurm"] = dict(
+            self.capabilities["slurm"],
             nodes=len(nodes),
             nodes_up=len(usable),
             cpus=sum(n.cpus for n in usable),
@@ -238,7 +239,10 @@ class SlurmExecutor:
 
     def info(self) -> WorkerInfo:
         if time.monotonic() - self._last_cluster > CLUSTER_REFRESH_S:
-            self.refresh_cluster()
+            # on its own thread: the heartbeat that asks must not wait for scontrol, which
+            # took seconds on a loaded login node and let a 4 s lease expire
+            self._last_cluster = time.monotonic()
+            threading.Thread(target=self.refresh_cluster, name="slurm-cluster", daemon=True).start()
         attempts = self.running()
         caps = {**self.capabilities, "slurm": {**self.capabilities["slurm"], "jobs": len(attempts)}}
         return WorkerInfo(
