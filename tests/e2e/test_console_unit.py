@@ -20,28 +20,16 @@ from fastapi.testclient import TestClient
 
 from conveyor.backends.base import Backend
 from conveyor.backends.sqlite import SQLiteBackend
-from conveyor.config import load_settings
 from conveyor.console.i18n import LANGS, Translator, catalogue, negotiate
 from conveyor.console.render import STATIC, TEMPLATES
 from conveyor.errors import ConveyorError, ProcessorError
 from conveyor.models import InputRef, OutputFile, Task, TaskStatus, Trigger, WorkerInfo
 from conveyor.processors.transcode.settings import ALL_TRANSCODE_TYPES
-from conveyor.server.app import create_app
-from conveyor.server.runtime import Runtime
 
 CONSOLE = TEMPLATES.parent
 # the kinds' own console pages and their modules (a processor's console.py)
 KIND_TEMPLATES = sorted((CONSOLE.parent / "processors").glob("*/templates/*.html"))
 KIND_CONSOLES = sorted((CONSOLE.parent / "processors").glob("*/console.py"))
-
-
-@pytest.fixture
-def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("CONVEYOR_CONFIG", str(tmp_path / "none.yaml"))
-    settings = load_settings(data_dir=tmp_path, max_upload_bytes=1_000_000)
-    runtime = Runtime.build(settings, with_worker=False, with_trigger=False)
-    with TestClient(create_app(runtime)) as client:
-        yield client
 
 
 def add(app: TestClient, key: str = "v.mp4") -> str:
