@@ -17,6 +17,18 @@ def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.fixture(scope="module")
+def cancel_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 s of 720p: its encode outlasts a cancel's round trip on an idle machine.
+
+    The 6 s clip encodes in about 1.8 s there; the progress the API shows can jump from 3 %
+    to 79 % between two reports, and a cancel sent then lost the race to completion (CI).
+    """
+    return make_clip(
+        tmp_path_factory.mktemp("cancel") / "long.mp4", width=1280, height=720, seconds=30.0
+    )
+
+
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Server]:
     need_tool("ffmpeg", "ffprobe")

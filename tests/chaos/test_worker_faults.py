@@ -137,9 +137,9 @@ def test_sigkill_mid_transcode_redelivers(api: Server, long_clip: Path, tmp_path
 
 
 def test_cancel_running_transcode_kills_ffmpeg(
-    api: Server, long_clip: Path, tmp_path: Path
+    api: Server, cancel_clip: Path, tmp_path: Path
 ) -> None:
-    task_id = submit_long(api, long_clip)
+    task_id = submit_long(api, cancel_clip)
     worker = start_worker(api, tmp_path, "canceller")
     try:
         # above 3 %: the percentage comes from ffmpeg itself (2 % is the ffprobe phase)
