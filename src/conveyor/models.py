@@ -240,11 +240,19 @@ class Page(BaseModel):
 class QueueCounts(BaseModel):
     pending: int = 0  # ready to run now
     delayed: int = 0  # pending, waiting for a retry back-off
+    waiting_for_children: int = 0  # pending, a parent held until its children complete
     processing: int = 0
     completed_today: int = 0
     failed_today: int = 0
     cancelled_today: int = 0
     by_status: dict[str, int] = Field(default_factory=dict)
+
+    def by_status_counts(self) -> dict[str, int]:
+        """``by_status``: pending counts every pending task, whatever it waits for."""
+        return {
+            "pending": self.pending + self.delayed + self.waiting_for_children,
+            "processing": self.processing,
+        }
 
 
 class LogLine(BaseModel):

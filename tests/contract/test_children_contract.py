@@ -221,3 +221,15 @@ def test_retried_parent_starts_over(backend: Backend) -> None:
 
 def _worker(worker_id: str) -> WorkerInfo:
     return WorkerInfo(id=worker_id)
+
+
+def test_a_held_parent_counts_as_waiting_not_delayed(backend: Backend) -> None:
+    """Queue counts and /metrics say a parent waits for its children, not for a retry
+    back-off (it was counted ``delayed``: a split transcode showed a retry pending)."""
+    _, kind, _ = _spawned(backend, 2)
+    counts = backend.counts()
+    assert (counts.pending, counts.delayed, counts.waiting_for_children) == (2, 0, 1)
+    assert counts.by_status["pending"] == 3  # every pending task, whatever it waits for
+    states = backend.metrics_snapshot().tasks[kind]
+    assert states.get("waiting_for_children") == 1 and "delayed" not in states, states
+    assert states.get("pending") == 2

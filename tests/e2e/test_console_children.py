@@ -42,9 +42,26 @@ def test_a_parent_waits_for_its_children_in_the_api_and_the_console(app: TestCli
 
     page = app.get(f"/admin/tasks/{parent_id}").text
     assert 'id="task-children"' in page and "waiting for children" in page
-    assert "retry pending" not in page and "9999" not in page
+    assert "retry pending" not in page and "9999-" not in page  # the hold is no date
     for kid in kids:
         assert f'data-child="{kid}"' in page
     assert "1 of 3 completed" in page
     zh = app.get(f"/admin/tasks/{parent_id}", headers={"accept-language": "zh-CN"}).text
     assert "等待子任务" in zh and "子任务" in zh and "已完成 1 / 3" in zh
+
+
+def test_the_queue_counts_a_parent_as_waiting_for_children_not_delayed(app: TestClient) -> None:
+    """GET /api/queue/status, /metrics and the queue page: the held parent is neither a
+    retry back-off nor lost from the counts (clearing the queue cancels it too)."""
+    _split(app)
+    status = app.get("/api/queue/status").json()
+    assert (status["pending"], status["delayed"], status["waiting_for_children"]) == (2, 0, 1)
+    metrics = app.get("/metrics").text
+    assert 'conveyor_queue_tasks{kind="transcode",status="waiting_for_children"} 1.0' in metrics
+    assert 'conveyor_queue_tasks{kind="transcode",status="delayed"} 0.0' in metrics
+    page = app.get("/admin/queue").text
+    assert 'id="q-children">1<' in page and "Waiting for their children" in page
+    zh = app.get("/admin/queue", headers={"accept-language": "zh-CN"}).text
+    assert "等待子任务完成" in zh
+    confirm = app.get("/admin/queue/clear", headers={"HX-Request": "true"}).text
+    assert "cancel 3 waiting tasks" in confirm

@@ -38,7 +38,7 @@ from conveyor.service import ConveyorService
 
 log = logging.getLogger(__name__)
 
-QUEUE_STATES = ("pending", "delayed", "processing")
+QUEUE_STATES = ("pending", "delayed", "waiting_for_children", "processing")
 OUTCOMES = ("completed", "failed", "cancelled")
 LOAD_FACTOR = 5.0  # a read that took t seconds is reused for at least 5 t seconds
 
@@ -111,7 +111,8 @@ class BackendCollector(Collector):
         kinds = sorted(set(self.service.registry.kinds()) | set(snap.tasks))
         queue = GaugeMetricFamily(
             "conveyor_queue_tasks",
-            "Tasks waiting or running, by kind and state (pending, delayed, processing)",
+            "Tasks waiting or running, by kind and status "
+            "(pending, delayed, waiting_for_children, processing)",
             labels=["kind", "status"],
         )
         finished = CounterMetricFamily(

@@ -359,7 +359,13 @@ class TaskStore(Connected):
                 page = self.list(status=status, limit=1000, cursor=cursor)
                 seen += len(page.items)
                 for t in page.items:
-                    name = "delayed" if t.delayed else status.value
+                    name = (
+                        "waiting_for_children"
+                        if t.waiting_for_children
+                        else "delayed"
+                        if t.delayed
+                        else status.value
+                    )
                     by = snap.tasks.setdefault(t.kind, {})
                     by[name] = by.get(name, 0) + 1
                     snap.retries[t.kind] = snap.retries.get(t.kind, 0) + max(0, t.attempts - 1)

@@ -348,13 +348,22 @@ def queue_status(url: str = URL) -> None:
     except ClientError as exc:
         _fail(exc)
         return
-    table = Table("pending", "delayed", "processing", "completed today", "failed today", "workers")
+    table = Table(
+        "pending",
+        "delayed",
+        "waiting for children",
+        "processing",
+        "completed today",
+        "failed today",
+        "workers",
+    )
     table.add_row(
         *(
-            str(s[k])
+            str(s.get(k, 0))
             for k in (
                 "pending",
                 "delayed",
+                "waiting_for_children",
                 "processing",
                 "completed_today",
                 "failed_today",
@@ -373,7 +382,7 @@ def queue_clear(
     client = _client(url)
     try:
         s = client.request("GET", "/api/queue/status")
-        n = s["pending"] + s["delayed"]
+        n = s["pending"] + s["delayed"] + s.get("waiting_for_children", 0)
         if not yes and not typer.confirm(f"Cancel {n} pending task(s)?"):
             raise typer.Exit(1)
         res = client.request("POST", "/api/queue/clear")
@@ -421,6 +430,7 @@ def status(
         if "pending" in q:
             console.print(
                 f"  queue    {q['pending']} pending, {q['delayed']} delayed, "
+                f"{q.get('waiting_for_children', 0)} waiting for children, "
                 f"{q['processing']} processing"
             )
             console.print(

@@ -379,7 +379,7 @@ async def clear_confirm(
             return HTMLResponse(fragment(request, "clear_button", cleared=None))
         return RedirectResponse(f"{PREFIX}/queue", status_code=303)
     qs: QueueStatus = await call(service.queue_status)
-    n = qs.pending + qs.delayed
+    n = qs.pending + qs.delayed + qs.waiting_for_children  # clear cancels held parents too
     if is_htmx(request):
         return HTMLResponse(fragment(request, "clear_confirm", n=n, delayed=qs.delayed))
     return await page(

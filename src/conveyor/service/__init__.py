@@ -113,6 +113,7 @@ class QueueStatus(BaseModel):
     pending: int
     processing: int
     delayed: int
+    waiting_for_children: int = 0  # parents held until their children complete
     completed_today: int
     failed_today: int
     cancelled_today: int
@@ -441,7 +442,9 @@ class ConveyorService:
                     if t.submitted_by != owner:
                         continue
                     if status is TaskStatus.PENDING:
-                        if t.delayed:
+                        if t.waiting_for_children:
+                            out.waiting_for_children += 1
+                        elif t.delayed:
                             out.delayed += 1
                         else:
                             out.pending += 1
@@ -453,7 +456,7 @@ class ConveyorService:
                 cursor = page.next_cursor
                 if cursor is None:
                     break
-        out.by_status = {"pending": out.pending + out.delayed, "processing": out.processing}
+        out.by_status = out.by_status_counts()
         return out
 
     def queue_status(self, owner: str | None = None) -> QueueStatus:
@@ -466,6 +469,7 @@ class ConveyorService:
             pending=c.pending,
             processing=c.processing,
             delayed=c.delayed,
+            waiting_for_children=c.waiting_for_children,
             completed_today=c.completed_today,
             failed_today=c.failed_today,
             cancelled_today=c.cancelled_today,

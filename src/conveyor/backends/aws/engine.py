@@ -1491,9 +1491,12 @@ class AWSBackend(Backend):
         start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
         lo, hi = start.timestamp(), (start + timedelta(days=1)).timestamp()
         out = QueueCounts()
+        hold = rules.CHILDREN_HOLD.timestamp()
         for item in self._query_shards(TaskStatus.PENDING):
             nb = _num(item, "not_before")
-            if nb is not None and nb > now:
+            if nb is not None and nb >= hold:
+                out.waiting_for_children += 1
+            elif nb is not None and nb > now:
                 out.delayed += 1
             else:
                 out.pending += 1
@@ -1512,7 +1515,7 @@ class AWSBackend(Backend):
                 )
             )
             setattr(out, attr, n)
-        out.by_status = {"pending": out.pending + out.delayed, "processing": out.processing}
+        out.by_status = out.by_status_counts()
         return out
 
     def workers(self, active_within_s: float = 60.0) -> list[WorkerInfo]:

@@ -672,7 +672,7 @@ class PostgresBackend(Backend):
             ).fetchone()
         assert row is not None
         out = QueueCounts(**{k: int(v) for k, v in row.items()})
-        out.by_status = {"pending": out.pending + out.delayed, "processing": out.processing}
+        out.by_status = out.by_status_counts()
         return out
 
     def throughput(self, since: datetime, bucket_s: int = 3600) -> list[ThroughputPoint]:

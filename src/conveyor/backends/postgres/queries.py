@@ -49,5 +49,6 @@ QUERIES = load_queries(
         "queue_cleared": _literal(rules.QUEUE_CLEARED),
         "histograms": f"{histogram_select('run', 'r')}, {histogram_select('wait', 'w')}",
         "may_have_expired": MAY_HAVE_EXPIRED,
+        "children_hold": f"{_literal(rules.CHILDREN_HOLD.isoformat())}::timestamptz",
     },
 )

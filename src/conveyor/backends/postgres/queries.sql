@@ -213,7 +213,10 @@ WHERE status = 'pending';
 SELECT
     (SELECT count(*) FROM tasks WHERE status = 'pending'
         AND (not_before IS NULL OR not_before <= now())) AS pending,
-    (SELECT count(*) FROM tasks WHERE status = 'pending' AND not_before > now()) AS delayed,
+    (SELECT count(*) FROM tasks WHERE status = 'pending' AND not_before > now()
+        AND not_before < {{ children_hold }}) AS delayed,
+    (SELECT count(*) FROM tasks WHERE status = 'pending'
+        AND not_before >= {{ children_hold }}) AS waiting_for_children,
     (SELECT count(*) FROM tasks WHERE status = 'processing') AS processing,
     (SELECT count(*) FROM tasks WHERE status = 'completed'
         AND finished_at >= %(lo)s AND finished_at < %(hi)s) AS completed_today,
@@ -244,7 +247,8 @@ SELECT kind, st, count(*) AS n,
         ELSE 0 END), 0) AS expired,
     {{ histograms }}
 FROM (SELECT kind, status, attempts, history,
-        CASE WHEN status = 'pending' AND not_before > now() THEN 'delayed'
+        CASE WHEN status = 'pending' AND not_before >= {{ children_hold }} THEN 'waiting_for_children'
+            WHEN status = 'pending' AND not_before > now() THEN 'delayed'
             ELSE status END AS st,
         CASE WHEN status = 'completed' AND started_at IS NOT NULL THEN
             greatest(extract(epoch FROM finished_at - started_at), 0)::float8 END AS run,

@@ -841,13 +841,15 @@ class SQLiteBackend(Backend):
         lo, hi = start.timestamp(), (start + timedelta(days=1)).timestamp()
         c = self._reader()
         out = QueueCounts()
+        hold = _ts(rules.CHILDREN_HOLD)
         ready = c.execute(
             "SELECT COUNT(*) FILTER (WHERE not_before IS NULL OR not_before <= ?), "
-            "COUNT(*) FILTER (WHERE not_before > ?) FROM tasks INDEXED BY tasks_ready "
+            "COUNT(*) FILTER (WHERE not_before > ? AND not_before < ?), "
+            "COUNT(*) FILTER (WHERE not_before >= ?) FROM tasks INDEXED BY tasks_ready "
             "WHERE status = 'pending'",
-            (now, now),
+            (now, now, hold, hold),
         ).fetchone()
-        out.pending, out.delayed = int(ready[0]), int(ready[1])
+        out.pending, out.delayed, out.waiting_for_children = (int(n) for n in ready)
         out.processing = int(
             c.execute("SELECT COUNT(*) FROM tasks WHERE status = 'processing'").fetchone()[0]
         )
@@ -862,7 +864,7 @@ class SQLiteBackend(Backend):
                 (status, lo, hi),
             ).fetchone()[0]
             setattr(out, attr, int(n))
-        out.by_status = {"pending": out.pending + out.delayed, "processing": out.processing}
+        out.by_status = out.by_status_counts()
         return out
 
     def throughput(self, since: datetime, bucket_s: int = 3600) -> list[ThroughputPoint]:
@@ -891,12 +893,13 @@ class SQLiteBackend(Backend):
             "FROM json_each(history) WHERE json_extract(value, '$.outcome') = 'lease_expired') "
             f"ELSE 0 END), {histogram_select('run', 'r')}, {histogram_select('wait', 'w')} "
             "FROM (SELECT kind, status, attempts, history, "
-            "CASE WHEN status = 'pending' AND not_before > ? THEN 'delayed' ELSE status END AS st, "
+            "CASE WHEN status = 'pending' AND not_before >= ? THEN 'waiting_for_children' "
+            "WHEN status = 'pending' AND not_before > ? THEN 'delayed' ELSE status END AS st, "
             "CASE WHEN status = 'completed' AND started_at IS NOT NULL "
             "THEN MAX(finished_at - started_at, 0) END AS run, "
             "CASE WHEN started_at IS NOT NULL THEN MAX(started_at - created_at, 0) END AS wait "
             "FROM tasks) GROUP BY kind, st",
-            (time.time(),),
+            (_ts(rules.CHILDREN_HOLD), time.time()),
         )
         for row in rows.fetchall():
             add_snapshot_row(snap, tuple(row))
