@@ -155,7 +155,7 @@ async def stats(
     # totals of finished tasks are per day: a count over all time would scan the table
     kind = ContainerProcessor.kind
     return {
-        "pending": c.pending + c.delayed,
+        "pending": c.pending + c.delayed + c.waiting_for_children,
         "running": c.processing,
         "completed_today": c.completed_today,
         "failed_today": c.failed_today,
