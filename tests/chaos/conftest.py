@@ -18,8 +18,9 @@ def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cancel_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """30 s of 720p: its encode outlasts a cancel's round trip on an idle machine.
+def slow_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 s of 720p: its encode outlasts a cancel's round trip, or a stop's grace, on an
+    idle machine.
 
     The 6 s clip encodes in about 1.8 s there; the progress the API shows can jump from 3 %
     to 79 % between two reports, and a cancel sent then lost the race to completion (CI).

@@ -137,9 +137,9 @@ def test_sigkill_mid_transcode_redelivers(api: Server, long_clip: Path, tmp_path
 
 
 def test_cancel_running_transcode_kills_ffmpeg(
-    api: Server, cancel_clip: Path, tmp_path: Path
+    api: Server, slow_clip: Path, tmp_path: Path
 ) -> None:
-    task_id = submit_long(api, cancel_clip)
+    task_id = submit_long(api, slow_clip)
     worker = start_worker(api, tmp_path, "canceller")
     try:
         # above 3 %: the percentage comes from ffmpeg itself (2 % is the ffprobe phase)
@@ -169,8 +169,9 @@ def test_cancel_running_transcode_kills_ffmpeg(
     assert left == [], f"task folders removed, only live workers' own folders stay: {left}"
 
 
-def test_sigterm_releases_the_running_task(api: Server, long_clip: Path, tmp_path: Path) -> None:
-    task_id = submit_long(api, long_clip)
+def test_sigterm_releases_the_running_task(api: Server, slow_clip: Path, tmp_path: Path) -> None:
+    # the slow clip: the 6 s one could finish within the 1 s grace on an idle machine
+    task_id = submit_long(api, slow_clip)
     leaving = start_process(
         ["worker", "--data-dir", str(api.data_dir), "--worker-id", "leaving"],
         api.data_dir,
