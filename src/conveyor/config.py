@@ -199,7 +199,8 @@ class Settings(BaseSettings):
     )
     poll_interval: float = _env(1.0, "POLL_INTERVAL", "POLL_INTERVAL")
     # tasks a worker claims beyond its free slots while recent tasks are short (None:
-    # as many as its concurrency; 0: none); see conveyor.worker.loop
+    # as many as its concurrency, up to 128 for tasks of milliseconds; 0: none); see
+    # conveyor.worker.loop
     worker_prefetch: int | None = _env(None, "PREFETCH", ge=0, le=256)
     api_host: str = _env("127.0.0.1", "API_HOST", "API_HOST")
     api_port: int = _env(9999, "API_PORT", "API_PORT")

@@ -23,7 +23,7 @@ from conveyor.models import OutputFile, Task, TaskStatus
 from conveyor.processors import ProcessorContext, ProcessorRegistry
 from conveyor.processors.base import Processor
 from conveyor.storage.local import LocalBlobStore
-from conveyor.worker.loop import Worker
+from conveyor.worker.loop import PREFETCH_MAX, PREFETCH_WAIT_S, Worker
 
 
 class SleepParams(BaseModel):
@@ -265,6 +265,28 @@ def test_concurrency_limit(settings: Settings, parts: tuple, prefetch: int) -> N
         w.stop()
     assert SleepProcessor.running[1] == 2
     assert 2 <= peak <= 2 + prefetch + 2
+
+
+def test_prefetch_deepens_for_short_tasks_unless_the_operator_set_it(
+    settings: Settings, parts: tuple
+) -> None:
+    """By default the held tasks wait about PREFETCH_WAIT_S for a slot: tasks of a
+    millisecond are claimed up to PREFETCH_MAX beyond the slots, tasks of 0.1 s as many
+    as the concurrency; none at a second; a prefetch the operator set stays put."""
+    backend, blobs, registry = parts
+    default = Worker(settings, backend, blobs, registry, store=backend, concurrency=4)
+    fixed = Worker(settings, backend, blobs, registry, store=backend, concurrency=4, prefetch=2)
+    seen = {}
+    for avg in (None, 0.0005, 0.01, 0.1, 2.0):
+        default._run_avg = fixed._run_avg = avg
+        seen[avg] = (default._prefetch_allowance(), fixed._prefetch_allowance())
+    assert seen == {
+        None: (0, 0),  # nothing known yet: claim for the free slots only
+        0.0005: (PREFETCH_MAX, 2),
+        0.01: (int(4 * PREFETCH_WAIT_S / 0.01), 2),
+        0.1: (4, 2),
+        2.0: (0, 0),
+    }
 
 
 class StealProcessor(Processor):
