@@ -85,7 +85,7 @@ class _LazyFolder:
         return path
 
     def __set__(self, obj: Any, value: Path) -> None:
-        obj.__dict__["_workdir"] = Path(value)
+        obj.__dict__["_workdir"] = value if isinstance(value, Path) else Path(value)
         obj.__dict__["workdir_made"] = False
 
 

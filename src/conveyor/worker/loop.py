@@ -232,7 +232,8 @@ class Timeouts:
 @dataclass
 class _Waiting:
     item: Completion
-    done: threading.Event = field(default_factory=threading.Event)
+    # a caller that waits (``Completer.complete``); a hand-off is told by ``then``
+    done: threading.Event | None = None
     result: BaseException | None = None
     error: BaseException | None = None  # the whole call failed
     # called on the completer's thread with (result, error) instead of a waiting caller
@@ -257,10 +258,11 @@ class Completer:
     def complete(self, item: Completion) -> BaseException | None:
         """None when completed; the item's refusal (``LeaseLost``); raises what failed the
         whole call."""
-        waiting = _Waiting(item)
+        done = threading.Event()
+        waiting = _Waiting(item, done=done)
         if not self._queue(waiting):  # a task that outlived the worker's stop: on its own
             return self._call([item])[0]
-        waiting.done.wait()
+        done.wait()
         if waiting.error is not None:
             raise waiting.error
         return waiting.result
@@ -321,7 +323,8 @@ class Completer:
                         w.then(w.result, w.error)
                     except Exception:
                         log.exception("finishing a completed task failed")
-                w.done.set()
+                if w.done is not None:
+                    w.done.set()
 
     def _call(self, items: list[Completion]) -> list[BaseException | None]:
         return outputs.retry_infrastructure(
