@@ -247,7 +247,8 @@ SELECT kind, st, count(*) AS n,
         ELSE 0 END), 0) AS expired,
     {{ histograms }}
 FROM (SELECT kind, status, attempts, history,
-        CASE WHEN status = 'pending' AND not_before >= {{ children_hold }} THEN 'waiting_for_children'
+        CASE WHEN status = 'pending' AND not_before >= {{ children_hold }}
+                THEN 'waiting_for_children'
             WHEN status = 'pending' AND not_before > now() THEN 'delayed'
             ELSE status END AS st,
         CASE WHEN status = 'completed' AND started_at IS NOT NULL THEN
