@@ -237,9 +237,12 @@ class SQLiteBackend(Backend):
         self._work = threading.Condition()
         self._generation = 0  # bumped on every notify; see wait_for_work
         self._closed = False
-        self._writer = self._connect()
-        # a new file gets the schema, one an older Conveyor wrote the versions it lacks
-        with self._write_lock:
+        # under the host's writers' lock: processes that open a new file together would
+        # each switch it to WAL, and SQLite answers "database is locked" to all but one
+        # of them without waiting (two workers started together: one exited at start)
+        with self._write_lock, self._host_locked():
+            self._writer = self._connect()
+            # a new file gets the schema, one an older Conveyor wrote the versions it lacks
             schema.upgrade(self._writer)
 
     @classmethod
@@ -280,23 +283,28 @@ class SQLiteBackend(Backend):
         kernel and is woken the moment the lock is free, where SQLite's busy handler
         would retry after sleeps of up to 100 ms (two worker processes then spend more
         time asleep than writing).  ``busy_timeout`` still covers other writers."""
-        with self._write_lock:
-            fd = self._host_lock()
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+        with self._write_lock, self._host_locked():
+            c = self._writer
+            c.execute("BEGIN IMMEDIATE")
             try:
-                c = self._writer
-                c.execute("BEGIN IMMEDIATE")
-                try:
-                    yield c
-                except BaseException:
-                    c.execute("ROLLBACK")
-                    raise
-                else:
-                    c.execute("COMMIT")
-            finally:
-                if fd is not None:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+                yield c
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            else:
+                c.execute("COMMIT")
+
+    @contextmanager
+    def _host_locked(self) -> Iterator[None]:
+        """The writers' ``flock`` on ``<database>.lock`` (nothing where there is none)."""
+        fd = self._host_lock()
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _host_lock(self) -> int | None:
         """The writers' lock file, opened once (None: an in-memory database, or a folder
