@@ -111,8 +111,9 @@ def test_two_workers_share_postgres_and_s3(
         assert r.status_code == 307 and r.headers["location"].startswith(s3.endpoint_url)
         assert httpx.get(r.headers["location"]).content[:3] == b"\xff\xd8\xff"
 
-        # SIGKILL the worker running a long task: the other one finishes it
-        long = make_clip(tmp_path / "long.mp4", width=1280, height=720, seconds=5.0)
+        # SIGKILL the worker running a long task: the other one finishes it (20 s of 720p:
+        # a 5 s clip encodes in about 1.5 s, and the task could complete before the kill)
+        long = make_clip(tmp_path / "long.mp4", width=1280, height=720, seconds=20.0)
         assert client.put("/api/files/input/long.mp4", content=long.read_bytes()).status_code == 201
         task_id = client.post(
             "/api/queue/add",
