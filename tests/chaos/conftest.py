@@ -12,8 +12,10 @@ from tests.conftest import FAST_ENV, Server, launch, make_clip, need_tool
 
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 15 s: a 6 s clip encodes in about 1.8 s on an idle machine, and a test that kills or
+    # freezes its worker "above 5 %" could find the task already completed
     return make_clip(
-        tmp_path_factory.mktemp("long") / "long.mp4", width=1280, height=720, seconds=6.0
+        tmp_path_factory.mktemp("long") / "long.mp4", width=1280, height=720, seconds=15.0
     )
 
 
@@ -22,7 +24,7 @@ def slow_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """30 s of 720p: its encode outlasts a cancel's round trip, or a stop's grace, on an
     idle machine.
 
-    The 6 s clip encodes in about 1.8 s there; the progress the API shows can jump from 3 %
+    A 6 s clip encodes in about 1.8 s there; the progress the API shows can jump from 3 %
     to 79 % between two reports, and a cancel sent then lost the race to completion (CI).
     """
     return make_clip(
