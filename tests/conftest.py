@@ -13,12 +13,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from conveyor.models import OutputFile, Task, TaskStatus
 from conveyor.outputs import promote_outputs
@@ -217,3 +219,29 @@ def wait_task(
             return t
         time.sleep(0.2)
     raise AssertionError(f"task {task_id} not in {statuses} after {timeout}s: {t}")
+
+
+@contextmanager
+def in_process_app(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    with_worker: bool = False,
+    concurrency: int | None = None,
+    **settings: Any,
+) -> Iterator[TestClient]:
+    """The real app on SQLite in this process (no trigger; a worker only if asked), with
+    ``settings`` over the defaults and no config file."""
+    from conveyor.config import load_settings
+    from conveyor.server.app import create_app
+    from conveyor.server.runtime import Runtime
+
+    monkeypatch.setenv("CONVEYOR_CONFIG", str(tmp_path / "none.yaml"))
+    runtime = Runtime.build(
+        load_settings(data_dir=tmp_path, **settings),
+        with_worker=with_worker,
+        with_trigger=False,
+        concurrency=concurrency,
+    )
+    with TestClient(create_app(runtime)) as client:
+        yield client

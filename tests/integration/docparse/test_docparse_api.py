@@ -10,9 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from conveyor.config import load_settings
-from conveyor.server.app import create_app
-from conveyor.server.runtime import Runtime
+from tests.conftest import in_process_app
 from tests.docparse_samples import (
     HEADINGS,
     make_encrypted_pdf,
@@ -23,12 +21,15 @@ from tests.docparse_samples import (
 
 @pytest.fixture
 def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("CONVEYOR_CONFIG", str(tmp_path / "none.yaml"))
-    settings = load_settings(
-        data_dir=tmp_path, docparse_workers=2, trigger_enabled=False, max_attempts=3
-    )
-    runtime = Runtime.build(settings, with_worker=True, with_trigger=False, concurrency=4)
-    with TestClient(create_app(runtime)) as client:
+    with in_process_app(
+        tmp_path,
+        monkeypatch,
+        with_worker=True,
+        concurrency=4,
+        docparse_workers=2,
+        trigger_enabled=False,
+        max_attempts=3,
+    ) as client:
         yield client
 
 

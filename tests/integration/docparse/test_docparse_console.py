@@ -9,18 +9,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from conveyor.config import load_settings
 from conveyor.models import Trigger
-from conveyor.server.app import create_app
-from conveyor.server.runtime import Runtime
+from tests.conftest import in_process_app
 
 
 @pytest.fixture
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("CONVEYOR_CONFIG", str(tmp_path / "none.yaml"))
-    settings = load_settings(data_dir=tmp_path)
-    runtime = Runtime.build(settings, with_worker=False, with_trigger=False)
-    with TestClient(create_app(runtime)) as client:
+    with in_process_app(tmp_path, monkeypatch) as client:
         yield client
 
 
