@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -143,6 +144,35 @@ def start_process(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def holds_flock(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds a ``flock`` on ``path`` (read from /proc/locks; a
+    waiter's line reads "1: -> FLOCK ...", and does not count)."""
+    inode = str(path.stat().st_ino)
+    return any(
+        len(parts) > 5
+        and parts[1] == "FLOCK"
+        and parts[4] == str(pid)
+        and parts[5].rsplit(":", 1)[-1] == inode
+        for parts in (line.split() for line in Path("/proc/locks").read_text().splitlines())
+    )
+
+
+def stop_outside_writes(pid: int, database: Path) -> None:
+    """SIGSTOP ``pid``, at a moment it is not writing to the SQLite file ``database``.
+
+    A process stopped inside its write transaction holds SQLite's write lock, and every
+    other process sharing the file cannot write until it runs again: SQLite has no way
+    to take a lock from a stopped process.  So a test about what a frozen worker does
+    to outputs or leases freezes it between two transactions (a few milliseconds away
+    at most); ``tests/integration/test_sqlite_stopped_writer.py`` covers the lock."""
+    lock = Path(str(database) + ".lock")
+    os.kill(pid, signal.SIGSTOP)
+    while lock.exists() and holds_flock(pid, lock):
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.001)
+        os.kill(pid, signal.SIGSTOP)
 
 
 def wait_healthy(

@@ -18,18 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from tests.chaos.test_worker_faults import TYPES, start_worker, submit_long, wait_progress
-from tests.conftest import Server, wait_task
+from tests.conftest import Server, stop_outside_writes, wait_task
 
 
-def freeze_on_first_write(pid: int, root: Path, timeout: float) -> bool:
+def freeze_on_first_write(pid: int, root: Path, database: Path, timeout: float) -> bool:
     """SIGSTOP ``pid`` the moment any object appears below ``root`` (staged or final;
-    not the store's own temporary files)."""
+    not the store's own temporary files), between two of its database writes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for _, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if d != ".conveyor-tmp"]
             if filenames:
-                os.kill(pid, signal.SIGSTOP)
+                stop_outside_writes(pid, database)
                 return True
         time.sleep(0.0005)
     return False
@@ -54,7 +54,9 @@ def test_a_frozen_worker_cannot_touch_outputs_another_attempt_published(
     try:
         wait_progress(api, task_id, 5.0)
         # frozen between two uploads: right after its first output object lands
-        assert freeze_on_first_write(frozen.pid, api.data_dir / "buckets" / "output", 120)
+        assert freeze_on_first_write(
+            frozen.pid, api.data_dir / "buckets" / "output", api.data_dir / "conveyor.db", 120
+        )
         rescuer = start_worker(api, tmp_path, "rescuer")
         task = wait_task(api.client, task_id, timeout=240)
         assert task["status"] == "completed", task

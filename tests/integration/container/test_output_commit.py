@@ -25,7 +25,7 @@ from conveyor.processors.container import ContainerProcessor
 from conveyor.service import ConveyorService
 from conveyor.worker import loop as worker_loop
 from tests import dockerd, s3server
-from tests.conftest import FAST_ENV
+from tests.conftest import FAST_ENV, stop_outside_writes
 
 from .conftest import Harness, make_settings
 from .test_docker_lifecycle import containers_of
@@ -150,7 +150,7 @@ def test_a_frozen_workers_stale_attempt_cannot_touch_a_completed_tasks_outputs(
     )
     try:
         h.wait_log(t.id, "started 1", timeout=60)
-        proc.send_signal(signal.SIGSTOP)
+        stop_outside_writes(proc.pid, h.settings.data_dir / "c.db")
         frozen_at = time.monotonic()
         h.worker(worker_id="successor")  # reaps the expired lease, runs attempt 2
         done = h.wait(t.id, timeout=60)

@@ -21,16 +21,15 @@ within milliseconds of its submit; the poll interval is only the fallback (a
 filesystem that cannot hold sockets, another host sharing the file).
 
 Writers of several processes: each takes an exclusive ``flock`` on
-``<database>.lock`` around its transaction, so a waiting process is woken by the
-kernel the moment the lock is free rather than by SQLite's busy handler, which
-sleeps up to 100 ms between tries.
+``<database>.lock`` around its transaction (``host_lock``: woken by the kernel the
+moment the lock is free, not by SQLite's busy handler; not held up for ever by a
+stopped process).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -61,6 +60,7 @@ from conveyor.backends.sql import (
     task_from_row,
 )
 from conveyor.backends.sqlite import schema
+from conveyor.backends.sqlite.host_lock import HostLock
 from conveyor.errors import InvalidRequest, LeaseLost, TaskNotFound
 from conveyor.metrics_data import MetricsSnapshot, ThroughputPoint, throughput_windows
 from conveyor.models import (
@@ -209,6 +209,13 @@ class WakeSockets:
                 self._dirfd = None
 
 
+# how long a writer waits for another process's transaction before it leaves the
+# ordering to SQLite (see ``host_lock``); opening a file waits longer, as a schema
+# upgrade by another process may take a while
+HOST_LOCK_WAIT_S = 2.0
+FIRST_OPEN_WAIT_S = 120.0
+
+
 class SQLiteBackend(Backend):
     def __init__(
         self,
@@ -231,8 +238,7 @@ class SQLiteBackend(Backend):
             self.backoff_base = backoff_base
         self._listen_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._lock_fd: int | None = None
-        self._lock_failed = False
+        self._host_lock = HostLock(self.path)
         self._local = threading.local()
         self._work = threading.Condition()
         self._generation = 0  # bumped on every notify; see wait_for_work
@@ -240,7 +246,7 @@ class SQLiteBackend(Backend):
         # under the host's writers' lock: processes that open a new file together would
         # each switch it to WAL, and SQLite answers "database is locked" to all but one
         # of them without waiting (two workers started together: one exited at start)
-        with self._write_lock, self._host_locked():
+        with self._write_lock, self._host_locked(FIRST_OPEN_WAIT_S):
             self._writer = self._connect()
             # a new file gets the schema, one an older Conveyor wrote the versions it lacks
             schema.upgrade(self._writer)
@@ -278,11 +284,8 @@ class SQLiteBackend(Backend):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction.  Writers of every process on this host first take an
-        exclusive ``flock`` on ``<database>.lock``: a waiting process sleeps in the
-        kernel and is woken the moment the lock is free, where SQLite's busy handler
-        would retry after sleeps of up to 100 ms (two worker processes then spend more
-        time asleep than writing).  ``busy_timeout`` still covers other writers."""
+        """One write transaction, under this host's writers' lock (``host_lock``);
+        ``busy_timeout`` still covers other writers."""
         with self._write_lock, self._host_locked():
             c = self._writer
             c.execute("BEGIN IMMEDIATE")
@@ -295,27 +298,15 @@ class SQLiteBackend(Backend):
                 c.execute("COMMIT")
 
     @contextmanager
-    def _host_locked(self) -> Iterator[None]:
-        """The writers' ``flock`` on ``<database>.lock`` (nothing where there is none)."""
-        fd = self._host_lock()
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+    def _host_locked(self, wait_s: float | None = None) -> Iterator[None]:
+        """The writers' lock of this host (see ``host_lock``), waited for ``wait_s``
+        (``HOST_LOCK_WAIT_S``, read at each call) at most."""
+        held = self._host_lock.acquire(HOST_LOCK_WAIT_S if wait_s is None else wait_s)
         try:
             yield
         finally:
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _host_lock(self) -> int | None:
-        """The writers' lock file, opened once (None: an in-memory database, or a folder
-        where it cannot be made: SQLite's own locking then suffices)."""
-        if self._lock_fd is None and self.path != ":memory:" and not self._lock_failed:
-            try:
-                self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError as exc:
-                self._lock_failed = True
-                log.debug("no writers' lock file beside %s (%s)", self.path, exc)
-        return self._lock_fd
+            if held:
+                self._host_lock.release()
 
     def _notify(self) -> None:
         """Work may be claimable: wake waiters in this process and on this host."""
@@ -1023,10 +1014,7 @@ class SQLiteBackend(Backend):
             self._wake.close()
         with self._write_lock:
             self._writer.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
-                self._lock_failed = True  # closed: no writer takes it again
+            self._host_lock.close()  # closed: no writer takes it again
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
