@@ -285,12 +285,15 @@ def _sweep_task(
     bucket: str,
     task_id: str,
     objects: list[ObjectInfo],
+    settled: datetime,
     expired: datetime,
 ) -> tuple[int, int]:
     task = backend.get(task_id)
     keep: set[str] = set()
     committed = 0
     if task is not None and task.status == TaskStatus.COMPLETED and has_staged(task):
+        if task.finished_at is not None and task.finished_at > settled:
+            return 0, 0  # its worker (or the API) is publishing it now: one mover at a time
         keep = {o.staged_key for o in task.outputs if o.staged_key}
         commit(backend, storage, task)
         committed = 1
@@ -329,11 +332,12 @@ def sweep(
     """Finish commits a crash interrupted and remove staging nobody will use; returns
     ``(tasks committed, objects removed)``.
 
-    Objects younger than ``settle_s`` are left alone (their attempt or its commit may
-    still be under way).  A completed task's named staged objects are committed; what
-    else sits under a final task is removed; a task still pending or running keeps
-    its attempts' staging (a container job's next attempt restores from it) for
-    ``max_age_s``.
+    Objects younger than ``settle_s``, and tasks completed less than ``settle_s`` ago,
+    are left alone (their attempt or its commit may still be under way; two movers at
+    once could each copy an object to its final key).  A completed task's named staged
+    objects are committed; what else sits under a final task is removed; a task still
+    pending or running keeps its attempts' staging (a container job's next attempt
+    restores from it) for ``max_age_s``.
     """
     now = datetime.now(UTC)
     settled = now - timedelta(seconds=settle_s)
@@ -348,7 +352,7 @@ def sweep(
         if any(o.modified is None or o.modified > settled for o in objects):
             continue
         try:
-            done, gone = _sweep_task(backend, storage, bucket, task_id, objects, expired)
+            done, gone = _sweep_task(backend, storage, bucket, task_id, objects, settled, expired)
         except Exception:  # one task's trouble must not hold back the others
             log.warning("staging sweep of task %s failed; will retry", task_id, exc_info=True)
             continue

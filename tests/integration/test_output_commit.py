@@ -7,6 +7,7 @@ nothing staged is ever visible at a final key before the task completed.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -84,6 +85,26 @@ def test_the_sweep_finishes_a_commit_a_crash_interrupted(
         assert fh.read() == b"payload"
     got = backend.get(task.id)
     assert got is not None and not outputs.has_staged(got)
+    assert stored_outputs(store) == ["r/a.txt"]
+
+
+def test_the_sweep_leaves_a_just_completed_task_to_its_publisher(
+    backend: SQLiteBackend, store: LocalBlobStore, tmp_path: Path
+) -> None:
+    """An output staged long before its task completed (a long transcode's thumbnail) is
+    old enough for the sweep while the worker that completed the task publishes it:
+    two movers at once could each copy it to its final key (on S3, two versions)."""
+    task, c = claim(backend)
+    st = stage(store, tmp_path, task.id, c.lease.attempt)
+    out = st.put_file("a", "r/a.txt", write(tmp_path, "a", b"payload"))
+    staged = store.local_path(BUCKET, str(out.staged_key))
+    assert staged is not None
+    old = time.time() - 7200
+    os.utime(staged, (old, old))
+    backend.complete(c.lease, [out])  # completed just now; its worker publishes next
+    assert outputs.sweep(backend, store, BUCKET, settle_s=60) == (0, 0)
+    assert store.stat(BUCKET, "r/a.txt") is None
+    assert outputs.sweep(backend, store, BUCKET, settle_s=0) == (1, 0)  # once it has settled
     assert stored_outputs(store) == ["r/a.txt"]
 
 

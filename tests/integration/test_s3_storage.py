@@ -399,3 +399,67 @@ def test_objects_with_keys_the_store_would_refuse_are_not_listed(
 
 def test_ping(s3_store: S3BlobStore) -> None:
     s3_store.ping()
+
+
+def test_a_promote_repeated_after_a_lost_delete_writes_the_final_key_once(
+    s3_store: S3BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14's fault run (S3 down for 10 s): a completed container task's result.txt
+    had two versions, the second 18.7 s after completion.  The worker's promote copied
+    the staged object to its final key, then the store went away before the staged
+    object's delete; the promote was retried as a whole and copied it again.  On the
+    old code the versioned bucket below held 2 versions of the final key."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from conveyor import outputs
+    from conveyor.models import OutputFile, Task, TaskStatus
+
+    bucket = f"versioned-{uuid.uuid4().hex[:8]}"
+    physical = s3_store.physical_bucket(bucket)
+    client = s3_store.client
+    client.create_bucket(Bucket=physical)
+    client.put_bucket_versioning(Bucket=physical, VersioningConfiguration={"Status": "Enabled"})
+    staged = f"{outputs.attempt_staging('t1', 1)}out/result.txt"
+    src = tmp_path / "result.txt"
+    src.write_bytes(b"attempt=1\n")
+    info = s3_store.put_file(bucket, staged, src, "text/plain")
+    task = Task(
+        id="t1",
+        kind="container",
+        status=TaskStatus.COMPLETED,
+        outputs=[
+            OutputFile(
+                name="result.txt",
+                bucket=bucket,
+                key="out/result.txt",
+                size=info.size,
+                content_type="text/plain",
+                staged_key=staged,
+            )
+        ],
+    )
+    real_delete = s3_store.delete
+    lost = []
+
+    def delete_lost_once(b: str, key: str) -> None:
+        if key == staged and not lost:  # the copy is made; the store goes away
+            lost.append(key)
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+        real_delete(b, key)
+
+    monkeypatch.setattr(s3_store, "delete", delete_lost_once)
+    monkeypatch.setattr(outputs, "STORAGE_RETRY_S", 5.0)
+    try:
+        assert outputs.promote_outputs(s3_store, task) == []
+        assert lost == [staged]
+        versions = client.list_object_versions(Bucket=physical, Prefix="out/result.txt")
+        assert len(versions.get("Versions", [])) == 1, versions.get("Versions")
+        assert s3_store.stat(bucket, staged) is None
+        with s3_store.open(bucket, "out/result.txt") as fh:
+            assert fh.read() == b"attempt=1\n"
+        assert s3_store.stat(bucket, "out/result.txt").content_type == "text/plain"  # type: ignore[union-attr]
+    finally:
+        listing = client.list_object_versions(Bucket=physical)
+        for v in listing.get("Versions", []) + listing.get("DeleteMarkers", []):
+            client.delete_object(Bucket=physical, Key=v["Key"], VersionId=v["VersionId"])
+        client.delete_bucket(Bucket=physical)

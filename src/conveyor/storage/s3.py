@@ -89,7 +89,11 @@ if TYPE_CHECKING:
     from botocore.response import StreamingBody
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_s3.literals import BucketLocationConstraintType
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, PaginatorConfigTypeDef
+    from mypy_boto3_s3.type_defs import (
+        CompletedPartTypeDef,
+        HeadObjectOutputTypeDef,
+        PaginatorConfigTypeDef,
+    )
 
 _Style = Literal["auto", "virtual", "path"]
 
@@ -145,6 +149,15 @@ def _status(err: ClientError) -> int:
 
 def _is_not_found(err: ClientError) -> bool:
     return _code(err) in _NOT_FOUND or _status(err) == 404
+
+
+# user metadata on a promoted object: which staged object it was copied from (hashed:
+# metadata is ASCII, a key need not be)
+PROMOTED_FROM = "conveyor-promoted-from"
+
+
+def _promoted_from(src: str) -> str:
+    return hashlib.sha256(src.encode()).hexdigest()[:32]
 
 
 def _etag(raw: str | None) -> str:
@@ -588,13 +601,16 @@ class S3BlobStore(BlobStore):
         physical, key = self._names(bucket, key)
         return self._stat(bucket, physical, key)
 
-    def _stat(self, bucket: str, physical: str, key: str) -> ObjectInfo | None:
+    def _head(self, physical: str, key: str) -> HeadObjectOutputTypeDef | None:
         try:
-            head = self.client.head_object(Bucket=physical, Key=key)
+            return self.client.head_object(Bucket=physical, Key=key)
         except ClientError as err:
             if _is_not_found(err):
                 return None
             raise
+
+    @staticmethod
+    def _info(bucket: str, key: str, head: HeadObjectOutputTypeDef) -> ObjectInfo:
         return ObjectInfo(
             bucket=bucket,
             key=key,
@@ -603,6 +619,10 @@ class S3BlobStore(BlobStore):
             modified=head.get("LastModified"),
             content_type=head.get("ContentType"),
         )
+
+    def _stat(self, bucket: str, physical: str, key: str) -> ObjectInfo | None:
+        head = self._head(physical, key)
+        return None if head is None else self._info(bucket, key, head)
 
     def list(
         self, bucket: str, prefix: str = "", start_after: str | None = None
@@ -708,16 +728,32 @@ class S3BlobStore(BlobStore):
 
     def promote(self, bucket: str, src: str, dest: str) -> ObjectInfo:
         """A server-side copy (in parts above the multipart threshold), then the source
-        deleted: the bytes never pass through this process."""
+        deleted: the bytes never pass through this process.
+
+        The copy is marked with the source it came from, so a promote repeated after
+        its copy's answer or its source's delete was lost (an outage, a restart) finds
+        the copy made and only deletes the source: a final key is written once."""
         physical, src = self._names(bucket, src)
         _, dest = self._names(bucket, dest)
         head = self._stat(bucket, physical, src)
         if head is None:
             raise ObjectNotFound(f"object not found: {bucket}/{src}")
+        marker = _promoted_from(src)
+        done = self._head(physical, dest)
+        if (
+            done is not None
+            and done.get("Metadata", {}).get(PROMOTED_FROM) == marker
+            and int(done.get("ContentLength", -1)) == head.size
+        ):
+            self.delete(bucket, src)
+            return self._info(bucket, dest, done)
         # the type said again: a copy in parts keeps it only with recent s3transfer releases
-        extra: dict[str, Any] | None = None
+        extra: dict[str, Any] = {
+            "MetadataDirective": "REPLACE",
+            "Metadata": {PROMOTED_FROM: marker},
+        }
         if head.content_type:
-            extra = {"MetadataDirective": "REPLACE", "ContentType": head.content_type}
+            extra["ContentType"] = head.content_type
         try:
             self.client.copy(
                 {"Bucket": physical, "Key": src},
