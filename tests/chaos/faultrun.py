@@ -555,6 +555,13 @@ class Report:
         return "\n".join(lines)
 
 
+# attempts a task may lose to worker faults: one less than its max_attempts (3), so that
+# its last attempt may finish; a task whose every attempt is killed fails, as it should,
+# and the run counts only failures the system caused (a large run once hit one task on
+# each of its three attempts: SIGSTOP, SIGKILL, SIGSTOP)
+MAY_LOSE = 2
+
+
 class FaultRun:
     def __init__(self, cfg: RunConfig, workdir: Path) -> None:
         self.cfg = cfg
@@ -569,6 +576,7 @@ class FaultRun:
         self.clients: Clients | None = None
         self.bucket: Bucket | None = None
         self.fault_threads: list[threading.Thread] = []
+        self.hits: Counter[str] = Counter()  # attempts each task lost to a worker fault
 
     # -- bookkeeping ----------------------------------------------------------------------
     def fault(self, kind: str, detail: str = "", *, count: bool = True) -> None:
@@ -670,17 +678,28 @@ class FaultRun:
     def busy_slot(
         self, want: Callable[[dict[str, Any]], bool] | None = None, wait_s: float = 20
     ) -> tuple[int, dict[str, Any]] | None:
-        """A live, unfrozen worker running a task ``want`` accepts (any task after ``wait_s``/2)."""
+        """A live, unfrozen worker running a task ``want`` accepts (any task after ``wait_s``/2),
+        none of whose tasks has already lost ``MAY_LOSE`` attempts to faults; every task it
+        runs is counted as hit (a kill or a freeze costs each of them its attempt)."""
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and not self.stop.is_set():
             relaxed = time.monotonic() > deadline - wait_s / 2
-            for t in self.processing():
+            running = self.processing()
+            on_slot: dict[int, list[str]] = {}
+            for t in running:
+                slot = self.stack.slot_of.get(t.get("worker_id") or "")
+                if slot is not None:
+                    on_slot.setdefault(slot, []).append(t["id"])
+            for t in running:
                 slot = self.stack.slot_of.get(t.get("worker_id") or "")
                 if slot is None or slot in self.stack.frozen:
                     continue
                 if self.stack.worker_names.get(slot) != t.get("worker_id"):
                     continue  # a dead generation's lease
+                if any(self.hits[i] >= MAY_LOSE for i in on_slot[slot]):
+                    continue  # one more would fail a task for the faults alone
                 if want is None or want(t) or relaxed:
+                    self.hits.update(on_slot[slot])
                     return slot, t
             time.sleep(0.1)
         return None
