@@ -3,13 +3,16 @@
     python bench/peers.py [--systems all|conveyor-sqlite,celery-always,...] [--tasks 5000]
                           [--reps 3] [--latency-samples 60] [--redelivery-timeout 150]
                           [--no-redelivery] [--no-ablation] [--concurrency 8] [--quick]
+                          [--conveyor-log-level warning|info]
 
 Every system runs real worker processes with a no-op task (one byte appended to a
 counter file, the same for every system, so the bench can tell when a queue is
 drained without asking the system).  Conveyor's no-op is a processor registered
 through the ``conveyor.processors`` entry point of a test-only distribution (a
 ``dist-info`` folder on ``PYTHONPATH``, as ``tests/integration/test_toy_kind.py``
-does), run by ``conveyor worker`` processes; the peers are installed by the bench
+does), run by ``conveyor worker`` processes, which log warnings only, as the peers'
+workers are run (``--conveyor-log-level info`` adds the two process-log lines a task;
+the task's own log, in the database, is written either way); the peers are installed by the bench
 into a virtualenv of their own under /tmp (never dependencies of Conveyor).
 Redis is Debian's ``redis-server`` (``make bench`` installs it), started here on
 127.0.0.1 on free ports, once with ``appendfsync everysec`` and once with
@@ -418,7 +421,8 @@ class ConveyorSystem(System):
             name,
             label,
             Path(sys.executable),
-            f"conveyor worker --concurrency {bench.args.concurrency}",
+            f"conveyor worker --concurrency {bench.args.concurrency}, "
+            f"log level {bench.args.conveyor_log_level.upper()}",
         )
 
     def worker_cmd(self, bench: Bench) -> list[str]:
@@ -456,6 +460,8 @@ class ConveyorSystem(System):
         return Fresh(env, cleanup)
 
     def ready(self, bench: Bench, log: Path) -> bool:
+        if bench.args.conveyor_log_level.upper() not in ("DEBUG", "INFO"):
+            return True  # no start line to wait for: the probe's ready file, then a second
         return "started: kinds=" in log.read_text(errors="replace")
 
 
@@ -712,7 +718,11 @@ class Bench:
         base["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p
         )
-        self.conveyor_env = {**base, "CONVEYOR_CONFIG": str(self.workdir / "none.yaml")}
+        self.conveyor_env = {
+            **base,
+            "CONVEYOR_CONFIG": str(self.workdir / "none.yaml"),
+            "CONVEYOR_LOG_LEVEL": args.conveyor_log_level.upper(),
+        }
         if args.prefetch is not None:
             self.conveyor_env["CONVEYOR_PREFETCH"] = str(args.prefetch)
         self.peer_env = dict(base)
@@ -1144,6 +1154,12 @@ def main(argv: list[str] | None = None) -> int:
         "--sqlite-synchronous",
         default="full",
         help="Conveyor's SQLite synchronous setting (full: huey's default; normal)",
+    )
+    ap.add_argument(
+        "--conveyor-log-level",
+        default="warning",
+        help="Conveyor's process log level (warning: as the peers run, celery -l WARNING, "
+        "huey -q, rq -q; info adds two lines a task; a task's own log is written either way)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument(
