@@ -168,11 +168,28 @@ def stop_outside_writes(pid: int, database: Path) -> None:
     to outputs or leases freezes it between two transactions (a few milliseconds away
     at most); ``tests/integration/test_sqlite_stopped_writer.py`` covers the lock."""
     lock = Path(str(database) + ".lock")
-    os.kill(pid, signal.SIGSTOP)
-    while lock.exists() and holds_flock(pid, lock):
+    deadline = time.monotonic() + 30
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        while not all_stopped(pid):  # SIGSTOP lands on each thread in its own time
+            time.sleep(0.0002)
+        if not (lock.exists() and holds_flock(pid, lock)):
+            return
+        assert time.monotonic() < deadline, f"process {pid} held {lock} at every try"
         os.kill(pid, signal.SIGCONT)
         time.sleep(0.001)
-        os.kill(pid, signal.SIGSTOP)
+
+
+def all_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped (state T in /proc)."""
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # a thread that just ended
+        if state not in ("T", "t"):
+            return False
+    return True
 
 
 def wait_healthy(

@@ -740,9 +740,12 @@ class S3BlobStore(BlobStore):
             raise ObjectNotFound(f"object not found: {bucket}/{src}")
         marker = _promoted_from(src)
         done = self._head(physical, dest)
+        # (header names as the server spelled them: Go servers send X-Amz-Meta-Conveyor-...)
+        found: dict[str, str] = done.get("Metadata", {}) if done is not None else {}
+        meta = {k.lower(): v for k, v in found.items()}
         if (
             done is not None
-            and done.get("Metadata", {}).get(PROMOTED_FROM) == marker
+            and meta.get(PROMOTED_FROM) == marker
             and int(done.get("ContentLength", -1)) == head.size
         ):
             self.delete(bucket, src)

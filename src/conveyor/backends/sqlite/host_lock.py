@@ -27,7 +27,10 @@ log = logging.getLogger("conveyor.backends.sqlite")
 
 class HostLock:
     """``<path>.lock``, opened on first use (nothing where it cannot be made: an
-    in-memory database, a read-only folder; SQLite's own locking then suffices)."""
+    in-memory database, a read-only folder; SQLite's own locking then suffices).
+
+    One process's writers must call ``acquire`` one at a time (the engine holds its
+    writer lock around it): a ``flock`` on one open file is granted to it twice."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -64,20 +67,25 @@ class HostLock:
                     return True
                 except BlockingIOError:
                     pass
-                self._helper_busy = True
-                if self._helper is None:
-                    self._helper = threading.Thread(
+                if self._helper is None or not self._helper.is_alive():
+                    helper = threading.Thread(
                         target=self._wait_loop,
                         args=(os.dup(fd),),
                         name="conveyor-sqlite-lock",
                         daemon=True,
                     )
-                    self._helper.start()
+                    helper.start()  # raises (no thread, no fd): nothing is left half-set
+                    self._helper = helper
+                self._helper_busy = True
             self._wanted = True
             self._cond.notify_all()
-            got = self._cond.wait_for(lambda: self._granted, wait_s)
-            self._wanted = False
-            self._granted = False
+            got = False
+            try:
+                got = self._cond.wait_for(lambda: self._granted, wait_s)
+            finally:
+                if self._granted and not got:  # interrupted as the helper took it: let go
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                self._wanted = self._granted = False
             self._bypass = not got
         if not got:
             log.warning(
@@ -102,7 +110,15 @@ class HostLock:
                     self._cond.wait_for(lambda: self._helper_busy or self._failed)
                     if self._failed:
                         return
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except OSError:  # cannot wait here: writers leave the ordering to SQLite
+                    log.warning(
+                        "waiting for the writers' lock on %s failed", self.path, exc_info=True
+                    )
+                    with self._cond:
+                        self._helper_busy = False
+                    return
                 with self._cond:
                     self._helper_busy = self._bypass = False
                     if self._wanted and not self._failed:
