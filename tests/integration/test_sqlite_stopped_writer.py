@@ -23,6 +23,7 @@ import pytest
 from conveyor.backends.sqlite import engine
 from conveyor.backends.sqlite.engine import SQLiteBackend
 from conveyor.models import InputRef, Task
+from tests.conftest import all_stopped
 
 # takes the writers' lock the way a worker's transaction does, says so, and stops itself
 HOLDER = """
@@ -74,7 +75,7 @@ def test_a_stopped_lock_holder_delays_writers_by_the_wait_only(
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{holder.pid}/stat").read_text().split()[2] != "T":
+        while not all_stopped(holder.pid):
             assert time.monotonic() < deadline, "the holder never stopped"
             time.sleep(0.01)
 
